@@ -1,0 +1,53 @@
+//! The Ferrite model file format (`.frt`).
+//!
+//! One little-endian file holds a model's configuration, its tokenizer and
+//! its weights. Reading is zero-copy, `no_std` and allocation-free: a
+//! [`File`] borrows the bytes (a memory map, or a `&'static [u8]` on a
+//! device) and hands out typed views of each tensor, addressed by [`Role`].
+//! Every offset, size and product is checked, so untrusted bytes produce an
+//! [`Error`], never a panic or undefined behaviour.
+//!
+//! The byte-level specification is `format/SPEC.md`; this crate is its
+//! executable form. The writer (feature `std`) is used by the converter.
+//!
+//! ```no_run
+//! # fn demo(bytes: &[u8]) -> Result<(), ferrite_format::Error> {
+//! let file = ferrite_format::File::parse(bytes)?;
+//! let embed = file.tensor(ferrite_format::Role::Embedding)?;
+//! assert_eq!(embed.rows, file.config().vocab_size);
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod config;
+mod error;
+mod header;
+pub mod quant;
+mod reader;
+mod tensor;
+pub mod tokenizer;
+#[cfg(feature = "std")]
+pub mod writer;
+
+pub use config::{Arch, ModelConfig, RopeScaling, MAX_STOP_IDS};
+pub use error::Error;
+pub use header::{Header, ALIGN, ENDIAN_CHECK, HEADER_SIZE, MAGIC, VERSION};
+pub use reader::{File, TensorView};
+pub use tensor::{DType, DirEntry, LayerRole, Role, DIR_ENTRY_SIZE};
+pub use tokenizer::{TokenizerView, TOKENIZER_HEADER_SIZE};
+
+/// Checksum used everywhere in the format: CRC-32 (IEEE 802.3 polynomial).
+pub fn checksum(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+/// Rounds `n` up to a multiple of `align` (a power of two), or `None` on overflow.
+pub const fn align_up(n: u64, align: u64) -> Option<u64> {
+    match n.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}

@@ -1,0 +1,274 @@
+use bytemuck::{Pod, Zeroable};
+
+use crate::{quant, Error, ModelConfig};
+
+/// Size of one [`DirEntry`] in bytes.
+pub const DIR_ENTRY_SIZE: usize = 64;
+
+/// Storage type of a tensor. Layouts in `SPEC.md` § Weight types and [`crate::quant`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum DType {
+    /// IEEE binary32.
+    F32 = 0,
+    /// IEEE binary16.
+    F16 = 1,
+    /// 8-bit symmetric, groups of 32 with an f16 scale.
+    Q8 = 2,
+    /// 4-bit symmetric, groups of 32 with an f16 scale.
+    Q4 = 3,
+}
+
+impl DType {
+    /// Decodes the stored value.
+    pub fn from_u32(value: u32) -> Result<Self, Error> {
+        Ok(match value {
+            0 => DType::F32,
+            1 => DType::F16,
+            2 => DType::Q8,
+            3 => DType::Q4,
+            _ => return Err(Error::BadEnum { what: "tensor dtype", value }),
+        })
+    }
+    /// Lower-case name as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Q8 => "q8",
+            DType::Q4 => "q4",
+        }
+    }
+    /// Whether the type is grouped-quantized.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Q8 | DType::Q4)
+    }
+    /// Bytes one row of `cols` elements occupies, or `None` on overflow.
+    /// Quantized rows are padded to whole groups (see [`crate::quant`]).
+    pub fn row_bytes(self, cols: u64) -> Option<u64> {
+        match self {
+            DType::F32 => cols.checked_mul(4),
+            DType::F16 => cols.checked_mul(2),
+            DType::Q8 | DType::Q4 => {
+                let groups = quant::groups(cols)?;
+                groups.checked_mul(quant::group_bytes(self) as u64)
+            }
+        }
+    }
+    /// Bytes a `[rows, cols]` tensor occupies, or `None` on overflow.
+    pub fn tensor_bytes(self, rows: u64, cols: u64) -> Option<u64> {
+        rows.checked_mul(self.row_bytes(cols)?)
+    }
+}
+
+/// A per-layer tensor role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum LayerRole {
+    /// `input_layernorm`: `[d_model]`.
+    AttnNorm = 16,
+    /// `q_proj`: `[n_heads * head_dim, d_model]`.
+    AttnQ = 17,
+    /// `k_proj`: `[n_kv_heads * head_dim, d_model]`.
+    AttnK = 18,
+    /// `v_proj`: `[n_kv_heads * head_dim, d_model]`.
+    AttnV = 19,
+    /// `o_proj`: `[d_model, n_heads * head_dim]`.
+    AttnO = 20,
+    /// `q_proj.bias`: `[n_heads * head_dim]`.
+    AttnQBias = 21,
+    /// `k_proj.bias`: `[n_kv_heads * head_dim]`.
+    AttnKBias = 22,
+    /// `v_proj.bias`: `[n_kv_heads * head_dim]`.
+    AttnVBias = 23,
+    /// `post_attention_layernorm`: `[d_model]`.
+    FfnNorm = 24,
+    /// `gate_proj`: `[ffn_dim, d_model]`.
+    FfnGate = 25,
+    /// `up_proj`: `[ffn_dim, d_model]`.
+    FfnUp = 26,
+    /// `down_proj`: `[d_model, ffn_dim]`.
+    FfnDown = 27,
+}
+
+impl LayerRole {
+    /// Every per-layer role, in directory order.
+    pub const ALL: [LayerRole; 12] = [
+        LayerRole::AttnNorm,
+        LayerRole::AttnQ,
+        LayerRole::AttnK,
+        LayerRole::AttnV,
+        LayerRole::AttnO,
+        LayerRole::AttnQBias,
+        LayerRole::AttnKBias,
+        LayerRole::AttnVBias,
+        LayerRole::FfnNorm,
+        LayerRole::FfnGate,
+        LayerRole::FfnUp,
+        LayerRole::FfnDown,
+    ];
+    fn from_u32(value: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| *r as u32 == value)
+    }
+    /// Whether this role is a 1-D vector (norm or bias).
+    pub fn is_vector(self) -> bool {
+        matches!(
+            self,
+            LayerRole::AttnNorm
+                | LayerRole::FfnNorm
+                | LayerRole::AttnQBias
+                | LayerRole::AttnKBias
+                | LayerRole::AttnVBias
+        )
+    }
+    /// Whether this role is a bias.
+    pub fn is_bias(self) -> bool {
+        matches!(self, LayerRole::AttnQBias | LayerRole::AttnKBias | LayerRole::AttnVBias)
+    }
+    /// Short name, e.g. `attn_q`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerRole::AttnNorm => "attn_norm",
+            LayerRole::AttnQ => "attn_q",
+            LayerRole::AttnK => "attn_k",
+            LayerRole::AttnV => "attn_v",
+            LayerRole::AttnO => "attn_o",
+            LayerRole::AttnQBias => "attn_q_bias",
+            LayerRole::AttnKBias => "attn_k_bias",
+            LayerRole::AttnVBias => "attn_v_bias",
+            LayerRole::FfnNorm => "ffn_norm",
+            LayerRole::FfnGate => "ffn_gate",
+            LayerRole::FfnUp => "ffn_up",
+            LayerRole::FfnDown => "ffn_down",
+        }
+    }
+}
+
+/// What a tensor is for. The directory is addressed by role, not by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// `embed_tokens`: `[vocab_size, d_model]`.
+    Embedding,
+    /// Final `norm`: `[d_model]`.
+    OutputNorm,
+    /// `lm_head`: `[vocab_size, d_model]`; absent (resolved to
+    /// [`Role::Embedding`]) when embeddings are tied.
+    Output,
+    /// A tensor of layer `.0`.
+    Layer(u32, LayerRole),
+}
+
+impl Role {
+    /// Stored `(kind, layer)`.
+    pub fn to_raw(self) -> (u32, u32) {
+        match self {
+            Role::Embedding => (0, 0),
+            Role::OutputNorm => (1, 0),
+            Role::Output => (2, 0),
+            Role::Layer(layer, r) => (r as u32, layer),
+        }
+    }
+    /// Decodes a stored `(kind, layer)`.
+    pub fn from_raw(kind: u32, layer: u32) -> Result<Self, Error> {
+        let global = |r| if layer == 0 { Ok(r) } else { Err(Error::BadEnum { what: "global role layer", value: layer }) };
+        match kind {
+            0 => global(Role::Embedding),
+            1 => global(Role::OutputNorm),
+            2 => global(Role::Output),
+            _ => LayerRole::from_u32(kind)
+                .map(|r| Role::Layer(layer, r))
+                .ok_or(Error::BadEnum { what: "tensor role", value: kind }),
+        }
+    }
+    /// The directory sort key: global roles first, then layer by layer.
+    pub fn sort_key(self) -> (u64, u32) {
+        match self {
+            Role::Layer(layer, r) => (layer as u64 + 1, r as u32),
+            other => (0, other.to_raw().0),
+        }
+    }
+    /// Whether the role is a 1-D vector.
+    pub fn is_vector(self) -> bool {
+        match self {
+            Role::OutputNorm => true,
+            Role::Layer(_, r) => r.is_vector(),
+            _ => false,
+        }
+    }
+    /// `[rows, cols]` the config implies (vectors are `[len, 1]`).
+    pub fn expected_shape(self, c: &ModelConfig) -> [u32; 2] {
+        match self {
+            Role::Embedding | Role::Output => [c.vocab_size, c.d_model],
+            Role::OutputNorm => [c.d_model, 1],
+            Role::Layer(_, r) => match r {
+                LayerRole::AttnNorm | LayerRole::FfnNorm => [c.d_model, 1],
+                LayerRole::AttnQ => [c.q_dim(), c.d_model],
+                LayerRole::AttnK | LayerRole::AttnV => [c.kv_dim(), c.d_model],
+                LayerRole::AttnO => [c.d_model, c.q_dim()],
+                LayerRole::AttnQBias => [c.q_dim(), 1],
+                LayerRole::AttnKBias | LayerRole::AttnVBias => [c.kv_dim(), 1],
+                LayerRole::FfnGate | LayerRole::FfnUp => [c.ffn_dim, c.d_model],
+                LayerRole::FfnDown => [c.d_model, c.ffn_dim],
+            },
+        }
+    }
+    /// Whether a model with config `c` must (true) or must not (false)
+    /// store this role.
+    pub fn required(self, c: &ModelConfig) -> bool {
+        match self {
+            Role::Output => !c.tied_embeddings(),
+            Role::Layer(_, r) if r.is_bias() => c.qkv_bias(),
+            _ => true,
+        }
+    }
+}
+
+impl core::fmt::Display for Role {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Role::Embedding => f.write_str("embedding"),
+            Role::OutputNorm => f.write_str("output_norm"),
+            Role::Output => f.write_str("output"),
+            Role::Layer(l, r) => write!(f, "blk.{l}.{}", r.name()),
+        }
+    }
+}
+
+/// One fixed-size tensor directory entry (64 bytes). See `SPEC.md` § Directory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DirEntry {
+    /// Role kind ([`Role::to_raw`]).
+    pub kind: u32,
+    /// Layer index for per-layer roles, 0 for global ones.
+    pub layer: u32,
+    /// [`DType`] as `u32`.
+    pub dtype: u32,
+    /// 1 for vectors, 2 for matrices.
+    pub n_dims: u32,
+    /// Rows (output features), or the length of a vector.
+    pub rows: u32,
+    /// Columns (input features); 1 for vectors.
+    pub cols: u32,
+    /// Absolute file offset of the data (multiple of [`crate::ALIGN`]).
+    pub offset: u64,
+    /// Size of the data in bytes.
+    pub size: u64,
+    /// CRC-32 of the data.
+    pub crc: u32,
+    /// Reserved, zero.
+    pub reserved: [u8; 20],
+}
+
+const _: () = assert!(core::mem::size_of::<DirEntry>() == DIR_ENTRY_SIZE);
+
+impl DirEntry {
+    /// Decoded role.
+    pub fn role(&self) -> Result<Role, Error> {
+        Role::from_raw(self.kind, self.layer)
+    }
+    /// Decoded type.
+    pub fn dtype(&self) -> Result<DType, Error> {
+        DType::from_u32(self.dtype)
+    }
+}
