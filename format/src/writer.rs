@@ -44,6 +44,8 @@ pub struct FileWriter<W: Write + Seek> {
     config: ModelConfig,
     entries: Vec<DirEntry>,
     next: usize,
+    written: u64,
+    hasher: crc32fast::Hasher,
 }
 
 impl<W: Write + Seek> FileWriter<W> {
@@ -127,7 +129,15 @@ impl<W: Write + Seek> FileWriter<W> {
             pos += t.len() as u64;
         }
         pad_to(&mut out, &mut pos, data_offset)?;
-        Ok(FileWriter { out, header, config: *config, entries, next: 0 })
+        Ok(FileWriter {
+            out,
+            header,
+            config: *config,
+            entries,
+            next: 0,
+            written: 0,
+            hasher: crc32fast::Hasher::new(),
+        })
     }
 
     /// Roles in the order their data must be written.
@@ -145,22 +155,48 @@ impl<W: Write + Seek> FileWriter<W> {
         })
     }
 
-    /// Writes the next tensor's data; its length must be exactly its size.
+    /// Writes the next tensor's data in one piece; its length must be
+    /// exactly the tensor's size.
     pub fn write_tensor(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_chunk(data)?;
+        self.end_tensor()
+    }
+
+    /// Appends bytes to the current tensor (for streaming large tensors).
+    pub fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        let e = self
+            .entries
+            .get(self.next)
+            .ok_or_else(|| invalid("more tensors written than declared".into()))?;
+        if self.written + data.len() as u64 > e.size {
+            return Err(invalid(format!(
+                "tensor {} overflows its declared {} bytes",
+                e.role().map(|r| r.to_string()).unwrap_or_default(),
+                e.size
+            )));
+        }
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        self.out.write_all(data)
+    }
+
+    /// Ends the current tensor: checks its size, records its checksum and
+    /// pads to the next tensor's alignment.
+    pub fn end_tensor(&mut self) -> io::Result<()> {
         let e = self
             .entries
             .get_mut(self.next)
             .ok_or_else(|| invalid("more tensors written than declared".into()))?;
-        if data.len() as u64 != e.size {
+        if self.written != e.size {
             return Err(invalid(format!(
-                "tensor {:?} has {} bytes, expected {}",
-                e.role(),
-                data.len(),
+                "tensor {} has {} bytes, expected {}",
+                e.role().map(|r| r.to_string()).unwrap_or_default(),
+                self.written,
                 e.size
             )));
         }
-        e.crc = checksum(data);
-        self.out.write_all(data)?;
+        e.crc = std::mem::take(&mut self.hasher).finalize();
+        self.written = 0;
         let mut pos = e.offset + e.size;
         let target = align_up(pos, ALIGN as u64).unwrap_or(pos);
         pad_to(&mut self.out, &mut pos, target)?;

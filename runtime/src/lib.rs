@@ -1,7 +1,12 @@
 //! Ferrite's inference runtime: runs a Ferrite file from a caller-provided
-//! arena without allocating. (The forward pass lands with issue #3.)
+//! arena without allocating.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub use ferrite_format as format;
 pub use ferrite_kernels as kernels;
+
+pub mod sampler;
+pub mod tokenizer;
