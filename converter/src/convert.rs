@@ -414,6 +414,11 @@ pub fn convert(
     file.sync_all().map_err(out_err)?;
     summary.file_bytes = file.metadata().map_err(out_err)?.len();
     drop(file);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Temp files are created 0600; a model file is ordinary data.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(out_err)?;
+    }
     tmp.persist(output).map_err(|e| out_err(e.error))?;
     summary.config = Some(config);
     Ok(summary)

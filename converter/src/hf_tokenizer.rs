@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ferrite_format::tokenizer::{PreTokenizer, TokenType, TokenizerKind};
+use ferrite_format::tokenizer::{PreTokenizer, TokenType, TokenizerKind, NO_TOKEN};
 use ferrite_format::writer::{TokenEntry, TokenizerBuilder};
 use serde_json::Value;
 
@@ -199,9 +199,11 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
     let mut byte_tokens = [0u32; 256];
     for (b, slot) in byte_tokens.iter_mut().enumerate() {
         let s = table[b].to_string();
-        *slot = *str_to_id
-            .get(s.as_str())
-            .ok_or_else(|| tok_err(&path, format!("byte {b:#04x} ({s:?}) has no token: not a byte-level vocabulary")))?;
+        *slot = str_to_id.get(s.as_str()).copied().unwrap_or(NO_TOKEN);
+    }
+    let present = byte_tokens.iter().filter(|&&t| t != NO_TOKEN).count();
+    if present < 128 {
+        return Err(tok_err(&path, format!("only {present} of 256 bytes have a token: not a byte-level BPE vocabulary")));
     }
 
     // tokenizer_config.json: chat template, eos/bos tokens, add_bos_token.

@@ -6,6 +6,9 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::Error;
 
+/// Marks a byte without a token in the byte table.
+pub const NO_TOKEN: u32 = u32::MAX;
+
 /// Size of [`TokenizerHeader`] in bytes.
 pub const TOKENIZER_HEADER_SIZE: usize = 96;
 
@@ -123,7 +126,9 @@ pub struct TokenizerHeader {
     pub scores_off: u32,
     /// `[Merge; n_merges]` sorted by `(left, right)`.
     pub merges_off: u32,
-    /// `[u32; 256]`: the token of each single byte.
+    /// `[u32; 256]`: the token of each single byte, or [`NO_TOKEN`] for a
+    /// byte the vocabulary lacks (HF drops such bytes when there is no
+    /// unknown token).
     pub byte_tokens_off: u32,
     /// `[u32; n_specials]`: ids of added tokens.
     pub specials_off: u32,
@@ -313,7 +318,7 @@ impl<'a> TokenizerView<'a> {
                 }
             }
         }
-        if let Some(i) = byte_tokens.iter().position(|&id| id >= n) {
+        if let Some(i) = byte_tokens.iter().position(|&id| id >= n && id != NO_TOKEN) {
             return Err(Error::BadTokenizer { what: "byte tokens (id out of range)", index: i as u32 });
         }
         if let Some(i) = specials.iter().position(|&id| id >= n || view.bytes_unchecked(id).is_empty()) {
@@ -382,9 +387,10 @@ impl<'a> TokenizerView<'a> {
             .ok()
             .map(|i| (self.merges[i].rank, self.merges[i].result))
     }
-    /// The token of a single byte.
-    pub fn byte_token(&self, byte: u8) -> u32 {
-        self.byte_tokens[byte as usize]
+    /// The token of a single byte, if the vocabulary has one.
+    pub fn byte_token(&self, byte: u8) -> Option<u32> {
+        let id = self.byte_tokens[byte as usize];
+        (id != NO_TOKEN).then_some(id)
     }
     /// Ids of the added tokens matched verbatim in input text.
     pub fn specials(&self) -> &'a [u32] {

@@ -261,7 +261,7 @@ pub struct TokenizerBuilder {
     pub tokens: Vec<TokenEntry>,
     /// Merge rules as `(left, right)` ids, highest priority first.
     pub merges: Vec<(u32, u32)>,
-    /// The token of each byte.
+    /// The token of each byte ([`crate::tokenizer::NO_TOKEN`] if none).
     pub byte_tokens: [u32; 256],
     /// Ids of added tokens matched verbatim.
     pub specials: Vec<u32>,
