@@ -70,6 +70,156 @@ pub fn dequantize_row_q4(qs: &[u8], scales: &[f16], dst: &mut [f32]) {
     }
 }
 
+/// A borrowed weight matrix `[rows, cols]` in any storage type. Quantized
+/// rows are padded to whole groups (see [`ferrite_format::quant`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    /// Row-major f32.
+    F32(&'a [f32]),
+    /// Row-major f16.
+    F16(&'a [f16]),
+    /// q8 planes: quants, then one scale per group.
+    Q8 {
+        /// `rows * groups * 32` bytes.
+        qs: &'a [u8],
+        /// `rows * groups` scales.
+        scales: &'a [f16],
+    },
+    /// q4 planes: quants, then one scale per group.
+    Q4 {
+        /// `rows * groups * 16` bytes.
+        qs: &'a [u8],
+        /// `rows * groups` scales.
+        scales: &'a [f16],
+    },
+}
+
+/// A weight matrix with its shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a> {
+    /// The data.
+    pub w: Weights<'a>,
+    /// Output features.
+    pub rows: usize,
+    /// Input features (unpadded).
+    pub cols: usize,
+}
+
+impl Matrix<'_> {
+    /// Writes row `r` as f32 into `dst[..cols]`.
+    ///
+    /// # Panics
+    /// If `r >= rows` or `dst` is shorter than `cols` (callers validate shapes).
+    pub fn dequantize_row(&self, r: usize, dst: &mut [f32]) {
+        let cols = self.cols;
+        let dst = &mut dst[..cols];
+        match self.w {
+            Weights::F32(w) => dst.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+            Weights::F16(w) => {
+                for (o, h) in dst.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
+                    *o = h.to_f32();
+                }
+            }
+            Weights::Q8 { qs, scales } => {
+                let g = cols.div_ceil(GROUP);
+                dequantize_row_q8(&qs[r * g * Q8_GROUP_BYTES..(r + 1) * g * Q8_GROUP_BYTES], &scales[r * g..(r + 1) * g], dst)
+            }
+            Weights::Q4 { qs, scales } => {
+                let g = cols.div_ceil(GROUP);
+                dequantize_row_q4(&qs[r * g * Q4_GROUP_BYTES..(r + 1) * g * Q4_GROUP_BYTES], &scales[r * g..(r + 1) * g], dst)
+            }
+        }
+    }
+}
+
+/// Dot product of two equal-length f32 slices, accumulated in eight lanes
+/// (so the compiler vectorizes it) and summed pairwise at the end.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * 8..n {
+        tail += a[i] * b[i];
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `out[t][r] = dot(w[r], x[t])` for `n` tokens: `x` is `[n, cols]`
+/// (row stride `x_stride`), `out` is `[n, rows]` (row stride `out_stride`).
+/// Each weight row is dequantized once into `row` (`>= cols` floats) and
+/// used for every token, so weights are streamed once per batch.
+pub fn matmul(
+    m: &Matrix<'_>,
+    x: &[f32],
+    x_stride: usize,
+    n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    row: &mut [f32],
+) {
+    let cols = m.cols;
+    for r in 0..m.rows {
+        m.dequantize_row(r, row);
+        let w = &row[..cols];
+        for t in 0..n {
+            out[t * out_stride + r] = dot_f32(w, &x[t * x_stride..t * x_stride + cols]);
+        }
+    }
+}
+
+/// RMSNorm: `out = x / sqrt(mean(x^2) + eps) * weight`.
+pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len();
+    let ss = dot_f32(x, x) / n as f32;
+    let scale = 1.0 / libm::sqrtf(ss + eps);
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (v * scale);
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + libm::expf(-*g)) * u;
+    }
+}
+
+/// Rotates one head in place (HF "rotate half" pairing: element `i` with
+/// `i + head_dim/2`) by angles `pos * inv_freq[i]`.
+pub fn rope(head: &mut [f32], pos: f32, inv_freq: &[f32]) {
+    let half = inv_freq.len();
+    for (i, &f) in inv_freq.iter().enumerate() {
+        let angle = pos * f;
+        let (sin, cos) = (libm::sinf(angle), libm::cosf(angle));
+        let (a, b) = (head[i], head[i + half]);
+        head[i] = a * cos - b * sin;
+        head[i + half] = b * cos + a * sin;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,5 +8,12 @@
 pub use ferrite_format as format;
 pub use ferrite_kernels as kernels;
 
+mod error;
+mod model;
 pub mod sampler;
+mod session;
 pub mod tokenizer;
+
+pub use error::Error;
+pub use model::Model;
+pub use session::{KvType, Plan, PlanParts, Session, SessionConfig};
