@@ -1,7 +1,11 @@
 //! Subcommands of the `ferrite` tool.
 
+mod chat;
 mod convert;
+mod engine;
 mod inspect;
+mod perplexity;
+mod run;
 
 use std::process::ExitCode;
 
@@ -27,6 +31,12 @@ enum Command {
     Convert(convert::Args),
     /// Show a Ferrite file's config, tokenizer and tensors; verify checksums.
     Inspect(inspect::Args),
+    /// Generate text from a prompt.
+    Run(run::Args),
+    /// Chat with a model in a multi-turn REPL.
+    Chat(chat::Args),
+    /// Measure perplexity on a text file.
+    Perplexity(perplexity::Args),
 }
 
 /// Runs the parsed command.
@@ -34,6 +44,9 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Chat(args) => chat::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
     }
 }
 

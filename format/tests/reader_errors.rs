@@ -1,0 +1,1515 @@
+//! Reader validation tests: valid files built in memory parse and read back
+//! exactly; every `Error` variant the reader can produce is reached by a
+//! targeted corruption (with the checksums recomputed where the check sits
+//! behind them); truncations and byte flips never panic.
+//!
+//! `Error::NoTokenizer` is not covered: the reader never returns it (a file
+//! without a tokenizer parses, with `File::tokenizer()` = `None`); it exists
+//! for callers that need one.
+
+use std::io::Cursor;
+
+use bytemuck::Pod;
+use ferrite_format::quant::{self, GROUP};
+use ferrite_format::tokenizer::{Merge, PreTokenizer, TokenType, TokenizerHeader, TokenizerKind, NO_TOKEN};
+use ferrite_format::writer::{AlignedBytes, FileWriter, TensorSpec, TokenEntry, TokenizerBuilder};
+use ferrite_format::{
+    checksum, Arch, DType, DirEntry, Error, File, Header, LayerRole, ModelConfig, Role, ALIGN, DIR_ENTRY_SIZE,
+    ENDIAN_CHECK, HEADER_SIZE, VERSION,
+};
+use half::f16;
+
+// ---------------------------------------------------------------------------
+// Deterministic pseudo-random numbers (SplitMix64).
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn nonzero_u8(&mut self) -> u8 {
+        1 + self.below(255) as u8
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Building valid files.
+
+const META_CRC_AT: usize = 124;
+const TOK_CRC_AT: usize = 92;
+const CONFIG_AT: usize = HEADER_SIZE;
+const DIR_AT: usize = HEADER_SIZE + ModelConfig::SIZE;
+
+/// A tiny Llama: 2 layers, d_model 64, 4 heads / 2 kv heads of 16, ffn 96, vocab 40.
+fn llama_config() -> ModelConfig {
+    let mut c: ModelConfig = bytemuck::Zeroable::zeroed();
+    c.arch = Arch::Llama as u32;
+    c.n_layers = 2;
+    c.d_model = 64;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 16;
+    c.ffn_dim = 96;
+    c.vocab_size = 40;
+    c.trained_ctx = 256;
+    c.rope_theta = 10_000.0;
+    c.rope_scaling = 0;
+    c.rope_factor = 1.0;
+    c.norm_eps = 1e-5;
+    c.activation = 0;
+    c.flags = ModelConfig::FLAG_HAS_BOS | ModelConfig::FLAG_ADD_BOS;
+    c.bos_id = 1;
+    c.n_stop_ids = 1;
+    c.stop_ids[0] = 2;
+    c
+}
+
+fn tied_config() -> ModelConfig {
+    let mut c = llama_config();
+    c.flags |= ModelConfig::FLAG_TIED_EMBEDDINGS;
+    c
+}
+
+fn qwen2_config() -> ModelConfig {
+    let mut c = llama_config();
+    c.arch = Arch::Qwen2 as u32;
+    c.flags |= ModelConfig::FLAG_QKV_BIAS;
+    c
+}
+
+/// Widths that are not multiples of the quantization group: 48 and 100.
+fn odd_config() -> ModelConfig {
+    let mut c = llama_config();
+    c.d_model = 48;
+    c.n_heads = 3;
+    c.n_kv_heads = 1;
+    c.head_dim = 16;
+    c.ffn_dim = 100;
+    c.vocab_size = 37;
+    c
+}
+
+/// Config for a file with the test tokenizer (261 tokens), Llama 3 RoPE.
+fn tok_config() -> ModelConfig {
+    let mut c = llama_config();
+    c.vocab_size = 264;
+    c.stop_ids[0] = EOT;
+    c.rope_scaling = 1;
+    c.rope_factor = 8.0;
+    c.rope_low_freq_factor = 1.0;
+    c.rope_high_freq_factor = 4.0;
+    c.rope_original_ctx = 64;
+    c
+}
+
+/// `[rows, cols]` of a role, written out from the format's documentation
+/// (independently of `Role::expected_shape`).
+fn shape_of(role: Role, c: &ModelConfig) -> [u32; 2] {
+    let q = c.n_heads * c.head_dim;
+    let kv = c.n_kv_heads * c.head_dim;
+    match role {
+        Role::Embedding | Role::Output => [c.vocab_size, c.d_model],
+        Role::OutputNorm => [c.d_model, 1],
+        Role::Layer(_, r) => match r {
+            LayerRole::AttnNorm | LayerRole::FfnNorm => [c.d_model, 1],
+            LayerRole::AttnQ => [q, c.d_model],
+            LayerRole::AttnK | LayerRole::AttnV => [kv, c.d_model],
+            LayerRole::AttnO => [c.d_model, q],
+            LayerRole::AttnQBias => [q, 1],
+            LayerRole::AttnKBias | LayerRole::AttnVBias => [kv, 1],
+            LayerRole::FfnGate | LayerRole::FfnUp => [c.ffn_dim, c.d_model],
+            LayerRole::FfnDown => [c.d_model, c.ffn_dim],
+        },
+    }
+}
+
+fn is_vector(role: Role) -> bool {
+    matches!(
+        role,
+        Role::OutputNorm
+            | Role::Layer(
+                _,
+                LayerRole::AttnNorm
+                    | LayerRole::FfnNorm
+                    | LayerRole::AttnQBias
+                    | LayerRole::AttnKBias
+                    | LayerRole::AttnVBias
+            )
+    )
+}
+
+/// Every role the config requires, in directory order.
+fn roles_for(c: &ModelConfig) -> Vec<Role> {
+    let tied = c.flags & ModelConfig::FLAG_TIED_EMBEDDINGS != 0;
+    let bias = c.flags & ModelConfig::FLAG_QKV_BIAS != 0;
+    let mut roles = vec![Role::Embedding, Role::OutputNorm];
+    if !tied {
+        roles.push(Role::Output);
+    }
+    for layer in 0..c.n_layers {
+        for r in LayerRole::ALL {
+            let is_bias = matches!(r, LayerRole::AttnQBias | LayerRole::AttnKBias | LayerRole::AttnVBias);
+            if !is_bias || bias {
+                roles.push(Role::Layer(layer, r));
+            }
+        }
+    }
+    roles
+}
+
+/// How matrices are stored: all one type, or cycling through every type.
+#[derive(Clone, Copy)]
+enum Mix {
+    All(DType),
+    Cycle,
+}
+
+const CYCLE: [DType; 4] = [DType::F32, DType::F16, DType::Q8, DType::Q4];
+
+fn specs_for(c: &ModelConfig, mix: Mix) -> Vec<TensorSpec> {
+    let mut matrix = 0;
+    roles_for(c)
+        .into_iter()
+        .map(|role| {
+            let dtype = if is_vector(role) {
+                DType::F32
+            } else {
+                matrix += 1;
+                match mix {
+                    Mix::All(d) => d,
+                    Mix::Cycle => CYCLE[(matrix - 1) % 4],
+                }
+            };
+            TensorSpec { role, dtype, shape: shape_of(role, c) }
+        })
+        .collect()
+}
+
+/// Deterministic contents for a tensor: finite floats, or quant planes with
+/// zero quants in the padding of a partial last group and positive scales.
+fn tensor_data(dtype: DType, rows: u32, cols: u32, rng: &mut Rng) -> Vec<u8> {
+    let (rows, cols) = (rows as usize, cols as usize);
+    let mut out = Vec::new();
+    match dtype {
+        DType::F32 => {
+            for _ in 0..rows * cols {
+                out.extend_from_slice(&rng.unit().to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for _ in 0..rows * cols {
+                out.extend_from_slice(&f16::from_f32(rng.unit()).to_le_bytes());
+            }
+        }
+        DType::Q8 | DType::Q4 => {
+            let groups = cols.div_ceil(GROUP);
+            for _ in 0..rows {
+                for g in 0..groups {
+                    let mut vals = [0i8; GROUP];
+                    for (j, v) in vals.iter_mut().enumerate() {
+                        if g * GROUP + j < cols {
+                            *v = if dtype == DType::Q8 {
+                                (rng.below(255) as i16 - 127) as i8 // -127..=127
+                            } else {
+                                rng.below(16) as i8 - 8
+                            };
+                        }
+                    }
+                    if dtype == DType::Q8 {
+                        out.extend(vals.iter().map(|&v| v as u8));
+                    } else {
+                        let mut packed = [0u8; quant::Q4_GROUP_BYTES];
+                        quant::q4_pack(&vals, &mut packed);
+                        out.extend_from_slice(&packed);
+                    }
+                }
+            }
+            for _ in 0..rows * groups {
+                let s = 0.001 + 0.05 * (rng.unit() + 1.0) / 2.0;
+                out.extend_from_slice(&f16::from_f32(s).to_le_bytes());
+            }
+        }
+    }
+    assert_eq!(out.len() as u64, dtype.tensor_bytes(rows as u64, cols as u64).unwrap());
+    out
+}
+
+const HE: u32 = 256;
+const LL: u32 = 257;
+const HELL: u32 = 258;
+const HELLO: u32 = 259;
+const EOT: u32 = 260;
+const TEMPLATE: &str = "{% for m in messages %}{{ m.role }}: {{ m.content }}<|eot|>\n{% endfor %}";
+
+/// Byte-level BPE: all 256 single bytes (id = byte), four merges building
+/// "hello", and a special end-of-turn token.
+fn tokenizer_builder() -> TokenizerBuilder {
+    let mut tokens: Vec<TokenEntry> =
+        (0..=255u8).map(|b| TokenEntry { bytes: vec![b], ty: TokenType::Normal, score: 0.0 }).collect();
+    for s in ["he", "ll", "hell", "hello"] {
+        tokens.push(TokenEntry { bytes: s.as_bytes().to_vec(), ty: TokenType::Normal, score: 0.0 });
+    }
+    tokens.push(TokenEntry { bytes: b"<|eot|>".to_vec(), ty: TokenType::Special, score: 0.0 });
+    let mut byte_tokens = [0u32; 256];
+    for (b, t) in byte_tokens.iter_mut().enumerate() {
+        *t = b as u32;
+    }
+    TokenizerBuilder {
+        kind: TokenizerKind::ByteLevelBpe,
+        pretokenizer: PreTokenizer::Gpt2,
+        tokens,
+        merges: vec![(b'h' as u32, b'e' as u32), (b'l' as u32, b'l' as u32), (HE, LL), (HELL, b'o' as u32)],
+        byte_tokens,
+        specials: vec![EOT],
+        chat_template: Some(TEMPLATE.to_string()),
+        eot: Some(EOT),
+        unk: None,
+        has_scores: false,
+        byte_fallback: false,
+        add_prefix_space: false,
+    }
+}
+
+/// A built file and everything that went into it.
+struct Fixture {
+    bytes: Vec<u8>,
+    config: ModelConfig,
+    /// Specs in directory order.
+    specs: Vec<TensorSpec>,
+    /// Tensor contents in directory order.
+    data: Vec<Vec<u8>>,
+    tokenizer: Option<Vec<u8>>,
+}
+
+fn build(config: ModelConfig, mix: Mix, tokenizer: Option<TokenizerBuilder>, seed: u64) -> Fixture {
+    let mut rng = Rng::new(seed);
+    let specs = specs_for(&config, mix);
+    let data: Vec<Vec<u8>> = specs.iter().map(|s| tensor_data(s.dtype, s.shape[0], s.shape[1], &mut rng)).collect();
+    let tok = tokenizer.map(|t| t.to_bytes().expect("tokenizer builds"));
+    // Hand the writer the specs in reverse to check it sorts them.
+    let reversed: Vec<TensorSpec> = specs.iter().rev().copied().collect();
+    let mut w = FileWriter::new(Cursor::new(Vec::new()), &config, tok.as_deref(), &reversed).expect("writer");
+    let order = w.order();
+    assert_eq!(order, specs.iter().map(|s| s.role).collect::<Vec<_>>(), "writer order = directory order");
+    for (i, role) in order.iter().enumerate() {
+        assert_eq!(specs[i].role, *role);
+        w.write_tensor(&data[i]).expect("write tensor");
+    }
+    let bytes = w.finish().expect("finish").into_inner();
+    Fixture { bytes, config, specs, data, tokenizer: tok }
+}
+
+fn small() -> Fixture {
+    build(llama_config(), Mix::Cycle, None, 1)
+}
+
+fn with_tok() -> Fixture {
+    build(tok_config(), Mix::Cycle, Some(tokenizer_builder()), 2)
+}
+
+fn rd<T: Pod>(b: &[u8], at: usize) -> T {
+    bytemuck::pod_read_unaligned(&b[at..at + core::mem::size_of::<T>()])
+}
+
+fn edit<T: Pod>(b: &mut [u8], at: usize, f: impl FnOnce(&mut T)) {
+    let mut v: T = rd(b, at);
+    f(&mut v);
+    b[at..at + core::mem::size_of::<T>()].copy_from_slice(bytemuck::bytes_of(&v));
+}
+
+fn edit_header(b: &mut [u8], f: impl FnOnce(&mut Header)) {
+    edit(b, 0, f)
+}
+
+fn edit_config(b: &mut [u8], f: impl FnOnce(&mut ModelConfig)) {
+    edit(b, CONFIG_AT, f)
+}
+
+fn edit_entry(b: &mut [u8], i: usize, f: impl FnOnce(&mut DirEntry)) {
+    edit(b, DIR_AT + i * DIR_ENTRY_SIZE, f)
+}
+
+fn entry(b: &[u8], i: usize) -> DirEntry {
+    rd(b, DIR_AT + i * DIR_ENTRY_SIZE)
+}
+
+fn header(b: &[u8]) -> Header {
+    rd(b, 0)
+}
+
+/// Recomputes `meta_crc`: header bytes 0..124, the config, the directory.
+fn reseal_meta(b: &mut [u8]) {
+    let n = u32::from_le_bytes(b[48..52].try_into().unwrap()) as usize;
+    let dir_end = (DIR_AT + n * DIR_ENTRY_SIZE).min(b.len());
+    let mut meta = Vec::with_capacity(dir_end);
+    meta.extend_from_slice(&b[..META_CRC_AT]);
+    meta.extend_from_slice(&b[CONFIG_AT..CONFIG_AT + ModelConfig::SIZE]);
+    meta.extend_from_slice(&b[DIR_AT..dir_end]);
+    let crc = checksum(&meta);
+    b[META_CRC_AT..META_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Recomputes `tok_crc` over the tokenizer section (then `meta_crc`).
+fn reseal_tok(b: &mut [u8]) {
+    let h = header(b);
+    let (off, size) = (h.tok_offset as usize, h.tok_size as usize);
+    let crc = checksum(&b[off..off + size]);
+    b[TOK_CRC_AT..TOK_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    reseal_meta(b);
+}
+
+impl Fixture {
+    fn aligned(&self) -> AlignedBytes {
+        AlignedBytes::new(&self.bytes)
+    }
+    fn header(&self) -> Header {
+        header(&self.bytes)
+    }
+    fn index_of(&self, role: Role) -> usize {
+        self.specs.iter().position(|s| s.role == role).expect("role in fixture")
+    }
+    fn tok_range(&self) -> std::ops::Range<usize> {
+        let h = self.header();
+        h.tok_offset as usize..(h.tok_offset + h.tok_size) as usize
+    }
+    fn dir_end(&self) -> usize {
+        DIR_AT + self.specs.len() * DIR_ENTRY_SIZE
+    }
+    /// A copy changed by `f` (anywhere), with `meta_crc` recomputed.
+    fn mutated(&self, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = self.bytes.clone();
+        f(&mut b);
+        reseal_meta(&mut b);
+        b
+    }
+    /// A copy whose tokenizer section is changed by `f`, both checksums recomputed.
+    fn mutated_tok(&self, f: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut b = self.bytes.clone();
+        let r = self.tok_range();
+        f(&mut b[r]);
+        reseal_tok(&mut b);
+        b
+    }
+}
+
+fn tok_header(section: &[u8]) -> TokenizerHeader {
+    rd(section, 0)
+}
+
+fn edit_tok_header(section: &mut [u8], f: impl FnOnce(&mut TokenizerHeader)) {
+    edit(section, 0, f)
+}
+
+fn set_u32(section: &mut [u8], table_off: u32, index: usize, value: u32) {
+    let at = table_off as usize + 4 * index;
+    section[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+fn get_u32(section: &[u8], table_off: u32, index: usize) -> u32 {
+    rd(section, table_off as usize + 4 * index)
+}
+
+fn edit_merge(section: &mut [u8], index: usize, f: impl FnOnce(&mut Merge)) {
+    let off = tok_header(section).merges_off as usize;
+    edit(section, off + index * core::mem::size_of::<Merge>(), f)
+}
+
+/// Parses `bytes` (copied to aligned memory), expecting an error whose
+/// message is non-empty.
+#[track_caller]
+fn parse_err(bytes: &[u8]) -> Error {
+    let a = AlignedBytes::new(bytes);
+    let e = match File::parse(&a) {
+        Ok(_) => panic!("corrupted file parsed"),
+        Err(e) => e,
+    };
+    assert!(!e.to_string().is_empty(), "empty Display for {e:?}");
+    e
+}
+
+macro_rules! assert_err {
+    ($bytes:expr, $($pat:tt)+) => {{
+        let e = parse_err(&$bytes);
+        assert!(matches!(e, $($pat)+), "expected `{}`, got {e:?}", stringify!($($pat)+));
+        e
+    }};
+}
+
+// ---------------------------------------------------------------------------
+// Valid files.
+
+/// Checks everything a parsed file should say about a fixture.
+fn check_fixture(fx: &Fixture) {
+    let a = fx.aligned();
+    let file = File::parse(&a).expect("valid file parses");
+    assert_eq!(*file.config(), fx.config);
+    assert_eq!(file.n_tensors(), fx.specs.len());
+    assert_eq!(file.bytes().len(), fx.bytes.len());
+    let h = file.header();
+    assert_eq!(h.version, VERSION);
+    assert_eq!(h.endian, ENDIAN_CHECK);
+    assert_eq!(h.file_size as usize, fx.bytes.len());
+    assert_eq!(h.n_tensors as usize, fx.specs.len());
+    assert_eq!(h.data_offset % ALIGN as u64, 0);
+    for (i, (spec, data)) in fx.specs.iter().zip(&fx.data).enumerate() {
+        let t = file.tensor(spec.role).expect("tensor by role");
+        assert_eq!(t.index as usize, i);
+        assert_eq!(t.role, spec.role);
+        assert_eq!(t.dtype, spec.dtype, "{}", spec.role);
+        assert_eq!([t.rows, t.cols], spec.shape, "{}", spec.role);
+        assert_eq!(t.len(), (spec.shape[0] * spec.shape[1]) as usize);
+        assert!(!t.is_empty());
+        assert_eq!(t.data.len() as u64, spec.dtype.tensor_bytes(spec.shape[0] as u64, spec.shape[1] as u64).unwrap());
+        assert_eq!(t.data, &data[..], "{} data", spec.role);
+        assert_eq!(t.data.as_ptr() as usize % ALIGN, 0, "{} data aligned", spec.role);
+        assert_eq!(t.crc, checksum(data));
+        t.verify().expect("tensor verifies");
+        let at = file.tensor_at(i).expect("tensor by index");
+        assert_eq!((at.index, at.role, at.data.as_ptr()), (t.index, t.role, t.data.as_ptr()));
+        match spec.dtype {
+            DType::F32 => {
+                let v = t.as_f32().expect("f32 view");
+                assert_eq!(v.len(), t.len());
+                assert!(v.iter().all(|x| x.is_finite()));
+                assert_eq!(bytemuck::cast_slice::<f32, u8>(v), &data[..]);
+                assert!(t.as_f16().is_none() && t.quant_planes().is_none());
+            }
+            DType::F16 => {
+                let v = t.as_f16().expect("f16 view");
+                assert_eq!(v.len(), t.len());
+                assert!(v.iter().all(|x| x.is_finite()));
+                assert!(t.as_f32().is_none() && t.quant_planes().is_none());
+            }
+            DType::Q8 | DType::Q4 => {
+                assert!(t.as_f32().is_none() && t.as_f16().is_none());
+                let (qs, scales) = t.quant_planes().expect("quant planes");
+                let (rows, cols) = (t.rows as usize, t.cols as usize);
+                let groups = cols.div_ceil(GROUP);
+                let gq = if spec.dtype == DType::Q8 { quant::Q8_GROUP_BYTES } else { quant::Q4_GROUP_BYTES };
+                assert_eq!(qs.len(), rows * groups * gq);
+                assert_eq!(qs.len(), quant::scales_offset(spec.dtype, rows, cols));
+                assert_eq!(scales.len(), rows * groups);
+                assert_eq!(qs, &data[..qs.len()]);
+                assert_eq!(bytemuck::cast_slice::<f16, u8>(scales), &data[qs.len()..]);
+                assert!(scales.iter().all(|s| s.is_finite() && s.to_f32() > 0.0));
+                // Padding of a partial last group holds zero quants.
+                if cols % GROUP != 0 {
+                    for r in 0..rows {
+                        let row = &qs[r * groups * gq..(r + 1) * groups * gq];
+                        let last = &row[(groups - 1) * gq..];
+                        for j in cols % GROUP..GROUP {
+                            let q = if spec.dtype == DType::Q8 { last[j] as i8 } else { quant::q4_get(last, j) };
+                            assert_eq!(q, 0, "{} row {r} pad {j}", spec.role);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Output resolves to the embedding exactly when tied.
+    let out = file.tensor(Role::Output).expect("output");
+    let emb = file.tensor(Role::Embedding).expect("embedding");
+    if fx.config.flags & ModelConfig::FLAG_TIED_EMBEDDINGS != 0 {
+        assert_eq!(out.index, emb.index);
+        assert_eq!(out.role, Role::Embedding);
+        assert!(fx.specs.iter().all(|s| s.role != Role::Output));
+    } else {
+        assert_eq!(out.role, Role::Output);
+        assert_ne!(out.index, emb.index);
+    }
+    file.verify_tensors().expect("tensors verify");
+    assert_eq!(file.tokenizer().is_some(), fx.tokenizer.is_some());
+}
+
+#[test]
+fn valid_llama_with_every_dtype_parses() {
+    let fx = small();
+    let dtypes: Vec<DType> = fx.specs.iter().map(|s| s.dtype).collect();
+    for d in CYCLE {
+        assert!(dtypes.contains(&d), "fixture lacks {}", d.name());
+    }
+    check_fixture(&fx);
+}
+
+#[test]
+fn valid_files_of_one_dtype_parse() {
+    for (i, d) in CYCLE.into_iter().enumerate() {
+        check_fixture(&build(llama_config(), Mix::All(d), None, 10 + i as u64));
+    }
+}
+
+#[test]
+fn valid_tied_output_resolves_to_embedding() {
+    let fx = build(tied_config(), Mix::Cycle, None, 3);
+    assert!(!fx.specs.iter().any(|s| s.role == Role::Output));
+    check_fixture(&fx);
+}
+
+#[test]
+fn valid_qwen2_with_biases() {
+    let fx = build(qwen2_config(), Mix::Cycle, None, 4);
+    assert!(fx.specs.iter().any(|s| s.role == Role::Layer(1, LayerRole::AttnVBias)));
+    check_fixture(&fx);
+    let a = fx.aligned();
+    let file = File::parse(&a).unwrap();
+    let kb = file.tensor(Role::Layer(0, LayerRole::AttnKBias)).unwrap();
+    assert_eq!((kb.rows, kb.cols, kb.dtype), (32, 1, DType::F32));
+}
+
+#[test]
+fn valid_odd_widths_pad_quantized_rows() {
+    for d in [DType::Q8, DType::Q4] {
+        let fx = build(odd_config(), Mix::All(d), None, 5);
+        check_fixture(&fx);
+        let a = fx.aligned();
+        let file = File::parse(&a).unwrap();
+        let down = file.tensor(Role::Layer(0, LayerRole::FfnDown)).unwrap();
+        assert_eq!([down.rows, down.cols], [48, 100]);
+        let gb = if d == DType::Q8 { 34 } else { 18 };
+        assert_eq!(down.data.len(), 48 * 4 * gb); // 100 cols -> 4 groups
+        let q = file.tensor(Role::Layer(1, LayerRole::AttnQ)).unwrap();
+        assert_eq!(q.data.len(), 48 * 2 * gb); // 48 cols -> 2 groups
+    }
+    check_fixture(&build(odd_config(), Mix::Cycle, None, 6));
+}
+
+#[test]
+fn valid_mistral_sliding_window() {
+    let mut c = llama_config();
+    c.arch = Arch::Mistral as u32;
+    c.flags |= ModelConfig::FLAG_SLIDING_WINDOW;
+    c.sliding_window = 128;
+    let fx = build(c, Mix::Cycle, None, 7);
+    check_fixture(&fx);
+    let a = fx.aligned();
+    let file = File::parse(&a).unwrap();
+    assert_eq!(file.config().sliding_window(), Some(128));
+    assert_eq!(file.config().arch().unwrap(), Arch::Mistral);
+}
+
+#[test]
+fn valid_tokenizer_lookups() {
+    let fx = with_tok();
+    check_fixture(&fx);
+    let a = fx.aligned();
+    let file = File::parse(&a).unwrap();
+    assert_eq!(file.config().rope_scaling().unwrap(), ferrite_format::RopeScaling::Llama3);
+    let tok = file.tokenizer().expect("tokenizer");
+    assert_eq!(tok.kind(), TokenizerKind::ByteLevelBpe);
+    assert_eq!(tok.pretokenizer(), PreTokenizer::Gpt2);
+    assert_eq!(tok.n_tokens(), 261);
+    assert_eq!(tok.n_merges(), 4);
+    for b in 0..=255u8 {
+        assert_eq!(tok.byte_token(b), Some(b as u32));
+        assert_eq!(tok.find(&[b]), Some(b as u32));
+        assert_eq!(tok.token_bytes(b as u32), Some(&[b][..]));
+    }
+    for (s, id) in [("he", HE), ("ll", LL), ("hell", HELL), ("hello", HELLO), ("<|eot|>", EOT)] {
+        assert_eq!(tok.find(s.as_bytes()), Some(id), "{s}");
+        assert_eq!(tok.token_bytes(id), Some(s.as_bytes()));
+    }
+    for missing in [&b""[..], b"hel", b"helloo", b"<|eot|", b"zz"] {
+        assert_eq!(tok.find(missing), None);
+    }
+    assert_eq!(tok.merge(b'h' as u32, b'e' as u32), Some((0, HE)));
+    assert_eq!(tok.merge(b'l' as u32, b'l' as u32), Some((1, LL)));
+    assert_eq!(tok.merge(HE, LL), Some((2, HELL)));
+    assert_eq!(tok.merge(HELL, b'o' as u32), Some((3, HELLO)));
+    assert_eq!(tok.merge(b'e' as u32, b'h' as u32), None);
+    assert_eq!(tok.merge(HELLO, HELLO), None);
+    assert_eq!(tok.specials(), &[EOT]);
+    assert_eq!(tok.token_type(EOT), Some(TokenType::Special));
+    assert_eq!(tok.token_type(HE), Some(TokenType::Normal));
+    assert_eq!(tok.token_type(261), None);
+    assert_eq!(tok.token_bytes(261), None);
+    assert_eq!(tok.chat_template(), TEMPLATE.as_bytes());
+    assert_eq!(tok.eot(), Some(EOT));
+    assert_eq!(tok.unk(), None);
+    assert_eq!(tok.score(0), None);
+    assert!(!tok.byte_fallback() && !tok.add_prefix_space());
+    assert!(file.config().is_stop(EOT));
+}
+
+#[test]
+fn valid_tokenizer_with_scores_and_missing_byte() {
+    let mut t = tokenizer_builder();
+    t.has_scores = true;
+    t.unk = Some(0);
+    for (i, tok) in t.tokens.iter_mut().enumerate() {
+        tok.score = -(i as f32);
+    }
+    t.byte_tokens[0xFF] = NO_TOKEN;
+    t.chat_template = None;
+    let fx = build(tok_config(), Mix::All(DType::Q4), Some(t), 8);
+    check_fixture(&fx);
+    let a = fx.aligned();
+    let file = File::parse(&a).unwrap();
+    let tok = file.tokenizer().unwrap();
+    assert_eq!(tok.score(HELLO), Some(-(HELLO as f32)));
+    assert_eq!(tok.byte_token(0xFF), None);
+    assert_eq!(tok.unk(), Some(0));
+    assert!(tok.chat_template().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// One test per error variant.
+
+#[test]
+fn err_truncated() {
+    let fx = with_tok();
+    for len in [0, 1, 64, HEADER_SIZE - 1] {
+        assert_err!(fx.bytes[..len], Error::Truncated { what: "header", needed: 128, available } if available == len as u64);
+    }
+    let n = fx.bytes.len();
+    for len in [HEADER_SIZE, DIR_AT, n / 2, n - 1] {
+        assert_err!(fx.bytes[..len], Error::Truncated { needed, available, .. } if needed == n as u64 && available == len as u64);
+    }
+    // A tokenizer section shorter than its own header.
+    let b = fx.mutated(|b| {
+        edit_header(b, |h| h.tok_size = 64);
+        reseal_tok(b);
+    });
+    assert_err!(b, Error::Truncated { what: "tokenizer header", needed: 96, available: 64 });
+}
+
+#[test]
+fn err_bad_magic() {
+    let fx = small();
+    let mut b = fx.bytes.clone();
+    b[7] = 1;
+    assert_err!(b, Error::BadMagic);
+    let mut b = fx.bytes.clone();
+    b[..8].copy_from_slice(b"GGUF\0\0\0\0");
+    assert_err!(b, Error::BadMagic);
+    // Still a bad magic with every later check satisfied.
+    let b = fx.mutated(|b| b[0] = b'f');
+    assert_err!(b, Error::BadMagic);
+}
+
+#[test]
+fn err_bad_endianness() {
+    let fx = small();
+    let swapped = ENDIAN_CHECK.swap_bytes();
+    let b = fx.mutated(|b| edit_header(b, |h| h.endian = swapped));
+    let e = assert_err!(b, Error::BadEndianness { found } if found == swapped);
+    assert!(e.to_string().contains("endian"));
+    let b = fx.mutated(|b| edit_header(b, |h| h.endian = 0));
+    assert_err!(b, Error::BadEndianness { found: 0 });
+}
+
+#[test]
+fn err_unsupported_version() {
+    let fx = small();
+    let b = fx.mutated(|b| edit_header(b, |h| h.version = VERSION + 1));
+    let e = assert_err!(b, Error::UnsupportedVersion { found, supported: VERSION } if found == VERSION + 1);
+    assert!(e.to_string().contains("newer"));
+    let b = fx.mutated(|b| edit_header(b, |h| h.version = 0));
+    let e = assert_err!(b, Error::UnsupportedVersion { found: 0, supported: VERSION });
+    assert!(e.to_string().contains("older"));
+    let b = fx.mutated(|b| edit_header(b, |h| h.version = u32::MAX));
+    assert_err!(b, Error::UnsupportedVersion { found: u32::MAX, .. });
+}
+
+#[test]
+fn err_misaligned() {
+    let fx = with_tok();
+    // The buffer start, off by 1..63 bytes.
+    for pad in [1usize, 2, 4, 8, 32, 63] {
+        let mut v = vec![0u8; pad];
+        v.extend_from_slice(&fx.bytes);
+        let a = AlignedBytes::new(&v);
+        let slice = &a[pad..];
+        let e = File::parse(slice).unwrap_err();
+        assert!(!e.to_string().is_empty());
+        assert!(
+            matches!(e, Error::Misaligned { what: "model buffer start", address, required: 64 }
+                if address == slice.as_ptr() as usize),
+            "{e:?}"
+        );
+    }
+    // A tensor offset that is not a multiple of 64.
+    let i = fx.index_of(Role::Layer(0, LayerRole::AttnQ));
+    let b = fx.mutated(|b| edit_entry(b, i, |e| e.offset += 4));
+    assert_err!(b, Error::Misaligned { what: "tensor data", required: 64, .. });
+    // A tokenizer table off its element alignment.
+    let b = fx.mutated_tok(|s| edit_tok_header(s, |t| t.sorted_off += 1));
+    assert_err!(b, Error::Misaligned { what: "tokenizer sorted ids", required: 4, .. });
+}
+
+#[test]
+fn err_bad_layout() {
+    let fx = with_tok();
+    let h = fx.header();
+    type Edit = fn(&mut Header);
+    let cases: [(&str, Edit); 8] = [
+        ("header_size", |h| h.header_size = 256),
+        ("config_size", |h| h.config_size = 255),
+        ("dir_entry_size", |h| h.dir_entry_size = 32),
+        ("config_offset", |h| h.config_offset = 0),
+        ("dir_offset", |h| h.dir_offset += 64),
+        ("group_size", |h| h.group_size = 64),
+        ("tok_offset", |h| h.tok_offset += 1),
+        ("data_offset", |h| h.data_offset -= 64),
+    ];
+    for (what, f) in cases {
+        let b = fx.mutated(|b| edit_header(b, f));
+        assert_err!(b, Error::BadLayout { what: w, .. } if w == what);
+    }
+    // tok_offset before the end of the directory.
+    let b = fx.mutated(|b| edit_header(b, |h| h.tok_offset -= 64));
+    assert_err!(b, Error::BadLayout { what: "tok_offset", .. });
+    // data_offset not aligned.
+    let b = fx.mutated(|b| edit_header(b, |h| h.data_offset += 8));
+    assert_err!(b, Error::BadLayout { what: "data_offset", .. });
+    // The buffer is longer than file_size.
+    let mut b = fx.bytes.clone();
+    b.extend_from_slice(&[0; 64]);
+    let n = fx.bytes.len() as u64;
+    assert_err!(b, Error::BadLayout { what: "file_size", found, expected } if found == n && expected == n + 64);
+    // A tensor whose size field disagrees with its shape and type.
+    let b = fx.mutated(|b| edit_entry(b, 0, |e| e.size -= 4));
+    assert_err!(b, Error::BadLayout { what: "tensor size", .. });
+    // Tokenizer section_size disagreeing with tok_size.
+    let b = fx.mutated_tok(|s| edit_tok_header(s, |t| t.section_size += 4));
+    assert_err!(b, Error::BadLayout { what: "tokenizer section_size", found, expected }
+        if found == h.tok_size + 4 && expected == h.tok_size);
+    // A file without a tokenizer may not name an offset or checksum for one.
+    let plain = small();
+    let b = plain.mutated(|b| edit_header(b, |h| h.tok_offset = 448));
+    assert_err!(b, Error::BadLayout { what: "tok_offset (no tokenizer)", .. });
+    let b = plain.mutated(|b| edit_header(b, |h| h.tok_crc = 1));
+    assert_err!(b, Error::BadLayout { what: "tok_crc (no tokenizer)", .. });
+}
+
+#[test]
+fn err_out_of_bounds() {
+    let fx = with_tok();
+    let n = fx.bytes.len() as u64;
+    // A directory that runs past the file (checked before the checksum).
+    let b = fx.mutated(|b| edit_header(b, |h| h.n_tensors = 100_000));
+    assert_err!(b, Error::OutOfBounds { what: "directory", offset: 384, len: 6_400_000, limit } if limit == n);
+    let b = fx.mutated(|b| edit_header(b, |h| h.tok_size = n));
+    assert_err!(b, Error::OutOfBounds { what: "tokenizer section", .. });
+    let b = fx.mutated(|b| edit_header(b, |h| h.data_size += 64));
+    assert_err!(b, Error::OutOfBounds { what: "data section", limit, .. } if limit == n);
+    // A data section too short for its last tensor.
+    let b = fx.mutated(|b| edit_header(b, |h| h.data_size -= 128));
+    let last = fx.specs.len() - 1;
+    let e = entry(&fx.bytes, last);
+    assert_err!(b, Error::OutOfBounds { what: "tensor data", offset, len, .. } if offset == e.offset && len == e.size);
+    // Tokenizer tables past the section or over its header.
+    let b = fx.mutated_tok(|s| edit_tok_header(s, |t| t.strings_len += 100_000));
+    assert_err!(b, Error::OutOfBounds { what: "tokenizer strings", .. });
+    let b = fx.mutated_tok(|s| edit_tok_header(s, |t| t.merges_off = 0));
+    assert_err!(b, Error::OutOfBounds { what: "tokenizer merges", offset: 0, .. });
+    let b = fx.mutated_tok(|s| edit_tok_header(s, |t| t.template_off = u32::MAX - 3));
+    assert_err!(b, Error::OutOfBounds { what: "chat template", .. });
+}
+
+#[test]
+fn err_overflow() {
+    let fx = with_tok();
+    let b = fx.mutated(|b| edit_header(b, |h| h.tok_size = u64::MAX));
+    assert_err!(b, Error::Overflow { what: "tokenizer section" });
+    let b = fx.mutated(|b| edit_header(b, |h| h.data_size = u64::MAX - 63));
+    assert_err!(b, Error::Overflow { what: "data section" });
+    let last = fx.specs.len() - 1;
+    let b = fx.mutated(|b| edit_entry(b, last, |e| e.offset = !63u64));
+    assert_err!(b, Error::Overflow { what: "tensor end" });
+}
+
+#[test]
+fn err_meta_checksum() {
+    let fx = with_tok();
+    let stored = fx.header().meta_crc;
+    // Config, directory, and the checksum field itself.
+    for at in [CONFIG_AT + 8, CONFIG_AT + 200, DIR_AT, fx.dir_end() - 1, META_CRC_AT] {
+        let mut b = fx.bytes.clone();
+        b[at] ^= 0x10;
+        let e = assert_err!(b, Error::MetaChecksum { .. });
+        if let Error::MetaChecksum { stored: s, computed } = e {
+            assert_ne!(s, computed);
+            if at != META_CRC_AT {
+                assert_eq!(s, stored);
+            }
+        }
+    }
+    // A header field with no structural check of its own (tok_crc is checked
+    // against the section only after the meta checksum).
+    let mut b = fx.bytes.clone();
+    b[TOK_CRC_AT] ^= 1;
+    assert_err!(b, Error::MetaChecksum { stored: s, .. } if s == stored);
+}
+
+#[test]
+fn err_tokenizer_checksum() {
+    let fx = with_tok();
+    let stored = fx.header().tok_crc;
+    let r = fx.tok_range();
+    for at in [r.start, r.start + 200, r.end - 1] {
+        let mut b = fx.bytes.clone();
+        b[at] ^= 0x01;
+        assert_err!(b, Error::TokenizerChecksum { stored: s, computed } if s == stored && computed != s);
+    }
+}
+
+#[test]
+fn err_tensor_checksum() {
+    let fx = with_tok();
+    for (role, at) in [
+        (Role::Embedding, 0usize),
+        (Role::Layer(0, LayerRole::AttnK), 5),
+        (Role::Layer(1, LayerRole::FfnNorm), 17),
+        (Role::Layer(1, LayerRole::FfnDown), usize::MAX), // last byte: a scale
+    ] {
+        let i = fx.index_of(role);
+        let e = entry(&fx.bytes, i);
+        let off = at.min(e.size as usize - 1);
+        let mut b = fx.bytes.clone();
+        b[e.offset as usize + off] ^= 0x40;
+        let a = AlignedBytes::new(&b);
+        let file = File::parse(&a).expect("a data flip still parses");
+        let err = file.verify_tensors().unwrap_err();
+        assert!(!err.to_string().is_empty());
+        assert!(
+            matches!(err, Error::TensorChecksum { index, stored, computed }
+                if index as usize == i && stored == e.crc && computed != stored),
+            "{role}: {err:?}"
+        );
+        let err = file.tensor(role).unwrap().verify().unwrap_err();
+        assert!(matches!(err, Error::TensorChecksum { index, .. } if index as usize == i));
+        // Other tensors still verify.
+        for j in (0..file.n_tensors()).filter(|&j| j != i) {
+            file.tensor_at(j).unwrap().verify().unwrap();
+        }
+    }
+    // A wrong stored checksum (directory resealed) is found the same way.
+    let b = small().mutated(|b| edit_entry(b, 3, |e| e.crc ^= 1));
+    let a = AlignedBytes::new(&b);
+    let file = File::parse(&a).unwrap();
+    assert!(matches!(file.verify_tensors(), Err(Error::TensorChecksum { index: 3, .. })));
+}
+
+#[test]
+fn err_bad_enum() {
+    let fx = with_tok();
+    let q = fx.index_of(Role::Layer(0, LayerRole::AttnQ));
+    let l1 = fx.index_of(Role::Layer(1, LayerRole::AttnNorm));
+    // Directory fields.
+    for v in [4, 255, u32::MAX] {
+        let b = fx.mutated(|b| edit_entry(b, q, |e| e.dtype = v));
+        assert_err!(b, Error::BadEnum { what: "tensor dtype", value } if value == v);
+    }
+    for kind in [3, 15, 28, u32::MAX] {
+        let b = fx.mutated(|b| edit_entry(b, q, |e| e.kind = kind));
+        assert_err!(b, Error::BadEnum { what: "tensor role", value } if value == kind);
+    }
+    let b = fx.mutated(|b| edit_entry(b, 1, |e| e.layer = 1)); // OutputNorm in layer 1
+    assert_err!(b, Error::BadEnum { what: "global role layer", value: 1 });
+    let b = fx.mutated(|b| edit_entry(b, l1, |e| e.layer = 2)); // only 2 layers
+    assert_err!(b, Error::BadEnum { what: "tensor layer", value: 2 });
+    // Config fields.
+    type Edit = fn(&mut ModelConfig);
+    let cases: [(&str, u32, Edit); 6] = [
+        ("architecture", 0, |c| c.arch = 0),
+        ("architecture", 4, |c| c.arch = 4),
+        ("rope scaling", 3, |c| c.rope_scaling = 3),
+        ("activation", 1, |c| c.activation = 1),
+        ("config flags", 1 << 5, |c| c.flags = 1 << 5),
+        ("config flags", u32::MAX, |c| c.flags = u32::MAX),
+    ];
+    for (what, value, f) in cases {
+        let b = fx.mutated(|b| edit_config(b, f));
+        assert_err!(b, Error::BadEnum { what: w, value: v } if w == what && v == value);
+    }
+    // Tokenizer header fields.
+    type TokEdit = fn(&mut TokenizerHeader);
+    let cases: [(&str, u32, TokEdit); 4] = [
+        ("tokenizer kind", 0, |t| t.kind = 0),
+        ("tokenizer kind", 3, |t| t.kind = 3),
+        ("pre-tokenizer", 3, |t| t.pretokenizer = 3),
+        ("tokenizer flags", 1 << 5, |t| t.flags |= 1 << 5),
+    ];
+    for (what, value, f) in cases {
+        let b = fx.mutated_tok(|s| edit_tok_header(s, f));
+        assert_err!(b, Error::BadEnum { what: w, value: v } if w == what && v & value == value);
+    }
+    // Through the API: a directory index past the end.
+    let a = fx.aligned();
+    let file = File::parse(&a).unwrap();
+    let n = file.n_tensors();
+    assert!(matches!(file.tensor_at(n), Err(Error::BadEnum { what: "tensor index", value }) if value as usize == n));
+}
+
+#[test]
+fn err_bad_config() {
+    let fx = small();
+    type Edit = fn(&mut ModelConfig);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("n_layers", |c| c.n_layers = 0),
+        ("d_model", |c| c.d_model = 0),
+        ("n_heads", |c| c.n_heads = 0),
+        ("n_kv_heads", |c| c.n_kv_heads = 0),
+        ("head_dim", |c| c.head_dim = 0),
+        ("ffn_dim", |c| c.ffn_dim = 0),
+        ("vocab_size", |c| c.vocab_size = 0),
+        ("d_model", |c| c.d_model = (1 << 20) + 1),
+        ("vocab_size", |c| c.vocab_size = u32::MAX),
+        ("n_layers", |c| c.n_layers = 4097),
+        ("n_kv_heads", |c| c.n_kv_heads = 3),
+        ("n_kv_heads", |c| c.n_kv_heads = 8),
+        ("head_dim", |c| c.head_dim = 15),
+        ("n_heads * head_dim", |c| {
+            c.n_heads = 1 << 10;
+            c.head_dim = 1 << 11;
+        }),
+        ("rope_theta", |c| c.rope_theta = 1.0),
+        ("rope_theta", |c| c.rope_theta = f32::NAN),
+        ("rope_theta", |c| c.rope_theta = f32::INFINITY),
+        ("norm_eps", |c| c.norm_eps = 0.0),
+        ("norm_eps", |c| c.norm_eps = -1e-5),
+        ("norm_eps", |c| c.norm_eps = f32::NAN),
+        ("rope_factor", |c| {
+            c.rope_scaling = 2;
+            c.rope_factor = 0.0;
+        }),
+        ("rope_factor", |c| {
+            c.rope_scaling = 1;
+            c.rope_factor = f32::INFINITY;
+        }),
+        ("rope_low/high_freq_factor", |c| {
+            c.rope_scaling = 1;
+            c.rope_factor = 8.0;
+            c.rope_low_freq_factor = 4.0;
+            c.rope_high_freq_factor = 1.0;
+            c.rope_original_ctx = 64;
+        }),
+        ("rope_original_ctx", |c| {
+            c.rope_scaling = 1;
+            c.rope_factor = 8.0;
+            c.rope_low_freq_factor = 1.0;
+            c.rope_high_freq_factor = 4.0;
+            c.rope_original_ctx = 0;
+        }),
+        ("bos_id", |c| c.bos_id = 40),
+        ("flags", |c| c.flags = ModelConfig::FLAG_ADD_BOS),
+        ("sliding_window", |c| {
+            c.flags |= ModelConfig::FLAG_SLIDING_WINDOW;
+            c.sliding_window = 0;
+        }),
+        ("n_stop_ids", |c| c.n_stop_ids = 9),
+        ("stop_ids", |c| {
+            c.n_stop_ids = 2;
+            c.stop_ids[1] = 40;
+        }),
+    ];
+    for (what, f) in cases {
+        let b = fx.mutated(|b| edit_config(b, f));
+        let e = assert_err!(b, Error::BadConfig { what: w, .. } if w == what);
+        assert!(e.to_string().contains(what), "{e}");
+    }
+    // The writer refuses the same configs.
+    let mut c = llama_config();
+    c.head_dim = 15;
+    assert!(FileWriter::new(Cursor::new(Vec::new()), &c, None, &[]).is_err());
+}
+
+#[test]
+fn err_bad_shape() {
+    let fx = small();
+    let q = fx.index_of(Role::Layer(1, LayerRole::AttnQ));
+    let b = fx.mutated(|b| edit_entry(b, q, |e| e.rows += 1));
+    assert_err!(b, Error::BadShape { index, expected: [64, 64], found: [65, 64] } if index as usize == q);
+    // Transposed.
+    let down = fx.index_of(Role::Layer(0, LayerRole::FfnDown));
+    let b = fx.mutated(|b| edit_entry(b, down, |e| std::mem::swap(&mut e.rows, &mut e.cols)));
+    assert_err!(b, Error::BadShape { expected: [64, 96], found: [96, 64], .. });
+    // A vector recorded as a matrix.
+    let b = fx.mutated(|b| edit_entry(b, 1, |e| e.n_dims = 2));
+    assert_err!(b, Error::BadShape { index: 1, .. });
+    let b = fx.mutated(|b| edit_entry(b, 0, |e| e.n_dims = 1));
+    assert_err!(b, Error::BadShape { index: 0, .. });
+    // The config changed under the tensors: the first tensor using ffn_dim.
+    let gate = fx.index_of(Role::Layer(0, LayerRole::FfnGate));
+    let b = fx.mutated(|b| edit_config(b, |c| c.ffn_dim = 128));
+    assert_err!(b, Error::BadShape { index, expected: [128, 64], found: [96, 64] } if index as usize == gate);
+    let b = fx.mutated(|b| edit_config(b, |c| c.vocab_size = 41));
+    assert_err!(b, Error::BadShape { index: 0, expected: [41, 64], found: [40, 64] });
+}
+
+#[test]
+fn err_bad_dtype() {
+    let fx = build(qwen2_config(), Mix::Cycle, None, 20);
+    for (role, dtype) in [
+        (Role::OutputNorm, DType::F16),
+        (Role::Layer(0, LayerRole::AttnNorm), DType::Q8),
+        (Role::Layer(1, LayerRole::FfnNorm), DType::Q4),
+        (Role::Layer(0, LayerRole::AttnQBias), DType::Q8),
+        (Role::Layer(1, LayerRole::AttnVBias), DType::F16),
+    ] {
+        let i = fx.index_of(role);
+        let b = fx.mutated(|b| edit_entry(b, i, |e| e.dtype = dtype as u32));
+        assert_err!(b, Error::BadDType { index, dtype: d } if index as usize == i && d == dtype as u32);
+    }
+}
+
+#[test]
+fn err_directory_order() {
+    let fx = small();
+    // OutputNorm and Output swapped.
+    let b = fx.mutated(|b| {
+        let (e1, e2) = (entry(b, 1), entry(b, 2));
+        edit_entry(b, 1, |e| *e = e2);
+        edit_entry(b, 2, |e| *e = e1);
+    });
+    assert_err!(b, Error::DirectoryOrder { index: 2 });
+    // A role named twice (the second copy of layer 0's attn_norm).
+    let b = fx.mutated(|b| {
+        let first = entry(b, 3);
+        edit_entry(b, 4, |e| {
+            e.kind = first.kind;
+            e.layer = first.layer;
+        });
+    });
+    assert_err!(b, Error::DirectoryOrder { index: 4 });
+    // Layer 1 before layer 0.
+    let i = fx.index_of(Role::Layer(0, LayerRole::FfnDown));
+    let b = fx.mutated(|b| edit_entry(b, i, |e| e.layer = 1));
+    assert_err!(b, Error::DirectoryOrder { index } if index as usize == i + 1);
+}
+
+#[test]
+fn err_missing_tensor() {
+    let fx = small();
+    // The directory one entry short: the last role is missing.
+    let b = fx.mutated(|b| edit_header(b, |h| h.n_tensors -= 1));
+    assert_err!(b, Error::MissingTensor { kind: 27, layer: 1 });
+    // A config that requires more than the directory holds.
+    let b = fx.mutated(|b| edit_config(b, |c| c.n_layers = 3));
+    assert_err!(b, Error::MissingTensor { kind: 16, layer: 2 });
+    let b = fx.mutated(|b| edit_config(b, |c| c.flags |= ModelConfig::FLAG_QKV_BIAS));
+    assert_err!(b, Error::MissingTensor { kind: 21, layer: 0 });
+    let tied = build(tied_config(), Mix::Cycle, None, 21);
+    let b = tied.mutated(|b| edit_config(b, |c| c.flags &= !ModelConfig::FLAG_TIED_EMBEDDINGS));
+    assert_err!(b, Error::MissingTensor { kind: 2, layer: 0 });
+    // Through the API: a role that is not in the file.
+    let a = fx.aligned();
+    let file = File::parse(&a).unwrap();
+    let e = file.tensor(Role::Layer(0, LayerRole::AttnQBias)).unwrap_err();
+    assert!(matches!(e, Error::MissingTensor { kind: 21, layer: 0 }), "{e:?}");
+    let e = file.tensor(Role::Layer(7, LayerRole::AttnQ)).unwrap_err();
+    assert!(matches!(e, Error::MissingTensor { kind: 17, layer: 7 }), "{e:?}");
+}
+
+#[test]
+fn err_unexpected_tensor() {
+    let fx = small();
+    // Tied config, but an output table is present.
+    let b = fx.mutated(|b| edit_config(b, |c| c.flags |= ModelConfig::FLAG_TIED_EMBEDDINGS));
+    assert_err!(b, Error::UnexpectedTensor { index: 2 });
+    // Biases without the bias flag.
+    let qwen = build(qwen2_config(), Mix::Cycle, None, 22);
+    let first_bias = qwen.index_of(Role::Layer(0, LayerRole::AttnQBias));
+    let b = qwen.mutated(|b| edit_config(b, |c| c.flags &= !ModelConfig::FLAG_QKV_BIAS));
+    assert_err!(b, Error::UnexpectedTensor { index } if index as usize == first_bias);
+}
+
+#[test]
+fn err_tensor_order() {
+    let fx = small();
+    // Overlapping the previous tensor.
+    let b = fx.mutated(|b| {
+        let prev = entry(b, 4).offset;
+        edit_entry(b, 5, |e| e.offset = prev);
+    });
+    assert_err!(b, Error::TensorOrder { index: 5 });
+    // Starting before the data section.
+    let b = fx.mutated(|b| {
+        let data = header(b).data_offset;
+        edit_entry(b, 0, |e| e.offset = data - 64);
+    });
+    assert_err!(b, Error::TensorOrder { index: 0 });
+    // Data in reverse order of the directory.
+    let b = fx.mutated(|b| {
+        let (e3, e4) = (entry(b, 3), entry(b, 4));
+        edit_entry(b, 3, |e| e.offset = e4.offset);
+        edit_entry(b, 4, |e| e.offset = e3.offset);
+    });
+    assert_err!(b, Error::TensorOrder { index: 4 });
+}
+
+#[test]
+fn err_bad_tokenizer() {
+    let fx = with_tok();
+    let th = tok_header(&fx.tokenizer.clone().unwrap());
+    let n = th.n_tokens;
+    let check = |b: Vec<u8>, what: &str, index: u32| {
+        let e = parse_err(&b);
+        assert!(
+            matches!(e, Error::BadTokenizer { what: w, index: i } if w.starts_with(what) && i == index),
+            "expected BadTokenizer {{ {what}, {index} }}, got {e:?}"
+        );
+    };
+    // Token count.
+    check(fx.mutated_tok(|s| edit_tok_header(s, |t| t.n_tokens = 0)), "n_tokens", 0);
+    check(fx.mutated_tok(|s| edit_tok_header(s, |t| t.n_tokens = 265)), "n_tokens", 265);
+    // Offsets: first not 0, decreasing, end not the blob length.
+    check(fx.mutated_tok(|s| set_u32(s, th.offsets_off, 0, 1)), "offsets", 0);
+    check(fx.mutated_tok(|s| set_u32(s, th.offsets_off, 5, 0)), "offsets", 5);
+    check(fx.mutated_tok(|s| set_u32(s, th.offsets_off, n as usize, th.strings_len - 1)), "offsets (end", n);
+    // Token type.
+    check(fx.mutated_tok(|s| s[th.types_off as usize + 3] = 9), "token type", 3);
+    // Sorted ids: out of range, unsorted, duplicated.
+    check(fx.mutated_tok(|s| set_u32(s, th.sorted_off, 0, n)), "sorted ids (id out of range)", 0);
+    check(
+        fx.mutated_tok(|s| {
+            let (a, b) = (get_u32(s, th.sorted_off, 10), get_u32(s, th.sorted_off, 11));
+            set_u32(s, th.sorted_off, 10, b);
+            set_u32(s, th.sorted_off, 11, a);
+        }),
+        "sorted ids (not strictly ascending)",
+        11,
+    );
+    check(
+        fx.mutated_tok(|s| {
+            let a = get_u32(s, th.sorted_off, 10);
+            set_u32(s, th.sorted_off, 11, a);
+        }),
+        "sorted ids (not strictly ascending)",
+        11,
+    );
+    // Merges: ids or rank out of range, unsorted.
+    check(fx.mutated_tok(|s| edit_merge(s, 0, |m| m.result = n)), "merge (id or rank out of range)", 0);
+    check(fx.mutated_tok(|s| edit_merge(s, 1, |m| m.left = u32::MAX)), "merge (id or rank out of range)", 1);
+    check(fx.mutated_tok(|s| edit_merge(s, 2, |m| m.rank = 4)), "merge (id or rank out of range)", 2);
+    check(
+        fx.mutated_tok(|s| {
+            let off = th.merges_off as usize;
+            let (a, b) = s[off..off + 32].split_at_mut(16);
+            a.swap_with_slice(b);
+        }),
+        "merges (not sorted by pair)",
+        1,
+    );
+    // Byte table, specials, eot, unk.
+    check(fx.mutated_tok(|s| set_u32(s, th.byte_tokens_off, 65, n)), "byte tokens", 65);
+    check(fx.mutated_tok(|s| set_u32(s, th.specials_off, 0, n + 100)), "specials", 0);
+    check(fx.mutated_tok(|s| edit_tok_header(s, |t| t.eot_id = n)), "eot id", n);
+    check(
+        fx.mutated_tok(|s| {
+            edit_tok_header(s, |t| {
+                t.flags |= TokenizerHeader::FLAG_HAS_UNK;
+                t.unk_id = n + 1;
+            })
+        }),
+        "unk id",
+        n + 1,
+    );
+    // A special token with no bytes (built, since the sorted table must stay valid).
+    let mut t = tokenizer_builder();
+    t.tokens.push(TokenEntry { bytes: Vec::new(), ty: TokenType::Special, score: 0.0 });
+    t.specials.push(261);
+    let bad = build(tok_config(), Mix::Cycle, Some(t), 23);
+    check(bad.bytes.clone(), "specials", 1);
+    // Non-finite scores.
+    let mut t = tokenizer_builder();
+    t.has_scores = true;
+    let scored = build(tok_config(), Mix::Cycle, Some(t), 24);
+    let sh = tok_header(scored.tokenizer.as_ref().unwrap());
+    for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        check(scored.mutated_tok(|s| set_u32(s, sh.scores_off, 7, v.to_bits())), "scores (non-finite)", 0);
+    }
+    // A NO_TOKEN byte entry is allowed.
+    let b = fx.mutated_tok(|s| set_u32(s, th.byte_tokens_off, 65, NO_TOKEN));
+    let a = AlignedBytes::new(&b);
+    assert_eq!(File::parse(&a).unwrap().tokenizer().unwrap().byte_token(65), None);
+}
+
+#[test]
+fn err_reserved_not_zero() {
+    let fx = with_tok();
+    let b = fx.mutated(|b| edit_header(b, |h| h.reserved[27] = 1));
+    assert_err!(b, Error::ReservedNotZero { what: "header" });
+    let b = fx.mutated(|b| edit_config(b, |c| c.reserved[0] = 0x80));
+    assert_err!(b, Error::ReservedNotZero { what: "config" });
+    let b = fx.mutated(|b| edit_entry(b, 5, |e| e.reserved[19] = 1));
+    assert_err!(b, Error::ReservedNotZero { what: "directory entry" });
+    let b = fx.mutated_tok(|s| edit_tok_header(s, |t| t.reserved[8] = 3));
+    assert_err!(b, Error::ReservedNotZero { what: "tokenizer header" });
+}
+
+// ---------------------------------------------------------------------------
+// Robustness.
+
+/// Touches everything a parsed file exposes and checks the invariants a
+/// successful parse promises.
+fn exercise(file: &File<'_>) {
+    let c = *file.config();
+    for i in 0..file.n_tensors() {
+        let t = file.tensor_at(i).expect("tensor_at of a parsed file");
+        assert_eq!(t.data.len() as u64, t.dtype.tensor_bytes(t.rows as u64, t.cols as u64).unwrap());
+        assert_eq!(t.data.as_ptr() as usize % ALIGN, 0);
+        let _ = (t.as_f32(), t.as_f16(), t.len(), t.verify());
+        if t.dtype.is_quantized() {
+            let (qs, scales) = t.quant_planes().expect("quant planes");
+            assert_eq!(qs.len() + 2 * scales.len(), t.data.len());
+        }
+    }
+    for role in roles_for(&c).into_iter().take(20_000) {
+        file.tensor(role).expect("every required role resolves");
+    }
+    let _ = file.tensor(Role::Output).expect("output resolves");
+    let _ = file.verify_tensors();
+    if let Some(tok) = file.tokenizer() {
+        for id in 0..tok.n_tokens() {
+            let bytes = tok.token_bytes(id).expect("token bytes");
+            assert_eq!(tok.find(bytes), Some(id), "find(token_bytes(id)) = id");
+            let _ = (tok.token_type(id), tok.score(id));
+        }
+        for b in 0..=255u8 {
+            if let Some(id) = tok.byte_token(b) {
+                assert!(id < tok.n_tokens());
+            }
+        }
+        for &id in tok.specials() {
+            assert!(tok.token_bytes(id).is_some_and(|b| !b.is_empty()));
+        }
+        let _ = (tok.find(b"hello"), tok.find(b""), tok.merge(HE, LL), tok.chat_template(), tok.eot(), tok.unk());
+        let _ = (tok.kind(), tok.pretokenizer(), tok.n_merges(), tok.header());
+    }
+}
+
+#[test]
+fn robust_every_truncation() {
+    for fx in [with_tok(), build(odd_config(), Mix::Cycle, None, 30)] {
+        let a = fx.aligned();
+        let n = fx.bytes.len();
+        // Plain truncation: every length.
+        for len in 0..n {
+            let e = File::parse(&a[..len]).expect_err("truncated file parsed");
+            assert!(matches!(e, Error::Truncated { .. }), "len {len}: {e:?}");
+        }
+        // Truncation with file_size (and data_size) patched to match and the
+        // meta checksum recomputed, so the deeper bounds checks run.
+        let last_end = {
+            let e = entry(&fx.bytes, fx.specs.len() - 1);
+            (e.offset + e.size) as usize
+        };
+        let h = fx.header();
+        let mut b = fx.aligned();
+        let step = (n / 3000).max(1);
+        let lens = (HEADER_SIZE..n).step_by(step).chain(HEADER_SIZE..fx.dir_end() + 200).chain(last_end - 70..n);
+        for len in lens {
+            {
+                let s = b.as_mut_slice();
+                edit_header(s, |hh| {
+                    hh.file_size = len as u64;
+                    hh.data_size = (len as u64).saturating_sub(h.data_offset).min(h.data_size);
+                });
+                reseal_meta(s);
+            }
+            match File::parse(&b[..len]) {
+                Ok(file) => {
+                    assert!(len >= last_end, "len {len} < {last_end} parsed");
+                    exercise(&file);
+                    file.verify_tensors().unwrap();
+                }
+                Err(e) => {
+                    assert!(!e.to_string().is_empty());
+                    assert!(len < last_end, "len {len}: {e:?}");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Region {
+    Header,
+    Meta,
+    Tokenizer,
+    Tensor(usize),
+    Padding,
+}
+
+fn region_of(fx: &Fixture, at: usize) -> Region {
+    if at < META_CRC_AT {
+        return Region::Header;
+    }
+    if at < fx.dir_end() {
+        return Region::Meta;
+    }
+    if fx.tokenizer.is_some() && fx.tok_range().contains(&at) {
+        return Region::Tokenizer;
+    }
+    for i in 0..fx.specs.len() {
+        let e = entry(&fx.bytes, i);
+        if (e.offset..e.offset + e.size).contains(&(at as u64)) {
+            return Region::Tensor(i);
+        }
+    }
+    Region::Padding
+}
+
+#[test]
+fn robust_single_byte_flips() {
+    let fx = with_tok();
+    let mut rng = Rng::new(0x5eed);
+    let mut b = fx.aligned();
+    let n = fx.bytes.len();
+    let data_offset = fx.header().data_offset as usize;
+    let mut seen = [0usize; 5];
+    for round in 0..iters(6000) {
+        // Two thirds uniform over the file, one third over the metadata and tokenizer.
+        let at = if round % 3 == 0 { rng.below(data_offset) } else { rng.below(n) };
+        let x = rng.nonzero_u8();
+        b.as_mut_slice()[at] ^= x;
+        let region = region_of(&fx, at);
+        let result = File::parse(&b);
+        match region {
+            Region::Header => {
+                seen[0] += 1;
+                let e = result.expect_err("header flip accepted");
+                assert!(!e.to_string().is_empty());
+            }
+            Region::Meta => {
+                seen[1] += 1;
+                let e = result.expect_err("meta flip accepted");
+                assert!(matches!(e, Error::MetaChecksum { .. }), "flip at {at}: {e:?}");
+            }
+            Region::Tokenizer => {
+                seen[2] += 1;
+                let e = result.expect_err("tokenizer flip accepted");
+                assert!(matches!(e, Error::TokenizerChecksum { .. }), "flip at {at}: {e:?}");
+            }
+            Region::Tensor(i) => {
+                seen[3] += 1;
+                let file = result.expect("data flip parses");
+                let e = file.verify_tensors().expect_err("data flip verifies");
+                assert!(matches!(e, Error::TensorChecksum { index, .. } if index as usize == i), "{e:?}");
+            }
+            Region::Padding => {
+                // Alignment padding is covered by no checksum; the file must
+                // still read and its tensors verify.
+                seen[4] += 1;
+                let file = result.expect("padding flip parses");
+                file.verify_tensors().unwrap();
+            }
+        }
+        b.as_mut_slice()[at] ^= x;
+    }
+    eprintln!("flips per region (header, meta, tokenizer, tensor, padding): {seen:?}");
+    assert!(seen[..4].iter().all(|&k| k > 10), "coverage {seen:?}");
+    File::parse(&b).unwrap().verify_tensors().unwrap();
+}
+
+/// `base` iterations, times `FERRITE_FUZZ_SCALE` (default 1) for longer local runs.
+fn iters(base: usize) -> usize {
+    let scale = std::env::var("FERRITE_FUZZ_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1usize);
+    base * scale.max(1)
+}
+
+/// Values worth writing into size, offset and count fields.
+fn interesting_u32(rng: &mut Rng, n: usize) -> u32 {
+    match rng.below(10) {
+        0 => 0,
+        1 => 1,
+        2 => u32::MAX,
+        3 => u32::MAX - rng.below(64) as u32,
+        4 => 1 << rng.below(32),
+        5 => (rng.below(n) as u32) & !63,
+        6 => rng.below(n) as u32,
+        7 => rng.below(300) as u32,
+        _ => rng.next_u64() as u32,
+    }
+}
+
+#[test]
+fn robust_resealed_metadata_mutations() {
+    // Past the checksum: random edits to the header, config and directory
+    // with meta_crc recomputed. Never a panic; anything accepted is sound.
+    for (k, fx) in [with_tok(), build(qwen2_config(), Mix::Cycle, None, 40)].into_iter().enumerate() {
+        let mut rng = Rng::new(0xfee1 + k as u64);
+        let meta_end = fx.dir_end();
+        let mut accepted = 0;
+        let n = iters(3000);
+        let mut b = fx.aligned();
+        for _ in 0..n {
+            let s = b.as_mut_slice();
+            s[..meta_end].copy_from_slice(&fx.bytes[..meta_end]);
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(meta_end) & !3;
+                if at == META_CRC_AT {
+                    continue;
+                }
+                if rng.below(2) == 0 {
+                    s[at + rng.below(4)] ^= rng.nonzero_u8();
+                } else {
+                    let v = interesting_u32(&mut rng, fx.bytes.len());
+                    s[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            reseal_meta(s);
+            match File::parse(&b) {
+                Ok(file) => {
+                    accepted += 1;
+                    exercise(&file);
+                }
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        }
+        eprintln!("metadata mutations: {accepted} of {n} accepted");
+        assert!(accepted < n, "nothing rejected?");
+    }
+}
+
+#[test]
+fn robust_resealed_tokenizer_mutations() {
+    let fx = with_tok();
+    let mut rng = Rng::new(0x70c);
+    let r = fx.tok_range();
+    let mut accepted = 0;
+    let meta_end = fx.dir_end();
+    let n = iters(3000);
+    let mut b = fx.aligned();
+    for _ in 0..n {
+        let s = b.as_mut_slice();
+        s[..meta_end].copy_from_slice(&fx.bytes[..meta_end]);
+        s[r.clone()].copy_from_slice(&fx.bytes[r.clone()]);
+        for _ in 0..1 + rng.below(3) {
+            // Half the edits hit the tokenizer header's fields.
+            let at = (if rng.below(2) == 0 { r.start + rng.below(96) } else { rng.below(r.len()) + r.start }) & !3;
+            if rng.below(2) == 0 {
+                s[at + rng.below(4)] ^= rng.nonzero_u8();
+            } else {
+                let v = interesting_u32(&mut rng, r.len());
+                s[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        reseal_tok(s);
+        match File::parse(&b) {
+            Ok(file) => {
+                accepted += 1;
+                exercise(&file);
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+    eprintln!("tokenizer mutations: {accepted} of {n} accepted");
+    assert!(accepted < n);
+}

@@ -1,0 +1,132 @@
+//! `ferrite chat`: a multi-turn REPL.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ferrite_runtime::sampler::SamplerConfig;
+use ferrite_runtime::Session;
+
+use super::engine::{self, GenOptions, KvArg, Message};
+use super::CliResult;
+
+/// Chat with a model: each line you type is a user turn; the model's reply
+/// streams back. Commands: /reset (new conversation), /quit (or end of input).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The .frt model file (it must hold a chat template).
+    #[arg(short, long, value_name = "FILE")]
+    model: PathBuf,
+    /// System prompt (else the template's default, if any).
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens per reply.
+    #[arg(short = 'n', long, default_value_t = 512)]
+    n_predict: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Keep the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p threshold (0: off).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Random seed [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Context size in tokens (capped at the model's trained context).
+    #[arg(long, default_value_t = 4096)]
+    ctx: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value = "f16")]
+    kv: KvArg,
+}
+
+pub fn run(args: Args) -> CliResult<ExitCode> {
+    let model = engine::open_model(&args.model)?;
+    let tok = engine::tokenizer(&model, &args.model)?;
+    if tok.view().chat_template().is_empty() {
+        return Err(format!("{}: this model file has no chat template", args.model.display()).into());
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    });
+    let mut sampler = engine::sampler(SamplerConfig {
+        temperature: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        seed,
+        ..SamplerConfig::default()
+    })?;
+    let plan = model.plan(&engine::session_config(&model, args.ctx, args.kv))?;
+    let mut arena = vec![0u8; plan.arena_bytes()];
+    let mut session = Session::new(&model, &plan, &mut arena)?;
+    let initial: Vec<Message> =
+        args.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect();
+    let mut messages = initial.clone();
+    // Tokens whose keys/values are in the cache, in order.
+    let mut fed: Vec<u32> = Vec::new();
+    eprintln!("[ferrite] chat with {} — /reset starts over, /quit exits", args.model.display());
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        print!("> ");
+        std::io::stdout().flush()?;
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let input = line.trim();
+        match input {
+            "" => continue,
+            "/quit" | "/exit" => break,
+            "/reset" => {
+                messages = initial.clone();
+                fed.clear();
+                session.reset();
+                eprintln!("[ferrite] conversation reset");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message { role: "user".into(), content: input.to_string() });
+        let text = engine::render_chat(&model, &tok, &messages, true)?;
+        let ids = engine::encode_prompt(&model, &tok, &text)?;
+        // Reuse the cache when the conversation so far is a prefix.
+        let new = if ids.starts_with(&fed) && ids.len() > fed.len() {
+            &ids[fed.len()..]
+        } else {
+            session.reset();
+            fed.clear();
+            &ids[..]
+        };
+        let opts = GenOptions { max_new: args.n_predict, ignore_eos: false, stream_text: true };
+        let mut history = fed.clone();
+        let g = match engine::generate(&model, &mut session, Some(&tok), &mut sampler, new, &opts, None, &mut history) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("\n[ferrite] {e}; use /reset to start a new conversation");
+                messages.pop();
+                session.reset();
+                fed.clear();
+                continue;
+            }
+        };
+        println!();
+        // Everything but the last sampled token went through the model.
+        fed = history;
+        fed.pop();
+        let reply_ids: Vec<u32> = g.ids.iter().copied().filter(|&id| !model.config().is_stop(id)).collect();
+        let mut buf = vec![0u8; reply_ids.iter().map(|&id| tok.token_bytes(id).map(<[u8]>::len).unwrap_or(0)).sum()];
+        let n = tok.decode(&reply_ids, &mut buf)?;
+        messages.push(Message { role: "assistant".into(), content: String::from_utf8_lossy(&buf[..n]).into_owned() });
+    }
+    Ok(ExitCode::SUCCESS)
+}

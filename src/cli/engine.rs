@@ -1,0 +1,299 @@
+//! What `run`, `chat` and `perplexity` share: loading a model, its
+//! tokenizer, the chat template, and a generation loop.
+
+use std::io::Write;
+use std::path::Path;
+
+use clap::ValueEnum;
+use ferrite_runtime::sampler::{Sampler, SamplerConfig};
+use ferrite_runtime::tokenizer::{Tokenizer, Utf8Stream};
+use ferrite_runtime::{KvType, Model, Plan, Session, SessionConfig};
+
+use super::CliResult;
+
+/// KV cache element type on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum KvArg {
+    /// Half precision (default; half the memory).
+    F16,
+    /// Single precision (exact comparisons).
+    F32,
+}
+
+impl From<KvArg> for KvType {
+    fn from(k: KvArg) -> KvType {
+        match k {
+            KvArg::F16 => KvType::F16,
+            KvArg::F32 => KvType::F32,
+        }
+    }
+}
+
+/// Opens a model file (memory-mapped).
+pub fn open_model(path: &Path) -> CliResult<Model<'static>> {
+    Model::open(path).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+/// The model's tokenizer, or an error saying the file has none.
+pub fn tokenizer<'m>(model: &'m Model<'_>, path: &Path) -> CliResult<Tokenizer<'m>> {
+    let file = model.file();
+    let view = file.tokenizer().copied().ok_or_else(|| {
+        format!("{}: this file has no tokenizer: give the prompt as --prompt-ids", path.display())
+    })?;
+    Ok(Tokenizer::new(view).map_err(|e| format!("{}: {e}", path.display()))?)
+}
+
+/// Encodes text (no BOS handling).
+pub fn encode(tok: &Tokenizer<'_>, text: &str) -> CliResult<Vec<u32>> {
+    let mut ids = vec![0u32; Tokenizer::max_tokens(text.len())];
+    let n = tok.encode(text, &mut ids)?;
+    ids.truncate(n);
+    Ok(ids)
+}
+
+/// Encodes a prompt with the model's BOS rule.
+pub fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, text: &str) -> CliResult<Vec<u32>> {
+    let mut ids = Vec::new();
+    if model.config().add_bos() {
+        if let Some(bos) = model.config().bos() {
+            ids.push(bos);
+        }
+    }
+    ids.extend(encode(tok, text)?);
+    Ok(ids)
+}
+
+/// One chat message.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// Its text.
+    pub content: String,
+}
+
+/// Renders the file's chat template over `messages`.
+pub fn render_chat(model: &Model<'_>, tok: &Tokenizer<'_>, messages: &[Message], add_generation_prompt: bool) -> CliResult<String> {
+    let template = std::str::from_utf8(tok.view().chat_template()).map_err(|_| "chat template is not UTF-8")?;
+    if template.is_empty() {
+        return Err("this model file has no chat template".into());
+    }
+    let mut env = minijinja::Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", template).map_err(|e| format!("chat template: {e}"))?;
+    let token_text = |id: Option<u32>| {
+        id.and_then(|id| tok.token_bytes(id).ok()).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+    };
+    let msgs: Vec<_> = messages
+        .iter()
+        .map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() })
+        .collect();
+    let out = env
+        .get_template("chat")
+        .and_then(|t| {
+            t.render(minijinja::context! {
+                messages => msgs,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => token_text(model.config().bos()),
+                eos_token => token_text(tok.eot()),
+            })
+        })
+        .map_err(|e| format!("chat template: {e}"))?;
+    Ok(out)
+}
+
+/// Builds a session config: `ctx` capped at the model's trained context.
+pub fn session_config(model: &Model<'_>, ctx: usize, kv: KvArg) -> SessionConfig {
+    let trained = model.config().trained_ctx as usize;
+    SessionConfig { max_ctx: ctx.min(trained.max(1)).max(1), kv: kv.into(), ..Default::default() }
+}
+
+/// Peak resident set size of this process, in bytes (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A float32 `.npy` file written row by row; the header is rewritten with
+/// the final row count when finished.
+pub struct NpyWriter {
+    file: std::io::BufWriter<std::fs::File>,
+    cols: usize,
+    rows: usize,
+    path: std::path::PathBuf,
+}
+
+const NPY_HEADER: usize = 128;
+
+impl NpyWriter {
+    /// Creates the file.
+    pub fn create(path: &Path, cols: usize) -> CliResult<Self> {
+        let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut w = NpyWriter { file: std::io::BufWriter::new(file), cols, rows: 0, path: path.to_path_buf() };
+        w.file.write_all(&Self::header(0, cols))?;
+        Ok(w)
+    }
+    fn header(rows: usize, cols: usize) -> Vec<u8> {
+        let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+        let mut h = Vec::with_capacity(NPY_HEADER);
+        h.extend_from_slice(b"\x93NUMPY\x01\x00");
+        let len = (NPY_HEADER - 10) as u16;
+        h.extend_from_slice(&len.to_le_bytes());
+        h.extend_from_slice(dict.as_bytes());
+        while h.len() < NPY_HEADER - 1 {
+            h.push(b' ');
+        }
+        h.push(b'\n');
+        h
+    }
+    /// Appends one row.
+    pub fn push(&mut self, row: &[f32]) -> CliResult<()> {
+        debug_assert_eq!(row.len(), self.cols);
+        for v in row {
+            self.file.write_all(&v.to_le_bytes())?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+    /// Rewrites the header with the row count and closes the file.
+    pub fn finish(mut self) -> CliResult<usize> {
+        use std::io::{Seek, SeekFrom};
+        self.file.flush()?;
+        let mut f = self.file.into_inner().map_err(|e| format!("{}: {}", self.path.display(), e.error()))?;
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&Self::header(self.rows, self.cols))?;
+        Ok(self.rows)
+    }
+}
+
+/// Options of the generation loop.
+pub struct GenOptions {
+    /// Most new tokens.
+    pub max_new: usize,
+    /// Keep going after a stop id.
+    pub ignore_eos: bool,
+    /// Print decoded text as it is generated (else nothing is printed).
+    pub stream_text: bool,
+}
+
+/// What a generation produced.
+pub struct Generation {
+    /// New ids (including the stop id if generation ended on one).
+    pub ids: Vec<u32>,
+    /// Whether generation ended on a stop id.
+    pub stopped: bool,
+    /// Seconds spent in prefill.
+    pub prefill_s: f64,
+    /// Seconds spent in decode steps.
+    pub decode_s: f64,
+    /// Tokens fed in decode steps.
+    pub decode_steps: usize,
+}
+
+/// Feeds `prompt`, then samples up to `max_new` tokens. `logits_sink`
+/// receives the raw logits of every prompt position (when given) and of
+/// every generated token fed back.
+#[allow(clippy::too_many_arguments)]
+pub fn generate(
+    model: &Model<'_>,
+    session: &mut Session<'_, '_>,
+    tok: Option<&Tokenizer<'_>>,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    opts: &GenOptions,
+    mut logits_sink: Option<&mut NpyWriter>,
+    history: &mut Vec<u32>,
+) -> CliResult<Generation> {
+    let vocab = model.config().vocab_size as usize;
+    let mut logits = vec![0f32; vocab];
+    let mut scratch = vec![0u32; vocab];
+    let started = std::time::Instant::now();
+    match logits_sink.as_deref_mut() {
+        Some(sink) => {
+            let mut err = None;
+            session.prefill_all(prompt, &mut |_, l| {
+                if err.is_none() {
+                    err = sink.push(l).err();
+                }
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+        None => {
+            session.prefill(prompt)?;
+        }
+    }
+    logits.copy_from_slice(session.logits());
+    let prefill_s = started.elapsed().as_secs_f64();
+    history.extend_from_slice(prompt);
+
+    let mut out = Generation { ids: vec![], stopped: false, prefill_s, decode_s: 0.0, decode_steps: 0 };
+    let mut utf8 = Utf8Stream::new();
+    let stdout = std::io::stdout();
+    let decode_start = std::time::Instant::now();
+    for i in 0..opts.max_new {
+        let recent_from = history.len().saturating_sub(sampler.config().repeat_last_n);
+        let id = sampler.sample(&mut logits, &history[recent_from..], &mut scratch)?;
+        out.ids.push(id);
+        history.push(id);
+        let is_stop = model.config().is_stop(id);
+        if opts.stream_text && !(is_stop && !opts.ignore_eos) {
+            if let Some(t) = tok {
+                let bytes = t.token_bytes(id)?;
+                let mut lock = stdout.lock();
+                utf8.push(bytes, |s| {
+                    let _ = lock.write_all(s.as_bytes());
+                });
+                let _ = lock.flush();
+            }
+        }
+        if is_stop && !opts.ignore_eos {
+            out.stopped = true;
+            break;
+        }
+        if i + 1 == opts.max_new {
+            break;
+        }
+        session.step(id)?;
+        out.decode_steps += 1;
+        logits.copy_from_slice(session.logits());
+        if let Some(sink) = logits_sink.as_deref_mut() {
+            sink.push(&logits)?;
+        }
+    }
+    if opts.stream_text {
+        let mut lock = stdout.lock();
+        utf8.finish(|s| {
+            let _ = lock.write_all(s.as_bytes());
+        });
+        let _ = lock.flush();
+    }
+    out.decode_s = decode_start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Prints timing and memory figures to stderr.
+pub fn report(prompt_len: usize, g: &Generation, plan: &Plan) {
+    let pp = prompt_len as f64 / g.prefill_s.max(1e-9);
+    let tg = if g.decode_steps > 0 { g.decode_steps as f64 / g.decode_s.max(1e-9) } else { 0.0 };
+    eprintln!(
+        "\n[ferrite] prompt {prompt_len} tokens in {:.3} s ({pp:.1} tok/s); generated {} tokens, {} decode steps in {:.3} s ({tg:.1} tok/s); arena {:.1} MiB; peak RSS {:.1} MiB",
+        g.prefill_s,
+        g.ids.len(),
+        g.decode_steps,
+        g.decode_s,
+        plan.arena_bytes() as f64 / (1 << 20) as f64,
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
+}
+
+/// A sampler from command-line values.
+pub fn sampler(cfg: SamplerConfig) -> CliResult<Sampler> {
+    Ok(Sampler::new(cfg)?)
+}

@@ -1,0 +1,144 @@
+//! `ferrite run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use ferrite_runtime::sampler::SamplerConfig;
+use ferrite_runtime::Session;
+
+use super::engine::{self, GenOptions, KvArg, Message, NpyWriter};
+use super::CliResult;
+
+/// What stdout carries.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OutputKind {
+    /// The generated text, streamed token by token (stop tokens not printed).
+    Text,
+    /// The generated ids, comma-separated on one line (the stop id included).
+    Ids,
+}
+
+/// Generate text from a prompt.
+///
+/// stdout carries only the generation; timing and memory figures go to
+/// stderr. Generation stops after a stop token (unless --ignore-eos) or
+/// after -n tokens. --temp 0 is greedy.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The .frt model file.
+    #[arg(short, long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Prompt text (tokenized with the model's tokenizer and BOS rule).
+    #[arg(short, long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    pub prompt: Option<String>,
+    /// Prompt token ids, used exactly as given: 1,2,3.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n_predict: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set with this cumulative probability (1: off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens below this fraction of the best one's probability (0: off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for tokens among the last 64 (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed [default: from the clock; printed to stderr].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Wrap the prompt as one user turn with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Do not stop at stop tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Context size in tokens (capped at the model's trained context).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value = "f16")]
+    pub kv: KvArg,
+    /// What stdout carries.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputKind,
+    /// Write the raw logits of every prompt position and every generated
+    /// token fed back to a float32 .npy file of shape [P + n - 1, vocab].
+    #[arg(long, value_name = "FILE.npy")]
+    pub dump_logits: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> CliResult<ExitCode> {
+    let model = engine::open_model(&args.model)?;
+    let tok = model.file().tokenizer().is_some().then(|| engine::tokenizer(&model, &args.model)).transpose()?;
+    let prompt: Vec<u32> = match (&args.prompt, &args.prompt_ids) {
+        (_, Some(ids)) => ids.clone(),
+        (Some(text), None) => {
+            let tok = tok.as_ref().ok_or_else(|| format!("{}: this file has no tokenizer: give the prompt as --prompt-ids", args.model.display()))?;
+            let text = if args.chat {
+                engine::render_chat(&model, tok, &[Message { role: "user".into(), content: text.clone() }], true)?
+            } else {
+                text.clone()
+            };
+            engine::encode_prompt(&model, tok, &text)?
+        }
+        (None, None) => return Err("give a prompt with -p or --prompt-ids".into()),
+    };
+    if prompt.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    });
+    if args.seed.is_none() && args.temp > 0.0 {
+        eprintln!("[ferrite] seed {seed}");
+    }
+    let mut sampler = engine::sampler(SamplerConfig {
+        temperature: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        seed,
+        ..SamplerConfig::default()
+    })?;
+    let cfg = engine::session_config(&model, args.ctx, args.kv);
+    let plan = model.plan(&cfg)?;
+    let mut arena = vec![0u8; plan.arena_bytes()];
+    let mut session = Session::new(&model, &plan, &mut arena)?;
+    let mut sink = match &args.dump_logits {
+        Some(p) => Some(NpyWriter::create(p, model.config().vocab_size as usize)?),
+        None => None,
+    };
+    let opts = GenOptions {
+        max_new: args.n_predict,
+        ignore_eos: args.ignore_eos,
+        stream_text: args.output == OutputKind::Text,
+    };
+    if opts.stream_text && tok.is_none() {
+        return Err(format!("{}: this file has no tokenizer: use --output ids", args.model.display()).into());
+    }
+    let mut history = Vec::new();
+    let g = engine::generate(&model, &mut session, tok.as_ref(), &mut sampler, &prompt, &opts, sink.as_mut(), &mut history)?;
+    if args.output == OutputKind::Ids {
+        let ids: Vec<String> = g.ids.iter().map(u32::to_string).collect();
+        super::print_stdout(&format!("{}\n", ids.join(",")))?;
+    } else {
+        super::print_stdout("\n")?;
+    }
+    if let Some(sink) = sink {
+        let rows = sink.finish()?;
+        eprintln!("[ferrite] wrote {rows} rows of logits to {}", args.dump_logits.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+    }
+    engine::report(prompt.len(), &g, &plan);
+    Ok(ExitCode::SUCCESS)
+}
