@@ -270,6 +270,18 @@ impl ModelConfig {
         if self.stop_ids().iter().any(|&id| id >= self.vocab_size) {
             return bad("stop_ids", "not below vocab_size");
         }
+        if self.trained_ctx == 0 {
+            return bad("trained_ctx", "must be positive");
+        }
+        if self.flags & Self::FLAG_SLIDING_WINDOW == 0 && self.sliding_window != 0 {
+            return bad("sliding_window", "must be 0 when the sliding-window flag is off");
+        }
+        if self.flags & Self::FLAG_HAS_BOS == 0 && self.bos_id != 0 {
+            return bad("bos_id", "must be 0 when the BOS flag is off");
+        }
+        if self.stop_ids[self.n_stop_ids as usize..].iter().any(|&id| id != 0) {
+            return bad("stop_ids", "unused entries must be 0");
+        }
         if self.reserved.iter().any(|&b| b != 0) {
             return Err(Error::ReservedNotZero { what: "config" });
         }

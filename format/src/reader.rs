@@ -180,13 +180,9 @@ impl<'a> File<'a> {
             expect("tok_crc (no tokenizer)", header.tok_crc as u64, 0)?;
             None
         } else {
-            if header.tok_offset % ALIGN as u64 != 0 || header.tok_offset < dir_end {
-                return Err(Error::BadLayout {
-                    what: "tok_offset",
-                    found: header.tok_offset,
-                    expected: crate::align_up(dir_end, ALIGN as u64).unwrap_or(0),
-                });
-            }
+            // Sections are packed: each starts at the next ALIGN boundary.
+            let expected = crate::align_up(dir_end, ALIGN as u64).ok_or(Error::Overflow { what: "tok_offset" })?;
+            expect("tok_offset", header.tok_offset, expected)?;
             let range = region("tokenizer section", header.tok_offset, header.tok_size, total)?;
             cursor = range.end as u64;
             let section = &bytes[range];
@@ -196,14 +192,11 @@ impl<'a> File<'a> {
             }
             Some(TokenizerView::parse(section, config.vocab_size)?)
         };
-        if header.data_offset % ALIGN as u64 != 0 || header.data_offset < cursor {
-            return Err(Error::BadLayout {
-                what: "data_offset",
-                found: header.data_offset,
-                expected: crate::align_up(cursor, ALIGN as u64).unwrap_or(0),
-            });
-        }
+        let expected = crate::align_up(cursor, ALIGN as u64).ok_or(Error::Overflow { what: "data_offset" })?;
+        expect("data_offset", header.data_offset, expected)?;
         let data_range = region("data section", header.data_offset, header.data_size, total)?;
+        // The data section runs to the end of the file.
+        expect("data_size", header.data_offset + header.data_size, total)?;
 
         Self::validate_directory(directory, &config, data_range.start as u64, data_range.end as u64)?;
         Ok(File { bytes, header, config, directory, tokenizer })
@@ -247,12 +240,13 @@ impl<'a> File<'a> {
                 .tensor_bytes(e.rows as u64, e.cols as u64)
                 .ok_or(Error::Overflow { what: "tensor size" })?;
             expect("tensor size", e.size, size)?;
-            if e.offset % ALIGN as u64 != 0 {
-                return Err(Error::Misaligned { what: "tensor data", address: e.offset as usize, required: ALIGN });
-            }
-            if e.offset < prev_end {
+            // Tensors are packed in directory order, each at the next ALIGN
+            // boundary: no gaps, no overlap, no unchecked bytes.
+            let expected_offset = crate::align_up(prev_end, ALIGN as u64).ok_or(Error::Overflow { what: "tensor offset" })?;
+            if e.offset < expected_offset {
                 return Err(Error::TensorOrder { index });
             }
+            expect("tensor offset", e.offset, expected_offset)?;
             let end = e.offset.checked_add(e.size).ok_or(Error::Overflow { what: "tensor end" })?;
             if end > data_end {
                 return Err(Error::OutOfBounds { what: "tensor data", offset: e.offset, len: e.size, limit: data_end });
@@ -262,6 +256,8 @@ impl<'a> File<'a> {
                 return Err(Error::ReservedNotZero { what: "directory entry" });
             }
         }
+        let expected_end = crate::align_up(prev_end, ALIGN as u64).ok_or(Error::Overflow { what: "data end" })?;
+        expect("data section end", data_end, expected_end)?;
         // Every required role present: the directory is sorted and has no
         // forbidden or duplicate roles, so walk the required list alongside.
         let mut required = 0usize;

@@ -6,6 +6,17 @@
 //! `Error::NoTokenizer` is not covered: the reader never returns it (a file
 //! without a tokenizer parses, with `File::tokenizer()` = `None`); it exists
 //! for callers that need one.
+//!
+//! Sections and tensors are packed (each at the next 64-byte boundary, the
+//! data section ending the file at the last tensor's padded end), so a tensor
+//! offset is either below its packed position (`TensorOrder`) or otherwise
+//! wrong (`BadLayout { what: "tensor offset" }`). Some payloads of reachable
+//! variants are therefore dead: `Misaligned { what: "tensor data" }` (a
+//! misaligned offset is `BadLayout`), and `Overflow` for "tensor end",
+//! "tensor offset", "data end", "tok_offset" and "data_offset" (every such sum
+//! is bounded by the file size plus config-bounded tensor sizes). Corruptions
+//! that add, drop or reorder tensors re-lay the file out with [`Parts`], so
+//! only the intended fault remains.
 
 use std::io::Cursor;
 
@@ -407,6 +418,111 @@ impl Fixture {
     }
 }
 
+/// Where [`Parts::pack_with_gap`] leaves [`GAP`] extra bytes that the packed
+/// layout does not allow.
+#[derive(Clone, Copy, PartialEq)]
+enum Gap {
+    None,
+    BeforeTokenizer,
+    BeforeData,
+    /// Before the data of the tensor at this directory index.
+    BeforeTensor(usize),
+    /// After the last tensor's padded end (inside the data section).
+    AfterData,
+}
+
+const GAP: u64 = ALIGN as u64;
+
+/// A file taken apart, to be laid out again by [`Parts::pack`]: corruptions
+/// that add, drop or reorder tensors go through here so that every offset,
+/// size and checksum stays consistent and only the intended fault remains.
+struct Parts {
+    header: Header,
+    config: ModelConfig,
+    /// Directory entries with their data, in directory order.
+    tensors: Vec<(DirEntry, Vec<u8>)>,
+    tokenizer: Option<Vec<u8>>,
+}
+
+impl Parts {
+    fn of(b: &[u8]) -> Parts {
+        let header = header(b);
+        let tensors = (0..header.n_tensors as usize)
+            .map(|i| {
+                let e = entry(b, i);
+                (e, b[e.offset as usize..(e.offset + e.size) as usize].to_vec())
+            })
+            .collect();
+        let tokenizer = (header.tok_size != 0)
+            .then(|| b[header.tok_offset as usize..(header.tok_offset + header.tok_size) as usize].to_vec());
+        Parts { header, config: rd(b, CONFIG_AT), tensors, tokenizer }
+    }
+
+    /// The packed layout the format requires (each section and tensor at the
+    /// next 64-byte boundary, the file ending at the last tensor's padded
+    /// end), with every offset, size and checksum recomputed.
+    fn pack(&self) -> Vec<u8> {
+        self.pack_with_gap(Gap::None)
+    }
+
+    /// [`Parts::pack`], with [`GAP`] zero bytes inserted at `gap`; every
+    /// other field stays consistent (file_size and data_size included).
+    fn pack_with_gap(&self, gap: Gap) -> Vec<u8> {
+        let align = |n: u64| n.div_ceil(ALIGN as u64) * ALIGN as u64;
+        let extra = |g: Gap| if gap == g { GAP } else { 0 };
+        let mut h = self.header;
+        h.n_tensors = self.tensors.len() as u32;
+        let mut cursor = (DIR_AT + self.tensors.len() * DIR_ENTRY_SIZE) as u64;
+        match &self.tokenizer {
+            Some(t) => {
+                h.tok_offset = align(cursor) + extra(Gap::BeforeTokenizer);
+                h.tok_size = t.len() as u64;
+                h.tok_crc = checksum(t);
+                cursor = h.tok_offset + h.tok_size;
+            }
+            None => (h.tok_offset, h.tok_size, h.tok_crc) = (0, 0, 0),
+        }
+        h.data_offset = align(cursor) + extra(Gap::BeforeData);
+        cursor = h.data_offset;
+        let mut entries = Vec::new();
+        for (i, (e, data)) in self.tensors.iter().enumerate() {
+            let mut e = *e;
+            e.offset = cursor + extra(Gap::BeforeTensor(i));
+            e.size = data.len() as u64;
+            e.crc = checksum(data);
+            cursor = align(e.offset + e.size);
+            entries.push(e);
+        }
+        cursor += extra(Gap::AfterData);
+        h.data_size = cursor - h.data_offset;
+        h.file_size = cursor;
+        let mut b = vec![0u8; cursor as usize];
+        b[..HEADER_SIZE].copy_from_slice(bytemuck::bytes_of(&h));
+        b[CONFIG_AT..DIR_AT].copy_from_slice(bytemuck::bytes_of(&self.config));
+        for (i, e) in entries.iter().enumerate() {
+            edit_entry(&mut b, i, |x| *x = *e);
+        }
+        if let Some(t) = &self.tokenizer {
+            b[h.tok_offset as usize..][..t.len()].copy_from_slice(t);
+        }
+        for (e, (_, data)) in entries.iter().zip(&self.tensors) {
+            b[e.offset as usize..][..data.len()].copy_from_slice(data);
+        }
+        reseal_meta(&mut b);
+        b
+    }
+}
+
+#[test]
+fn repacking_a_valid_file_reproduces_it() {
+    // The helper the layout corruptions rely on lays out exactly as the writer does.
+    let tied = build(tied_config(), Mix::Cycle, None, 3);
+    let odd = build(odd_config(), Mix::Cycle, None, 6);
+    for fx in [small(), with_tok(), tied, odd] {
+        assert!(Parts::of(&fx.bytes).pack() == fx.bytes);
+    }
+}
+
 fn tok_header(section: &[u8]) -> TokenizerHeader {
     rd(section, 0)
 }
@@ -742,10 +858,13 @@ fn err_misaligned() {
             "{e:?}"
         );
     }
-    // A tensor offset that is not a multiple of 64.
+    // A tensor offset that is not a multiple of 64 is no longer `Misaligned`:
+    // tensors are packed, so any offset past the next 64-byte boundary after
+    // the previous tensor is a layout error.
     let i = fx.index_of(Role::Layer(0, LayerRole::AttnQ));
+    let at = entry(&fx.bytes, i).offset;
     let b = fx.mutated(|b| edit_entry(b, i, |e| e.offset += 4));
-    assert_err!(b, Error::Misaligned { what: "tensor data", required: 64, .. });
+    assert_err!(b, Error::BadLayout { what: "tensor offset", found, expected } if found == at + 4 && expected == at);
     // A tokenizer table off its element alignment.
     let b = fx.mutated_tok(|s| edit_tok_header(s, |t| t.sorted_off += 1));
     assert_err!(b, Error::Misaligned { what: "tokenizer sorted ids", required: 4, .. });
@@ -807,11 +926,23 @@ fn err_out_of_bounds() {
     assert_err!(b, Error::OutOfBounds { what: "tokenizer section", .. });
     let b = fx.mutated(|b| edit_header(b, |h| h.data_size += 64));
     assert_err!(b, Error::OutOfBounds { what: "data section", limit, .. } if limit == n);
-    // A data section too short for its last tensor.
+    // A data section that is not the rest of the file is a layout error now.
     let b = fx.mutated(|b| edit_header(b, |h| h.data_size -= 128));
+    assert_err!(b, Error::BadLayout { what: "data_size", found, expected } if found == n - 128 && expected == n);
+    // A data section too short for its last tensor: the file cut inside that
+    // tensor, with file_size and data_size patched to match.
     let last = fx.specs.len() - 1;
     let e = entry(&fx.bytes, last);
-    assert_err!(b, Error::OutOfBounds { what: "tensor data", offset, len, .. } if offset == e.offset && len == e.size);
+    for len in [e.offset + e.size - 1, e.offset + 1, e.offset] {
+        let mut b = fx.bytes[..len as usize].to_vec();
+        edit_header(&mut b, |h| {
+            h.file_size = len;
+            h.data_size = len - h.data_offset;
+        });
+        reseal_meta(&mut b);
+        assert_err!(b, Error::OutOfBounds { what: "tensor data", offset, len: l, limit }
+            if offset == e.offset && l == e.size && limit == len);
+    }
     // Tokenizer tables past the section or over its header.
     let b = fx.mutated_tok(|s| edit_tok_header(s, |t| t.strings_len += 100_000));
     assert_err!(b, Error::OutOfBounds { what: "tokenizer strings", .. });
@@ -828,9 +959,23 @@ fn err_overflow() {
     assert_err!(b, Error::Overflow { what: "tokenizer section" });
     let b = fx.mutated(|b| edit_header(b, |h| h.data_size = u64::MAX - 63));
     assert_err!(b, Error::Overflow { what: "data section" });
+    // Exactly at the boundary: offset + size = 2^64 overflows, 2^64 - 1 does not.
+    let h = fx.header();
+    let b = fx.mutated(|b| edit_header(b, |h| h.tok_size = u64::MAX - h.tok_offset + 1));
+    assert_err!(b, Error::Overflow { what: "tokenizer section" });
+    let b = fx.mutated(|b| edit_header(b, |h| h.tok_size = u64::MAX - h.tok_offset));
+    assert_err!(b, Error::OutOfBounds { what: "tokenizer section", offset, .. } if offset == h.tok_offset);
+    let b = fx.mutated(|b| edit_header(b, |h| h.data_size = u64::MAX - h.data_offset + 1));
+    assert_err!(b, Error::Overflow { what: "data section" });
+    let b = fx.mutated(|b| edit_header(b, |h| h.data_size = u64::MAX - h.data_offset));
+    assert_err!(b, Error::OutOfBounds { what: "data section", offset, .. } if offset == h.data_offset);
+    // A hostile tensor offset can no longer overflow "tensor end": an offset
+    // must equal the packed position (at most the file size), so it is
+    // rejected as a layout error first; sizes are bounded by the config.
     let last = fx.specs.len() - 1;
+    let at = entry(&fx.bytes, last).offset;
     let b = fx.mutated(|b| edit_entry(b, last, |e| e.offset = !63u64));
-    assert_err!(b, Error::Overflow { what: "tensor end" });
+    assert_err!(b, Error::BadLayout { what: "tensor offset", found, expected } if found == !63u64 && expected == at);
 }
 
 #[test]
@@ -1071,13 +1216,17 @@ fn err_bad_dtype() {
 #[test]
 fn err_directory_order() {
     let fx = small();
-    // OutputNorm and Output swapped.
-    let b = fx.mutated(|b| {
-        let (e1, e2) = (entry(b, 1), entry(b, 2));
-        edit_entry(b, 1, |e| *e = e2);
-        edit_entry(b, 2, |e| *e = e1);
-    });
-    assert_err!(b, Error::DirectoryOrder { index: 2 });
+    // OutputNorm and Output swapped, data and all (the file re-laid out, so
+    // every offset is the packed one).
+    let mut p = Parts::of(&fx.bytes);
+    p.tensors.swap(1, 2);
+    assert_err!(p.pack(), Error::DirectoryOrder { index: 2 });
+    // The same in a file with a tokenizer, swapping two layer tensors.
+    let tok = with_tok();
+    let k = tok.index_of(Role::Layer(1, LayerRole::AttnK));
+    let mut p = Parts::of(&tok.bytes);
+    p.tensors.swap(k, k + 1);
+    assert_err!(p.pack(), Error::DirectoryOrder { index } if index as usize == k + 1);
     // A role named twice (the second copy of layer 0's attn_norm).
     let b = fx.mutated(|b| {
         let first = entry(b, 3);
@@ -1096,9 +1245,21 @@ fn err_directory_order() {
 #[test]
 fn err_missing_tensor() {
     let fx = small();
-    // The directory one entry short: the last role is missing.
-    let b = fx.mutated(|b| edit_header(b, |h| h.n_tensors -= 1));
-    assert_err!(b, Error::MissingTensor { kind: 27, layer: 1 });
+    // The directory one entry short: the last role is missing. The file is
+    // re-laid out without that tensor (directory, data offsets, data_size,
+    // file_size and checksums all consistent).
+    let mut p = Parts::of(&fx.bytes);
+    p.tensors.pop();
+    assert_err!(p.pack(), Error::MissingTensor { kind: 27, layer: 1 });
+    // A tensor missing from the middle, in a file with a tokenizer (which
+    // moves up with the shorter directory).
+    let tok = with_tok();
+    for role in [Role::OutputNorm, Role::Layer(0, LayerRole::AttnK), Role::Layer(1, LayerRole::FfnUp)] {
+        let mut p = Parts::of(&tok.bytes);
+        p.tensors.remove(tok.index_of(role));
+        let (kind, layer) = role.to_raw();
+        assert_err!(p.pack(), Error::MissingTensor { kind: k, layer: l } if k == kind && l == layer);
+    }
     // A config that requires more than the directory holds.
     let b = fx.mutated(|b| edit_config(b, |c| c.n_layers = 3));
     assert_err!(b, Error::MissingTensor { kind: 16, layer: 2 });
@@ -1144,13 +1305,149 @@ fn err_tensor_order() {
         edit_entry(b, 0, |e| e.offset = data - 64);
     });
     assert_err!(b, Error::TensorOrder { index: 0 });
-    // Data in reverse order of the directory.
+    // Pointing back into an earlier tensor, or at the header.
     let b = fx.mutated(|b| {
-        let (e3, e4) = (entry(b, 3), entry(b, 4));
+        let earlier = entry(b, 2).offset;
+        edit_entry(b, 6, |e| e.offset = earlier);
+    });
+    assert_err!(b, Error::TensorOrder { index: 6 });
+    let b = fx.mutated(|b| edit_entry(b, 3, |e| e.offset = 0));
+    assert_err!(b, Error::TensorOrder { index: 3 });
+    // One byte short of the packed position (also misaligned): an overlap.
+    let b = fx.mutated(|b| edit_entry(b, 5, |e| e.offset -= 1));
+    assert_err!(b, Error::TensorOrder { index: 5 });
+    // Data in reverse order of the directory: the first entry to deviate from
+    // the packed layout points past its position, which is a layout error
+    // (not `TensorOrder`, which is only an offset below the packed position).
+    let (e3, e4) = (entry(&fx.bytes, 3), entry(&fx.bytes, 4));
+    let b = fx.mutated(|b| {
         edit_entry(b, 3, |e| e.offset = e4.offset);
         edit_entry(b, 4, |e| e.offset = e3.offset);
     });
-    assert_err!(b, Error::TensorOrder { index: 4 });
+    assert_err!(b, Error::BadLayout { what: "tensor offset", found, expected }
+        if found == e4.offset && expected == e3.offset);
+}
+
+// ---------------------------------------------------------------------------
+// The packed layout and the config's unused fields.
+
+#[test]
+fn strict_gap_between_tensors() {
+    for fx in [small(), with_tok()] {
+        let p = Parts::of(&fx.bytes);
+        // A 64-byte gap before a tensor (the first one included: it must start
+        // at data_offset), with every later offset, data_size and file_size
+        // moved to match. Still aligned, still in bounds: only the gap is wrong.
+        for i in [0, 1, 4, fx.specs.len() - 1] {
+            let e = entry(&fx.bytes, i);
+            let b = p.pack_with_gap(Gap::BeforeTensor(i));
+            assert_err!(b, Error::BadLayout { what: "tensor offset", found, expected }
+                if found == e.offset + GAP && expected == e.offset);
+        }
+    }
+}
+
+#[test]
+fn strict_gap_between_sections() {
+    let fx = with_tok();
+    let h = fx.header();
+    let p = Parts::of(&fx.bytes);
+    // Between the directory and the tokenizer.
+    let b = p.pack_with_gap(Gap::BeforeTokenizer);
+    assert_err!(b, Error::BadLayout { what: "tok_offset", found, expected }
+        if found == h.tok_offset + GAP && expected == h.tok_offset);
+    // Between the tokenizer and the data.
+    let b = p.pack_with_gap(Gap::BeforeData);
+    assert_err!(b, Error::BadLayout { what: "data_offset", found, expected }
+        if found == h.data_offset + GAP && expected == h.data_offset);
+    // Between the directory and the data, without a tokenizer.
+    let plain = small();
+    let d = plain.header().data_offset;
+    let b = Parts::of(&plain.bytes).pack_with_gap(Gap::BeforeData);
+    assert_err!(b, Error::BadLayout { what: "data_offset", found, expected } if found == d + GAP && expected == d);
+}
+
+#[test]
+fn strict_trailing_bytes_after_data() {
+    for fx in [small(), with_tok()] {
+        let n = fx.bytes.len() as u64;
+        // Counted in data_size and file_size: the data section runs past the
+        // last tensor's padded end.
+        let b = Parts::of(&fx.bytes).pack_with_gap(Gap::AfterData);
+        assert_err!(b, Error::BadLayout { what: "data section end", found, expected }
+            if found == n + GAP && expected == n);
+        for extra in [1u64, 63, 64, 4096] {
+            let mut b = fx.bytes.clone();
+            b.resize((n + extra) as usize, 0);
+            edit_header(&mut b, |h| {
+                h.file_size += extra;
+                h.data_size += extra;
+            });
+            reseal_meta(&mut b);
+            assert_err!(b, Error::BadLayout { what: "data section end", found, expected }
+                if found == n + extra && expected == n);
+            // Counted in file_size only: the data section stops short of the file end.
+            edit_header(&mut b, |h| h.data_size -= extra);
+            reseal_meta(&mut b);
+            assert_err!(b, Error::BadLayout { what: "data_size", found, expected }
+                if found == n && expected == n + extra);
+        }
+    }
+}
+
+#[test]
+fn strict_config_unused_fields() {
+    let fx = small();
+    type Edit = fn(&mut ModelConfig);
+    let cases: [(&str, &str, Edit); 8] = [
+        ("trained_ctx", "positive", |c| c.trained_ctx = 0),
+        ("sliding_window", "flag is off", |c| c.sliding_window = 128),
+        ("sliding_window", "flag is off", |c| c.sliding_window = u32::MAX),
+        // BOS flags cleared, bos_id (1) left behind.
+        ("bos_id", "flag is off", |c| c.flags &= !(ModelConfig::FLAG_HAS_BOS | ModelConfig::FLAG_ADD_BOS)),
+        // Nonzero entries past n_stop_ids (1), valid ids or not.
+        ("stop_ids", "unused", |c| c.stop_ids[1] = 3),
+        ("stop_ids", "unused", |c| c.stop_ids[7] = u32::MAX),
+        // n_stop_ids lowered, the old id left behind.
+        ("stop_ids", "unused", |c| c.n_stop_ids = 0),
+        ("stop_ids", "unused", |c| {
+            c.n_stop_ids = 7;
+            c.stop_ids = [2, 3, 4, 5, 6, 7, 8, 9];
+        }),
+    ];
+    for (what, why, f) in cases {
+        let b = fx.mutated(|b| edit_config(b, f));
+        let e = assert_err!(b, Error::BadConfig { what: w, why: y } if w == what && y.contains(why));
+        assert!(e.to_string().contains(what), "{e}");
+        // The writer refuses the same config.
+        let mut c = fx.config;
+        f(&mut c);
+        assert!(FileWriter::new(Cursor::new(Vec::new()), &c, None, &[]).is_err(), "writer accepted {what}");
+    }
+    // The same fields in their valid forms still parse.
+    let valid: [Edit; 4] = [
+        |c| {
+            c.flags = 0;
+            c.bos_id = 0;
+        },
+        |c| {
+            c.n_stop_ids = 0;
+            c.stop_ids = [0; 8];
+        },
+        |c| {
+            c.n_stop_ids = 8;
+            c.stop_ids = [2, 3, 4, 5, 6, 7, 8, 39];
+        },
+        |c| {
+            c.flags |= ModelConfig::FLAG_SLIDING_WINDOW;
+            c.sliding_window = 1;
+        },
+    ];
+    for f in valid {
+        let b = fx.mutated(|b| edit_config(b, f));
+        let a = AlignedBytes::new(&b);
+        File::parse(&a).expect("valid config edit parses");
+    }
 }
 
 #[test]

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command (README and .ci/run call it).
+#
+# 1. Builds the SmolLM2 f32 folder the model tests need (scripts/fetch-models.sh,
+#    cached under ~/.cache/ferrite; a second run does nothing).
+# 2. Checks that the no_std crates build for a Cortex-M4F (thumbv7em-none-eabihf).
+# 3. Runs every test of the workspace in release mode (the model tests are
+#    too slow unoptimized).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "fetching SmolLM2-135M-Instruct (cached)"
+FERRITE_SMOLLM2_DIR=$(bash scripts/fetch-models.sh | tail -1)
+export FERRITE_SMOLLM2_DIR
+
+step "no_std builds for thumbv7em-none-eabihf"
+cargo build --release -p ferrite-format -p ferrite-kernels -p ferrite-runtime \
+    --target thumbv7em-none-eabihf --no-default-features
+
+step "cargo test --release --workspace"
+cargo test --release --workspace
