@@ -15,7 +15,7 @@ fn check_fixture(name: &str, max_batch: usize) {
     let bytes = convert_to_bytes(&dir, DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let vocab = model.config().vocab_size as usize;
-    let cfg = SessionConfig { max_ctx: 256, kv: KvType::F32, max_batch };
+    let cfg = SessionConfig { max_ctx: 256, kv: KvType::F32, max_batch, ..Default::default() };
     let plan = model.plan(&cfg).expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
     let golden_bytes = std::fs::read(dir.join("golden.safetensors")).expect("golden");

@@ -62,6 +62,8 @@ pub struct TensorLoc {
 pub struct Checkpoint {
     shards: Vec<Shard>,
     tensors: BTreeMap<String, TensorLoc>,
+    /// Unused tensors of a type the converter does not read: (name, shard, dtype).
+    skipped: Vec<(String, usize, String)>,
 }
 
 fn ckpt_err(path: &Path, what: impl std::fmt::Display) -> Error {
@@ -140,14 +142,20 @@ impl Checkpoint {
         }
 
         let mut tensors = BTreeMap::new();
+        let mut skipped = Vec::new();
         for (si, shard) in shards.iter().enumerate() {
             let file_len = shard.file.metadata().map_err(|e| Error::io(&shard.path, e))?.len();
             for (name, info) in shard.metadata.tensors() {
                 let TensorInfo { dtype, shape, data_offsets } = info;
                 let dtype = match dtype {
-                    Dtype::F32 => SourceDType::F32,
-                    Dtype::F16 => SourceDType::F16,
-                    Dtype::BF16 => SourceDType::BF16,
+                    Dtype::F32 => Some(SourceDType::F32),
+                    Dtype::F16 => Some(SourceDType::F16),
+                    Dtype::BF16 => Some(SourceDType::BF16),
+                    // A tensor Ferrite does not use may have any type: it is skipped.
+                    other if crate::role_of(&name).is_none() => {
+                        skipped.push((name.clone(), si, format!("{other:?}")));
+                        None
+                    }
                     other => {
                         return Err(Error::new(
                             ErrorKind::Tensor,
@@ -170,6 +178,7 @@ impl Checkpoint {
                         ));
                     }
                 }
+                let Some(dtype) = dtype else { continue };
                 let loc = TensorLoc { shard: si, dtype, shape: shape.clone(), start, len };
                 if tensors.insert(name.clone(), loc).is_some() {
                     return Err(ckpt_err(&shard.path, format!("tensor {name} appears in two shards")));
@@ -177,11 +186,18 @@ impl Checkpoint {
             }
         }
         if let Some(map) = &expected {
-            if let Some(missing) = map.keys().find(|n| !tensors.contains_key(*n)) {
+            let in_a_shard = |n: &String| tensors.contains_key(n) || skipped.iter().any(|(s, ..)| s == n);
+            if let Some(missing) = map.keys().find(|n| !in_a_shard(n)) {
                 return Err(ckpt_err(&index_path, format!("lists tensor {missing}, which is in no shard")));
             }
         }
-        Ok(Checkpoint { shards, tensors })
+        Ok(Checkpoint { shards, tensors, skipped })
+    }
+
+    /// Tensors whose names Ferrite does not use and whose type the converter
+    /// does not read (e.g. an I64 buffer), skipped: `(name, file, dtype)`.
+    pub fn skipped(&self) -> impl Iterator<Item = (&str, &Path, &str)> + '_ {
+        self.skipped.iter().map(|(n, s, d)| (n.as_str(), self.shards[*s].path.as_path(), d.as_str()))
     }
 
     /// Tensor names and locations, sorted by name.

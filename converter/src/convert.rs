@@ -235,6 +235,9 @@ pub fn convert(
 
     // Match tensors to roles and check shapes.
     let mut plan: BTreeMap<Role, String> = BTreeMap::new();
+    for (name, path, dtype) in ckpt.skipped() {
+        summary.warnings.push(format!("{}: ignoring unknown tensor {name} (dtype {dtype})", path.display()));
+    }
     for (name, loc) in ckpt.tensors() {
         let Some(role) = role_of(name) else {
             summary.warnings.push(format!("{}: ignoring unknown tensor {name}", ckpt.path_of(loc).display()));

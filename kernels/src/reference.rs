@@ -27,18 +27,22 @@ pub fn quantize_row_q8(src: &[f32], qs: &mut [u8], scales: &mut [f16]) {
     }
 }
 
-/// Quantizes one row to q4 (symmetric): each group's scale is `max|x| / 7`
-/// rounded to f16, values `round(x / scale)` clamped to -8..=7, so
-/// `|x - q * scale| <= scale / 2`.
+/// Quantizes one row to q4 (symmetric, 16 levels): each group's scale is
+/// `m / -8` rounded to f16, where `m` is the group's value of largest
+/// magnitude, so `m` itself maps to -8 exactly and the full range -8..=7 is
+/// used. Values are `round(x / scale)` clamped to -8..=7: the error is at
+/// most `|scale| / 2`, except for values of the opposite sign within
+/// `|scale| / 2` of `-m`, which clamp to 7 (error at most one step plus the
+/// scale's f16 rounding: `|scale| * (1 + 2^-7)`).
 ///
 /// # Panics
 /// If `qs` or `scales` is shorter than the row needs.
 pub fn quantize_row_q4(src: &[f32], qs: &mut [u8], scales: &mut [f16]) {
     for (g, chunk) in src.chunks(GROUP).enumerate() {
-        let amax = chunk.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-        let d = f16::from_f32(amax / 7.0);
+        let m = chunk.iter().fold(0.0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+        let d = f16::from_f32(m / -8.0);
         scales[g] = d;
-        let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+        let inv = if d.to_f32() != 0.0 { 1.0 / d.to_f32() } else { 0.0 };
         let mut q = [0i8; GROUP];
         for (j, v) in q.iter_mut().enumerate() {
             let x = chunk.get(j).copied().unwrap_or(0.0);
@@ -61,12 +65,16 @@ pub fn dequantize_row_q8(qs: &[u8], scales: &[f16], dst: &mut [f32]) {
 
 /// Dequantizes one q4 row into `dst` (`dst.len()` real elements).
 pub fn dequantize_row_q4(qs: &[u8], scales: &[f16], dst: &mut [f32]) {
+    let mut full = [0f32; GROUP];
     for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
         let d = scales[g].to_f32();
         let q = &qs[g * Q4_GROUP_BYTES..(g + 1) * Q4_GROUP_BYTES];
-        for (j, o) in chunk.iter_mut().enumerate() {
-            *o = quant::q4_get(q, j) as f32 * d;
+        let (lo, hi) = full.split_at_mut(GROUP / 2);
+        for ((l, h), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(q) {
+            *l = ((b & 0x0F) as i32 - 8) as f32 * d;
+            *h = ((b >> 4) as i32 - 8) as f32 * d;
         }
+        chunk.copy_from_slice(&full[..chunk.len()]);
     }
 }
 
@@ -245,8 +253,11 @@ mod tests {
             dequantize_row_q8(&qs, &scales, &mut back);
         }
         for (i, (&x, &y)) in src.iter().zip(&back).enumerate() {
-            let d = scales[i / GROUP].to_f32();
-            assert!((x - y).abs() <= d * 0.5 * (1.0 + 1e-5) + 1e-7, "elem {i}: {x} vs {y}, scale {d}");
+            let d = scales[i / GROUP].to_f32().abs();
+            // q4: values clamped at +7 (within d/2 of -m) may be off by up to
+            // one step, plus the f16 rounding of the scale times 8 steps.
+            let bound = if q4 && (x / d).abs() > 7.5 { d * (1.0 + 8.0 / 1024.0) } else { d * 0.5 };
+            assert!((x - y).abs() <= bound * (1.0 + 1e-5) + 1e-7, "elem {i}: {x} vs {y}, scale {d}");
         }
         // Padding quants are exactly zero.
         if len % GROUP != 0 {

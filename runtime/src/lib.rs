@@ -9,7 +9,9 @@ pub use ferrite_format as format;
 pub use ferrite_kernels as kernels;
 
 mod error;
+pub mod eval;
 mod model;
+mod parallel;
 pub mod sampler;
 mod session;
 pub mod tokenizer;

@@ -5,7 +5,7 @@ use ferrite_format::{LayerRole, ModelConfig, Role};
 use ferrite_kernels::reference as k;
 use half::f16;
 
-use crate::{Error, Model};
+use crate::{parallel, Error, Model};
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -36,11 +36,14 @@ pub struct SessionConfig {
     /// Most prompt tokens processed per batch in [`Session::prefill`]
     /// (longer prompts run in several batches).
     pub max_batch: usize,
+    /// Threads the matrix products are split across (feature `std`; the
+    /// work runs on the current rayon pool). Results do not depend on it.
+    pub threads: usize,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { max_ctx: 2048, kv: KvType::F16, max_batch: 32 }
+        SessionConfig { max_ctx: 2048, kv: KvType::F16, max_batch: 32, threads: 1 }
     }
 }
 
@@ -79,6 +82,7 @@ struct Layout {
     ffn: usize,
     scores: usize,
     row: usize,
+    rows: usize,
     logits: usize,
     inv_freq: usize,
 }
@@ -91,6 +95,9 @@ impl Plan {
     pub(crate) fn new(m: &ModelConfig, cfg: &SessionConfig) -> Result<Self, Error> {
         if cfg.max_ctx == 0 {
             return Err(Error::BadSessionConfig { what: "max_ctx", why: "must be positive" });
+        }
+        if cfg.threads == 0 || cfg.threads > 1024 {
+            return Err(Error::BadSessionConfig { what: "threads", why: "must be 1..=1024" });
         }
         if cfg.max_batch == 0 {
             return Err(Error::BadSessionConfig { what: "max_batch", why: "must be positive" });
@@ -110,6 +117,7 @@ impl Plan {
             ffn: ov(b.checked_mul(ffn))?,
             scores: cfg.max_ctx,
             row: d.max(q_dim).max(ffn),
+            rows: ov(d.max(q_dim).max(ffn).checked_mul(cfg.threads))?,
             logits: m.vocab_size as usize,
             inv_freq: m.head_dim as usize / 2,
         };
@@ -123,7 +131,7 @@ impl Plan {
             .iter()
             .try_fold(0usize, |a, &v| a.checked_add(v))
             .ok_or(Error::Overflow)?;
-        let scratch = [f(layout.scores)?, f(layout.row)?, f(layout.logits)?, f(layout.inv_freq)?]
+        let scratch = [f(layout.scores)?, f(layout.rows)?, f(layout.logits)?, f(layout.inv_freq)?]
             .iter()
             .try_fold(0usize, |a, &v| a.checked_add(v))
             .ok_or(Error::Overflow)?;
@@ -240,7 +248,7 @@ impl<'m, 'a> Session<'m, 'a> {
             gate: c.f32s(l.ffn)?,
             up: c.f32s(l.ffn)?,
             scores: c.f32s(l.scores)?,
-            row: c.f32s(l.row)?,
+            row: c.f32s(l.rows)?,
             logits: c.f32s(l.logits)?,
             inv_freq: c.f32s(l.inv_freq)?,
             pos: 0,
@@ -329,7 +337,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let norm = m.vector(Role::OutputNorm)?;
         let out = m.matrix(Role::Output)?;
         k::rmsnorm(&self.x[t * d..(t + 1) * d], norm, c.norm_eps, &mut self.xn[..d]);
-        k::matmul(&out, &self.xn[..d], d, 1, self.logits, out.rows, self.row);
+        parallel::matmul(self.plan.cfg.threads, &out, &self.xn[..d], d, 1, self.logits, out.rows, self.row, self.plan.layout.row);
         Ok(())
     }
 
@@ -363,9 +371,9 @@ impl<'m, 'a> Session<'m, 'a> {
             let wq = m.matrix(role(LayerRole::AttnQ))?;
             let wk = m.matrix(role(LayerRole::AttnK))?;
             let wv = m.matrix(role(LayerRole::AttnV))?;
-            k::matmul(&wq, self.xn, d, n, self.q, q_dim, self.row);
-            k::matmul(&wk, self.xn, d, n, self.k, kv_dim, self.row);
-            k::matmul(&wv, self.xn, d, n, self.v, kv_dim, self.row);
+            parallel::matmul(self.plan.cfg.threads, &wq, self.xn, d, n, self.q, q_dim, self.row, self.plan.layout.row);
+            parallel::matmul(self.plan.cfg.threads, &wk, self.xn, d, n, self.k, kv_dim, self.row, self.plan.layout.row);
+            parallel::matmul(self.plan.cfg.threads, &wv, self.xn, d, n, self.v, kv_dim, self.row, self.plan.layout.row);
             if c.qkv_bias() {
                 let bq = m.vector(role(LayerRole::AttnQBias))?;
                 let bk = m.vector(role(LayerRole::AttnKBias))?;
@@ -439,7 +447,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 }
             }
             let wo = m.matrix(role(LayerRole::AttnO))?;
-            k::matmul(&wo, self.att, q_dim, n, self.xn, d, self.row);
+            parallel::matmul(self.plan.cfg.threads, &wo, self.att, q_dim, n, self.xn, d, self.row, self.plan.layout.row);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
 
             let ffn_norm = m.vector(role(LayerRole::FfnNorm))?;
@@ -449,10 +457,10 @@ impl<'m, 'a> Session<'m, 'a> {
             let wg = m.matrix(role(LayerRole::FfnGate))?;
             let wu = m.matrix(role(LayerRole::FfnUp))?;
             let wd = m.matrix(role(LayerRole::FfnDown))?;
-            k::matmul(&wg, self.xn, d, n, self.gate, ffn, self.row);
-            k::matmul(&wu, self.xn, d, n, self.up, ffn, self.row);
+            parallel::matmul(self.plan.cfg.threads, &wg, self.xn, d, n, self.gate, ffn, self.row, self.plan.layout.row);
+            parallel::matmul(self.plan.cfg.threads, &wu, self.xn, d, n, self.up, ffn, self.row, self.plan.layout.row);
             k::swiglu(&mut self.gate[..n * ffn], &self.up[..n * ffn]);
-            k::matmul(&wd, self.gate, ffn, n, self.xn, d, self.row);
+            parallel::matmul(self.plan.cfg.threads, &wd, self.gate, ffn, n, self.xn, d, self.row, self.plan.layout.row);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
         }
         self.pos += n;

@@ -60,7 +60,7 @@ fn zero_allocations_in_prefill_and_200_steps() {
         for kv in [KvType::F32, KvType::F16] {
             let bytes = converted(name, weights);
             let model = Model::from_bytes(&bytes).expect("model");
-            let plan = model.plan(&SessionConfig { max_ctx: 256, kv, max_batch: 8 }).expect("plan");
+            let plan = model.plan(&SessionConfig { max_ctx: 256, kv, max_batch: 8, ..Default::default() }).expect("plan");
             let mut arena = vec![0u8; plan.arena_bytes()];
             let mut session = Session::new(&model, &plan, &mut arena).expect("session");
             let prompt: Vec<u32> = (0..24).map(|i| (i * 7 + 3) % model.config().vocab_size).collect();

@@ -44,12 +44,20 @@ pub struct Args {
     /// Context size in tokens (capped at the model's trained context).
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
+    /// Threads for the matrix products [default: all available CPUs].
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
     /// KV cache element type.
     #[arg(long, value_enum, default_value = "f16")]
     kv: KvArg,
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
+    let threads = args.threads.unwrap_or_else(engine::default_threads);
+    engine::with_pool(threads, move || run_inner(args, threads))?
+}
+
+fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let model = engine::open_model(&args.model)?;
     let tok = engine::tokenizer(&model, &args.model)?;
     if tok.view().chat_template().is_empty() {
@@ -67,7 +75,7 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
         seed,
         ..SamplerConfig::default()
     })?;
-    let plan = model.plan(&engine::session_config(&model, args.ctx, args.kv))?;
+    let plan = model.plan(&engine::session_config(&model, args.ctx, args.kv, threads))?;
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut session = Session::new(&model, &plan, &mut arena)?;
     let initial: Vec<Message> =

@@ -106,9 +106,21 @@ pub fn render_chat(model: &Model<'_>, tok: &Tokenizer<'_>, messages: &[Message],
 }
 
 /// Builds a session config: `ctx` capped at the model's trained context.
-pub fn session_config(model: &Model<'_>, ctx: usize, kv: KvArg) -> SessionConfig {
+pub fn session_config(model: &Model<'_>, ctx: usize, kv: KvArg, threads: usize) -> SessionConfig {
     let trained = model.config().trained_ctx as usize;
-    SessionConfig { max_ctx: ctx.min(trained.max(1)).max(1), kv: kv.into(), ..Default::default() }
+    SessionConfig { max_ctx: ctx.min(trained.max(1)).max(1), kv: kv.into(), threads: threads.max(1), ..Default::default() }
+}
+
+/// Default thread count: the CPUs this process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Runs `f` on a rayon pool of `threads` threads (the runtime splits its
+/// matrix products on the current pool).
+pub fn with_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> CliResult<T> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build()?;
+    Ok(pool.install(f))
 }
 
 /// Peak resident set size of this process, in bytes (Linux).

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Errors a subcommand reports: a message, printed as `error: ...`.
-pub type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
+pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Ferrite: an edge LLM inference runtime.
 ///

@@ -25,6 +25,9 @@ pub struct Args {
     /// Window size in tokens.
     #[arg(long, default_value_t = 512)]
     ctx: usize,
+    /// Threads for the matrix products [default: all available CPUs].
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
     /// KV cache element type.
     #[arg(long, value_enum, default_value = "f16")]
     kv: KvArg,
@@ -34,6 +37,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
+    let threads = args.threads.unwrap_or_else(engine::default_threads);
+    engine::with_pool(threads, move || run_inner(args, threads))?
+}
+
+fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let model = engine::open_model(&args.model)?;
     let tok = engine::tokenizer(&model, &args.model)?;
     let text = std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
@@ -41,7 +49,7 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
     if tokens.len() < 2 {
         return Err(format!("{}: fewer than 2 tokens", args.file.display()).into());
     }
-    let mut cfg = engine::session_config(&model, args.ctx, args.kv);
+    let mut cfg = engine::session_config(&model, args.ctx, args.kv, threads);
     if cfg.max_ctx < args.ctx {
         return Err(format!("--ctx {} exceeds the model's trained context {}", args.ctx, cfg.max_ctx).into());
     }

@@ -65,6 +65,9 @@ pub struct Args {
     /// Context size in tokens (capped at the model's trained context).
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
+    /// Threads for the matrix products [default: all available CPUs].
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
     /// KV cache element type.
     #[arg(long, value_enum, default_value = "f16")]
     pub kv: KvArg,
@@ -78,6 +81,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
+    let threads = args.threads.unwrap_or_else(engine::default_threads);
+    engine::with_pool(threads, move || run_inner(args, threads))?
+}
+
+fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let model = engine::open_model(&args.model)?;
     let tok = model.file().tokenizer().is_some().then(|| engine::tokenizer(&model, &args.model)).transpose()?;
     let prompt: Vec<u32> = match (&args.prompt, &args.prompt_ids) {
@@ -111,7 +119,7 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
         seed,
         ..SamplerConfig::default()
     })?;
-    let cfg = engine::session_config(&model, args.ctx, args.kv);
+    let cfg = engine::session_config(&model, args.ctx, args.kv, threads);
     let plan = model.plan(&cfg)?;
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut session = Session::new(&model, &plan, &mut arena)?;
