@@ -52,10 +52,13 @@ fn smollm2_f32_matches_transformers() {
 fn perplexity_of(weights: DType, tokens: &[u32]) -> f64 {
     let bytes = convert_to_bytes(&smollm2_dir(), weights);
     let model = Model::from_bytes(&bytes).expect("model");
-    let plan = model.plan(&SessionConfig { max_ctx: 512, kv: KvType::F32, max_batch: 32, ..Default::default() }).expect("plan");
+    let plan = model.plan(&SessionConfig { max_ctx: 512, kv: KvType::F32, max_batch: 32, threads: 2, logits_all: true }).expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
-    let mut session = Session::new(&model, &plan, &mut arena).expect("session");
-    let r = ferrite_runtime::eval::perplexity(&mut session, tokens, 512, &mut |_, _, _| {}).expect("perplexity");
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+    let r = pool.install(|| {
+        let mut session = Session::new(&model, &plan, &mut arena).expect("session");
+        ferrite_runtime::eval::perplexity(&mut session, tokens, 512, &mut |_, _, _| {}).expect("perplexity")
+    });
     assert_eq!((r.tokens, r.predicted), (2215, 2210));
     eprintln!("SmolLM2 {weights:?} weights, f32 KV: mean NLL {:.6}, perplexity {:.4}", r.mean_nll(), r.perplexity());
     r.perplexity()

@@ -11,11 +11,16 @@ use safetensors::SafeTensors;
 const TOL: f32 = 5e-4;
 
 fn check_fixture(name: &str, max_batch: usize) {
+    check_fixture_with(name, max_batch, false);
+    check_fixture_with(name, max_batch, true);
+}
+
+fn check_fixture_with(name: &str, max_batch: usize, logits_all: bool) {
     let dir = tiny(name);
     let bytes = convert_to_bytes(&dir, DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let vocab = model.config().vocab_size as usize;
-    let cfg = SessionConfig { max_ctx: 256, kv: KvType::F32, max_batch, ..Default::default() };
+    let cfg = SessionConfig { max_ctx: 256, kv: KvType::F32, max_batch, logits_all, ..Default::default() };
     let plan = model.plan(&cfg).expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
     let golden_bytes = std::fs::read(dir.join("golden.safetensors")).expect("golden");
@@ -49,7 +54,7 @@ fn check_fixture(name: &str, max_batch: usize) {
             })
             .expect("prefill");
         assert!(worst.0 <= TOL, "{name} {what}: max |logit diff| {} at position {} exceeds {TOL}", worst.0, worst.1);
-        eprintln!("{name} {what} (batch {max_batch}): max |diff| {:.2e}", worst.0);
+        eprintln!("{name} {what} (batch {max_batch}, logits_all {logits_all}): max |diff| {:.2e}", worst.0);
     }
 
     // Greedy: prefill row 0, then 16 steps.
@@ -94,4 +99,32 @@ fn llama_odd() {
 fn batch_sizes_agree() {
     check_fixture("llama-gqa", 1);
     check_fixture("llama-gqa", 7);
+}
+
+/// Threads split matrix products by rows: logits are bit-identical for any
+/// thread count.
+#[test]
+fn thread_count_does_not_change_logits() {
+    let bytes = convert_to_bytes(&tiny("qwen2-bias-f16"), DType::Q4);
+    let model = Model::from_bytes(&bytes).expect("model");
+    let ids: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % model.config().vocab_size).collect();
+    let mut reference: Option<Vec<f32>> = None;
+    for threads in [1, 2, 3, 4] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        let cfg = SessionConfig { max_ctx: 64, kv: KvType::F16, max_batch: 16, threads, logits_all: true };
+        let plan = model.plan(&cfg).expect("plan");
+        let mut arena = vec![0u8; plan.arena_bytes()];
+        let mut all = Vec::new();
+        pool.install(|| {
+            let mut session = Session::new(&model, &plan, &mut arena).expect("session");
+            session.prefill_all(&ids, &mut |_, l| all.extend_from_slice(l)).expect("prefill");
+            for step in 0..8 {
+                all.extend_from_slice(session.step(step).expect("step"));
+            }
+        });
+        match &reference {
+            None => reference = Some(all),
+            Some(r) => assert!(r.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads differ from 1"),
+        }
+    }
 }

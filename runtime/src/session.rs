@@ -39,11 +39,15 @@ pub struct SessionConfig {
     /// Threads the matrix products are split across (feature `std`; the
     /// work runs on the current rayon pool). Results do not depend on it.
     pub threads: usize,
+    /// Reserve logits for a whole batch (`max_batch × vocab` floats), so
+    /// [`Session::prefill_all`] runs the output head as one matrix product
+    /// per batch (perplexity, logit dumps). Otherwise it runs it row by row.
+    pub logits_all: bool,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { max_ctx: 2048, kv: KvType::F16, max_batch: 32, threads: 1 }
+        SessionConfig { max_ctx: 2048, kv: KvType::F16, max_batch: 32, threads: 1, logits_all: false }
     }
 }
 
@@ -118,7 +122,7 @@ impl Plan {
             scores: cfg.max_ctx,
             row: d.max(q_dim).max(ffn),
             rows: ov(d.max(q_dim).max(ffn).checked_mul(cfg.threads))?,
-            logits: m.vocab_size as usize,
+            logits: ov((m.vocab_size as usize).checked_mul(if cfg.logits_all { b } else { 1 }))?,
             inv_freq: m.head_dim as usize / 2,
         };
         let kv_bytes = ov(kv_per_layer
@@ -276,7 +280,7 @@ impl<'m, 'a> Session<'m, 'a> {
     /// the logits after its last token.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
         self.run(tokens, None)?;
-        Ok(self.logits)
+        Ok(self.logits())
     }
 
     /// Like [`Session::prefill`], but computes the logits at every prompt
@@ -288,12 +292,12 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Feeds one token and returns the logits for the next.
     pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
         self.run(core::slice::from_ref(&token), None)?;
-        Ok(self.logits)
+        Ok(self.logits())
     }
 
     /// The logits of the last processed token.
     pub fn logits(&self) -> &[f32] {
-        self.logits
+        &self.logits[..self.model.config().vocab_size as usize]
     }
 
     fn run(&mut self, tokens: &[u32], mut each: Option<&mut dyn FnMut(usize, &[f32])>) -> Result<(), Error> {
@@ -315,10 +319,19 @@ impl<'m, 'a> Session<'m, 'a> {
             self.forward(chunk)?;
             // Logits: every position when asked, else only the very last.
             match each.as_mut() {
+                Some(f) if self.plan.cfg.logits_all => {
+                    self.head_batch(chunk.len())?;
+                    let vocab = self.model.config().vocab_size as usize;
+                    for t in 0..chunk.len() {
+                        f(done + t, &self.logits[t * vocab..(t + 1) * vocab]);
+                    }
+                    // `logits()` is the first row: move the last one there.
+                    self.logits.copy_within((chunk.len() - 1) * vocab..chunk.len() * vocab, 0);
+                }
                 Some(f) => {
                     for t in 0..chunk.len() {
                         self.head(t)?;
-                        f(done + t, self.logits);
+                        f(done + t, &self.logits[..self.model.config().vocab_size as usize]);
                     }
                 }
                 None if last_chunk => self.head(chunk.len() - 1)?,
@@ -326,6 +339,21 @@ impl<'m, 'a> Session<'m, 'a> {
             }
             done += chunk.len();
         }
+        Ok(())
+    }
+
+    /// Final norm and output projection of the first `n` batch rows into
+    /// `logits` (`n × vocab`), as one matrix product.
+    fn head_batch(&mut self, n: usize) -> Result<(), Error> {
+        let m = self.model;
+        let c = *m.config();
+        let d = c.d_model as usize;
+        let norm = m.vector(Role::OutputNorm)?;
+        let out = m.matrix(Role::Output)?;
+        for t in 0..n {
+            k::rmsnorm(&self.x[t * d..(t + 1) * d], norm, c.norm_eps, &mut self.xn[t * d..(t + 1) * d]);
+        }
+        parallel::matmul(self.plan.cfg.threads, &out, self.xn, d, n, self.logits, out.rows, self.row, self.plan.layout.row);
         Ok(())
     }
 

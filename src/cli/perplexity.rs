@@ -54,6 +54,7 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
         return Err(format!("--ctx {} exceeds the model's trained context {}", args.ctx, cfg.max_ctx).into());
     }
     cfg.max_ctx = args.ctx;
+    cfg.logits_all = true;
     let plan = model.plan(&cfg)?;
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut session = Session::new(&model, &plan, &mut arena)?;

@@ -119,7 +119,8 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
         seed,
         ..SamplerConfig::default()
     })?;
-    let cfg = engine::session_config(&model, args.ctx, args.kv, threads);
+    let mut cfg = engine::session_config(&model, args.ctx, args.kv, threads);
+    cfg.logits_all = args.dump_logits.is_some();
     let plan = model.plan(&cfg)?;
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut session = Session::new(&model, &plan, &mut arena)?;
