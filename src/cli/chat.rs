@@ -128,6 +128,9 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             }
         };
         println!();
+        if let Some(e) = g.error {
+            eprintln!("[ferrite] {e}; use /reset to start a new conversation");
+        }
         // Everything but the last sampled token went through the model.
         fed = history;
         fed.pop();

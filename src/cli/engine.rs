@@ -205,6 +205,8 @@ pub struct Generation {
     pub decode_s: f64,
     /// Tokens fed in decode steps.
     pub decode_steps: usize,
+    /// Why generation ended early (e.g. a full context), after `ids`.
+    pub error: Option<ferrite_runtime::Error>,
 }
 
 /// Feeds `prompt`, then samples up to `max_new` tokens. `logits_sink`
@@ -245,7 +247,7 @@ pub fn generate(
     let prefill_s = started.elapsed().as_secs_f64();
     history.extend_from_slice(prompt);
 
-    let mut out = Generation { ids: vec![], stopped: false, prefill_s, decode_s: 0.0, decode_steps: 0 };
+    let mut out = Generation { ids: vec![], stopped: false, prefill_s, decode_s: 0.0, decode_steps: 0, error: None };
     let mut utf8 = Utf8Stream::new();
     let stdout = std::io::stdout();
     let decode_start = std::time::Instant::now();
@@ -272,7 +274,11 @@ pub fn generate(
         if i + 1 == opts.max_new {
             break;
         }
-        session.step(id)?;
+        if let Err(e) = session.step(id) {
+            // Keep what was generated; the caller reports the error after it.
+            out.error = Some(e);
+            break;
+        }
         out.decode_steps += 1;
         logits.copy_from_slice(session.logits());
         if let Some(sink) = logits_sink.as_deref_mut() {

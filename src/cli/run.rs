@@ -149,5 +149,8 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
         eprintln!("[ferrite] wrote {rows} rows of logits to {}", args.dump_logits.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
     }
     engine::report(prompt.len(), &g, &plan);
+    if let Some(e) = g.error {
+        return Err(format!("generation stopped after {} tokens: {e}", g.ids.len()).into());
+    }
     Ok(ExitCode::SUCCESS)
 }
