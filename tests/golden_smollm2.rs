@@ -52,7 +52,7 @@ fn smollm2_f32_matches_transformers() {
 fn perplexity_of(weights: DType, tokens: &[u32]) -> f64 {
     let bytes = convert_to_bytes(&smollm2_dir(), weights);
     let model = Model::from_bytes(&bytes).expect("model");
-    let plan = model.plan(&SessionConfig { max_ctx: 512, kv: KvType::F32, max_batch: 32, threads: 2, logits_all: true }).expect("plan");
+    let plan = model.plan(&SessionConfig { max_ctx: 512, kv: KvType::F32, max_batch: 32, threads: 2, logits_all: true, ..Default::default() }).expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
     let r = pool.install(|| {

@@ -111,7 +111,7 @@ fn thread_count_does_not_change_logits() {
     let mut reference: Option<Vec<f32>> = None;
     for threads in [1, 2, 3, 4] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-        let cfg = SessionConfig { max_ctx: 64, kv: KvType::F16, max_batch: 16, threads, logits_all: true };
+        let cfg = SessionConfig { max_ctx: 64, kv: KvType::F16, max_batch: 16, threads, logits_all: true, ..Default::default() };
         let plan = model.plan(&cfg).expect("plan");
         let mut arena = vec![0u8; plan.arena_bytes()];
         let mut all = Vec::new();

@@ -42,6 +42,18 @@ pub enum Error {
     Overflow,
     /// The plan was made for another model.
     PlanMismatch,
+    /// An output buffer is too small.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        given: usize,
+    },
+    /// Saved session state bytes cannot be restored here.
+    BadState {
+        /// Why.
+        why: &'static str,
+    },
 }
 
 impl From<ferrite_format::Error> for Error {
@@ -68,6 +80,10 @@ impl fmt::Display for Error {
             Error::BadSessionConfig { what, why } => write!(f, "invalid session config {what}: {why}"),
             Error::Overflow => write!(f, "size overflow while planning memory"),
             Error::PlanMismatch => write!(f, "the plan was made for a different model"),
+            Error::BufferTooSmall { needed, given } => {
+                write!(f, "buffer too small: {needed} bytes needed, {given} given")
+            }
+            Error::BadState { why } => write!(f, "cannot restore session state: {why}"),
         }
     }
 }

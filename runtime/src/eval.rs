@@ -71,3 +71,31 @@ pub fn perplexity(
     }
     Ok(total)
 }
+
+/// Perplexity of the whole of `tokens` through one session (no window
+/// resets): with a streaming cache smaller than the text, old tokens are
+/// evicted as it goes. The first token is not predicted.
+pub fn streaming_perplexity(
+    session: &mut Session<'_, '_>,
+    tokens: &[u32],
+    on_chunk: &mut dyn FnMut(usize, f64, usize),
+) -> Result<Perplexity, Error> {
+    session.reset();
+    let mut total = Perplexity { tokens: tokens.len(), ..Default::default() };
+    let chunk = 256;
+    for (i, part) in tokens.chunks(chunk).enumerate() {
+        let base = i * chunk;
+        let mut sum = 0.0f64;
+        let mut n = 0usize;
+        session.prefill_all(part, &mut |pos, logits| {
+            if let Some(&next) = tokens.get(base + pos + 1) {
+                sum += token_nll(logits, next);
+                n += 1;
+            }
+        })?;
+        total.nll_sum += sum;
+        total.predicted += n;
+        on_chunk(i, sum, n);
+    }
+    Ok(total)
+}

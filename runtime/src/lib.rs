@@ -9,6 +9,7 @@ pub use ferrite_format as format;
 pub use ferrite_kernels as kernels;
 
 mod error;
+mod kv;
 pub mod eval;
 mod model;
 mod parallel;
@@ -18,4 +19,5 @@ pub mod tokenizer;
 
 pub use error::Error;
 pub use model::Model;
-pub use session::{KvType, Plan, PlanParts, Session, SessionConfig};
+pub use kv::KvType;
+pub use session::{Plan, PlanParts, Session, SessionConfig};

@@ -124,3 +124,9 @@ impl Model<'static> {
         Ok(Model { file: parsed, _map: Some(map) })
     }
 }
+
+// Sessions on several threads share one model.
+const _: () = {
+    const fn assert_sync<T: Sync + Send>() {}
+    assert_sync::<Model<'static>>();
+};

@@ -3,28 +3,9 @@
 
 use ferrite_format::{LayerRole, ModelConfig, Role};
 use ferrite_kernels::reference as k;
-use half::f16;
 
+use crate::kv::{KvShape, KvStore, KvType};
 use crate::{parallel, Error, Model};
-
-/// Element type of the KV cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum KvType {
-    /// f32 (exact comparisons).
-    F32,
-    /// f16 (half the memory).
-    #[default]
-    F16,
-}
-
-impl KvType {
-    fn size(self) -> usize {
-        match self {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
-        }
-    }
-}
 
 /// What a session needs room for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,11 +24,25 @@ pub struct SessionConfig {
     /// [`Session::prefill_all`] runs the output head as one matrix product
     /// per batch (perplexity, logit dumps). Otherwise it runs it row by row.
     pub logits_all: bool,
+    /// Streaming KV cache (StreamingLLM): when the cache is full, the oldest
+    /// tokens after the `sinks` pinned ones are evicted, so generation runs
+    /// forever in bounded memory. Off: a full cache is [`Error::ContextFull`].
+    pub streaming: bool,
+    /// Attention-sink slots pinned at the start of the cache (streaming only).
+    pub sinks: usize,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { max_ctx: 2048, kv: KvType::F16, max_batch: 32, threads: 1, logits_all: false }
+        SessionConfig {
+            max_ctx: 2048,
+            kv: KvType::F16,
+            max_batch: 32,
+            threads: 1,
+            logits_all: false,
+            streaming: true,
+            sinks: 4,
+        }
     }
 }
 
@@ -57,13 +52,13 @@ const ARENA_ALIGN: usize = 64;
 /// Sizes of the arena parts, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanParts {
-    /// KV cache: `n_layers * 2 * max_ctx * kv_dim` elements.
+    /// KV cache: `n_layers * max_ctx` slots of keys and values.
     pub kv_cache: usize,
     /// Activations: residual stream, normed input, q/k/v, attention output,
     /// FFN gate/up, each `max_batch` rows.
     pub activations: usize,
-    /// Scratch: attention scores, a dequantized weight row, the logits and
-    /// the RoPE frequencies.
+    /// Scratch: attention scores, dequantized weight rows (one per thread),
+    /// the logits, the RoPE frequencies and one query head.
     pub scratch: usize,
 }
 
@@ -86,9 +81,26 @@ struct Layout {
     ffn: usize,
     scores: usize,
     row: usize,
+    head: usize,
     rows: usize,
     logits: usize,
     inv_freq: usize,
+}
+
+/// Bytes of the KV cache part for `slots` (layers × max_ctx) slots: keys
+/// and values, plus int8 scales, each array padded to the arena alignment
+/// exactly as [`Session::new`] carves them.
+fn kv_part_bytes(kv: KvType, slots: usize, kv_dim: usize, n_kv_heads: usize) -> Result<usize, Error> {
+    let arr = |n: Option<usize>| n.and_then(padded).ok_or(Error::Overflow);
+    let elems = slots.checked_mul(kv_dim);
+    let one = match kv {
+        KvType::F32 => arr(elems.and_then(|e| e.checked_mul(4)))?,
+        KvType::F16 => arr(elems.and_then(|e| e.checked_mul(2)))?,
+        KvType::Q8 => arr(elems)?
+            .checked_add(arr(slots.checked_mul(n_kv_heads).and_then(|n| n.checked_mul(4)))?)
+            .ok_or(Error::Overflow)?,
+    };
+    one.checked_mul(2).ok_or(Error::Overflow)
 }
 
 fn padded(bytes: usize) -> Option<usize> {
@@ -102,6 +114,9 @@ impl Plan {
         }
         if cfg.threads == 0 || cfg.threads > 1024 {
             return Err(Error::BadSessionConfig { what: "threads", why: "must be 1..=1024" });
+        }
+        if cfg.streaming && cfg.sinks >= cfg.max_ctx {
+            return Err(Error::BadSessionConfig { what: "sinks", why: "must be smaller than max_ctx" });
         }
         if cfg.max_batch == 0 {
             return Err(Error::BadSessionConfig { what: "max_batch", why: "must be positive" });
@@ -121,21 +136,20 @@ impl Plan {
             ffn: ov(b.checked_mul(ffn))?,
             scores: cfg.max_ctx,
             row: d.max(q_dim).max(ffn),
+            head: m.head_dim as usize,
             rows: ov(d.max(q_dim).max(ffn).checked_mul(cfg.threads))?,
             logits: ov((m.vocab_size as usize).checked_mul(if cfg.logits_all { b } else { 1 }))?,
             inv_freq: m.head_dim as usize / 2,
         };
-        let kv_bytes = ov(kv_per_layer
-            .checked_mul(2 * m.n_layers as usize)
-            .and_then(|n| n.checked_mul(cfg.kv.size()))
-            .and_then(padded))?;
+        let slots = ov(cfg.max_ctx.checked_mul(m.n_layers as usize))?;
+        let kv_bytes = kv_part_bytes(cfg.kv, slots, kv_dim, m.n_kv_heads as usize)?;
         let f = |n: usize| ov(n.checked_mul(4).and_then(padded));
         // x, xn (both [b, d]), q and att ([b, q_dim]), k and v ([b, kv_dim]), gate and up ([b, ffn]).
         let activations = [f(layout.x)?, f(layout.x)?, f(layout.q)?, f(layout.q)?, f(layout.kv)?, f(layout.kv)?, f(layout.ffn)?, f(layout.ffn)?]
             .iter()
             .try_fold(0usize, |a, &v| a.checked_add(v))
             .ok_or(Error::Overflow)?;
-        let scratch = [f(layout.scores)?, f(layout.rows)?, f(layout.logits)?, f(layout.inv_freq)?]
+        let scratch = [f(layout.scores)?, f(layout.rows)?, f(layout.logits)?, f(layout.inv_freq)?, f(layout.head)?]
             .iter()
             .try_fold(0usize, |a, &v| a.checked_add(v))
             .ok_or(Error::Overflow)?;
@@ -156,6 +170,71 @@ impl Plan {
     pub fn session_config(&self) -> &SessionConfig {
         &self.cfg
     }
+
+    /// Sinks in effect (0 without streaming).
+    fn sinks(&self) -> usize {
+        if self.cfg.streaming { self.cfg.sinks } else { 0 }
+    }
+
+    /// The cache slot of the token at absolute position `abs`: sinks keep
+    /// their slots; the others go round a ring of `max_ctx - sinks` slots.
+    /// (Without streaming `abs < max_ctx`, so the slot is `abs`.)
+    fn slot(&self, abs: usize) -> usize {
+        let sinks = self.sinks();
+        if abs < sinks { abs } else { sinks + (abs - sinks) % (self.cfg.max_ctx - sinks) }
+    }
+
+    /// The keys a query at absolute position `abs` attends to.
+    ///
+    /// Until the cache is full that is every earlier token. Once tokens have
+    /// been evicted it is the `sinks` first tokens plus the most recent
+    /// `max_ctx - sinks` (the query's own included), and the query's
+    /// position within the cache is `max_ctx - 1`. A model's own sliding
+    /// window (Mistral) narrows either set.
+    fn key_set(&self, abs: usize, window: Option<usize>) -> KeySet {
+        let max_ctx = self.cfg.max_ctx;
+        let sinks = self.sinks();
+        let lowest = window.map_or(0, |w| (abs + 1).saturating_sub(w));
+        if abs < max_ctx {
+            return KeySet { sinks: 0..0, main: lowest..abs + 1, cache_pos: abs };
+        }
+        let ring = max_ctx - sinks;
+        KeySet {
+            sinks: lowest.min(sinks)..sinks,
+            main: (abs + 1 - ring).max(lowest)..abs + 1,
+            cache_pos: max_ctx - 1,
+        }
+    }
+}
+
+const STATE_MAGIC: [u8; 8] = *b"FRTSTATE";
+const STATE_HEADER: usize = core::mem::size_of::<StateHeader>();
+const STATE_CRC_AT: usize = 44;
+
+/// Header of a saved session state (little-endian).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StateHeader {
+    magic: [u8; 8],
+    version: u32,
+    kv: u32,
+    max_ctx: u64,
+    sinks: u64,
+    pos: u64,
+    model_crc: u32,
+    /// CRC-32 of everything after the header.
+    payload_crc: u32,
+    reserved: [u8; 16],
+}
+
+const _: () = assert!(STATE_HEADER == 64);
+const _: () = assert!(core::mem::offset_of!(StateHeader, payload_crc) == STATE_CRC_AT);
+
+/// Keys attended by one query: sink slots, and a run of absolute positions.
+struct KeySet {
+    sinks: core::ops::Range<usize>,
+    main: core::ops::Range<usize>,
+    cache_pos: usize,
 }
 
 /// Splits aligned, typed slices off the front of a byte arena.
@@ -176,17 +255,16 @@ impl<'a> Carver<'a> {
         self.rest = tail;
         Ok(&mut head[..bytes])
     }
-    fn f32s(&mut self, n: usize) -> Result<&'a mut [f32], Error> {
-        let bytes = self.take_bytes(n.checked_mul(4).ok_or(Error::Overflow)?)?;
+    fn slice<T: bytemuck::Pod>(&mut self, n: usize) -> Result<&'a mut [T], Error> {
+        let bytes = self.take_bytes(n.checked_mul(core::mem::size_of::<T>()).ok_or(Error::Overflow)?)?;
         bytes.fill(0);
-        // The slice starts 64-byte aligned and its length is a multiple of 4.
+        // The slice starts 64-byte aligned and its length is a multiple of
+        // the element size, so the cast cannot fail.
         bytemuck::try_cast_slice_mut(bytes).map_err(|_| Error::Overflow)
     }
-}
-
-enum KvStore<'a> {
-    F32 { k: &'a mut [f32], v: &'a mut [f32] },
-    F16 { k: &'a mut [f16], v: &'a mut [f16] },
+    fn f32s(&mut self, n: usize) -> Result<&'a mut [f32], Error> {
+        self.slice(n)
+    }
 }
 
 /// One generation context: a KV cache and working memory borrowed from the
@@ -207,6 +285,10 @@ pub struct Session<'m, 'a> {
     row: &'a mut [f32],
     logits: &'a mut [f32],
     inv_freq: &'a mut [f32],
+    q_head: &'a mut [f32],
+    /// Tokens processed since the last reset (their absolute positions are
+    /// `0..pos`; with streaming, only the sinks and the last
+    /// `max_ctx - sinks` of them are still in the cache).
     pos: usize,
 }
 
@@ -226,17 +308,11 @@ impl<'m, 'a> Session<'m, 'a> {
         let kv_elems = l.kv_per_layer.checked_mul(n_layers).ok_or(Error::Overflow)?;
         let mut c = Carver { rest: arena };
         let kv = match plan.cfg.kv {
-            KvType::F32 => {
-                let all = c.f32s(kv_elems.checked_mul(2).ok_or(Error::Overflow)?)?;
-                let (k, v) = all.split_at_mut(kv_elems);
-                KvStore::F32 { k, v }
-            }
-            KvType::F16 => {
-                let bytes = c.take_bytes(kv_elems.checked_mul(4).ok_or(Error::Overflow)?)?;
-                bytes.fill(0);
-                let all: &mut [f16] = bytemuck::try_cast_slice_mut(bytes).map_err(|_| Error::Overflow)?;
-                let (k, v) = all.split_at_mut(kv_elems);
-                KvStore::F16 { k, v }
+            KvType::F32 => KvStore::F32 { k: c.slice(kv_elems)?, v: c.slice(kv_elems)? },
+            KvType::F16 => KvStore::F16 { k: c.slice(kv_elems)?, v: c.slice(kv_elems)? },
+            KvType::Q8 => {
+                let heads = kv_elems / model.config().head_dim as usize;
+                KvStore::Q8 { k: c.slice(kv_elems)?, v: c.slice(kv_elems)?, ks: c.slice(heads)?, vs: c.slice(heads)? }
             }
         };
         let s = Session {
@@ -255,6 +331,7 @@ impl<'m, 'a> Session<'m, 'a> {
             row: c.f32s(l.rows)?,
             logits: c.f32s(l.logits)?,
             inv_freq: c.f32s(l.inv_freq)?,
+            q_head: c.f32s(l.head)?,
             pos: 0,
         };
         model.rope_inv_freq(s.inv_freq);
@@ -274,6 +351,106 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Empties the KV cache (a new conversation).
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+
+    /// Bytes [`Session::save_state`] needs for the current state.
+    pub fn state_len(&self) -> usize {
+        let (used, per_layer) = self.state_geometry();
+        let c = self.model.config();
+        STATE_HEADER + per_layer * used * c.n_layers as usize + c.vocab_size as usize * 4
+    }
+
+    fn state_geometry(&self) -> (usize, usize) {
+        let c = self.model.config();
+        let used = self.pos.min(self.plan.cfg.max_ctx);
+        let per_slot = self.plan.cfg.kv.slot_bytes(c.n_kv_heads as usize, c.head_dim as usize).unwrap_or(0);
+        (used, per_slot)
+    }
+
+    /// Saves the session's state (positions, the occupied KV cache slots and
+    /// the last logits) into `out`; returns the bytes written. A device can
+    /// process a system prompt once and resume from the saved bytes.
+    pub fn save_state(&self, out: &mut [u8]) -> Result<usize, Error> {
+        let len = self.state_len();
+        if out.len() < len {
+            return Err(Error::BufferTooSmall { needed: len, given: out.len() });
+        }
+        let c = *self.model.config();
+        let (used, _) = self.state_geometry();
+        let shape = KvShape { kv_dim: c.kv_dim() as usize, head_dim: c.head_dim as usize };
+        let mut w = 0usize;
+        let mut put = |bytes: &[u8]| {
+            out[w..w + bytes.len()].copy_from_slice(bytes);
+            w += bytes.len();
+        };
+        let header = StateHeader {
+            magic: STATE_MAGIC,
+            version: 1,
+            kv: self.plan.cfg.kv.code(),
+            max_ctx: self.plan.cfg.max_ctx as u64,
+            sinks: self.plan.sinks() as u64,
+            pos: self.pos as u64,
+            model_crc: self.model.file().header().meta_crc,
+            payload_crc: 0,
+            reserved: [0; 16],
+        };
+        put(bytemuck::bytes_of(&header));
+        for layer in 0..c.n_layers as usize {
+            for part in self.kv.row_bytes(layer * self.plan.cfg.max_ctx, used, shape) {
+                put(part);
+            }
+        }
+        put(bytemuck::cast_slice(self.logits()));
+        let crc = ferrite_format::checksum(&out[STATE_HEADER..len]);
+        out[STATE_CRC_AT..STATE_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        Ok(len)
+    }
+
+    /// Restores a state saved by [`Session::save_state`] from a session with
+    /// the same model and the same cache settings. Afterwards the session
+    /// continues exactly as the saved one would have.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let bad = |why| Err(Error::BadState { why });
+        if bytes.len() < STATE_HEADER {
+            return bad("shorter than the state header");
+        }
+        let h: StateHeader = bytemuck::pod_read_unaligned(&bytes[..STATE_HEADER]);
+        if h.magic != STATE_MAGIC || h.version != 1 {
+            return bad("not a Ferrite session state (magic or version)");
+        }
+        if h.model_crc != self.model.file().header().meta_crc {
+            return bad("saved from a different model file");
+        }
+        if h.kv != self.plan.cfg.kv.code() || h.max_ctx != self.plan.cfg.max_ctx as u64 || h.sinks != self.plan.sinks() as u64 {
+            return bad("saved with different KV cache settings (type, max_ctx or sinks)");
+        }
+        let Ok(pos) = usize::try_from(h.pos) else { return bad("position out of range") };
+        let c = *self.model.config();
+        let used = pos.min(self.plan.cfg.max_ctx);
+        let per_slot = self.plan.cfg.kv.slot_bytes(c.n_kv_heads as usize, c.head_dim as usize).unwrap_or(0);
+        let vocab = c.vocab_size as usize;
+        let len = used
+            .checked_mul(per_slot)
+            .and_then(|b| b.checked_mul(c.n_layers as usize))
+            .and_then(|b| b.checked_add(STATE_HEADER + vocab * 4));
+        if len != Some(bytes.len()) {
+            return bad("length does not match its header");
+        }
+        if ferrite_format::checksum(&bytes[STATE_HEADER..]) != h.payload_crc {
+            return bad("checksum mismatch (corrupted)");
+        }
+        let shape = KvShape { kv_dim: c.kv_dim() as usize, head_dim: c.head_dim as usize };
+        let mut r = STATE_HEADER;
+        for layer in 0..c.n_layers as usize {
+            for part in self.kv.row_bytes_mut(layer * self.plan.cfg.max_ctx, used, shape) {
+                part.copy_from_slice(&bytes[r..r + part.len()]);
+                r += part.len();
+            }
+        }
+        let logits: &mut [u8] = bytemuck::cast_slice_mut(&mut self.logits[..vocab]);
+        logits.copy_from_slice(&bytes[r..r + vocab * 4]);
+        self.pos = pos;
+        Ok(())
     }
 
     /// Processes a prompt in batches (matrix-matrix products) and returns
@@ -309,7 +486,8 @@ impl<'m, 'a> Session<'m, 'a> {
             return Err(Error::BadToken { id, vocab });
         }
         let max_ctx = self.plan.cfg.max_ctx;
-        if self.pos.checked_add(tokens.len()).is_none_or(|end| end > max_ctx) {
+        let end = self.pos.checked_add(tokens.len());
+        if end.is_none_or(|end| end > max_ctx) && !self.plan.cfg.streaming || end.is_none() {
             return Err(Error::ContextFull { used: self.pos, adding: tokens.len(), max_ctx });
         }
         let batch = self.plan.cfg.max_batch;
@@ -422,57 +600,64 @@ impl<'m, 'a> Session<'m, 'a> {
                     k::rope(h, pos, self.inv_freq);
                 }
             }
-            let base = layer as usize * max_ctx * kv_dim;
+            // Attention. Keys and values of this batch come from `k`/`v`
+            // (rounded to the cache's precision first, so batching never
+            // changes results); earlier ones from the cache. The batch is
+            // written to the cache afterwards, so a wrapping ring never
+            // overwrites a key a token of the same batch still needs.
+            let shape = KvShape { kv_dim, head_dim: hd };
+            self.kv.round_trip(&mut self.k[..n * kv_dim], shape);
+            self.kv.round_trip(&mut self.v[..n * kv_dim], shape);
+            let layer_row = layer as usize * max_ctx;
+            let n0 = self.pos;
             for t in 0..n {
-                let slot = base + (self.pos + t) * kv_dim;
-                let (ks, vs) = (&self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim]);
-                match &mut self.kv {
-                    KvStore::F32 { k, v } => {
-                        k[slot..slot + kv_dim].copy_from_slice(ks);
-                        v[slot..slot + kv_dim].copy_from_slice(vs);
-                    }
-                    KvStore::F16 { k, v } => {
-                        for (o, &x) in k[slot..slot + kv_dim].iter_mut().zip(ks) {
-                            *o = f16::from_f32(x);
-                        }
-                        for (o, &x) in v[slot..slot + kv_dim].iter_mut().zip(vs) {
-                            *o = f16::from_f32(x);
-                        }
-                    }
-                }
-            }
-            // Causal attention over the cache.
-            for t in 0..n {
-                let pos = self.pos + t;
-                let start = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let len = pos + 1 - start;
+                let abs = n0 + t;
+                let keys = self.plan.key_set(abs, window);
+                // Sink keys sit at their own positions: the query meets them
+                // rotated at its position within the cache, not in the text.
+                let sink_shift = keys.cache_pos as f32 - abs as f32;
                 for h in 0..n_heads {
                     let kvh = h / group;
                     let qh = &self.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    let scores = &mut self.scores[..len];
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        let at = base + (start + j) * kv_dim + kvh * hd;
+                    let n_keys = keys.sinks.len() + keys.main.len();
+                    let scores = &mut self.scores[..n_keys];
+                    if !keys.sinks.is_empty() {
+                        self.q_head.copy_from_slice(qh);
+                        k::rope(self.q_head, sink_shift, self.inv_freq);
+                        for (s, j) in scores.iter_mut().zip(keys.sinks.clone()) {
+                            *s = scale * self.kv.dot_key(layer_row + j, kvh, self.q_head, shape);
+                        }
+                    }
+                    for (s, a) in scores[keys.sinks.len()..].iter_mut().zip(keys.main.clone()) {
                         *s = scale
-                            * match &self.kv {
-                                KvStore::F32 { k, .. } => k::dot_f32(qh, &k[at..at + hd]),
-                                KvStore::F16 { k, .. } => dot_f16(qh, &k[at..at + hd]),
+                            * if a >= n0 {
+                                let r = (a - n0) * kv_dim + kvh * hd;
+                                k::dot_f32(qh, &self.k[r..r + hd])
+                            } else {
+                                self.kv.dot_key(layer_row + self.plan.slot(a), kvh, qh, shape)
                             };
                     }
                     k::softmax(scores);
                     let out = &mut self.att[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
                     out.fill(0.0);
-                    for (j, &p) in scores.iter().enumerate() {
-                        let at = base + (start + j) * kv_dim + kvh * hd;
-                        match &self.kv {
-                            KvStore::F32 { v, .. } => axpy(out, p, &v[at..at + hd]),
-                            KvStore::F16 { v, .. } => {
-                                for (o, &x) in out.iter_mut().zip(&v[at..at + hd]) {
-                                    *o += p * x.to_f32();
-                                }
+                    for (&p, j) in scores.iter().zip(keys.sinks.clone()) {
+                        self.kv.add_value(layer_row + j, kvh, p, out, shape);
+                    }
+                    for (&p, a) in scores[keys.sinks.len()..].iter().zip(keys.main.clone()) {
+                        if a >= n0 {
+                            let r = (a - n0) * kv_dim + kvh * hd;
+                            for (o, &x) in out.iter_mut().zip(&self.v[r..r + hd]) {
+                                *o += p * x;
                             }
+                        } else {
+                            self.kv.add_value(layer_row + self.plan.slot(a), kvh, p, out, shape);
                         }
                     }
                 }
+            }
+            for t in 0..n {
+                let row = layer_row + self.plan.slot(n0 + t);
+                self.kv.write(row, &self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim], shape);
             }
             let wo = m.matrix(role(LayerRole::AttnO))?;
             parallel::matmul(self.plan.cfg.threads, &wo, self.att, q_dim, n, self.xn, d, self.row, self.plan.layout.row);
@@ -502,17 +687,3 @@ fn add(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-fn axpy(dst: &mut [f32], a: f32, x: &[f32]) {
-    for (o, &v) in dst.iter_mut().zip(x) {
-        *o += a * v;
-    }
-}
-
-fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let n = a.len().min(b.len());
-    for i in 0..n {
-        acc[i % 8] += a[i] * b[i].to_f32();
-    }
-    acc.iter().sum()
-}

@@ -18,6 +18,8 @@ pub enum KvArg {
     F16,
     /// Single precision (exact comparisons).
     F32,
+    /// int8 with one scale per head row (about a quarter of f32).
+    Q8,
 }
 
 impl From<KvArg> for KvType {
@@ -25,6 +27,7 @@ impl From<KvArg> for KvType {
         match k {
             KvArg::F16 => KvType::F16,
             KvArg::F32 => KvType::F32,
+            KvArg::Q8 => KvType::Q8,
         }
     }
 }
@@ -103,6 +106,27 @@ pub fn render_chat(model: &Model<'_>, tok: &Tokenizer<'_>, messages: &[Message],
         })
         .map_err(|e| format!("chat template: {e}"))?;
     Ok(out)
+}
+
+/// Streaming KV cache options shared by `run` and `chat`.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct StreamArgs {
+    /// Make a full context an error instead of evicting old tokens (by
+    /// default the cache streams: the first --sinks tokens stay, the oldest
+    /// others are evicted, and generation can go on forever).
+    #[arg(long)]
+    pub no_streaming: bool,
+    /// Attention-sink tokens kept at the start of a streaming cache.
+    #[arg(long, default_value_t = 4)]
+    pub sinks: usize,
+}
+
+impl StreamArgs {
+    /// Applies these options to a session config.
+    pub fn apply(self, cfg: &mut SessionConfig) {
+        cfg.streaming = !self.no_streaming;
+        cfg.sinks = self.sinks;
+    }
 }
 
 /// Builds a session config: `ctx` capped at the model's trained context.

@@ -28,6 +28,13 @@ pub struct Args {
     /// Threads for the matrix products [default: all available CPUs].
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Run the whole text through one session with a streaming KV cache of
+    /// --ctx tokens (no window resets; old tokens are evicted).
+    #[arg(long)]
+    streaming: bool,
+    /// Attention-sink tokens kept by the streaming cache.
+    #[arg(long, default_value_t = 4, requires = "streaming")]
+    sinks: usize,
     /// KV cache element type.
     #[arg(long, value_enum, default_value = "f16")]
     kv: KvArg,
@@ -55,17 +62,25 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     }
     cfg.max_ctx = args.ctx;
     cfg.logits_all = true;
+    cfg.streaming = args.streaming;
+    cfg.sinks = args.sinks;
     let plan = model.plan(&cfg)?;
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut session = Session::new(&model, &plan, &mut arena)?;
     let started = std::time::Instant::now();
-    let n_windows = tokens.len().div_ceil(args.ctx);
+    let n_windows = if args.streaming { tokens.len().div_ceil(256) } else { tokens.len().div_ceil(args.ctx) };
     let quiet = args.json;
-    let result = eval::perplexity(&mut session, &tokens, args.ctx, &mut |i, sum, n| {
+    let streaming = args.streaming;
+    let mut report = |i: usize, sum: f64, n: usize| {
         if !quiet {
-            eprintln!("[ferrite] window {}/{n_windows}: {n} predicted, mean NLL {:.4}", i + 1, sum / n.max(1) as f64);
+            eprintln!("[ferrite] {} {}/{n_windows}: {n} predicted, mean NLL {:.4}", if streaming { "chunk" } else { "window" }, i + 1, sum / n.max(1) as f64);
         }
-    })?;
+    };
+    let result = if args.streaming {
+        eval::streaming_perplexity(&mut session, &tokens, &mut report)?
+    } else {
+        eval::perplexity(&mut session, &tokens, args.ctx, &mut report)?
+    };
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         let line = json!({

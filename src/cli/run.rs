@@ -68,6 +68,8 @@ pub struct Args {
     /// Threads for the matrix products [default: all available CPUs].
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub stream: engine::StreamArgs,
     /// KV cache element type.
     #[arg(long, value_enum, default_value = "f16")]
     pub kv: KvArg,
@@ -121,6 +123,7 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     })?;
     let mut cfg = engine::session_config(&model, args.ctx, args.kv, threads);
     cfg.logits_all = args.dump_logits.is_some();
+    args.stream.apply(&mut cfg);
     let plan = model.plan(&cfg)?;
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut session = Session::new(&model, &plan, &mut arena)?;

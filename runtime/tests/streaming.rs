@@ -1,0 +1,232 @@
+//! The streaming KV cache, the int8 KV cache and session save/restore.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ferrite_format::writer::AlignedBytes;
+use ferrite_format::DType;
+use ferrite_runtime::{Error, KvType, Model, Session, SessionConfig};
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static LAST_SIZE: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+// SAFETY: defers to the system allocator; only counts calls made while this
+// thread has counting on.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCS.fetch_add(1, Ordering::SeqCst);
+            LAST_SIZE.store(layout.size(), Ordering::SeqCst);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn converted(name: &str, weights: DType) -> AlignedBytes {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(name);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("m.frt");
+    let opts = ferrite_converter::Options { weights, embed: None };
+    ferrite_converter::convert(&dir, &out, &opts, &mut |_| {}).expect("convert");
+    AlignedBytes::read(&out).expect("read")
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn prompt(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 131 + 7) % vocab).collect()
+}
+
+/// 100,000 decode steps through a 64-slot cache: no allocation, no error,
+/// finite logits, and the position keeps counting.
+#[test]
+fn hundred_thousand_steps_in_bounded_memory() {
+    for kv in [KvType::F16, KvType::Q8] {
+        let bytes = converted("llama-gqa", DType::Q8);
+        let model = Model::from_bytes(&bytes).expect("model");
+        let cfg = SessionConfig { max_ctx: 64, kv, sinks: 4, streaming: true, ..Default::default() };
+        let plan = model.plan(&cfg).expect("plan");
+        let mut arena = vec![0u8; plan.arena_bytes()];
+        let mut session = Session::new(&model, &plan, &mut arena).expect("session");
+        let vocab = model.config().vocab_size;
+        let ids = prompt(10, vocab);
+        ALLOCS.store(0, Ordering::SeqCst);
+        COUNTING.with(|c| c.set(true));
+        let mut next = argmax(session.prefill(&ids).expect("prefill"));
+        let mut finite = true;
+        for i in 0..100_000u32 {
+            let logits = session.step(next).expect("step");
+            finite &= logits.iter().all(|v| v.is_finite());
+            // Mix in a counter so the stream does not settle into a short cycle.
+            next = (argmax(logits) + i % 7) % vocab;
+        }
+        COUNTING.with(|c| c.set(false));
+        assert!(finite, "{kv:?}: non-finite logits");
+        assert_eq!(session.position(), 100_010);
+        assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "{kv:?}: allocations while streaming (last of {} bytes)", LAST_SIZE.load(Ordering::SeqCst));
+    }
+}
+
+fn logits_trace(model: &Model<'_>, cfg: SessionConfig, tokens: &[u32], batch_split: usize) -> Vec<f32> {
+    let plan = model.plan(&cfg).expect("plan");
+    let mut arena = vec![0u8; plan.arena_bytes()];
+    let mut session = Session::new(model, &plan, &mut arena).expect("session");
+    let mut out = Vec::new();
+    for part in tokens.chunks(batch_split) {
+        session.prefill_all(part, &mut |_, l| out.extend_from_slice(l)).expect("prefill");
+    }
+    out
+}
+
+/// Streaming gives the same logits however the tokens are batched, across
+/// many evictions, for every KV type.
+#[test]
+fn streaming_is_batch_invariant() {
+    let bytes = converted("qwen2-bias-f16", DType::F32);
+    let model = Model::from_bytes(&bytes).expect("model");
+    let tokens = prompt(300, model.config().vocab_size);
+    for kv in [KvType::F32, KvType::F16, KvType::Q8] {
+        let cfg = SessionConfig { max_ctx: 40, kv, sinks: 4, max_batch: 16, ..Default::default() };
+        let one = logits_trace(&model, cfg, &tokens, 1);
+        for split in [7, 64, 300] {
+            let other = logits_trace(&model, cfg, &tokens, split);
+            assert!(one.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()), "{kv:?}: split {split} differs");
+        }
+    }
+}
+
+/// Before the cache is full, streaming changes nothing; after, sinks change
+/// the result (the sink keys are really attended).
+#[test]
+fn streaming_before_and_after_eviction() {
+    let bytes = converted("llama-gqa", DType::F32);
+    let model = Model::from_bytes(&bytes).expect("model");
+    let vocab = model.config().vocab_size as usize;
+    let tokens = prompt(100, model.config().vocab_size);
+    let base = SessionConfig { max_ctx: 48, kv: KvType::F32, max_batch: 8, ..Default::default() };
+    let full = logits_trace(&model, SessionConfig { max_ctx: 128, streaming: false, ..base }, &tokens, 100);
+    let sinks4 = logits_trace(&model, SessionConfig { sinks: 4, ..base }, &tokens, 100);
+    let sinks0 = logits_trace(&model, SessionConfig { sinks: 0, ..base }, &tokens, 100);
+    let head = 48 * vocab;
+    assert_eq!(&full[..head], &sinks4[..head], "streaming must not change anything before eviction");
+    assert_eq!(&full[..head], &sinks0[..head]);
+    assert_ne!(&sinks4[head..], &sinks0[head..], "sinks must matter after eviction");
+    assert_ne!(&sinks4[head..], &full[head..], "eviction must change attention");
+    assert!(sinks4.iter().all(|v| v.is_finite()));
+}
+
+/// Without streaming, a full cache is an error, not a panic.
+#[test]
+fn full_cache_without_streaming_is_an_error() {
+    let bytes = converted("llama-gqa", DType::Q4);
+    let model = Model::from_bytes(&bytes).expect("model");
+    let plan = model.plan(&SessionConfig { max_ctx: 16, streaming: false, ..Default::default() }).expect("plan");
+    let mut arena = vec![0u8; plan.arena_bytes()];
+    let mut session = Session::new(&model, &plan, &mut arena).expect("session");
+    assert!(matches!(session.prefill(&prompt(17, 512)), Err(Error::ContextFull { used: 0, adding: 17, max_ctx: 16 })));
+    session.prefill(&prompt(16, 512)).expect("exactly full");
+    assert!(matches!(session.step(1), Err(Error::ContextFull { used: 16, adding: 1, .. })));
+}
+
+/// A saved state restores into a fresh session that then continues
+/// bit-identically, before and after eviction, for every KV type.
+#[test]
+fn save_and_restore_continue_identically() {
+    let bytes = converted("mistral-sharded", DType::Q8);
+    let model = Model::from_bytes(&bytes).expect("model");
+    let vocab = model.config().vocab_size;
+    for kv in [KvType::F32, KvType::F16, KvType::Q8] {
+        for prompt_len in [20, 90] {
+            let cfg = SessionConfig { max_ctx: 64, kv, max_batch: 8, ..Default::default() };
+            let plan = model.plan(&cfg).expect("plan");
+            let mut arena = vec![0u8; plan.arena_bytes()];
+            let mut a = Session::new(&model, &plan, &mut arena).expect("session");
+            a.prefill(&prompt(prompt_len, vocab)).expect("prefill");
+            let mut state = vec![0u8; a.state_len()];
+            assert_eq!(a.save_state(&mut state).expect("save"), state.len());
+            let mut trace_a = Vec::new();
+            let mut next = argmax(a.logits());
+            for _ in 0..50 {
+                let l = a.step(next).expect("step");
+                trace_a.extend(l.iter().map(|v| v.to_bits()));
+                next = argmax(l);
+            }
+
+            let mut arena_b = vec![0u8; plan.arena_bytes()];
+            let mut b = Session::new(&model, &plan, &mut arena_b).expect("session");
+            b.prefill(&prompt(5, vocab)).expect("unrelated history is replaced");
+            b.restore_state(&state).expect("restore");
+            assert_eq!(b.position(), prompt_len);
+            let mut trace_b = Vec::new();
+            let mut next = argmax(b.logits());
+            for _ in 0..50 {
+                let l = b.step(next).expect("step");
+                trace_b.extend(l.iter().map(|v| v.to_bits()));
+                next = argmax(l);
+            }
+            assert!(trace_a == trace_b, "{kv:?}, prompt {prompt_len}: restored session diverged");
+        }
+    }
+}
+
+#[test]
+fn bad_states_are_refused() {
+    let bytes = converted("llama-gqa", DType::Q8);
+    let model = Model::from_bytes(&bytes).expect("model");
+    let plan = model.plan(&SessionConfig { max_ctx: 32, kv: KvType::F16, ..Default::default() }).expect("plan");
+    let mut arena = vec![0u8; plan.arena_bytes()];
+    let mut a = Session::new(&model, &plan, &mut arena).expect("session");
+    a.prefill(&prompt(10, 512)).expect("prefill");
+    let mut state = vec![0u8; a.state_len()];
+    a.save_state(&mut state).expect("save");
+    assert!(matches!(a.save_state(&mut [0u8; 10]), Err(Error::BufferTooSmall { .. })));
+
+    let other = model.plan(&SessionConfig { max_ctx: 32, kv: KvType::Q8, ..Default::default() }).expect("plan");
+    let mut arena_b = vec![0u8; other.arena_bytes()];
+    let mut b = Session::new(&model, &other, &mut arena_b).expect("session");
+    assert!(matches!(b.restore_state(&state), Err(Error::BadState { .. })), "KV type mismatch");
+    drop(b);
+    let mut corrupt = state.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    assert!(matches!(a.restore_state(&corrupt), Err(Error::BadState { .. })), "checksum");
+    assert!(matches!(a.restore_state(&state[..state.len() - 4]), Err(Error::BadState { .. })), "truncated");
+    assert!(matches!(a.restore_state(&state[..20]), Err(Error::BadState { .. })), "header");
+    let mut magic = state.clone();
+    magic[0] = b'X';
+    assert!(matches!(a.restore_state(&magic), Err(Error::BadState { .. })), "magic");
+}
+
+/// int8 KV stays close to f16 KV.
+#[test]
+fn q8_kv_close_to_f16() {
+    let bytes = converted("llama-tied-bf16", DType::F32);
+    let model = Model::from_bytes(&bytes).expect("model");
+    let tokens = prompt(60, model.config().vocab_size);
+    let base = SessionConfig { max_ctx: 64, max_batch: 16, ..Default::default() };
+    let f16 = logits_trace(&model, SessionConfig { kv: KvType::F16, ..base }, &tokens, 60);
+    let q8 = logits_trace(&model, SessionConfig { kv: KvType::Q8, ..base }, &tokens, 60);
+    let max_diff = f16.iter().zip(&q8).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let max_abs = f16.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    assert!(max_diff > 0.0, "q8 KV must actually quantize");
+    assert!(max_diff < 0.1 * max_abs, "q8 KV drifts too far: {max_diff} (max |logit| {max_abs})");
+}
