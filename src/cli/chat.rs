@@ -119,8 +119,14 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             fed.clear();
             &ids[..]
         };
-        let opts = GenOptions { max_new: args.n_predict, ignore_eos: false, stream_text: true };
-        let mut history = fed.clone();
+        let opts = GenOptions {
+            max_new: args.n_predict,
+            ignore_eos: false,
+            stream_text: true,
+            stream_ids: false,
+            collect_ids: true,
+        };
+        let mut history = Vec::new();
         let g = match engine::generate(&model, &mut session, Some(&tok), &mut sampler, new, &opts, None, &mut history) {
             Ok(g) => g,
             Err(e) => {
@@ -136,8 +142,8 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             eprintln!("[ferrite] {e}; use /reset to start a new conversation");
         }
         // Everything but the last sampled token went through the model.
-        fed = history;
-        fed.pop();
+        fed.extend_from_slice(new);
+        fed.extend_from_slice(&g.ids[..g.ids.len().saturating_sub(1)]);
         let reply_ids: Vec<u32> = g.ids.iter().copied().filter(|&id| !model.config().is_stop(id)).collect();
         let mut buf = vec![0u8; reply_ids.iter().map(|&id| tok.token_bytes(id).map(<[u8]>::len).unwrap_or(0)).sum()];
         let n = tok.decode(&reply_ids, &mut buf)?;

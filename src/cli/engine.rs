@@ -215,12 +215,20 @@ pub struct GenOptions {
     pub ignore_eos: bool,
     /// Print decoded text as it is generated (else nothing is printed).
     pub stream_text: bool,
+    /// Print the new ids to stdout as they are generated, comma-separated.
+    pub stream_ids: bool,
+    /// Keep every new id in [`Generation::ids`] (else only the count grows:
+    /// memory stays flat however long generation runs).
+    pub collect_ids: bool,
 }
 
 /// What a generation produced.
 pub struct Generation {
-    /// New ids (including the stop id if generation ended on one).
+    /// New ids (including the stop id if generation ended on one), when
+    /// collected.
     pub ids: Vec<u32>,
+    /// Number of new ids.
+    pub generated: usize,
     /// Whether generation ended on a stop id.
     pub stopped: bool,
     /// Seconds spent in prefill.
@@ -271,15 +279,28 @@ pub fn generate(
     let prefill_s = started.elapsed().as_secs_f64();
     history.extend_from_slice(prompt);
 
-    let mut out = Generation { ids: vec![], stopped: false, prefill_s, decode_s: 0.0, decode_steps: 0, error: None };
+    let mut out = Generation { ids: vec![], stopped: false, prefill_s, decode_s: 0.0, decode_steps: 0, error: None, generated: 0 };
     let mut utf8 = Utf8Stream::new();
     let stdout = std::io::stdout();
     let decode_start = std::time::Instant::now();
     for i in 0..opts.max_new {
         let recent_from = history.len().saturating_sub(sampler.config().repeat_last_n);
         let id = sampler.sample(&mut logits, &history[recent_from..], &mut scratch)?;
-        out.ids.push(id);
+        out.generated += 1;
+        if opts.collect_ids {
+            out.ids.push(id);
+        }
         history.push(id);
+        // Only the last `repeat_last_n` ids matter: keep the history bounded.
+        let keep = sampler.config().repeat_last_n.max(1);
+        if history.len() >= 2 * keep + 64 {
+            history.drain(..history.len() - keep);
+        }
+        if opts.stream_ids {
+            let mut lock = stdout.lock();
+            let sep = if out.generated > 1 { "," } else { "" };
+            let _ = write!(lock, "{sep}{id}");
+        }
         let is_stop = model.config().is_stop(id);
         if opts.stream_text && !(is_stop && !opts.ignore_eos) {
             if let Some(t) = tok {
@@ -309,6 +330,10 @@ pub fn generate(
             sink.push(&logits)?;
         }
     }
+    if opts.stream_ids {
+        let mut lock = stdout.lock();
+        let _ = lock.flush();
+    }
     if opts.stream_text {
         let mut lock = stdout.lock();
         utf8.finish(|s| {
@@ -327,7 +352,7 @@ pub fn report(prompt_len: usize, g: &Generation, plan: &Plan) {
     eprintln!(
         "\n[ferrite] prompt {prompt_len} tokens in {:.3} s ({pp:.1} tok/s); generated {} tokens, {} decode steps in {:.3} s ({tg:.1} tok/s); arena {:.1} MiB; peak RSS {:.1} MiB",
         g.prefill_s,
-        g.ids.len(),
+        g.generated,
         g.decode_steps,
         g.decode_s,
         plan.arena_bytes() as f64 / (1 << 20) as f64,

@@ -24,6 +24,57 @@ pub struct Args {
     /// Print one JSON object on stdout instead of tables.
     #[arg(long)]
     json: bool,
+    /// Print the exact arena a session needs (KV cache, activations,
+    /// scratch; the weights are mapped, not counted) instead of the tables.
+    #[arg(long)]
+    plan: bool,
+    /// Context size for --plan.
+    #[arg(long, default_value_t = 4096, requires = "plan")]
+    ctx: usize,
+    /// KV cache type for --plan.
+    #[arg(long, value_enum, default_value = "f16", requires = "plan")]
+    kv: super::engine::KvArg,
+    /// Streaming sinks for --plan (the count does not change the size).
+    #[arg(long, default_value_t = 4, requires = "plan")]
+    sinks: usize,
+    /// Threads for --plan (each needs its own scratch row).
+    #[arg(short = 't', long, default_value_t = 1, requires = "plan")]
+    threads: usize,
+    /// Most prompt tokens per prefill batch for --plan.
+    #[arg(long, default_value_t = 32, requires = "plan")]
+    batch: usize,
+}
+
+fn render_plan(args: &Args, file: &File<'_>, text: &mut String) -> CliResult<ExitCode> {
+    use std::fmt::Write as _;
+    let model = ferrite_runtime::Model::from_bytes(file.bytes())?;
+    let cfg = ferrite_runtime::SessionConfig {
+        max_ctx: args.ctx,
+        kv: args.kv.into(),
+        max_batch: args.batch,
+        threads: args.threads,
+        sinks: args.sinks,
+        ..Default::default()
+    };
+    let plan = model.plan(&cfg)?;
+    let p = plan.parts();
+    if args.json {
+        let out = json!({
+            "ctx": args.ctx, "kv": format!("{:?}", args.kv).to_lowercase(), "sinks": args.sinks,
+            "threads": args.threads, "batch": args.batch,
+            "kv_cache_bytes": p.kv_cache, "activation_bytes": p.activations, "scratch_bytes": p.scratch,
+            "arena_bytes": plan.arena_bytes(), "weights_bytes_mapped": file.bytes().len(),
+        });
+        writeln!(text, "{out}")?;
+    } else {
+        writeln!(text, "session plan: ctx {}, kv {:?}, sinks {}, batch {}, threads {}", args.ctx, args.kv, args.sinks, args.batch, args.threads)?;
+        writeln!(text, "  kv cache     {:>12} bytes", p.kv_cache)?;
+        writeln!(text, "  activations  {:>12} bytes", p.activations)?;
+        writeln!(text, "  scratch      {:>12} bytes", p.scratch)?;
+        writeln!(text, "  arena total  {:>12} bytes (parts + 64 bytes of alignment slack)", plan.arena_bytes())?;
+        writeln!(text, "  weights      {:>12} bytes, mapped from the file (not in the arena)", file.bytes().len())?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_json(c: &ModelConfig) -> Value {
@@ -64,6 +115,9 @@ fn render(args: &Args, text: &mut String) -> CliResult<ExitCode> {
     use std::fmt::Write as _;
     let mapped = MappedFile::open(&args.file)?;
     let file = File::parse(mapped.bytes()).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    if args.plan {
+        return render_plan(args, &file, text);
+    }
     let c = file.config();
     let mut tensors = Vec::new();
     let mut failures = Vec::new();

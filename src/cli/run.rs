@@ -135,25 +135,22 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
         max_new: args.n_predict,
         ignore_eos: args.ignore_eos,
         stream_text: args.output == OutputKind::Text,
+        stream_ids: args.output == OutputKind::Ids,
+        collect_ids: false,
     };
     if opts.stream_text && tok.is_none() {
         return Err(format!("{}: this file has no tokenizer: use --output ids", args.model.display()).into());
     }
     let mut history = Vec::new();
     let g = engine::generate(&model, &mut session, tok.as_ref(), &mut sampler, &prompt, &opts, sink.as_mut(), &mut history)?;
-    if args.output == OutputKind::Ids {
-        let ids: Vec<String> = g.ids.iter().map(u32::to_string).collect();
-        super::print_stdout(&format!("{}\n", ids.join(",")))?;
-    } else {
-        super::print_stdout("\n")?;
-    }
+    super::print_stdout("\n")?;
     if let Some(sink) = sink {
         let rows = sink.finish()?;
         eprintln!("[ferrite] wrote {rows} rows of logits to {}", args.dump_logits.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
     }
     engine::report(prompt.len(), &g, &plan);
     if let Some(e) = g.error {
-        return Err(format!("generation stopped after {} tokens: {e}", g.ids.len()).into());
+        return Err(format!("generation stopped after {} tokens: {e}", g.generated).into());
     }
     Ok(ExitCode::SUCCESS)
 }
