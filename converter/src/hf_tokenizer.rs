@@ -113,6 +113,14 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
             format!("{}: SentencePiece-style BPE (byte_fallback) is not supported yet", path.display()),
         ));
     }
+    for flag in ["ignore_merges", "fuse_unk"] {
+        if model.get(flag).and_then(Value::as_bool).unwrap_or(false) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{}: BPE option `{flag}: true` is not supported yet", path.display()),
+            ));
+        }
+    }
     let pre = json.get("pre_tokenizer").unwrap_or(&Value::Null);
     let pretokenizer = detect_pretokenizer(&path, pre)?;
     if let Some(norm) = json.get("normalizer").filter(|n| !n.is_null()) {
@@ -166,6 +174,14 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
                 return Err(tok_err(&path, format!("added token {id} has empty content")));
             }
             let special = t.get("special").and_then(Value::as_bool).unwrap_or(false);
+            for flag in ["lstrip", "rstrip", "single_word"] {
+                if t.get(flag).and_then(Value::as_bool).unwrap_or(false) {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!("{}: added token {content:?} uses `{flag}`, which is not supported yet", path.display()),
+                    ));
+                }
+            }
             let ty = if special { TokenType::Special } else { TokenType::Added };
             put(&mut by_id, id, TokenEntry { bytes: content.as_bytes().to_vec(), ty, score: 0.0 });
             content_to_id.insert(content.to_string(), id);

@@ -11,7 +11,10 @@ use ferrite_runtime::format::TokenizerView;
 use ferrite_runtime::tokenizer::{Tokenizer, TokenizerError, Utf8Stream};
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/smollm2-135m"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/smollm2-135m"
+    ))
 }
 
 struct Fixture {
@@ -31,10 +34,16 @@ impl Fixture {
             .expect("the fixture has a tokenizer.json");
         let bytes = hf_tok.builder.to_bytes().expect("section");
         let vocab_size = hf_tok.builder.tokens.len() as u32;
-        let hf = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("HF tokenizer");
+        let hf =
+            tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("HF tokenizer");
         let mut hf_specials_as_text = hf.clone();
         hf_specials_as_text.set_encode_special_tokens(true);
-        Fixture { section: AlignedBytes::new(&bytes), vocab_size, hf, hf_specials_as_text }
+        Fixture {
+            section: AlignedBytes::new(&bytes),
+            vocab_size,
+            hf,
+            hf_specials_as_text,
+        }
     }
 
     fn tokenizer(&self) -> Tokenizer<'_> {
@@ -44,7 +53,10 @@ impl Fixture {
 }
 
 fn hf_encode(hf: &tokenizers::Tokenizer, text: &str) -> Vec<u32> {
-    hf.encode(text, false).expect("HF encode").get_ids().to_vec()
+    hf.encode(text, false)
+        .expect("HF encode")
+        .get_ids()
+        .to_vec()
 }
 
 fn encode(t: &Tokenizer<'_>, text: &str) -> Result<Vec<u32>, TokenizerError> {
@@ -67,7 +79,11 @@ fn decode(t: &Tokenizer<'_>, ids: &[u32], skip_special: bool) -> Result<Vec<u8>,
         len += t.token_bytes(id)?.len();
     }
     let mut out = vec![0u8; len];
-    let n = if skip_special { t.decode_skip_special(ids, &mut out)? } else { t.decode(ids, &mut out)? };
+    let n = if skip_special {
+        t.decode_skip_special(ids, &mut out)?
+    } else {
+        t.decode(ids, &mut out)?
+    };
     out.truncate(n);
     Ok(out)
 }
@@ -77,7 +93,9 @@ fn streamed(t: &Tokenizer<'_>, ids: &[u32]) -> String {
     let mut text = String::new();
     let mut stream = Utf8Stream::new();
     for &id in ids {
-        stream.push(t.token_bytes(id).expect("id in range"), |s| text.push_str(s));
+        stream.push(t.token_bytes(id).expect("id in range"), |s| {
+            text.push_str(s)
+        });
     }
     stream.finish(|s| text.push_str(s));
     text
@@ -90,7 +108,9 @@ struct Failures(Vec<String>);
 impl Failures {
     fn ids(&mut self, what: &str, text: &str, ours: &Result<Vec<u32>, TokenizerError>, hf: &[u32]) {
         if ours.as_deref() != Ok(hf) {
-            self.0.push(format!("{what} of {text:?}\n  ferrite: {ours:?}\n  hf:      {hf:?}"));
+            self.0.push(format!(
+                "{what} of {text:?}\n  ferrite: {ours:?}\n  hf:      {hf:?}"
+            ));
         }
     }
     fn check(&mut self, ok: bool, message: impl FnOnce() -> String) {
@@ -103,7 +123,10 @@ impl Failures {
             for f in self.0.iter().take(40) {
                 eprintln!("{f}\n");
             }
-            panic!("{} mismatches over {cases} cases (first 40 printed above)", self.0.len());
+            panic!(
+                "{} mismatches over {cases} cases (first 40 printed above)",
+                self.0.len()
+            );
         }
     }
 }
@@ -141,22 +164,126 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "Once", "upon", "a", "time", "there", "was",
-    "little", "girl", "named", "Emma", "tokenizer", "inference", "runtime", "edge", "model", "Hello", "World",
-    "THE", "Internet", "of", "and", "to", "in", "is", "that", "it", "with", "for", "as", "on", "be", "at",
-    "License", "Apache", "software", "distributed", "WITHOUT", "WARRANTIES", "antidisestablishmentarianism",
-    "x", "I", "OK", "e.g", "etc", "vs", "HuggingFace", "SmolLM2", "GPT", "LLaMA", "qwen", "ferrite",
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "Once",
+    "upon",
+    "a",
+    "time",
+    "there",
+    "was",
+    "little",
+    "girl",
+    "named",
+    "Emma",
+    "tokenizer",
+    "inference",
+    "runtime",
+    "edge",
+    "model",
+    "Hello",
+    "World",
+    "THE",
+    "Internet",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "it",
+    "with",
+    "for",
+    "as",
+    "on",
+    "be",
+    "at",
+    "License",
+    "Apache",
+    "software",
+    "distributed",
+    "WITHOUT",
+    "WARRANTIES",
+    "antidisestablishmentarianism",
+    "x",
+    "I",
+    "OK",
+    "e.g",
+    "etc",
+    "vs",
+    "HuggingFace",
+    "SmolLM2",
+    "GPT",
+    "LLaMA",
+    "qwen",
+    "ferrite",
 ];
 
 const ACCENTED: &[&str] = &[
-    "café", "niño", "über", "façade", "crème", "brûlée", "jalapeño", "Ångström", "naïve", "Zürich", "São", "Paulo",
-    "résumé", "señor", "Müller", "Ελληνικά", "Русский", "текст", "Đặng", "Œuvre", "ß", "İstanbul", "ǅemal",
-    "e\u{301}", "n\u{303}o", "a\u{308}\u{304}", "Ñandú", "mañana", "über-Ärger", "ça", "l'été", "Ꭰ", "ﬁne",
+    "café",
+    "niño",
+    "über",
+    "façade",
+    "crème",
+    "brûlée",
+    "jalapeño",
+    "Ångström",
+    "naïve",
+    "Zürich",
+    "São",
+    "Paulo",
+    "résumé",
+    "señor",
+    "Müller",
+    "Ελληνικά",
+    "Русский",
+    "текст",
+    "Đặng",
+    "Œuvre",
+    "ß",
+    "İstanbul",
+    "ǅemal",
+    "e\u{301}",
+    "n\u{303}o",
+    "a\u{308}\u{304}",
+    "Ñandú",
+    "mañana",
+    "über-Ärger",
+    "ça",
+    "l'été",
+    "Ꭰ",
+    "ﬁne",
 ];
 
 const EMOJI: &[&str] = &[
-    "😀", "👍", "👍🏽", "👨‍👩‍👧‍👦", "👩🏾‍💻", "🏳️‍🌈", "🇫🇷", "🇯🇵", "1️⃣", "#️⃣", "❤️", "🧑‍🤝‍🧑", "😂😂😂", "🤖",
-    "🦀", "☺", "✌🏿", "🏴‍☠️", "👁‍🗨", "🫠", "\u{200d}", "\u{fe0f}",
+    "😀",
+    "👍",
+    "👍🏽",
+    "👨‍👩‍👧‍👦",
+    "👩🏾‍💻",
+    "🏳️‍🌈",
+    "🇫🇷",
+    "🇯🇵",
+    "1️⃣",
+    "#️⃣",
+    "❤️",
+    "🧑‍🤝‍🧑",
+    "😂😂😂",
+    "🤖",
+    "🦀",
+    "☺",
+    "✌🏿",
+    "🏴‍☠️",
+    "👁‍🗨",
+    "🫠",
+    "\u{200d}",
+    "\u{fe0f}",
 ];
 
 const SNIPPETS: &[&str] = &[
@@ -178,36 +305,100 @@ const SNIPPETS: &[&str] = &[
 ];
 
 const WHITESPACE: &[&str] = &[
-    " ", "  ", "   ", "\t", "\n", "\r\n", "\n\n", "\r", "\u{a0}", "\u{3000}", "\u{2028}", "\u{2029}", "\u{85}",
-    "\u{b}", "\u{c}", "\u{200b}", "\u{1680}", "\u{2003}", "\u{202f}", "\u{180e}", "\u{feff}", "\u{1c}", "\u{1f}",
-    " \t ", "\t\n", "\n ",
+    " ", "  ", "   ", "\t", "\n", "\r\n", "\n\n", "\r", "\u{a0}", "\u{3000}", "\u{2028}",
+    "\u{2029}", "\u{85}", "\u{b}", "\u{c}", "\u{200b}", "\u{1680}", "\u{2003}", "\u{202f}",
+    "\u{180e}", "\u{feff}", "\u{1c}", "\u{1f}", " \t ", "\t\n", "\n ",
 ];
 
 const NUMBERS: &[&str] = &[
-    "0", "7", "42", "1234567890", "3.14159", "-17", "1,000,000", "2024-01-05", "0x1F", "1e-9", "½", "²", "³", "Ⅻ",
-    "①", "٣٤٥", "१२३", "１２３", "𝟘𝟙", "10%", "$99.99", "4th", "v1.2.3", "+33 6 12 34 56 78", "00:00:59",
+    "0",
+    "7",
+    "42",
+    "1234567890",
+    "3.14159",
+    "-17",
+    "1,000,000",
+    "2024-01-05",
+    "0x1F",
+    "1e-9",
+    "½",
+    "²",
+    "³",
+    "Ⅻ",
+    "①",
+    "٣٤٥",
+    "१२३",
+    "１２３",
+    "𝟘𝟙",
+    "10%",
+    "$99.99",
+    "4th",
+    "v1.2.3",
+    "+33 6 12 34 56 78",
+    "00:00:59",
 ];
 
 const CONTRACTION_SUFFIXES: &[&str] = &[
-    "'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'VE", "'M", "'LL", "'D", "’s", "''", "'",
-    "'x", "'sa", "'tis",
+    "'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'VE", "'M", "'LL", "'D", "’s",
+    "''", "'", "'x", "'sa", "'tis",
 ];
 
 const CONTRACTIONS: &[&str] = &[
-    "it's", "don't", "they're", "we've", "I'm", "you'll", "he'd", "IT'S", "DON'T", "'twas", "y'all",
-    "rock'n'roll", "o'clock", "' s", "''s", "Bob's'", "'''",
+    "it's",
+    "don't",
+    "they're",
+    "we've",
+    "I'm",
+    "you'll",
+    "he'd",
+    "IT'S",
+    "DON'T",
+    "'twas",
+    "y'all",
+    "rock'n'roll",
+    "o'clock",
+    "' s",
+    "''s",
+    "Bob's'",
+    "'''",
 ];
 
 const PUNCT: &str = "!@#$%^&*()-_=+[]{};:'\",.<>/?\\|`~…—–«»¿¡·•§¶†‡";
 
 const SPECIALS: &[&str] = &[
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>", "<filename>",
-    "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>", "<jupyter_text>",
-    "<jupyter_code>", "<jupyter_output>", "<jupyter_script>", "<empty_output>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<repo_name>",
+    "<reponame>",
+    "<file_sep>",
+    "<filename>",
+    "<gh_stars>",
+    "<issue_start>",
+    "<issue_comment>",
+    "<issue_closed>",
+    "<jupyter_start>",
+    "<jupyter_text>",
+    "<jupyter_code>",
+    "<jupyter_output>",
+    "<jupyter_script>",
+    "<empty_output>",
 ];
 
-const SPECIAL_PARTS: &[&str] =
-    &["<|im_", "|>", "<|im_end", "<|", "<|endoftext|", "<|im_start|", "<", ">", "<file", "<<", ">>", "im_end"];
+const SPECIAL_PARTS: &[&str] = &[
+    "<|im_",
+    "|>",
+    "<|im_end",
+    "<|",
+    "<|endoftext|",
+    "<|im_start|",
+    "<",
+    ">",
+    "<file",
+    "<<",
+    ">>",
+    "im_end",
+];
 
 fn words(rng: &mut Rng, lo: usize, hi: usize) -> String {
     let mut s = String::new();
@@ -238,7 +429,11 @@ fn prose(rng: &mut Rng) -> String {
 fn accents(rng: &mut Rng) -> String {
     let mut s = String::new();
     for _ in 0..rng.range(1, 10) {
-        s.push_str(if rng.percent(60) { rng.pick(ACCENTED) } else { rng.pick(WORDS) });
+        s.push_str(if rng.percent(60) {
+            rng.pick(ACCENTED)
+        } else {
+            rng.pick(WORDS)
+        });
         s.push_str(rng.pick(&[" ", " ", ", ", "\n", "", "-"]));
     }
     s
@@ -295,7 +490,11 @@ fn whitespace(rng: &mut Rng) -> String {
             s.push_str(rng.pick(WHITESPACE));
         }
         if rng.percent(70) {
-            s.push_str(if rng.percent(80) { rng.pick(WORDS) } else { rng.pick(&["1", "!", "é", "日", "'s"]) });
+            s.push_str(if rng.percent(80) {
+                rng.pick(WORDS)
+            } else {
+                rng.pick(&["1", "!", "é", "日", "'s"])
+            });
         }
     }
     s
@@ -399,17 +598,51 @@ fn generate(rng: &mut Rng, kind: usize) -> String {
 
 fn fixed_cases() -> Vec<String> {
     let mut cases: Vec<String> = [
-        "", " ", "  ", "\n", "a", "'s", "'", " '", "''", "   a", "a   ", "\t\ta", " \n b", "1", " 1", "a1b2",
-        "Hello world", "Hello  world", "Hello\tworld\n", "<|im_start|>", "<|im_start|><|im_end|>",
-        "<|im_start|<|im_end|>", "x<|endoftext|>y", "<|im_start|>user\nhi<|im_end|>", "<<|im_end|>>",
-        "<|im_end|><|im_end|>\n", " <|im_start|> ", "<|im_start|>assistant\n", "I'M SURE IT'S FINE", "they'LL",
+        "",
+        " ",
+        "  ",
+        "\n",
+        "a",
+        "'s",
+        "'",
+        " '",
+        "''",
+        "   a",
+        "a   ",
+        "\t\ta",
+        " \n b",
+        "1",
+        " 1",
+        "a1b2",
+        "Hello world",
+        "Hello  world",
+        "Hello\tworld\n",
+        "<|im_start|>",
+        "<|im_start|><|im_end|>",
+        "<|im_start|<|im_end|>",
+        "x<|endoftext|>y",
+        "<|im_start|>user\nhi<|im_end|>",
+        "<<|im_end|>>",
+        "<|im_end|><|im_end|>\n",
+        " <|im_start|> ",
+        "<|im_start|>assistant\n",
+        "I'M SURE IT'S FINE",
+        "they'LL",
         "Once upon a time, there was a little girl named",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     // Long chunks: past the 64-token stack scratch and through every merge path.
-    for (unit, times) in [("a", 200), (" ", 100), ("😀", 30), ("1", 50), ("!", 150), ("ab", 100), ("日本語", 40)] {
+    for (unit, times) in [
+        ("a", 200),
+        (" ", 100),
+        ("😀", 30),
+        ("1", 50),
+        ("!", 150),
+        ("ab", 100),
+        ("日本語", 40),
+    ] {
         cases.push(unit.repeat(times));
         cases.push(format!("{}x", unit.repeat(times)));
     }
@@ -441,25 +674,37 @@ fn golden_prompt_ids() {
     let fx = Fixture::load();
     let t = fx.tokenizer();
     let prompt0 = "Once upon a time, there was a little girl named";
-    assert_eq!(encode(&t, prompt0).unwrap(), [6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8180, 3365]);
+    assert_eq!(
+        encode(&t, prompt0).unwrap(),
+        [6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8180, 3365]
+    );
     let prompt1 = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(
         encode(&t, prompt1).unwrap(),
         [
-            1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2,
-            198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198
+            1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411,
+            407, 19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1,
+            520, 9531, 198
         ]
     );
     // perplexity.json holds the ids of the whole Apache license text.
-    let json = std::fs::read_to_string(fixture_dir().join("perplexity.json")).expect("perplexity.json");
+    let json =
+        std::fs::read_to_string(fixture_dir().join("perplexity.json")).expect("perplexity.json");
     let start = json.find("\"token_ids\"").expect("token_ids key");
     let open = start + json[start..].find('[').expect("[");
     let close = open + json[open..].find(']').expect("]");
-    let golden: Vec<u32> =
-        json[open + 1..close].split(',').map(|s| s.trim().parse().expect("token id")).collect();
+    let golden: Vec<u32> = json[open + 1..close]
+        .split(',')
+        .map(|s| s.trim().parse().expect("token id"))
+        .collect();
     assert_eq!(golden.len(), 2215);
     let ours = encode(&t, &apache()).unwrap();
-    assert!(ours == golden, "apache-2.0.txt: ferrite {} ids, golden {} ids", ours.len(), golden.len());
+    assert!(
+        ours == golden,
+        "apache-2.0.txt: ferrite {} ids, golden {} ids",
+        ours.len(),
+        golden.len()
+    );
 }
 
 #[test]
@@ -481,7 +726,10 @@ fn encode_and_decode_match_hf() {
         // Lossless, except that HF drops a byte that has no token (this
         // vocabulary, rebuilt from a GGUF, lacks 21 of the 256): the bytes
         // come back, whole or streamed token by token.
-        let kept: Vec<u8> = text.bytes().filter(|&b| t.view().byte_token(b).is_some()).collect();
+        let kept: Vec<u8> = text
+            .bytes()
+            .filter(|&b| t.view().byte_token(b).is_some())
+            .collect();
         if kept.len() != text.len() {
             lossy_cases += 1;
         }
@@ -492,36 +740,59 @@ fn encode_and_decode_match_hf() {
             format!("decode of {text:?}\n  ids:     {ids:?}\n  ferrite: {got:?}")
         });
         let stream = streamed(&t, &ids);
-        failures.check(stream == kept_text, || format!("streamed decode of {text:?}\n  ids: {ids:?}\n  got: {stream:?}"));
+        failures.check(stream == kept_text, || {
+            format!("streamed decode of {text:?}\n  ids: {ids:?}\n  got: {stream:?}")
+        });
         let hf_text = fx.hf.decode(&ids, false).expect("HF decode");
-        failures.check(hf_text == kept_text, || format!("HF decode of {text:?} gave {hf_text:?}"));
+        failures.check(hf_text == kept_text, || {
+            format!("HF decode of {text:?} gave {hf_text:?}")
+        });
 
         // Special tokens as text (HF `encode_special_tokens`).
         let hf_plain = hf_encode(&fx.hf_specials_as_text, text);
-        failures.ids("encode_ordinary", text, &encode_ordinary(&t, text), &hf_plain);
+        failures.ids(
+            "encode_ordinary",
+            text,
+            &encode_ordinary(&t, text),
+            &hf_plain,
+        );
 
         // Buffers: the exact count fits (always when the text is at most
         // 64 bytes, since each chunk then merges on the stack), one less
         // never does.
         let mut exact = vec![0u32; ids.len()];
         match t.encode(text, &mut exact) {
-            Ok(n) => failures.check(exact[..n] == ids[..], || format!("exact-fit encode of {text:?} differs")),
+            Ok(n) => failures.check(exact[..n] == ids[..], || {
+                format!("exact-fit encode of {text:?} differs")
+            }),
             Err(e) => failures.check(
                 text.len() > 64 && matches!(e, TokenizerError::BufferTooSmall { .. }),
-                || format!("exact-fit encode of {text:?} ({} ids) failed: {e:?}", ids.len()),
+                || {
+                    format!(
+                        "exact-fit encode of {text:?} ({} ids) failed: {e:?}",
+                        ids.len()
+                    )
+                },
             ),
         }
         if !ids.is_empty() {
             let mut short = vec![0u32; ids.len() - 1];
             let r = t.encode(text, &mut short);
-            failures.check(matches!(r, Err(TokenizerError::BufferTooSmall { .. })), || {
-                format!("encode of {text:?} into {} slots gave {r:?}", ids.len() - 1)
-            });
+            failures.check(
+                matches!(r, Err(TokenizerError::BufferTooSmall { .. })),
+                || format!("encode of {text:?} into {} slots gave {r:?}", ids.len() - 1),
+            );
             let mut short_bytes = vec![0u8; kept.len() - 1];
             let r = t.decode(&ids, &mut short_bytes);
-            failures.check(matches!(r, Err(TokenizerError::BufferTooSmall { .. })), || {
-                format!("decode of {text:?} into {} bytes gave {r:?}", kept.len() - 1)
-            });
+            failures.check(
+                matches!(r, Err(TokenizerError::BufferTooSmall { .. })),
+                || {
+                    format!(
+                        "decode of {text:?} into {} bytes gave {r:?}",
+                        kept.len() - 1
+                    )
+                },
+            );
         }
     }
     eprintln!(
@@ -556,14 +827,19 @@ fn decode_random_ids_matches_hf() {
         }
         let hf = fx.hf.decode(&ids, false).expect("HF decode");
         let stream = streamed(&t, &ids);
-        failures.check(stream == hf, || format!("streamed decode of {ids:?}\n  ferrite: {stream:?}\n  hf:      {hf:?}"));
+        failures.check(stream == hf, || {
+            format!("streamed decode of {ids:?}\n  ferrite: {stream:?}\n  hf:      {hf:?}")
+        });
     }
     let bad = [fx.vocab_size, u32::MAX];
     let mut out = [0u8; 64];
     for id in bad {
         assert_eq!(
             t.decode(&[1, id], &mut out),
-            Err(TokenizerError::BadToken { id, n_tokens: fx.vocab_size })
+            Err(TokenizerError::BadToken {
+                id,
+                n_tokens: fx.vocab_size
+            })
         );
         assert!(t.token_bytes(id).is_err());
     }
@@ -584,12 +860,18 @@ fn random_codepoints_match_hf() {
         let mut text = String::new();
         for _ in 0..rng.range(1, 24) {
             match rng.below(8) {
-                0 => text.push(rng.pick(&[' ', ' ', '\'', '\n', '\t', '1', 's', '\u{a0}', '\u{3000}'])),
+                0 => text
+                    .push(rng.pick(&[' ', ' ', '\'', '\n', '\t', '1', 's', '\u{a0}', '\u{3000}'])),
                 1 => text.push(rng.char_in(0x10000, 0x3ffff)),
                 _ => text.push(rng.char_in(0x80, 0xffff)),
             }
         }
-        failures.ids("encode", &text, &encode(&t, &text), &hf_encode(&fx.hf, &text));
+        failures.ids(
+            "encode",
+            &text,
+            &encode(&t, &text),
+            &hf_encode(&fx.hf, &text),
+        );
     }
     failures.assert_none(runs);
 }
