@@ -6,6 +6,8 @@
 # 2. Checks that the no_std crates build for a Cortex-M4F (thumbv7em-none-eabihf).
 # 3. Runs every test of the workspace in release mode (the model tests are
 #    too slow unoptimized).
+# 4. Runs the Cortex-M4F example under qemu-system-arm and compares its greedy
+#    ids with the host's (scripts/mcu-example.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +23,6 @@ cargo build --release -p ferrite-format -p ferrite-kernels -p ferrite-runtime \
 
 step "cargo test --release --workspace"
 cargo test --release --workspace
+
+step "Cortex-M4F example under QEMU vs the host"
+bash scripts/mcu-example.sh
