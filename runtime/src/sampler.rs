@@ -455,6 +455,23 @@ fn best_first(logits: &[f32], a: u32, b: u32) -> Ordering {
         .then(a.cmp(&b))
 }
 
+/// Greedy decoding without a [`Sampler`]: the argmax of `logits`, lowest id
+/// on ties. Needs no scratch and leaves `logits` untouched (a device can
+/// call it on the session's logits directly). Same errors as
+/// [`Sampler::sample`] for empty, NaN or fully masked logits.
+pub fn argmax(logits: &[f32]) -> Result<u32, SampleError> {
+    if logits.is_empty() {
+        return Err(SampleError::EmptyLogits);
+    }
+    if u32::try_from(logits.len()).is_err() {
+        return Err(SampleError::VocabTooLarge { n_vocab: logits.len() });
+    }
+    if let Some(index) = logits.iter().position(|v| v.is_nan() || *v == f32::INFINITY) {
+        return Err(SampleError::InvalidLogit { index });
+    }
+    greedy(logits)
+}
+
 /// The argmax, lowest id on ties; `logits` is non-empty and NaN-free.
 fn greedy(logits: &[f32]) -> Result<u32, SampleError> {
     let mut best = 0usize;
@@ -617,6 +634,19 @@ mod tests {
         assert!(SamplerConfig::greedy().is_greedy());
         assert_eq!(d.validate(), Ok(()));
         assert_eq!(SamplerConfig::greedy().validate(), Ok(()));
+    }
+
+    #[test]
+    fn argmax_matches_greedy_sampler() {
+        let logits = [0.5f32, 2.0, -1.0, 2.0, 1.5];
+        assert_eq!(argmax(&logits), Ok(1));
+        let mut copy = logits;
+        let mut scratch = [0u32; 5];
+        let mut s = Sampler::new(SamplerConfig::greedy()).expect("config");
+        assert_eq!(s.sample(&mut copy, &[], &mut scratch), Ok(1));
+        assert_eq!(argmax(&[]), Err(SampleError::EmptyLogits));
+        assert_eq!(argmax(&[1.0, f32::NAN]), Err(SampleError::InvalidLogit { index: 1 }));
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), Err(SampleError::AllMasked));
     }
 
     #[test]
