@@ -498,7 +498,7 @@ impl<'m, 'a> Session<'m, 'a> {
             // Logits: every position when asked, else only the very last.
             match each.as_mut() {
                 Some(f) if self.plan.cfg.logits_all => {
-                    self.head_batch(chunk.len())?;
+                    self.head_rows(0, chunk.len())?;
                     let vocab = self.model.config().vocab_size as usize;
                     for t in 0..chunk.len() {
                         f(done + t, &self.logits[t * vocab..(t + 1) * vocab]);
@@ -508,11 +508,11 @@ impl<'m, 'a> Session<'m, 'a> {
                 }
                 Some(f) => {
                     for t in 0..chunk.len() {
-                        self.head(t)?;
+                        self.head_rows(t, 1)?;
                         f(done + t, &self.logits[..self.model.config().vocab_size as usize]);
                     }
                 }
-                None if last_chunk => self.head(chunk.len() - 1)?,
+                None if last_chunk => self.head_rows(chunk.len() - 1, 1)?,
                 None => {}
             }
             done += chunk.len();
@@ -520,30 +520,19 @@ impl<'m, 'a> Session<'m, 'a> {
         Ok(())
     }
 
-    /// Final norm and output projection of the first `n` batch rows into
-    /// `logits` (`n × vocab`), as one matrix product.
-    fn head_batch(&mut self, n: usize) -> Result<(), Error> {
+    /// Final norm and output projection of batch rows `first..first + n`
+    /// into `logits` (`n × vocab`), as one matrix product.
+    fn head_rows(&mut self, first: usize, n: usize) -> Result<(), Error> {
         let m = self.model;
         let c = *m.config();
         let d = c.d_model as usize;
         let norm = m.vector(Role::OutputNorm)?;
         let out = m.matrix(Role::Output)?;
         for t in 0..n {
-            k::rmsnorm(&self.x[t * d..(t + 1) * d], norm, c.norm_eps, &mut self.xn[t * d..(t + 1) * d]);
+            let src = (first + t) * d;
+            k::rmsnorm(&self.x[src..src + d], norm, c.norm_eps, &mut self.xn[t * d..(t + 1) * d]);
         }
         parallel::matmul(self.plan.cfg.threads, &out, self.xn, d, n, self.logits, out.rows, self.row, self.plan.layout.row);
-        Ok(())
-    }
-
-    /// Final norm and output projection of batch row `t` into `logits`.
-    fn head(&mut self, t: usize) -> Result<(), Error> {
-        let m = self.model;
-        let c = *m.config();
-        let d = c.d_model as usize;
-        let norm = m.vector(Role::OutputNorm)?;
-        let out = m.matrix(Role::Output)?;
-        k::rmsnorm(&self.x[t * d..(t + 1) * d], norm, c.norm_eps, &mut self.xn[..d]);
-        parallel::matmul(self.plan.cfg.threads, &out, &self.xn[..d], d, 1, self.logits, out.rows, self.row, self.plan.layout.row);
         Ok(())
     }
 

@@ -4,7 +4,6 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ferrite_runtime::sampler::SamplerConfig;
 use ferrite_runtime::Session;
 
 use super::engine::{self, GenOptions, KvArg, Message};
@@ -23,24 +22,8 @@ pub struct Args {
     /// Most tokens per reply.
     #[arg(short = 'n', long, default_value_t = 512)]
     n_predict: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temp: f32,
-    /// Keep the k most likely tokens (0: off).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Nucleus sampling threshold (1: off).
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Min-p threshold (0: off).
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    /// Repetition penalty (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// Random seed [default: from the clock].
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    pub sampling: engine::SamplingArgs,
     /// Context size in tokens (capped at the model's trained context).
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
@@ -65,18 +48,7 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     if tok.view().chat_template().is_empty() {
         return Err(format!("{}: this model file has no chat template", args.model.display()).into());
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-    });
-    let mut sampler = engine::sampler(SamplerConfig {
-        temperature: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        seed,
-        ..SamplerConfig::default()
-    })?;
+    let mut sampler = args.sampling.sampler()?;
     let mut cfg = engine::session_config(&model, args.ctx, args.kv, threads);
     args.stream.apply(&mut cfg);
     let plan = model.plan(&cfg)?;

@@ -108,6 +108,51 @@ pub fn render_chat(model: &Model<'_>, tok: &Tokenizer<'_>, messages: &[Message],
     Ok(out)
 }
 
+/// Sampling options shared by `run` and `chat`.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set with this cumulative probability (1: off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens below this fraction of the best one's probability (0: off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for tokens among the last 64 (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed [default: from the clock; printed to stderr].
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// A sampler for these options (seeded from the clock when no seed is
+    /// given; the seed is then printed to stderr so a run can be repeated).
+    pub fn sampler(&self) -> CliResult<Sampler> {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        });
+        if self.seed.is_none() && self.temp > 0.0 {
+            eprintln!("[ferrite] seed {seed}");
+        }
+        Ok(Sampler::new(SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed,
+            ..SamplerConfig::default()
+        })?)
+    }
+}
+
 /// Streaming KV cache options shared by `run` and `chat`.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct StreamArgs {
@@ -358,9 +403,4 @@ pub fn report(prompt_len: usize, g: &Generation, plan: &Plan) {
         plan.arena_bytes() as f64 / (1 << 20) as f64,
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
     );
-}
-
-/// A sampler from command-line values.
-pub fn sampler(cfg: SamplerConfig) -> CliResult<Sampler> {
-    Ok(Sampler::new(cfg)?)
 }

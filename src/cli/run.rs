@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
-use ferrite_runtime::sampler::SamplerConfig;
 use ferrite_runtime::Session;
 
 use super::engine::{self, GenOptions, KvArg, Message, NpyWriter};
@@ -38,24 +37,8 @@ pub struct Args {
     /// Most tokens to generate.
     #[arg(short = 'n', long, default_value_t = 128)]
     pub n_predict: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
-    pub temp: f32,
-    /// Keep the k most likely tokens (0: off).
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Keep the smallest set with this cumulative probability (1: off).
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Drop tokens below this fraction of the best one's probability (0: off).
-    #[arg(long, default_value_t = 0.05)]
-    pub min_p: f32,
-    /// Penalty for tokens among the last 64 (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub repeat_penalty: f32,
-    /// Random seed [default: from the clock; printed to stderr].
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub sampling: engine::SamplingArgs,
     /// Wrap the prompt as one user turn with the model's chat template.
     #[arg(long)]
     pub chat: bool,
@@ -106,21 +89,7 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     if prompt.is_empty() {
         return Err("the prompt is empty".into());
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-    });
-    if args.seed.is_none() && args.temp > 0.0 {
-        eprintln!("[ferrite] seed {seed}");
-    }
-    let mut sampler = engine::sampler(SamplerConfig {
-        temperature: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        seed,
-        ..SamplerConfig::default()
-    })?;
+    let mut sampler = args.sampling.sampler()?;
     let mut cfg = engine::session_config(&model, args.ctx, args.kv, threads);
     cfg.logits_all = args.dump_logits.is_some();
     args.stream.apply(&mut cfg);
