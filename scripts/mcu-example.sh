@@ -18,6 +18,8 @@
 #   MCU_DEFMT=1    build with the `defmt` feature and decode its output with
 #                  defmt-print (cargo install defmt-print)
 set -euo pipefail
+# Binaries are looked up under ./target: a CARGO_TARGET_DIR elsewhere would hide them.
+unset CARGO_TARGET_DIR
 cd "$(dirname "$0")/.."
 root=$PWD
 out=$root/target/mcu

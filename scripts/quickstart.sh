@@ -4,6 +4,8 @@
 #
 #   bash scripts/quickstart.sh ["your prompt"]
 set -euo pipefail
+# Binaries are looked up under ./target: a CARGO_TARGET_DIR elsewhere would hide them.
+unset CARGO_TARGET_DIR
 cd "$(dirname "$0")/.."
 prompt=${1:-"Once upon a time"}
 hf_dir=$(bash scripts/fetch-models.sh | tail -1)

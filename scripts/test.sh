@@ -6,7 +6,9 @@
 # 2. Checks that the no_std crates build for a Cortex-M4F (thumbv7em-none-eabihf).
 # 3. Runs every test of the workspace in release mode (the model tests are
 #    too slow unoptimized).
-# 4. Runs the Cortex-M4F example under qemu-system-arm and compares its greedy
+# 4. Builds libferrite.a and the C example, and compares its output with
+#    `ferrite run` (scripts/c-example.sh).
+# 5. Runs the Cortex-M4F example under qemu-system-arm and compares its greedy
 #    ids with the host's (scripts/mcu-example.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,9 @@ cargo build --release -p ferrite-format -p ferrite-kernels -p ferrite-runtime \
 
 step "cargo test --release --workspace"
 cargo test --release --workspace
+
+step "C API: libferrite.a + examples/c vs ferrite run"
+bash scripts/c-example.sh
 
 step "Cortex-M4F example under QEMU vs the host"
 bash scripts/mcu-example.sh

@@ -50,7 +50,7 @@ fn copy_fixture(name: &str) -> TempDir {
 }
 
 fn opts(weights: DType) -> Options {
-    Options { weights, embed: None }
+    Options { weights, ..Default::default() }
 }
 
 fn convert_ok(input: &Path, output: &Path, weights: DType) -> Summary {

@@ -124,7 +124,14 @@ impl Checkpoint {
             for f in &files {
                 let p = dir.join(f);
                 if !p.exists() {
-                    return Err(ckpt_err(&index_path, format!("names shard {f}, which does not exist ({})", p.display())));
+                    // Name a tensor placed there too (the first by name).
+                    let mut placed: Vec<&String> = names.iter().filter(|(_, file)| *file == f).map(|(n, _)| n).collect();
+                    placed.sort();
+                    let tensor = placed.first().map(|n| format!(" (for tensor {n})")).unwrap_or_default();
+                    return Err(ckpt_err(
+                        &index_path,
+                        format!("names shard {f}{tensor}, which does not exist ({})", p.display()),
+                    ));
                 }
                 shards.push(open_shard(&p)?);
             }

@@ -1,7 +1,7 @@
 //! The conversion driver.
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use ferrite_format::writer::{FileWriter, TensorSpec};
@@ -14,6 +14,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::{hf_config, hf_tokenizer};
 
 /// What to convert and how.
+///
+/// Construct it with [`Default`] and change what differs, so that new
+/// options do not break callers:
+/// `Options { weights: DType::Q8, ..Default::default() }`.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Type of the linear layers' weights.
@@ -21,6 +25,21 @@ pub struct Options {
     /// Type of the embedding/output table; `None` picks q8 for q4 weights
     /// and the weights' type otherwise.
     pub embed: Option<DType>,
+    /// Accept NaN and ±infinity in the source weights (default: refuse them,
+    /// [`ErrorKind::NonFinite`], naming the file, tensor and element). When
+    /// set, f32 and f16 tensors store them as they are, and q8/q4 tensors
+    /// quantize them as 0 (a group's scale comes from its finite elements);
+    /// each affected tensor is reported in [`Summary::warnings`]. Finite
+    /// values that would *become* non-finite (beyond f16's range, or a q8/q4
+    /// scale beyond it) are refused either way.
+    pub allow_nonfinite: bool,
+}
+
+impl Default for Options {
+    /// q4 weights, the default embedding type, non-finite weights refused.
+    fn default() -> Self {
+        Options { weights: DType::Q4, embed: None, allow_nonfinite: false }
+    }
 }
 
 impl Options {
@@ -151,8 +170,15 @@ pub fn hf_name(role: Role) -> String {
     }
 }
 
-/// Name of the temporary file written beside `output` (recognisable, so a
-/// leftover from a killed run can be identified).
+/// Start of the names of the temporary files written beside `output`.
+///
+/// A conversion writes `.{name}.{pid}.{random}.ferrite-tmp` beside
+/// `output` (`name` its file name, `pid` the converting process's id,
+/// `random` six alphanumeric characters) and renames it to `output` once it
+/// is complete. A process killed meanwhile leaves that file behind: its
+/// name says which output and which process it belongs to, and the next
+/// conversion to the same output removes it once that process is gone (see
+/// [`convert`]).
 pub fn temp_prefix(output: &Path) -> String {
     let name = output.file_name().and_then(|n| n.to_str()).unwrap_or("model.frt");
     format!(".{name}.")
@@ -161,19 +187,130 @@ pub fn temp_prefix(output: &Path) -> String {
 /// Suffix of temporary files.
 pub const TEMP_SUFFIX: &str = ".ferrite-tmp";
 
+/// Who wrote a temporary file of some output, as its name says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TempOwner {
+    /// The process with this id (`.{name}.{pid}.{random}.ferrite-tmp`).
+    Pid(u32),
+    /// Unknown: a name without a process id (`.{name}.{random}.ferrite-tmp`,
+    /// written by converters before the id was added).
+    Unknown,
+}
+
+/// If `file_name` is the name of a temporary file of `output`, who wrote it.
+///
+/// Only names this converter makes match: the output's
+/// [`temp_prefix`], then `{pid}.{random}` or `{random}` (`random`
+/// alphanumeric), then [`TEMP_SUFFIX`]. So the temp files of an output named
+/// `m.frt` are never mistaken for those of `m.frt.1.frt`, and no other file
+/// matches.
+pub fn temp_owner(output: &Path, file_name: &str) -> Option<TempOwner> {
+    let middle = file_name.strip_prefix(temp_prefix(output).as_str())?.strip_suffix(TEMP_SUFFIX)?;
+    let alnum = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    match middle.split_once('.') {
+        Some((pid, random)) if alnum(random) && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => {
+            pid.parse().ok().map(TempOwner::Pid)
+        }
+        Some(_) => None,
+        None if alnum(middle) => Some(TempOwner::Unknown),
+        None => None,
+    }
+}
+
+/// Whether the process `pid` is running, where that can be known: `/proc`
+/// on Linux; `None` elsewhere. A zombie counts as running.
+fn process_alive(pid: u32) -> Option<bool> {
+    if cfg!(target_os = "linux") && Path::new("/proc/self").exists() {
+        Some(Path::new("/proc").join(pid.to_string()).exists())
+    } else {
+        None
+    }
+}
+
+/// Removes the temporary files of `output` in `dir` left by conversions
+/// whose process is gone (killed, or the machine lost power); reports each
+/// removal, and each leftover it cannot judge, in `warnings`.
+///
+/// The files of running processes, this one included, are left alone: two
+/// conversions to the same output may run at once, and the second to finish
+/// wins. A process id is only meaningful on this machine and in this PID
+/// namespace: a conversion writing into the same folder from another
+/// machine or container may see its temp file removed, and then fails
+/// cleanly when it renames it (it never produces a damaged output).
+fn remove_stale_temps(dir: &Path, output: &Path, warnings: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        // Creating the temp file in `dir` reports the problem.
+        return;
+    };
+    let mut found: Vec<(PathBuf, TempOwner)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let owner = temp_owner(output, name.to_str()?)?;
+            Some((e.path(), owner))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, owner) in found {
+        match owner {
+            TempOwner::Pid(pid) => match process_alive(pid) {
+                Some(true) => {}
+                Some(false) => match std::fs::remove_file(&path) {
+                    Ok(()) => warnings.push(format!(
+                        "{}: removed the temporary file of an interrupted conversion (process {pid} is gone)",
+                        path.display()
+                    )),
+                    // Another conversion removed it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => warnings.push(format!(
+                        "{}: could not remove the temporary file of an interrupted conversion: {e}",
+                        path.display()
+                    )),
+                },
+                None => warnings.push(format!(
+                    "{}: temporary file of an earlier conversion (process {pid}); \
+                     remove it if that conversion is no longer running",
+                    path.display()
+                )),
+            },
+            TempOwner::Unknown => warnings.push(format!(
+                "{}: temporary file of an earlier conversion (no process id in its name); \
+                 remove it if no conversion is running",
+                path.display()
+            )),
+        }
+    }
+}
+
 /// Source elements converted per slab (bounds memory for large tensors).
 const SLAB_ELEMS: usize = 1 << 18;
 
 /// Converts the HF folder `input` into the Ferrite file `output`.
 ///
-/// The file is written to a temporary name beside `output` and renamed into
-/// place only after it is complete and synced; on any error nothing is left
-/// behind.
+/// The file is written to a temporary name beside `output` (see
+/// [`temp_prefix`]) and renamed into place only after it is complete and
+/// synced; on any error nothing is left behind and an existing `output` is
+/// untouched. A process killed meanwhile leaves only its temporary file,
+/// never a partial `output`; once the inputs are validated, a conversion
+/// removes such leftovers of `output` whose process is gone and reports
+/// each in [`Summary::warnings`].
 pub fn convert(
     input: &Path,
     output: &Path,
     opts: &Options,
     progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Summary> {
+    convert_with_sink(input, output, opts, progress, |file| file)
+}
+
+/// [`convert`], with the temporary file wrapped by `sink` before anything
+/// is written to it (tests inject write failures this way).
+pub(crate) fn convert_with_sink<W: Write + Seek>(
+    input: &Path,
+    output: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(Progress<'_>),
+    sink: impl FnOnce(std::fs::File) -> W,
 ) -> Result<Summary> {
     let mut summary = Summary { output: output.to_path_buf(), ..Default::default() };
     let hf = hf_config::read(input)?;
@@ -306,13 +443,14 @@ pub fn convert(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    remove_stale_temps(&dir, output, &mut summary.warnings);
     let tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix(output))
+        .prefix(&format!("{}{}.", temp_prefix(output), std::process::id()))
         .suffix(TEMP_SUFFIX)
         .tempfile_in(&dir)
         .map_err(|e| Error::io(&dir, e))?;
     let out_err = |e: std::io::Error| Error::io(output, e);
-    let sink = BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone().map_err(out_err)?);
+    let sink = BufWriter::with_capacity(1 << 20, sink(tmp.as_file().try_clone().map_err(out_err)?));
     let mut writer = FileWriter::new(sink, &config, section.as_deref(), &specs).map_err(out_err)?;
 
     let total_bytes: u64 = plan.values().map(|n| ckpt.tensors()[n].shape.iter().product::<usize>() as u64 * ckpt.tensors()[n].dtype.size() as u64).sum();
@@ -334,22 +472,38 @@ pub fn convert(
         stats.params += (rows * cols) as u64;
         stats.bytes += spec.bytes();
         scales.clear();
+        // Non-finite source values let through (`allow_nonfinite`): how
+        // many, and the first one's element index and value.
+        let mut nonfinite: Option<(u64, usize, f32)> = None;
         let mut row = 0;
         while row < rows {
             let n_rows = rows_per_slab.min(rows - row);
             ckpt.read_f32(name, loc, row * cols, n_rows * cols, &mut scratch, &mut values)?;
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 let at = row * cols + i;
-                return Err(Error::new(
-                    ErrorKind::NonFinite,
-                    format!(
-                        "{}: tensor {name} holds {} at element {at} (row {}, column {})",
-                        ckpt.path_of(loc).display(),
-                        values[i],
-                        at / cols,
-                        at % cols
-                    ),
-                ));
+                if !opts.allow_nonfinite {
+                    return Err(Error::new(
+                        ErrorKind::NonFinite,
+                        format!(
+                            "{}: tensor {name} holds {} at element {at} (row {}, column {}); \
+                             --allow-nonfinite converts it anyway",
+                            ckpt.path_of(loc).display(),
+                            values[i],
+                            at / cols,
+                            at % cols
+                        ),
+                    ));
+                }
+                let count = values[i..].iter().filter(|v| !v.is_finite()).count() as u64;
+                let seen = nonfinite.get_or_insert((0, at, values[i]));
+                seen.0 += count;
+                if spec.dtype.is_quantized() {
+                    // A q8/q4 group cannot hold them: 0, and the group's
+                    // scale comes from its finite elements.
+                    for v in values[i..].iter_mut().filter(|v| !v.is_finite()) {
+                        *v = 0.0;
+                    }
+                }
             }
             back.clear();
             match spec.dtype {
@@ -359,7 +513,9 @@ pub fn convert(
                 }
                 DType::F16 => {
                     let h: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
-                    if let Some(i) = h.iter().position(|v| !v.is_finite()) {
+                    // Source NaN/inf were refused above unless allowed; a
+                    // finite value that overflows f16 is refused either way.
+                    if let Some(i) = h.iter().zip(&values).position(|(h, v)| !h.is_finite() && v.is_finite()) {
                         return Err(Error::new(
                             ErrorKind::NonFinite,
                             format!("{}: tensor {name} element {} ({}) overflows f16", ckpt.path_of(loc).display(), row * cols + i, values[i]),
@@ -398,7 +554,7 @@ pub fn convert(
                     writer.write_chunk(&qbuf).map_err(out_err)?;
                 }
             }
-            for (x, y) in values.iter().zip(&back) {
+            for (x, y) in values.iter().zip(&back).filter(|(x, _)| x.is_finite()) {
                 let (x, y) = (*x as f64, *y as f64);
                 stats.sum_sq_err += (x - y) * (x - y);
                 stats.sum_sq += x * x;
@@ -410,13 +566,22 @@ pub fn convert(
             writer.write_chunk(bytemuck::cast_slice(&scales)).map_err(out_err)?;
         }
         writer.end_tensor().map_err(out_err)?;
+        if let Some((count, at, value)) = nonfinite {
+            summary.warnings.push(format!(
+                "{}: tensor {name} holds {count} non-finite value(s), the first {value} at element {at} (row {}, column {}): {}",
+                ckpt.path_of(loc).display(),
+                at / cols,
+                at % cols,
+                if spec.dtype.is_quantized() { "quantized as 0" } else { "stored as they are" }
+            ));
+        }
     }
     let mut sink = writer.finish().map_err(out_err)?;
     sink.flush().map_err(out_err)?;
-    let file = sink.into_inner().map_err(|e| out_err(e.into_error()))?;
+    drop(sink);
+    let file = tmp.as_file();
     file.sync_all().map_err(out_err)?;
     summary.file_bytes = file.metadata().map_err(out_err)?.len();
-    drop(file);
     {
         use std::os::unix::fs::PermissionsExt;
         // Temp files are created 0600; a model file is ordinary data.
@@ -425,4 +590,162 @@ pub fn convert(
     tmp.persist(output).map_err(|e| out_err(e.error))?;
     summary.config = Some(config);
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, Seek, SeekFrom, Write};
+    use std::path::{Path, PathBuf};
+
+    use ferrite_format::DType;
+
+    use super::{convert, convert_with_sink, temp_owner, Options, TempOwner, TEMP_SUFFIX};
+    use crate::ErrorKind;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(name)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    /// A sink that fails like a full disk: with ENOSPC once `limit` bytes
+    /// are reached. `Extent`: the file may not grow past `limit` bytes (a
+    /// disk that is full; rewriting bytes already written still works).
+    /// `Total`: `limit` bytes of writes in all, wherever they go (a device
+    /// that fails mid-way, also during the final header rewrite). The write
+    /// that reaches the limit is partial, as `write(2)` on a full disk.
+    struct FullDisk {
+        inner: std::fs::File,
+        mode: Mode,
+        limit: u64,
+        pos: u64,
+        written: u64,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Mode {
+        Extent,
+        Total,
+    }
+
+    impl FullDisk {
+        fn new(inner: std::fs::File, mode: Mode, limit: u64) -> Self {
+            FullDisk { inner, mode, limit, pos: 0, written: 0 }
+        }
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let used = match self.mode {
+                Mode::Extent => self.pos,
+                Mode::Total => self.written,
+            };
+            let room = self.limit.saturating_sub(used);
+            if room == 0 && !buf.is_empty() {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            let n = (buf.len() as u64).min(room) as usize;
+            let n = self.inner.write(&buf[..n])?;
+            self.pos += n as u64;
+            self.written += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    impl Seek for FullDisk {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.pos = self.inner.seek(pos)?;
+            Ok(self.pos)
+        }
+    }
+
+    /// A disk that fills after N bytes, for N from 0 to one byte short of
+    /// the whole file (in the header, the directory, at and around the 1 MiB
+    /// buffer's flushes, in the last tensor; and, counting every byte
+    /// written, in the final header and directory rewrite): an I/O error
+    /// naming the output, and neither the output nor a temp file left
+    /// behind; an existing output stays as it was.
+    #[test]
+    fn a_disk_that_fills_up_leaves_no_output_and_no_temp_file() {
+        let input = fixture("llama-tied-bf16");
+        let opts = Options { weights: DType::F32, ..Default::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let reference = dir.path().join("reference.frt");
+        let summary = convert(&input, &reference, &opts, &mut |_| {}).unwrap();
+        let size = summary.file_bytes;
+        assert!(size > 2 << 20, "the file ({size} bytes) should span several 1 MiB buffer flushes");
+        let expected = std::fs::read(&reference).unwrap();
+        // What `finish` rewrites at the end: the header and the directory.
+        let n_tensors = summary.by_type.values().map(|s| s.tensors as u64).sum::<u64>();
+        let rewrite = 128 + 64 * n_tensors;
+
+        let out_dir = tempfile::tempdir().unwrap();
+        let output = out_dir.path().join("model.frt");
+        let mib = 1u64 << 20;
+        let mut cases: Vec<(Mode, u64)> = [0, 1, 127, 128, 384, 4096, mib - 1, mib, mib + 1, 2 * mib + 7, size / 2, size - 64, size - 1]
+            .into_iter()
+            .map(|n| (Mode::Extent, n))
+            .collect();
+        cases.extend([size, size + 1, size + 127, size + rewrite - 1].map(|n| (Mode::Total, n)));
+        for (mode, limit) in cases {
+            let err = convert_with_sink(&input, &output, &opts, &mut |_| {}, |f| FullDisk::new(f, mode, limit))
+                .err()
+                .unwrap_or_else(|| panic!("{mode:?} {limit} of {size} bytes: the conversion succeeded"));
+            let msg = err.to_string();
+            assert_eq!(err.kind(), ErrorKind::Io, "{mode:?} {limit}: {msg}");
+            assert!(msg.contains(&output.display().to_string()), "{mode:?} {limit}: the message names no output: {msg}");
+            assert!(msg.contains("os error 28"), "{mode:?} {limit}: not the ENOSPC error: {msg}");
+            assert!(names(out_dir.path()).is_empty(), "{mode:?} {limit}: left {:?}", names(out_dir.path()));
+        }
+
+        // Replacing an existing file: it stays intact.
+        std::fs::write(&output, b"the previous model").unwrap();
+        for (mode, limit) in [(Mode::Extent, 0), (Mode::Extent, mib), (Mode::Extent, size - 1), (Mode::Total, size)] {
+            let r = convert_with_sink(&input, &output, &opts, &mut |_| {}, |f| FullDisk::new(f, mode, limit));
+            assert!(r.is_err(), "{mode:?} {limit}: succeeded");
+            assert_eq!(std::fs::read(&output).unwrap(), b"the previous model", "{mode:?} {limit}: the output changed");
+            assert_eq!(names(out_dir.path()), ["model.frt"], "{mode:?} {limit}: leftovers");
+        }
+
+        // Room for exactly the file: it succeeds, byte-identical (the hook
+        // itself changes nothing).
+        for (mode, limit) in [(Mode::Extent, size), (Mode::Total, size + rewrite)] {
+            convert_with_sink(&input, &output, &opts, &mut |_| {}, |f| FullDisk::new(f, mode, limit))
+                .unwrap_or_else(|e| panic!("{mode:?} {limit}: {e}"));
+            assert!(std::fs::read(&output).unwrap() == expected, "{mode:?}: the file written through the hook differs");
+            assert_eq!(names(out_dir.path()), ["model.frt"]);
+        }
+    }
+
+    #[test]
+    fn temp_names_say_which_output_and_process_they_belong_to() {
+        let out = Path::new("/models/m.frt");
+        let t = |s: &str| temp_owner(out, s);
+        assert_eq!(t(".m.frt.1234.aB3xYz.ferrite-tmp"), Some(TempOwner::Pid(1234)));
+        assert_eq!(t(".m.frt.aB3xYz.ferrite-tmp"), Some(TempOwner::Unknown));
+        // Not temp files of m.frt.
+        for other in [
+            "m.frt",
+            ".m.frt.1234.aB3xYz.ferrite-tmp.bak",
+            ".m.frt.ferrite-tmp",
+            ".m.frt..ferrite-tmp",
+            ".m.frt.1234..ferrite-tmp",
+            ".m.frt.12a4.aB3xYz.ferrite-tmp",
+            ".m.frt.99999999999.aB3xYz.ferrite-tmp",
+            ".m.frt.x.1234.aB3xYz.ferrite-tmp", // a temp of `m.frt.x`
+            ".m.frt.1.frt.1234.aB3xYz.ferrite-tmp", // a temp of `m.frt.1.frt`
+            ".n.frt.1234.aB3xYz.ferrite-tmp",
+        ] {
+            assert_eq!(t(other), None, "{other}");
+        }
+        assert!(TEMP_SUFFIX.starts_with('.'));
+    }
 }

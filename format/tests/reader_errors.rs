@@ -19,6 +19,7 @@
 //! only the intended fault remains.
 
 use std::io::Cursor;
+use std::sync::Mutex;
 
 use bytemuck::Pod;
 use ferrite_format::quant::{self, GROUP};
@@ -184,7 +185,7 @@ fn roles_for(c: &ModelConfig) -> Vec<Role> {
 }
 
 /// How matrices are stored: all one type, or cycling through every type.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Mix {
     All(DType),
     Cycle,
@@ -211,25 +212,45 @@ fn specs_for(c: &ModelConfig, mix: Mix) -> Vec<TensorSpec> {
         .collect()
 }
 
+/// Rows of tensor data drawn under Miri; see [`tensor_data`].
+const MIRI_DRAWN_ROWS: usize = 4;
+
+/// Appends rows `drawn..rows` (`row_bytes` each) to `out`, which holds rows
+/// `0..drawn`: row `r` repeats row `r % drawn`.
+fn repeat_rows(out: &mut Vec<u8>, rows: usize, drawn: usize, row_bytes: usize) {
+    for r in drawn..rows {
+        let from = (r % drawn) * row_bytes;
+        out.extend_from_within(from..from + row_bytes);
+    }
+}
+
 /// Deterministic contents for a tensor: finite floats, or quant planes with
 /// zero quants in the padding of a partial last group and positive scales.
+///
+/// Under Miri (`scripts/miri.sh`) only the first [`MIRI_DRAWN_ROWS`] rows'
+/// elements are drawn and later rows repeat them (drawing every element
+/// dominated the run time there); scales are all drawn, and every tensor
+/// still gets its own data. Natively every element is drawn.
 fn tensor_data(dtype: DType, rows: u32, cols: u32, rng: &mut Rng) -> Vec<u8> {
     let (rows, cols) = (rows as usize, cols as usize);
+    let drawn = if cfg!(miri) { rows.min(MIRI_DRAWN_ROWS) } else { rows };
     let mut out = Vec::new();
     match dtype {
         DType::F32 => {
-            for _ in 0..rows * cols {
+            for _ in 0..drawn * cols {
                 out.extend_from_slice(&rng.unit().to_le_bytes());
             }
+            repeat_rows(&mut out, rows, drawn, cols * 4);
         }
         DType::F16 => {
-            for _ in 0..rows * cols {
+            for _ in 0..drawn * cols {
                 out.extend_from_slice(&f16::from_f32(rng.unit()).to_le_bytes());
             }
+            repeat_rows(&mut out, rows, drawn, cols * 2);
         }
         DType::Q8 | DType::Q4 => {
             let groups = cols.div_ceil(GROUP);
-            for _ in 0..rows {
+            for _ in 0..drawn {
                 for g in 0..groups {
                     let mut vals = [0i8; GROUP];
                     for (j, v) in vals.iter_mut().enumerate() {
@@ -250,6 +271,8 @@ fn tensor_data(dtype: DType, rows: u32, cols: u32, rng: &mut Rng) -> Vec<u8> {
                     }
                 }
             }
+            let group_bytes = if dtype == DType::Q8 { quant::Q8_GROUP_BYTES } else { quant::Q4_GROUP_BYTES };
+            repeat_rows(&mut out, rows, drawn, groups * group_bytes);
             for _ in 0..rows * groups {
                 let s = 0.001 + 0.05 * (rng.unit() + 1.0) / 2.0;
                 out.extend_from_slice(&f16::from_f32(s).to_le_bytes());
@@ -297,6 +320,7 @@ fn tokenizer_builder() -> TokenizerBuilder {
 }
 
 /// A built file and everything that went into it.
+#[derive(Clone)]
 struct Fixture {
     bytes: Vec<u8>,
     config: ModelConfig,
@@ -307,11 +331,35 @@ struct Fixture {
     tokenizer: Option<Vec<u8>>,
 }
 
+/// What a fixture is built from: the config's bytes, the mix, the
+/// tokenizer section and the seed.
+type FixtureKey = (Vec<u8>, Mix, Option<Vec<u8>>, u64);
+
+/// A valid file of `config`, its matrices stored as `mix` says, its data
+/// drawn from `seed`.
+///
+/// Each fixture is built once per test process and cloned after that
+/// (building is deterministic). Building dominates the run time under Miri
+/// (`scripts/miri.sh`), so there the seed is ignored as well: fixtures that
+/// differ only in their seed are one file, built once. No test depends on
+/// two fixtures' data differing.
 fn build(config: ModelConfig, mix: Mix, tokenizer: Option<TokenizerBuilder>, seed: u64) -> Fixture {
+    static BUILT: Mutex<Vec<(FixtureKey, Fixture)>> = Mutex::new(Vec::new());
+    let seed = if cfg!(miri) { 0 } else { seed };
+    let tok = tokenizer.map(|t| t.to_bytes().expect("tokenizer builds"));
+    let key: FixtureKey = (bytemuck::bytes_of(&config).to_vec(), mix, tok, seed);
+    if let Some((_, fx)) = BUILT.lock().unwrap().iter().find(|(k, _)| *k == key) {
+        return fx.clone();
+    }
+    let fx = build_uncached(config, mix, key.2.clone(), seed);
+    BUILT.lock().unwrap().push((key, fx.clone()));
+    fx
+}
+
+fn build_uncached(config: ModelConfig, mix: Mix, tok: Option<Vec<u8>>, seed: u64) -> Fixture {
     let mut rng = Rng::new(seed);
     let specs = specs_for(&config, mix);
     let data: Vec<Vec<u8>> = specs.iter().map(|s| tensor_data(s.dtype, s.shape[0], s.shape[1], &mut rng)).collect();
-    let tok = tokenizer.map(|t| t.to_bytes().expect("tokenizer builds"));
     // Hand the writer the specs in reverse to check it sorts them.
     let reversed: Vec<TensorSpec> = specs.iter().rev().copied().collect();
     let mut w = FileWriter::new(Cursor::new(Vec::new()), &config, tok.as_deref(), &reversed).expect("writer");
@@ -1591,13 +1639,37 @@ fn exercise(file: &File<'_>) {
     }
 }
 
+/// Every `step`-th item of `items`, and the last one. Miri (`scripts/miri.sh`)
+/// interprets each parse about a thousand times slower than native code,
+/// so the robustness tests below run a spread-out sample there (`step` > 1)
+/// and everything natively (`step` = 1).
+fn sample<T: Copy>(items: impl Iterator<Item = T>, step: usize) -> impl Iterator<Item = T> {
+    let items: Vec<T> = items.collect();
+    let last = items.last().copied();
+    let mut picked: Vec<T> = items.into_iter().step_by(step.max(1)).collect();
+    if step > 1 {
+        picked.extend(last);
+    }
+    picked.into_iter()
+}
+
+/// `native` natively, `miri` under Miri.
+const fn by_target(native: usize, miri: usize) -> usize {
+    if cfg!(miri) {
+        miri
+    } else {
+        native
+    }
+}
+
 #[test]
 fn robust_every_truncation() {
     for fx in [with_tok(), build(odd_config(), Mix::Cycle, None, 30)] {
         let a = fx.aligned();
         let n = fx.bytes.len();
-        // Plain truncation: every length.
-        for len in 0..n {
+        // Plain truncation: every length (under Miri every 499th, which
+        // still lands in every section: header, directory, tokenizer, data).
+        for len in sample(0..n, by_target(1, 499)) {
             let e = File::parse(&a[..len]).expect_err("truncated file parsed");
             assert!(matches!(e, Error::Truncated { .. }), "len {len}: {e:?}");
         }
@@ -1609,8 +1681,14 @@ fn robust_every_truncation() {
         };
         let h = fx.header();
         let mut b = fx.aligned();
-        let step = (n / 3000).max(1);
-        let lens = (HEADER_SIZE..n).step_by(step).chain(HEADER_SIZE..fx.dir_end() + 200).chain(last_end - 70..n);
+        // ~3000 lengths over the file, every one through the directory and
+        // around the last tensor's end; under Miri ~12, every 97th and 23rd
+        // (each accepted length verifies every tensor).
+        let step = (n / by_target(3000, 12)).max(1);
+        let lens = (HEADER_SIZE..n)
+            .step_by(step)
+            .chain(sample(HEADER_SIZE..fx.dir_end() + 200, by_target(1, 97)))
+            .chain(sample(last_end - 70..n, by_target(1, 23)));
         for len in lens {
             {
                 let s = b.as_mut_slice();
@@ -1671,9 +1749,16 @@ fn robust_single_byte_flips() {
     let n = fx.bytes.len();
     let data_offset = fx.header().data_offset as usize;
     let mut seen = [0usize; 5];
+    // One flip in each checksummed region first, so that the short run under
+    // Miri covers them all too.
+    let first = [7, CONFIG_AT + 8, fx.tok_range().start + 40, data_offset + 3];
     for round in 0..iters(6000) {
         // Two thirds uniform over the file, one third over the metadata and tokenizer.
-        let at = if round % 3 == 0 { rng.below(data_offset) } else { rng.below(n) };
+        let at = match first.get(round) {
+            Some(&at) => at,
+            None if round % 3 == 0 => rng.below(data_offset),
+            None => rng.below(n),
+        };
         let x = rng.nonzero_u8();
         b.as_mut_slice()[at] ^= x;
         let region = region_of(&fx, at);
@@ -1711,12 +1796,18 @@ fn robust_single_byte_flips() {
         b.as_mut_slice()[at] ^= x;
     }
     eprintln!("flips per region (header, meta, tokenizer, tensor, padding): {seen:?}");
-    assert!(seen[..4].iter().all(|&k| k > 10), "coverage {seen:?}");
+    assert!(seen[..4].iter().all(|&k| k > by_target(10, 0)), "coverage {seen:?}");
     File::parse(&b).unwrap().verify_tensors().unwrap();
 }
 
-/// `base` iterations, times `FERRITE_FUZZ_SCALE` (default 1) for longer local runs.
+/// `base` iterations, times `FERRITE_FUZZ_SCALE` (default 1) for longer local
+/// runs. Under Miri (`scripts/miri.sh`) 1/300 of `base` (at least 8): each
+/// round is interpreted about a thousand times slower and verifies every
+/// tensor.
 fn iters(base: usize) -> usize {
+    if cfg!(miri) {
+        return (base / 300).max(8);
+    }
     let scale = std::env::var("FERRITE_FUZZ_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1usize);
     base * scale.max(1)
 }

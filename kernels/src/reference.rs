@@ -272,11 +272,135 @@ mod tests {
         }
     }
 
+    /// 256 cases per property; under Miri (`scripts/miri.sh`) 24, since
+    /// every case is interpreted about a thousand times slower, and no
+    /// failure file (Miri's isolation forbids file access; a failing case
+    /// is printed either way).
+    fn proptest_config() -> ProptestConfig {
+        let mut config = ProptestConfig::default();
+        if cfg!(miri) {
+            config.cases = 24;
+            config.failure_persistence = None;
+        }
+        config
+    }
+
     proptest! {
+        #![proptest_config(proptest_config())]
+
         #[test]
         fn q8_roundtrip_within_half_step(len in 0usize..200, seed in any::<u64>()) { check(len, seed, false) }
         #[test]
         fn q4_roundtrip_within_half_step(len in 0usize..200, seed in any::<u64>()) { check(len, seed, true) }
+    }
+
+    /// Pseudo-random values in [-scale, scale).
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// `matmul` over every storage type, widths around the group size and
+    /// strides wider than the rows (the padding must never be read), against
+    /// a naive f64 loop over the dequantized rows: within 1e-5 relative to
+    /// the sum of |products|, the f32 accumulation's error bound for these
+    /// lengths. Small enough for Miri (`scripts/miri.sh`).
+    #[test]
+    fn matmul_matches_a_naive_loop_for_every_storage_type() {
+        for (case, &cols) in [1usize, 7, 31, 32, 33, 64, 70].iter().enumerate() {
+            let (rows, n, x_stride, out_stride) = (3, 2, cols + 5, 3 + 2);
+            let src = values(rows * cols, case as u64, 2.0);
+            let x = values(n * x_stride, 100 + case as u64, 1.0);
+            let groups = cols.div_ceil(GROUP);
+            let f16s: Vec<f16> = src.iter().map(|&v| f16::from_f32(v)).collect();
+            let (mut q8, mut q4) = (vec![0u8; rows * groups * Q8_GROUP_BYTES], vec![0u8; rows * groups * Q4_GROUP_BYTES]);
+            let (mut s8, mut s4) = (vec![f16::ZERO; rows * groups], vec![f16::ZERO; rows * groups]);
+            for r in 0..rows {
+                let row = &src[r * cols..(r + 1) * cols];
+                let g = r * groups..(r + 1) * groups;
+                quantize_row_q8(row, &mut q8[r * groups * Q8_GROUP_BYTES..][..groups * Q8_GROUP_BYTES], &mut s8[g.clone()]);
+                quantize_row_q4(row, &mut q4[r * groups * Q4_GROUP_BYTES..][..groups * Q4_GROUP_BYTES], &mut s4[g]);
+            }
+            let all = [
+                Weights::F32(&src),
+                Weights::F16(&f16s),
+                Weights::Q8 { qs: &q8, scales: &s8 },
+                Weights::Q4 { qs: &q4, scales: &s4 },
+            ];
+            for w in all {
+                let m = Matrix { w, rows, cols };
+                let mut out = vec![f32::NAN; n * out_stride];
+                let mut row = vec![0f32; cols + 3];
+                matmul(&m, &x, x_stride, n, &mut out, out_stride, &mut row);
+                for r in 0..rows {
+                    let mut deq = vec![0f32; cols];
+                    m.dequantize_row(r, &mut deq);
+                    for t in 0..n {
+                        let xs = &x[t * x_stride..t * x_stride + cols];
+                        let exact: f64 = deq.iter().zip(xs).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let magnitude: f64 = deq.iter().zip(xs).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                        let got = out[t * out_stride + r] as f64;
+                        assert!((got - exact).abs() <= 1e-5 * magnitude + 1e-12, "{w:?} cols {cols} r {r} t {t}: {got} vs {exact}");
+                    }
+                }
+                // Columns of `out` past `rows` are not written.
+                for t in 0..n {
+                    assert!(out[t * out_stride + rows..(t + 1) * out_stride].iter().all(|v| v.is_nan()));
+                }
+            }
+        }
+    }
+
+    /// The element-wise kernels against their formulas, in f64.
+    #[test]
+    fn elementwise_kernels_match_their_formulas() {
+        for n in [1usize, 2, 9, 16, 33] {
+            let x = values(n, n as u64, 3.0);
+            let weight = values(n, 50 + n as u64, 1.5);
+            let close = |a: f32, b: f64, what: &str| {
+                assert!((a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0), "{what} n {n}: {a} vs {b}");
+            };
+            // rmsnorm
+            let mut out = vec![0f32; n];
+            rmsnorm(&x, &weight, 1e-5, &mut out);
+            let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
+            for i in 0..n {
+                close(out[i], weight[i] as f64 * x[i] as f64 / (ms + 1e-5).sqrt(), "rmsnorm");
+            }
+            // softmax
+            let mut p = x.clone();
+            softmax(&mut p);
+            let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let z: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+            for i in 0..n {
+                close(p[i], (x[i] as f64 - max).exp() / z, "softmax");
+            }
+            // swiglu
+            let mut g = x.clone();
+            swiglu(&mut g, &weight);
+            for i in 0..n {
+                let v = x[i] as f64;
+                close(g[i], v / (1.0 + (-v).exp()) * weight[i] as f64, "swiglu");
+            }
+            // rope (even lengths only: pairs i, i + n/2)
+            if n % 2 == 0 {
+                let inv_freq: Vec<f32> = (0..n / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / n as f32)).collect();
+                let mut h = x.clone();
+                let pos = 5.0;
+                rope(&mut h, pos, &inv_freq);
+                for (i, &f) in inv_freq.iter().enumerate() {
+                    let angle = pos as f64 * f as f64;
+                    let (a, b) = (x[i] as f64, x[i + n / 2] as f64);
+                    close(h[i], a * angle.cos() - b * angle.sin(), "rope");
+                    close(h[i + n / 2], b * angle.cos() + a * angle.sin(), "rope");
+                }
+            }
+        }
     }
 
     #[test]

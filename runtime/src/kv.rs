@@ -76,8 +76,8 @@ fn dot_with(q: &[f32], elem: impl Fn(usize) -> f32) -> f32 {
         }
     }
     let mut tail = 0.0f32;
-    for i in chunks * 8..n {
-        tail += q[i] * elem(i);
+    for (i, &qi) in q.iter().enumerate().skip(chunks * 8) {
+        tail += qi * elem(i);
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }

@@ -3,7 +3,13 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+// Errors are values: no unwrap/expect/panic!/todo!/unimplemented!/unreachable!
+// outside tests (checked by `scripts/lint.sh`). Indexing is allowed where
+// sizes were validated.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo, clippy::unimplemented, clippy::unreachable)
+)]
 
 pub use ferrite_format as format;
 pub use ferrite_kernels as kernels;

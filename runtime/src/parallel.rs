@@ -83,3 +83,32 @@ fn split(
     let (s1, s2) = scratch.split_at_mut(row_len * left);
     rayon::join(|| split(rows.start..mid, left, s1, row_len, f), || split(mid..rows.end, parts - left, s2, row_len, f));
 }
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use ferrite_kernels::reference::{self as k, Matrix, Weights};
+
+    use super::matmul;
+
+    /// Split across threads, the product is the single-threaded one bit for
+    /// bit, and nothing outside the output rows is written. Small enough for
+    /// Miri (`scripts/miri.sh`), which checks the raw-pointer writes.
+    #[test]
+    fn threaded_matmul_equals_single_threaded_bit_for_bit() {
+        let (rows, cols, n) = (13, 40, 3);
+        let (x_stride, out_stride) = (cols + 1, rows + 2);
+        let wave = |i: usize, f: f32| (i as f32 * f).sin() * 0.5;
+        let w: Vec<f32> = (0..rows * cols).map(|i| wave(i, 0.37)).collect();
+        let x: Vec<f32> = (0..n * x_stride).map(|i| wave(i, 1.3)).collect();
+        let m = Matrix { w: Weights::F32(&w), rows, cols };
+        let mut want = vec![f32::NAN; n * out_stride];
+        k::matmul(&m, &x, x_stride, n, &mut want, out_stride, &mut vec![0.0; cols]);
+        for threads in [1, 2, 3, 6] {
+            let mut got = vec![f32::NAN; n * out_stride];
+            let mut scratch = vec![0.0; threads * cols];
+            matmul(threads, &m, &x, x_stride, n, &mut got, out_stride, &mut scratch, cols);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&got), bits(&want), "{threads} threads");
+        }
+    }
+}

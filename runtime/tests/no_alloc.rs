@@ -47,7 +47,7 @@ fn converted(name: &str, weights: DType) -> AlignedBytes {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(name);
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("m.frt");
-    let opts = ferrite_converter::Options { weights, embed: None };
+    let opts = ferrite_converter::Options { weights, ..Default::default() };
     ferrite_converter::convert(&dir, &out, &opts, &mut |_| {}).expect("convert");
     AlignedBytes::read(&out).expect("read")
 }

@@ -41,7 +41,10 @@ impl From<WeightType> for DType {
 /// tokenizer.json and tokenizer_config.json. Supported: LlamaForCausalLM
 /// (incl. llama3 RoPE scaling), MistralForCausalLM, Qwen2ForCausalLM;
 /// f32/f16/bf16 tensors. Norms and biases stay f32. The output is written to
-/// a temporary file beside OUT and renamed into place when complete.
+/// a temporary file beside OUT (.OUT.PID.XXXXXX.ferrite-tmp) and renamed into
+/// place when complete; the temporary file of a conversion that was killed
+/// is removed by the next conversion to OUT. Weights holding NaN or infinity
+/// are refused unless --allow-nonfinite.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -58,13 +61,22 @@ pub struct Args {
     /// else the weights' type].
     #[arg(long, value_enum)]
     embed: Option<WeightType>,
+    /// Convert weights holding NaN or infinity instead of refusing them:
+    /// f32/f16 store them as they are, q8/q4 quantize them as 0; each such
+    /// tensor is reported as a warning.
+    #[arg(long)]
+    allow_nonfinite: bool,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
-    let opts = Options { weights: args.weights.into(), embed: args.embed.map(Into::into) };
+    let opts = Options {
+        weights: args.weights.into(),
+        embed: args.embed.map(Into::into),
+        allow_nonfinite: args.allow_nonfinite,
+    };
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     if args.quiet {
         bar.set_draw_target(ProgressDrawTarget::hidden());
