@@ -10,6 +10,8 @@
 #    `ferrite run` (scripts/c-example.sh).
 # 5. Runs the Cortex-M4F example under qemu-system-arm and compares its greedy
 #    ids with the host's (scripts/mcu-example.sh).
+# Also: clippy with -D warnings on the library crates (scripts/lint.sh) and
+# Miri over the format reader and the reference kernels (scripts/miri.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,9 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "fetching SmolLM2-135M-Instruct (cached)"
 FERRITE_SMOLLM2_DIR=$(bash scripts/fetch-models.sh | tail -1)
 export FERRITE_SMOLLM2_DIR
+
+step "lints (clippy -D warnings on the library crates, host and no_std)"
+bash scripts/lint.sh
 
 step "no_std builds for thumbv7em-none-eabihf"
 cargo build --release -p ferrite-format -p ferrite-kernels -p ferrite-runtime \
@@ -31,3 +36,6 @@ bash scripts/c-example.sh
 
 step "Cortex-M4F example under QEMU vs the host"
 bash scripts/mcu-example.sh
+
+step "Miri over the format reader, the reference kernels and the parallel matmul"
+bash scripts/miri.sh

@@ -230,6 +230,9 @@ struct StateHeader {
 const _: () = assert!(STATE_HEADER == 64);
 const _: () = assert!(core::mem::offset_of!(StateHeader, payload_crc) == STATE_CRC_AT);
 
+/// Receives `(index_in_prompt, logits)` for every prompt position.
+type LogitsSink<'f> = &'f mut dyn FnMut(usize, &[f32]);
+
 /// Keys attended by one query: sink slots, and a run of absolute positions.
 struct KeySet {
     sinks: core::ops::Range<usize>,
@@ -477,7 +480,7 @@ impl<'m, 'a> Session<'m, 'a> {
         &self.logits[..self.model.config().vocab_size as usize]
     }
 
-    fn run(&mut self, tokens: &[u32], mut each: Option<&mut dyn FnMut(usize, &[f32])>) -> Result<(), Error> {
+    fn run(&mut self, tokens: &[u32], mut each: Option<LogitsSink<'_>>) -> Result<(), Error> {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
