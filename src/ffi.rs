@@ -311,21 +311,14 @@ pub extern "C" fn ferrite_version() -> *const c_char {
 /// [`STATUSES`]).
 #[no_mangle]
 pub extern "C" fn ferrite_status_string(status: FerriteStatus) -> *const c_char {
-    STATUSES
-        .iter()
-        .find(|(s, _, _)| *s == status)
-        .map_or(c"unknown status".as_ptr(), |(_, _, text)| text.as_ptr())
+    STATUSES.iter().find(|(s, _, _)| *s == status).map_or(c"unknown status".as_ptr(), |(_, _, text)| text.as_ptr())
 }
 
 /// The message of the last call on this thread that failed (empty if none
 /// did). Valid until the next failing call on this thread.
 #[no_mangle]
 pub extern "C" fn ferrite_last_error_message() -> *const c_char {
-    LAST_ERROR
-        .try_with(|slot| slot.try_borrow().map(|s| s.as_ptr()).ok())
-        .ok()
-        .flatten()
-        .unwrap_or(c"".as_ptr())
+    LAST_ERROR.try_with(|slot| slot.try_borrow().map(|s| s.as_ptr()).ok()).ok().flatten().unwrap_or(c"".as_ptr())
 }
 
 // ---------------------------------------------------------------------------
@@ -345,7 +338,10 @@ impl FerriteModel {
 
     fn tokenizer(&self) -> FfiResult<Tokenizer<'_>> {
         let file = self.model.file();
-        let view = file.tokenizer().copied().ok_or_else(|| fail(FerriteStatus::NO_TOKENIZER, "this model file has no tokenizer"))?;
+        let view = file
+            .tokenizer()
+            .copied()
+            .ok_or_else(|| fail(FerriteStatus::NO_TOKENIZER, "this model file has no tokenizer"))?;
         Ok(Tokenizer::new(view)?)
     }
 }
@@ -368,7 +364,8 @@ pub unsafe extern "C" fn ferrite_model_open(path: *const c_char, out: *mut *mut 
         // SAFETY: a NUL-terminated string (the caller's contract).
         let path = unsafe { CStr::from_ptr(path) };
         #[cfg(unix)]
-        let path: &std::path::Path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()).as_ref();
+        let path: &std::path::Path =
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()).as_ref();
         #[cfg(not(unix))]
         let path: &std::path::Path = path.to_str().map_err(|_| invalid("path is not UTF-8"))?.as_ref();
         let model = Model::open(path).map_err(|e| {
@@ -397,7 +394,11 @@ pub unsafe extern "C" fn ferrite_model_open(path: *const c_char, out: *mut *mut 
 /// unchanged until the model is freed; `out` must be NULL or valid for a
 /// write.
 #[no_mangle]
-pub unsafe extern "C" fn ferrite_model_from_bytes(data: *const u8, len: usize, out: *mut *mut FerriteModel) -> FerriteStatus {
+pub unsafe extern "C" fn ferrite_model_from_bytes(
+    data: *const u8,
+    len: usize,
+    out: *mut *mut FerriteModel,
+) -> FerriteStatus {
     guard(|| {
         check_ptr(out, "out")?;
         // SAFETY: `out` is valid for a write (the caller's contract).
@@ -430,7 +431,10 @@ pub unsafe extern "C" fn ferrite_model_free(model: *mut FerriteModel) -> Ferrite
         let m = unsafe { handle(model, "model") }?;
         let live = m.sessions.load(Ordering::Acquire);
         if live != 0 {
-            return Err(fail(FerriteStatus::MODEL_IN_USE, format!("{live} session(s) still use this model: free them first")));
+            return Err(fail(
+                FerriteStatus::MODEL_IN_USE,
+                format!("{live} session(s) still use this model: free them first"),
+            ));
         }
         // SAFETY: the pointer came from `Box::into_raw` in `new_handle`,
         // and no session borrows the model (counted above).
@@ -477,7 +481,10 @@ pub struct FerriteModelInfo {
 ///
 /// `model` must be NULL or a live model; `out` NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn ferrite_model_get_info(model: *const FerriteModel, out: *mut FerriteModelInfo) -> FerriteStatus {
+pub unsafe extern "C" fn ferrite_model_get_info(
+    model: *const FerriteModel,
+    out: *mut FerriteModelInfo,
+) -> FerriteStatus {
     guard(|| {
         // SAFETY: a live model (the caller's contract).
         let m = unsafe { handle(model, "model") }?;
@@ -529,7 +536,11 @@ pub unsafe extern "C" fn ferrite_model_is_stop(model: *const FerriteModel, id: u
 /// `model` must be NULL or a live model; `ids` and `n` NULL or valid for a
 /// write.
 #[no_mangle]
-pub unsafe extern "C" fn ferrite_model_stop_ids(model: *const FerriteModel, ids: *mut *const u32, n: *mut usize) -> FerriteStatus {
+pub unsafe extern "C" fn ferrite_model_stop_ids(
+    model: *const FerriteModel,
+    ids: *mut *const u32,
+    n: *mut usize,
+) -> FerriteStatus {
     guard(|| {
         // SAFETY: a live model (the caller's contract).
         let m = unsafe { handle(model, "model") }?;
@@ -597,7 +608,12 @@ impl FerriteSessionConfig {
             FERRITE_KV_F16 => KvType::F16,
             FERRITE_KV_F32 => KvType::F32,
             FERRITE_KV_Q8 => KvType::Q8,
-            other => return Err(fail(FerriteStatus::BAD_CONFIG, format!("invalid session config kv_type: unknown value {other}"))),
+            other => {
+                return Err(fail(
+                    FerriteStatus::BAD_CONFIG,
+                    format!("invalid session config kv_type: unknown value {other}"),
+                ))
+            }
         };
         Ok(SessionConfig {
             max_ctx: self.max_ctx,
@@ -675,12 +691,18 @@ pub struct FerriteSession {
 /// # Safety
 ///
 /// `sess` must be NULL or a live session, used by no other thread now.
-unsafe fn with_session(sess: *mut FerriteSession, f: impl FnOnce(&mut Session<'static, 'static>) -> FfiResult) -> FerriteStatus {
+unsafe fn with_session(
+    sess: *mut FerriteSession,
+    f: impl FnOnce(&mut Session<'static, 'static>) -> FfiResult,
+) -> FerriteStatus {
     guard(|| {
         // SAFETY: the caller's contract.
         let s = unsafe { handle_mut(sess, "session") }?;
         if s.poisoned {
-            return Err(fail(FerriteStatus::PANIC, "this session panicked in an earlier call; its state is undefined: free it"));
+            return Err(fail(
+                FerriteStatus::PANIC,
+                "this session panicked in an earlier call; its state is undefined: free it",
+            ));
         }
         s.poisoned = true;
         let result = f(&mut s.session);
@@ -829,7 +851,12 @@ pub unsafe extern "C" fn ferrite_session_state_len(sess: *mut FerriteSession, ou
 /// `sess` must be NULL or a live session, used by no other thread now;
 /// `out` NULL or `cap` writable bytes; `n_out` NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn ferrite_session_save(sess: *mut FerriteSession, out: *mut c_void, cap: usize, n_out: *mut usize) -> FerriteStatus {
+pub unsafe extern "C" fn ferrite_session_save(
+    sess: *mut FerriteSession,
+    out: *mut c_void,
+    cap: usize,
+    n_out: *mut usize,
+) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
         with_session(sess, |s| {
@@ -866,7 +893,11 @@ pub unsafe extern "C" fn ferrite_session_save(sess: *mut FerriteSession, out: *m
 /// `sess` must be NULL or a live session, used by no other thread now;
 /// `bytes` NULL or `len` readable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn ferrite_session_restore(sess: *mut FerriteSession, bytes: *const c_void, len: usize) -> FerriteStatus {
+pub unsafe extern "C" fn ferrite_session_restore(
+    sess: *mut FerriteSession,
+    bytes: *const c_void,
+    len: usize,
+) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
         with_session(sess, |s| {
@@ -918,7 +949,11 @@ pub unsafe extern "C" fn ferrite_session_prefill(
 /// `sess` must be NULL or a live session, used by no other thread now;
 /// `logits_out` NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn ferrite_session_step(sess: *mut FerriteSession, id: u32, logits_out: *mut *const f32) -> FerriteStatus {
+pub unsafe extern "C" fn ferrite_session_step(
+    sess: *mut FerriteSession,
+    id: u32,
+    logits_out: *mut *const f32,
+) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
         with_session(sess, |s| {
@@ -1202,7 +1237,12 @@ pub unsafe extern "C" fn ferrite_tokenize(
 /// `model` must be NULL or a live model; `ptr` and `len` NULL or valid for
 /// a write.
 #[no_mangle]
-pub unsafe extern "C" fn ferrite_token_bytes(model: *const FerriteModel, id: u32, ptr: *mut *const u8, len: *mut usize) -> FerriteStatus {
+pub unsafe extern "C" fn ferrite_token_bytes(
+    model: *const FerriteModel,
+    id: u32,
+    ptr: *mut *const u8,
+    len: *mut usize,
+) -> FerriteStatus {
     guard(|| {
         // SAFETY: a live model (the caller's contract).
         let m = unsafe { handle(model, "model") }?;

@@ -5,10 +5,10 @@
 //! the C API of `libferrite.a` and `include/ferrite.h`.
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub use ferrite_converter as converter;
 pub use ferrite_format as format;
 pub use ferrite_kernels as kernels;
 pub use ferrite_runtime as runtime;
-#[cfg(feature = "cli")]
-pub use ferrite_converter as converter;
 #[cfg(feature = "ffi")]
 pub mod ffi;

@@ -41,7 +41,15 @@ fn corrupted_files_never_crash_the_cli() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let good = tmp.path().join("good.frt");
     let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["convert", tiny("qwen2-bias-f16").to_str().expect("utf8"), "-o", good.to_str().expect("utf8"), "--weights", "q4", "--quiet"])
+        .args([
+            "convert",
+            tiny("qwen2-bias-f16").to_str().expect("utf8"),
+            "-o",
+            good.to_str().expect("utf8"),
+            "--weights",
+            "q4",
+            "--quiet",
+        ])
         .output()
         .expect("convert");
     assert!(out.status.success());

@@ -306,8 +306,10 @@ fn check_quantized(what: &str, src: &[f32], view: &ferrite_format::TensorView<'_
 
 /// Entries of a folder (names), sorted.
 fn dir_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).expect("read dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -377,10 +379,8 @@ fn rewrite_safetensors(path: &Path, edit: impl FnOnce(&mut Vec<RawTensor>)) {
     let mut tensors: Vec<RawTensor> =
         st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     edit(&mut tensors);
-    let views: Vec<(String, StView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), StView::new(*d, s.clone(), b).expect("tensor view")))
-        .collect();
+    let views: Vec<(String, StView<'_>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), StView::new(*d, s.clone(), b).expect("tensor view"))).collect();
     fs::write(path, safetensors::serialize(views, info).expect("serialize")).expect("write");
 }
 
@@ -571,7 +571,11 @@ fn f16_conversion_is_round_to_nearest_and_bit_exact_for_f16_source() {
                 assert!(stored == raw, "{name}: {hf}: f16 source not reproduced bit-exactly");
             } else {
                 for (i, (a, b)) in got.iter().zip(&s.values).enumerate() {
-                    assert_eq!(a.to_bits(), f16::from_f32(*b).to_bits(), "{name}: {hf} element {i}: {a} for source {b}");
+                    assert_eq!(
+                        a.to_bits(),
+                        f16::from_f32(*b).to_bits(),
+                        "{name}: {hf} element {i}: {a} for source {b}"
+                    );
                 }
             }
         }
@@ -689,7 +693,11 @@ fn odd_widths_pad_rows_with_zero_quants() {
                 } else {
                     dequantize_row_q4(q, sc, &mut dst);
                 }
-                assert!(dst[cols..].iter().all(|v| *v == 0.0), "{hf} row {r}: padding dequantizes to {:?}", &dst[cols..]);
+                assert!(
+                    dst[cols..].iter().all(|v| *v == 0.0),
+                    "{hf} row {r}: padding dequantizes to {:?}",
+                    &dst[cols..]
+                );
             }
         }
         assert_eq!(padded_tensors, 16, "embedding, lm_head and 7 matrices x 2 layers");
@@ -756,7 +764,11 @@ fn tied_model_with_a_stored_lm_head_uses_the_embedding_and_warns() {
     let out_dir = tempfile::tempdir().unwrap();
     let output = out_dir.path().join("m.frt");
     let summary = convert_ok(dir.path(), &output, DType::F32);
-    assert!(summary.warnings.iter().any(|w| w.contains("lm_head.weight") && w.contains("tied")), "{:?}", summary.warnings);
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("lm_head.weight") && w.contains("tied")),
+        "{:?}",
+        summary.warnings
+    );
     let bytes = read_frt(&output);
     let file = parse(&bytes);
     assert!(file.directory().iter().all(|e| e.role().unwrap() != Role::Output));
@@ -860,7 +872,9 @@ fn expect(name: &str) -> Expect {
     match name {
         "llama-gqa" => e(Arch::Llama, 512, 64, 176, 2, 4, 2, false, 1e4, 1e-5),
         "llama-tied-bf16" => e(Arch::Llama, 512, 128, 352, 3, 8, 8, true, 1e4, 1e-5),
-        "qwen2-bias-f16" => Expect { bias: true, bos: None, stops: &[], ..e(Arch::Qwen2, 512, 64, 160, 2, 4, 2, true, 1e6, 1e-6) },
+        "qwen2-bias-f16" => {
+            Expect { bias: true, bos: None, stops: &[], ..e(Arch::Qwen2, 512, 64, 160, 2, 4, 2, true, 1e6, 1e-6) }
+        }
         "llama3-ropescaled" => e(Arch::Llama, 512, 64, 176, 2, 4, 1, true, 5e5, 1e-5),
         "mistral-sharded" => e(Arch::Mistral, 512, 96, 256, 2, 6, 2, false, 1e4, 1e-6),
         "llama-odd" => e(Arch::Llama, 300, 48, 100, 2, 3, 3, false, 1e4, 1e-5),
@@ -942,7 +956,14 @@ fn unknown_architecture_is_an_error_listing_supported_ones() {
     expect_failure(
         dir.path(),
         ErrorKind::Unsupported,
-        &[&cfg, "unsupported architecture", "GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"],
+        &[
+            &cfg,
+            "unsupported architecture",
+            "GPT2LMHeadModel",
+            "LlamaForCausalLM",
+            "MistralForCausalLM",
+            "Qwen2ForCausalLM",
+        ],
     );
 }
 
@@ -1217,7 +1238,9 @@ fn no_tokenizer_and_unknown_tensors_are_warnings() {
     let dir = copy_fixture("llama-gqa");
     let path = dir.path().join("model.safetensors");
     let inv_freq: Vec<f32> = (0..8).map(|i| 10000f32.powf(-(i as f32) / 8.0)).collect();
-    rewrite_safetensors(&path, |ts| ts.push(("model.rotary_emb.inv_freq".into(), Dtype::F32, vec![8], f32_bytes(&inv_freq))));
+    rewrite_safetensors(&path, |ts| {
+        ts.push(("model.rotary_emb.inv_freq".into(), Dtype::F32, vec![8], f32_bytes(&inv_freq)))
+    });
     let output2 = out_dir.path().join("b.frt");
     let summary = convert_ok(dir.path(), &output2, DType::Q4);
     assert_eq!(summary.warnings.len(), 2, "{:?}", summary.warnings);
@@ -1263,7 +1286,10 @@ fn unused_tensors_of_unreadable_types_are_warnings() {
     assert_eq!(summary.warnings.len(), 1 + extra.len(), "{:?}", summary.warnings);
     for (name, dt, _) in extra {
         assert!(
-            summary.warnings.iter().any(|w| w.contains(name) && w.contains(&format!("{dt:?}")) && w.contains(&path_str(&path))),
+            summary
+                .warnings
+                .iter()
+                .any(|w| w.contains(name) && w.contains(&format!("{dt:?}")) && w.contains(&path_str(&path))),
             "no warning for {name}: {:?}",
             summary.warnings
         );
@@ -1273,13 +1299,19 @@ fn unused_tensors_of_unreadable_types_are_warnings() {
     // In a sharded checkpoint, listed in the index.
     let dir = copy_fixture("mistral-sharded");
     let shard = "model-00002-of-00006.safetensors";
-    rewrite_safetensors(&dir.path().join(shard), |ts| ts.push(("model.position_ids".into(), Dtype::I64, vec![4], vec![0; 32])));
+    rewrite_safetensors(&dir.path().join(shard), |ts| {
+        ts.push(("model.position_ids".into(), Dtype::I64, vec![4], vec![0; 32]))
+    });
     let index_path = dir.path().join("model.safetensors.index.json");
     let mut index: serde_json::Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
     index["weight_map"]["model.position_ids"] = serde_json::json!(shard);
     fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
     let summary = convert_ok(dir.path(), &out_dir.path().join("b.frt"), DType::F32);
-    assert!(summary.warnings.iter().any(|w| w.contains("model.position_ids") && w.contains(shard)), "{:?}", summary.warnings);
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("model.position_ids") && w.contains(shard)),
+        "{:?}",
+        summary.warnings
+    );
 
     // A used tensor of an unreadable type is an error naming file, tensor and type.
     let dir = copy_fixture("llama-gqa");
@@ -1478,9 +1510,16 @@ fn tensors_larger_than_a_slab_convert_correctly() {
             let t = tensor(&file, role);
             assert_eq!((t.rows as usize, t.cols as usize), rows_cols(shape));
             match t.dtype {
-                DType::F32 => assert!(t.as_f32().unwrap().iter().map(|v| v.to_bits()).eq(values.iter().map(|v| v.to_bits())), "{hf}"),
+                DType::F32 => assert!(
+                    t.as_f32().unwrap().iter().map(|v| v.to_bits()).eq(values.iter().map(|v| v.to_bits())),
+                    "{hf}"
+                ),
                 DType::F16 => assert!(
-                    t.as_f16().unwrap().iter().map(|v| v.to_bits()).eq(values.iter().map(|v| f16::from_f32(*v).to_bits())),
+                    t.as_f16()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .eq(values.iter().map(|v| f16::from_f32(*v).to_bits())),
                     "{hf}"
                 ),
                 _ => {

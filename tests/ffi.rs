@@ -188,7 +188,11 @@ fn idents<'c>(code: &'c str, prefix: &str) -> Vec<(&'c str, &'c str)> {
 
 /// Names of the functions the header declares.
 fn header_functions(code: &str) -> BTreeSet<String> {
-    idents(code, "ferrite_").into_iter().filter(|(_, after)| after.starts_with('(')).map(|(n, _)| n.to_string()).collect()
+    idents(code, "ferrite_")
+        .into_iter()
+        .filter(|(_, after)| after.starts_with('('))
+        .map(|(n, _)| n.to_string())
+        .collect()
 }
 
 /// `FERRITE_X = value` enum constants of the header.
@@ -271,7 +275,8 @@ fn layouts() -> Vec<Layout> {
 
 /// Every constant the header must define, with its value.
 fn rust_constants() -> BTreeSet<(String, i64)> {
-    let mut all: BTreeSet<(String, i64)> = STATUSES.iter().map(|(s, name, _)| (name.to_string(), i64::from(s.0))).collect();
+    let mut all: BTreeSet<(String, i64)> =
+        STATUSES.iter().map(|(s, name, _)| (name.to_string(), i64::from(s.0))).collect();
     all.extend(KV_TYPES.iter().map(|&(v, name)| (name.to_string(), i64::from(v))));
     all
 }
@@ -337,7 +342,8 @@ fn header_declares_exactly_the_rust_functions_and_constants() {
 #[test]
 fn header_prototypes_constants_and_layouts_match_rust() {
     let src = read(&root().join("src/ffi.rs"));
-    let mut c = String::from("#include <stddef.h>\n#include \"ferrite.h\"\n\n/* Prototypes derived from src/ffi.rs. */\n");
+    let mut c =
+        String::from("#include <stddef.h>\n#include \"ferrite.h\"\n\n/* Prototypes derived from src/ffi.rs. */\n");
     for f in rust_functions(&src) {
         let ret = f.ret.as_deref().map_or("void".to_string(), c_type);
         let params = if f.params.is_empty() {
@@ -472,7 +478,10 @@ fn sampler_matches_the_rust_sampler() {
     // SAFETY: initialized by the call above.
     let mut cfg = unsafe { cfg.assume_init() };
     let d = SamplerConfig::default();
-    assert_eq!((cfg.temperature, cfg.top_k as usize, cfg.top_p, cfg.min_p, cfg.seed), (d.temperature, d.top_k, d.top_p, d.min_p, d.seed));
+    assert_eq!(
+        (cfg.temperature, cfg.top_k as usize, cfg.top_p, cfg.min_p, cfg.seed),
+        (d.temperature, d.top_k, d.top_p, d.min_p, d.seed)
+    );
     cfg.seed = 7;
     cfg.repeat_penalty = 1.3;
     let logits: Vec<f32> = (0..50).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.4).collect();
@@ -485,15 +494,24 @@ fn sampler_matches_the_rust_sampler() {
         let mut scratch = vec![0u32; logits.len()];
         for _ in 0..20 {
             let mut id = 0u32;
-            assert_eq!(ferrite_sampler_sample(sampler, logits.as_ptr(), logits.len(), recent.as_ptr(), recent.len(), &mut id), FerriteStatus::OK);
+            assert_eq!(
+                ferrite_sampler_sample(sampler, logits.as_ptr(), logits.len(), recent.as_ptr(), recent.len(), &mut id),
+                FerriteStatus::OK
+            );
             let mut row = logits.clone();
             assert_eq!(id, rust.sample(&mut row, &recent, &mut scratch).expect("sample"));
         }
         let mut id = 0u32;
         // More logits than the sampler was made for; a recent id out of range.
         let long = vec![0f32; 65];
-        assert_eq!(ferrite_sampler_sample(sampler, long.as_ptr(), 65, std::ptr::null(), 0, &mut id), FerriteStatus::INVALID_ARGUMENT);
-        assert_eq!(ferrite_sampler_sample(sampler, logits.as_ptr(), 50, [50u32].as_ptr(), 1, &mut id), FerriteStatus::BAD_TOKEN);
+        assert_eq!(
+            ferrite_sampler_sample(sampler, long.as_ptr(), 65, std::ptr::null(), 0, &mut id),
+            FerriteStatus::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ferrite_sampler_sample(sampler, logits.as_ptr(), 50, [50u32].as_ptr(), 1, &mut id),
+            FerriteStatus::BAD_TOKEN
+        );
         assert_eq!(ferrite_sampler_reseed(sampler, 7), FerriteStatus::OK);
         assert_eq!(ferrite_sampler_free(sampler), FerriteStatus::OK);
 
@@ -519,7 +537,13 @@ mod with_models {
     fn converted(dir: &Path, weights: DType) -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let out = tmp.path().join("m.frt");
-        ferrite_converter::convert(dir, &out, &ferrite_converter::Options { weights, ..Default::default() }, &mut |_| {}).expect("convert");
+        ferrite_converter::convert(
+            dir,
+            &out,
+            &ferrite_converter::Options { weights, ..Default::default() },
+            &mut |_| {},
+        )
+        .expect("convert");
         (tmp, out)
     }
 
@@ -572,14 +596,25 @@ mod with_models {
 
     /// Greedy generation through the C API, as `ferrite run --temp 0`:
     /// up to `n` ids, stopping after a stop id unless `ignore_eos`.
-    fn generate_c(sess: *mut FerriteSession, model: *const FerriteModel, prompt: &[u32], n: usize, ignore_eos: bool) -> Vec<u32> {
+    fn generate_c(
+        sess: *mut FerriteSession,
+        model: *const FerriteModel,
+        prompt: &[u32],
+        n: usize,
+        ignore_eos: bool,
+    ) -> Vec<u32> {
         let vocab = info(model).vocab_size as usize;
         let mut ids = Vec::new();
         let mut logits: *const f32 = null();
         // SAFETY: a live session and model; `logits` is read before the
         // next call on the session.
         unsafe {
-            assert_eq!(ferrite_session_prefill(sess, prompt.as_ptr(), prompt.len(), &mut logits), FerriteStatus::OK, "{}", last_error());
+            assert_eq!(
+                ferrite_session_prefill(sess, prompt.as_ptr(), prompt.len(), &mut logits),
+                FerriteStatus::OK,
+                "{}",
+                last_error()
+            );
             for i in 0..n {
                 let mut id = 0u32;
                 assert_eq!(ferrite_argmax(logits, vocab, &mut id), FerriteStatus::OK);
@@ -625,7 +660,8 @@ mod with_models {
         assert_eq!((i.vocab_size, i.n_layers, i.d_model, i.n_heads, i.n_kv_heads, i.head_dim), (512, 2, 64, 4, 2, 16));
         assert!(!i.has_tokenizer);
         let prompt = [1u32, 2, 3, 4];
-        for (kv_type, kv) in [(FERRITE_KV_F16, KvType::F16), (FERRITE_KV_F32, KvType::F32), (FERRITE_KV_Q8, KvType::Q8)] {
+        for (kv_type, kv) in [(FERRITE_KV_F16, KvType::F16), (FERRITE_KV_F32, KvType::F32), (FERRITE_KV_Q8, KvType::Q8)]
+        {
             for (max_ctx, streaming) in [(64, true), (16, true), (64, false)] {
                 let cfg = FerriteSessionConfig { max_ctx, kv_type, streaming, max_batch: 3, ..default_config() };
                 let rust_cfg = SessionConfig { max_ctx, kv, streaming, max_batch: 3, ..Default::default() };
@@ -658,7 +694,12 @@ mod with_models {
         let mut model = null_mut();
         // SAFETY: `bytes` outlives the model (freed below).
         unsafe {
-            assert_eq!(ferrite_model_from_bytes(bytes.as_ptr(), bytes.len(), &mut model), FerriteStatus::OK, "{}", last_error());
+            assert_eq!(
+                ferrite_model_from_bytes(bytes.as_ptr(), bytes.len(), &mut model),
+                FerriteStatus::OK,
+                "{}",
+                last_error()
+            );
             let cfg = default_config();
             let mut arena = vec![0u8; arena_bytes(model, &cfg) + 7];
             // Any arena alignment will do.
@@ -674,11 +715,17 @@ mod with_models {
             assert_eq!(ferrite_model_free(opened), FerriteStatus::OK);
 
             // Misaligned start: MISALIGNED, not UB.
-            assert_eq!(ferrite_model_from_bytes(bytes.as_ptr().add(1), bytes.len() - 1, &mut model), FerriteStatus::MISALIGNED);
+            assert_eq!(
+                ferrite_model_from_bytes(bytes.as_ptr().add(1), bytes.len() - 1, &mut model),
+                FerriteStatus::MISALIGNED
+            );
             assert!(model.is_null());
             // Garbage, aligned: INVALID_MODEL.
             let garbage = AlignedBytes::new(&[7u8; 4096]);
-            assert_eq!(ferrite_model_from_bytes(garbage.as_ptr(), garbage.len(), &mut model), FerriteStatus::INVALID_MODEL);
+            assert_eq!(
+                ferrite_model_from_bytes(garbage.as_ptr(), garbage.len(), &mut model),
+                FerriteStatus::INVALID_MODEL
+            );
             assert!(!last_error().is_empty());
         }
     }
@@ -709,7 +756,10 @@ mod with_models {
         // and the model.
         unsafe {
             // Arena too small.
-            assert_eq!(ferrite_session_new(model, &cfg, arena.as_mut_ptr().cast(), need - 1, &mut sess), FerriteStatus::ARENA_TOO_SMALL);
+            assert_eq!(
+                ferrite_session_new(model, &cfg, arena.as_mut_ptr().cast(), need - 1, &mut sess),
+                FerriteStatus::ARENA_TOO_SMALL
+            );
             assert!(sess.is_null());
             assert!(last_error().contains(&need.to_string()), "{}", last_error());
             // Config out of range.
@@ -723,7 +773,10 @@ mod with_models {
                 FerriteSessionConfig { max_ctx: usize::MAX / 2, ..cfg },
             ] {
                 assert_eq!(ferrite_plan_arena_bytes(model, &bad, &mut n), FerriteStatus::BAD_CONFIG, "{bad:?}");
-                assert_eq!(ferrite_session_new(model, &bad, arena.as_mut_ptr().cast(), need, &mut sess), FerriteStatus::BAD_CONFIG);
+                assert_eq!(
+                    ferrite_session_new(model, &bad, arena.as_mut_ptr().cast(), need, &mut sess),
+                    FerriteStatus::BAD_CONFIG
+                );
             }
             let sess = session(model, &cfg, &mut arena);
             let mut logits = null();
@@ -771,7 +824,10 @@ mod with_models {
             assert_eq!(ferrite_session_state_len(a, &mut len), FerriteStatus::OK);
             let mut small = vec![0u8; len - 1];
             let mut n = 0usize;
-            assert_eq!(ferrite_session_save(a, small.as_mut_ptr().cast(), small.len(), &mut n), FerriteStatus::BUFFER_TOO_SMALL);
+            assert_eq!(
+                ferrite_session_save(a, small.as_mut_ptr().cast(), small.len(), &mut n),
+                FerriteStatus::BUFFER_TOO_SMALL
+            );
             assert_eq!(n, len);
             let mut state = vec![0u8; len];
             assert_eq!(ferrite_session_save(a, state.as_mut_ptr().cast(), state.len(), &mut n), FerriteStatus::OK);
@@ -802,8 +858,10 @@ mod with_models {
             let mut state = vec![0u8; len];
             let mut n_out = 0;
             assert_eq!(ferrite_session_save(sess, state.as_mut_ptr().cast(), len, &mut n_out), FerriteStatus::OK);
-            let mut logits: Vec<f32> =
-                state[len - vocab * 4..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let mut logits: Vec<f32> = state[len - vocab * 4..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             let mut ids = Vec::new();
             for _ in 0..n {
                 let mut id = 0u32;
@@ -856,7 +914,12 @@ mod with_models {
         unsafe {
             let mut ids = vec![0u32; text.len()];
             let mut n = 0usize;
-            assert_eq!(ferrite_tokenize(model, text.as_ptr().cast(), text.len(), true, ids.as_mut_ptr(), ids.len(), &mut n), FerriteStatus::OK, "{}", last_error());
+            assert_eq!(
+                ferrite_tokenize(model, text.as_ptr().cast(), text.len(), true, ids.as_mut_ptr(), ids.len(), &mut n),
+                FerriteStatus::OK,
+                "{}",
+                last_error()
+            );
             ids.truncate(n);
             assert_eq!(ids, [259, b' ' as u32, 260, 259]);
             let mut stop = false;
@@ -868,13 +931,30 @@ mod with_models {
 
             // Without parse_special the marker is plain text.
             let mut plain = vec![0u32; text.len()];
-            assert_eq!(ferrite_tokenize(model, text.as_ptr().cast(), text.len(), false, plain.as_mut_ptr(), plain.len(), &mut n), FerriteStatus::OK);
+            assert_eq!(
+                ferrite_tokenize(
+                    model,
+                    text.as_ptr().cast(),
+                    text.len(),
+                    false,
+                    plain.as_mut_ptr(),
+                    plain.len(),
+                    &mut n
+                ),
+                FerriteStatus::OK
+            );
             assert!(!plain[..n].contains(&260));
             // Too small an output: the bound that always suffices.
-            assert_eq!(ferrite_tokenize(model, text.as_ptr().cast(), text.len(), true, plain.as_mut_ptr(), 2, &mut n), FerriteStatus::BUFFER_TOO_SMALL);
+            assert_eq!(
+                ferrite_tokenize(model, text.as_ptr().cast(), text.len(), true, plain.as_mut_ptr(), 2, &mut n),
+                FerriteStatus::BUFFER_TOO_SMALL
+            );
             assert_eq!(n, text.len());
             // Not UTF-8.
-            assert_eq!(ferrite_tokenize(model, [0xffu8].as_ptr().cast(), 1, true, plain.as_mut_ptr(), 4, &mut n), FerriteStatus::INVALID_ARGUMENT);
+            assert_eq!(
+                ferrite_tokenize(model, [0xffu8].as_ptr().cast(), 1, true, plain.as_mut_ptr(), 4, &mut n),
+                FerriteStatus::INVALID_ARGUMENT
+            );
 
             let (mut ptr, mut len) = (null(), 0usize);
             assert_eq!(ferrite_token_bytes(model, 259, &mut ptr, &mut len), FerriteStatus::OK);
@@ -882,11 +962,20 @@ mod with_models {
             assert_eq!(ferrite_token_bytes(model, 261, &mut ptr, &mut len), FerriteStatus::BAD_TOKEN);
 
             let mut out = vec![0u8; 64];
-            assert_eq!(ferrite_decode(model, ids.as_ptr(), ids.len(), false, out.as_mut_ptr().cast(), out.len(), &mut n), FerriteStatus::OK);
+            assert_eq!(
+                ferrite_decode(model, ids.as_ptr(), ids.len(), false, out.as_mut_ptr().cast(), out.len(), &mut n),
+                FerriteStatus::OK
+            );
             assert_eq!(&out[..n], text.as_bytes());
-            assert_eq!(ferrite_decode(model, ids.as_ptr(), ids.len(), true, out.as_mut_ptr().cast(), out.len(), &mut n), FerriteStatus::OK);
+            assert_eq!(
+                ferrite_decode(model, ids.as_ptr(), ids.len(), true, out.as_mut_ptr().cast(), out.len(), &mut n),
+                FerriteStatus::OK
+            );
             assert_eq!(&out[..n], b"hello hello");
-            assert_eq!(ferrite_decode(model, ids.as_ptr(), ids.len(), false, out.as_mut_ptr().cast(), 4, &mut n), FerriteStatus::BUFFER_TOO_SMALL);
+            assert_eq!(
+                ferrite_decode(model, ids.as_ptr(), ids.len(), false, out.as_mut_ptr().cast(), 4, &mut n),
+                FerriteStatus::BUFFER_TOO_SMALL
+            );
             assert_eq!(n, text.len(), "the bytes needed");
             assert_eq!(ferrite_model_free(model), FerriteStatus::OK);
         }
@@ -898,7 +987,10 @@ mod with_models {
         unsafe {
             let mut ids = [0u32; 8];
             let mut n = 0usize;
-            assert_eq!(ferrite_tokenize(model, c"hi".as_ptr(), 2, true, ids.as_mut_ptr(), 8, &mut n), FerriteStatus::NO_TOKENIZER);
+            assert_eq!(
+                ferrite_tokenize(model, c"hi".as_ptr(), 2, true, ids.as_mut_ptr(), 8, &mut n),
+                FerriteStatus::NO_TOKENIZER
+            );
             let (mut ptr, mut len) = (null(), 0usize);
             assert_eq!(ferrite_token_bytes(model, 1, &mut ptr, &mut len), FerriteStatus::NO_TOKENIZER);
             assert_eq!(ferrite_model_free(model), FerriteStatus::OK);

@@ -16,7 +16,9 @@ fn smollm2_f32_matches_transformers() {
     let bytes = convert_to_bytes(&smollm2_dir(), DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let vocab = model.config().vocab_size as usize;
-    let plan = model.plan(&SessionConfig { max_ctx: 128, kv: KvType::F32, max_batch: 32, ..Default::default() }).expect("plan");
+    let plan = model
+        .plan(&SessionConfig { max_ctx: 128, kv: KvType::F32, max_batch: 32, ..Default::default() })
+        .expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
     let golden_bytes = std::fs::read(root().join("tests/fixtures/smollm2-135m/golden.safetensors")).expect("golden");
     let golden = SafeTensors::deserialize(&golden_bytes).expect("golden parse");
@@ -56,7 +58,9 @@ fn perplexity_of(weights: DType, tokens: &[u32]) -> f64 {
 fn perplexity_with(weights: DType, kv: KvType, tokens: &[u32]) -> f64 {
     let bytes = convert_to_bytes(&smollm2_dir(), weights);
     let model = Model::from_bytes(&bytes).expect("model");
-    let plan = model.plan(&SessionConfig { max_ctx: 512, kv, max_batch: 32, threads: 2, logits_all: true, ..Default::default() }).expect("plan");
+    let plan = model
+        .plan(&SessionConfig { max_ctx: 512, kv, max_batch: 32, threads: 2, logits_all: true, ..Default::default() })
+        .expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
     let r = pool.install(|| {
@@ -74,9 +78,10 @@ fn perplexity_with(weights: DType, kv: KvType, tokens: &[u32]) -> f64 {
 /// orders of magnitude; measured 1.35x, tracked in README: symmetric q4 on
 /// weights that were asymmetric Q4_1 in the source GGUF).
 fn golden_perplexity() -> (Vec<u32>, f64) {
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/smollm2-135m/perplexity.json")).expect("read"))
-            .expect("json");
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("tests/fixtures/smollm2-135m/perplexity.json")).expect("read"),
+    )
+    .expect("json");
     let tokens: Vec<u32> =
         json["token_ids"].as_array().expect("token_ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
     (tokens, json["perplexity"].as_f64().expect("perplexity"))

@@ -32,7 +32,11 @@ fn check_fixture_with(name: &str, max_batch: usize, logits_all: bool) {
     let seq = shape[1];
     let mut cases = vec![];
     for row in 0..shape[0] {
-        cases.push((format!("input_ids[{row}]"), ids[row * seq..(row + 1) * seq].to_vec(), logits[row * seq * vocab..(row + 1) * seq * vocab].to_vec()));
+        cases.push((
+            format!("input_ids[{row}]"),
+            ids[row * seq..(row + 1) * seq].to_vec(),
+            logits[row * seq * vocab..(row + 1) * seq * vocab].to_vec(),
+        ));
     }
     if golden.names().contains(&"long_ids") {
         let long = golden_ids(&golden, "long_ids");
@@ -111,7 +115,14 @@ fn thread_count_does_not_change_logits() {
     let mut reference: Option<Vec<f32>> = None;
     for threads in [1, 2, 3, 4] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-        let cfg = SessionConfig { max_ctx: 64, kv: KvType::F16, max_batch: 16, threads, logits_all: true, ..Default::default() };
+        let cfg = SessionConfig {
+            max_ctx: 64,
+            kv: KvType::F16,
+            max_batch: 16,
+            threads,
+            logits_all: true,
+            ..Default::default()
+        };
         let plan = model.plan(&cfg).expect("plan");
         let mut arena = vec![0u8; plan.arena_bytes()];
         let mut all = Vec::new();
@@ -124,7 +135,9 @@ fn thread_count_does_not_change_logits() {
         });
         match &reference {
             None => reference = Some(all),
-            Some(r) => assert!(r.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads differ from 1"),
+            Some(r) => {
+                assert!(r.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads differ from 1")
+            }
         }
     }
 }

@@ -163,7 +163,8 @@ fn a_killed_conversion_leaves_only_a_recognisable_temp_file_which_the_next_run_r
     //    one of another output whose process is gone.
     let live = out_dir.path().join(format!(".model.frt.{}.Live01.ferrite-tmp", std::process::id()));
     let legacy = out_dir.path().join(".model.frt.Old123.ferrite-tmp");
-    let other = out_dir.path().join(format!(".other.frt.{}.Dead01.ferrite-tmp", name_of(&temp2).split('.').nth(3).unwrap()));
+    let other =
+        out_dir.path().join(format!(".other.frt.{}.Dead01.ferrite-tmp", name_of(&temp2).split('.').nth(3).unwrap()));
     for p in [&live, &legacy, &other] {
         fs::write(p, b"partial").unwrap();
     }
@@ -182,7 +183,9 @@ fn a_killed_conversion_leaves_only_a_recognisable_temp_file_which_the_next_run_r
     assert!(out.status.success(), "{stderr}");
     assert!(!temp2.exists(), "the killed run's temp file is still there");
     assert!(
-        stderr.lines().any(|l| l.starts_with("warning: ") && l.contains(&temp2.display().to_string()) && l.contains("removed")),
+        stderr
+            .lines()
+            .any(|l| l.starts_with("warning: ") && l.contains(&temp2.display().to_string()) && l.contains("removed")),
         "no warning about removing {}:\n{stderr}",
         temp2.display()
     );

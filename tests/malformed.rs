@@ -268,7 +268,13 @@ fn cases() -> Vec<Case> {
             breaks: |d| {
                 let name = "model.layers.0.self_attn.o_proj.weight";
                 poke_f32(&d.join("model.safetensors"), name, 5 * 64 + 3, f32::NAN);
-                vec![path_of(d, "model.safetensors"), name.into(), "NaN".into(), "row 5, column 3".into(), "--allow-nonfinite".into()]
+                vec![
+                    path_of(d, "model.safetensors"),
+                    name.into(),
+                    "NaN".into(),
+                    "row 5, column 3".into(),
+                    "--allow-nonfinite".into(),
+                ]
             },
             args: &[],
             expect: Error,

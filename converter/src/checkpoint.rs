@@ -101,7 +101,8 @@ impl Checkpoint {
         let mut shards = Vec::new();
         let mut expected: Option<HashMap<String, String>> = None;
         if index_path.exists() {
-            let index = read_json(&index_path).map_err(|e| Error::new(ErrorKind::Checkpoint, e.message().to_string()))?;
+            let index =
+                read_json(&index_path).map_err(|e| Error::new(ErrorKind::Checkpoint, e.message().to_string()))?;
             let map = index
                 .get("weight_map")
                 .and_then(Value::as_object)
@@ -125,7 +126,8 @@ impl Checkpoint {
                 let p = dir.join(f);
                 if !p.exists() {
                     // Name a tensor placed there too (the first by name).
-                    let mut placed: Vec<&String> = names.iter().filter(|(_, file)| *file == f).map(|(n, _)| n).collect();
+                    let mut placed: Vec<&String> =
+                        names.iter().filter(|(_, file)| *file == f).map(|(n, _)| n).collect();
                     placed.sort();
                     let tensor = placed.first().map(|n| format!(" (for tensor {n})")).unwrap_or_default();
                     return Err(ckpt_err(
@@ -141,10 +143,7 @@ impl Checkpoint {
         } else {
             return Err(Error::new(
                 ErrorKind::Checkpoint,
-                format!(
-                    "{}: no model.safetensors or model.safetensors.index.json in this folder",
-                    dir.display()
-                ),
+                format!("{}: no model.safetensors or model.safetensors.index.json in this folder", dir.display()),
             ));
         }
 
@@ -166,14 +165,20 @@ impl Checkpoint {
                     other => {
                         return Err(Error::new(
                             ErrorKind::Tensor,
-                            format!("{}: tensor {name} has dtype {other:?} (supported: F32, F16, BF16)", shard.path.display()),
+                            format!(
+                                "{}: tensor {name} has dtype {other:?} (supported: F32, F16, BF16)",
+                                shard.path.display()
+                            ),
                         ))
                     }
                 };
                 let start = shard.data_start + data_offsets.0 as u64;
                 let len = (data_offsets.1 - data_offsets.0) as u64;
                 if start + len > file_len {
-                    return Err(ckpt_err(&shard.path, format!("tensor {name} runs past the end of the file (truncated?)")));
+                    return Err(ckpt_err(
+                        &shard.path,
+                        format!("tensor {name} runs past the end of the file (truncated?)"),
+                    ));
                 }
                 if let Some(map) = &expected {
                     let want = map.get(&name).map(String::as_str);
@@ -244,7 +249,9 @@ impl Checkpoint {
         out.clear();
         out.reserve(count);
         match loc.dtype {
-            SourceDType::F32 => out.extend(scratch.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            SourceDType::F32 => {
+                out.extend(scratch.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            }
             SourceDType::F16 => {
                 out.extend(scratch.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()))
             }

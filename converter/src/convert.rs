@@ -91,11 +91,19 @@ pub struct TypeStats {
 impl TypeStats {
     /// Bits per weight, scales included.
     pub fn bits_per_weight(&self) -> f64 {
-        if self.params == 0 { 0.0 } else { self.bytes as f64 * 8.0 / self.params as f64 }
+        if self.params == 0 {
+            0.0
+        } else {
+            self.bytes as f64 * 8.0 / self.params as f64
+        }
     }
     /// Root-mean-square error relative to the root-mean-square value.
     pub fn relative_rmse(&self) -> f64 {
-        if self.sum_sq == 0.0 { 0.0 } else { (self.sum_sq_err / self.sum_sq).sqrt() }
+        if self.sum_sq == 0.0 {
+            0.0
+        } else {
+            (self.sum_sq_err / self.sum_sq).sqrt()
+        }
     }
 }
 
@@ -294,12 +302,7 @@ const SLAB_ELEMS: usize = 1 << 18;
 /// never a partial `output`; once the inputs are validated, a conversion
 /// removes such leftovers of `output` whose process is gone and reports
 /// each in [`Summary::warnings`].
-pub fn convert(
-    input: &Path,
-    output: &Path,
-    opts: &Options,
-    progress: &mut dyn FnMut(Progress<'_>),
-) -> Result<Summary> {
+pub fn convert(input: &Path, output: &Path, opts: &Options, progress: &mut dyn FnMut(Progress<'_>)) -> Result<Summary> {
     convert_with_sink(input, output, opts, progress, |file| file)
 }
 
@@ -340,10 +343,9 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
             if t.add_bos == Some(true) && config.bos().is_some() {
                 config.flags |= ModelConfig::FLAG_ADD_BOS;
             }
-            let bytes = t
-                .builder
-                .to_bytes()
-                .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("{}: {e}", input.join("tokenizer.json").display())))?;
+            let bytes = t.builder.to_bytes().map_err(|e| {
+                Error::new(ErrorKind::Tokenizer, format!("{}: {e}", input.join("tokenizer.json").display()))
+            })?;
             if t.builder.tokens.len() as u64 > config.vocab_size as u64 {
                 return Err(Error::new(
                     ErrorKind::Tokenizer,
@@ -384,7 +386,11 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
             if l >= config.n_layers {
                 return Err(Error::new(
                     ErrorKind::Tensor,
-                    format!("{}: tensor {name} is for layer {l} but the config has {} layers", ckpt.path_of(loc).display(), config.n_layers),
+                    format!(
+                        "{}: tensor {name} is for layer {l} but the config has {} layers",
+                        ckpt.path_of(loc).display(),
+                        config.n_layers
+                    ),
                 ));
             }
         }
@@ -425,7 +431,11 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
         if !plan.contains_key(&role) {
             return Err(Error::new(
                 ErrorKind::Tensor,
-                format!("{}: the checkpoint has no tensor {} (required by config.json)", input.display(), hf_name(role)),
+                format!(
+                    "{}: the checkpoint has no tensor {} (required by config.json)",
+                    input.display(),
+                    hf_name(role)
+                ),
             ));
         }
         let dtype = if role.is_vector() {
@@ -453,7 +463,10 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
     let sink = BufWriter::with_capacity(1 << 20, sink(tmp.as_file().try_clone().map_err(out_err)?));
     let mut writer = FileWriter::new(sink, &config, section.as_deref(), &specs).map_err(out_err)?;
 
-    let total_bytes: u64 = plan.values().map(|n| ckpt.tensors()[n].shape.iter().product::<usize>() as u64 * ckpt.tensors()[n].dtype.size() as u64).sum();
+    let total_bytes: u64 = plan
+        .values()
+        .map(|n| ckpt.tensors()[n].shape.iter().product::<usize>() as u64 * ckpt.tensors()[n].dtype.size() as u64)
+        .sum();
     progress(Progress::Start { tensors: specs.len(), bytes: total_bytes });
 
     let mut scratch = Vec::new();
@@ -518,7 +531,12 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                     if let Some(i) = h.iter().zip(&values).position(|(h, v)| !h.is_finite() && v.is_finite()) {
                         return Err(Error::new(
                             ErrorKind::NonFinite,
-                            format!("{}: tensor {name} element {} ({}) overflows f16", ckpt.path_of(loc).display(), row * cols + i, values[i]),
+                            format!(
+                                "{}: tensor {name} element {} ({}) overflows f16",
+                                ckpt.path_of(loc).display(),
+                                row * cols + i,
+                                values[i]
+                            ),
                         ));
                     }
                     writer.write_chunk(bytemuck::cast_slice(&h)).map_err(out_err)?;
@@ -548,7 +566,11 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                     if let Some(i) = scales[first_scale..].iter().position(|s| !s.is_finite()) {
                         return Err(Error::new(
                             ErrorKind::NonFinite,
-                            format!("{}: tensor {name}: group {} scale overflows f16", ckpt.path_of(loc).display(), first_scale + i),
+                            format!(
+                                "{}: tensor {name}: group {} scale overflows f16",
+                                ckpt.path_of(loc).display(),
+                                first_scale + i
+                            ),
                         ));
                     }
                     writer.write_chunk(&qbuf).map_err(out_err)?;
@@ -690,10 +712,11 @@ mod tests {
         let out_dir = tempfile::tempdir().unwrap();
         let output = out_dir.path().join("model.frt");
         let mib = 1u64 << 20;
-        let mut cases: Vec<(Mode, u64)> = [0, 1, 127, 128, 384, 4096, mib - 1, mib, mib + 1, 2 * mib + 7, size / 2, size - 64, size - 1]
-            .into_iter()
-            .map(|n| (Mode::Extent, n))
-            .collect();
+        let mut cases: Vec<(Mode, u64)> =
+            [0, 1, 127, 128, 384, 4096, mib - 1, mib, mib + 1, 2 * mib + 7, size / 2, size - 64, size - 1]
+                .into_iter()
+                .map(|n| (Mode::Extent, n))
+                .collect();
         cases.extend([size, size + 1, size + 127, size + rewrite - 1].map(|n| (Mode::Total, n)));
         for (mode, limit) in cases {
             let err = convert_with_sink(&input, &output, &opts, &mut |_| {}, |f| FullDisk::new(f, mode, limit))
@@ -701,7 +724,10 @@ mod tests {
                 .unwrap_or_else(|| panic!("{mode:?} {limit} of {size} bytes: the conversion succeeded"));
             let msg = err.to_string();
             assert_eq!(err.kind(), ErrorKind::Io, "{mode:?} {limit}: {msg}");
-            assert!(msg.contains(&output.display().to_string()), "{mode:?} {limit}: the message names no output: {msg}");
+            assert!(
+                msg.contains(&output.display().to_string()),
+                "{mode:?} {limit}: the message names no output: {msg}"
+            );
             assert!(msg.contains("os error 28"), "{mode:?} {limit}: not the ENOSPC error: {msg}");
             assert!(names(out_dir.path()).is_empty(), "{mode:?} {limit}: left {:?}", names(out_dir.path()));
         }
@@ -740,7 +766,7 @@ mod tests {
             ".m.frt.1234..ferrite-tmp",
             ".m.frt.12a4.aB3xYz.ferrite-tmp",
             ".m.frt.99999999999.aB3xYz.ferrite-tmp",
-            ".m.frt.x.1234.aB3xYz.ferrite-tmp", // a temp of `m.frt.x`
+            ".m.frt.x.1234.aB3xYz.ferrite-tmp",     // a temp of `m.frt.x`
             ".m.frt.1.frt.1234.aB3xYz.ferrite-tmp", // a temp of `m.frt.1.frt`
             ".n.frt.1234.aB3xYz.ferrite-tmp",
         ] {

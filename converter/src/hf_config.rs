@@ -147,7 +147,9 @@ pub fn read(dir: &Path) -> Result<HfConfig> {
         }
     };
     if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(k.err("num_key_value_heads", &format!("({n_kv_heads}) must divide num_attention_heads ({n_heads})")));
+        return Err(
+            k.err("num_key_value_heads", &format!("({n_kv_heads}) must divide num_attention_heads ({n_heads})"))
+        );
     }
     let trained_ctx = k.u32_opt("max_position_embeddings")?.unwrap_or(2048);
     let norm_eps = k.f64_opt("rms_norm_eps")?.unwrap_or(1e-6) as f32;
@@ -162,7 +164,9 @@ pub fn read(dir: &Path) -> Result<HfConfig> {
         Arch::Qwen2 => true,
         _ => {
             if k.bool_opt("attention_bias")?.unwrap_or(false) {
-                return Err(unsupported("attention_bias = true (o_proj bias) is not supported for this architecture".into()));
+                return Err(unsupported(
+                    "attention_bias = true (o_proj bias) is not supported for this architecture".into(),
+                ));
             }
             false
         }
@@ -234,7 +238,11 @@ pub fn read(dir: &Path) -> Result<HfConfig> {
                     .u32_opt("original_max_position_embeddings")?
                     .ok_or_else(|| k.err("rope scaling original_max_position_embeddings", "is missing"))?;
             }
-            other => return Err(unsupported(format!("rope scaling type `{other}` is not supported (supported: default, linear, llama3)"))),
+            other => {
+                return Err(unsupported(format!(
+                    "rope scaling type `{other}` is not supported (supported: default, linear, llama3)"
+                )))
+            }
         }
     }
     if tied {
@@ -286,9 +294,6 @@ pub fn read(dir: &Path) -> Result<HfConfig> {
     let source_dtype = k.str_opt("torch_dtype")?.or(k.str_opt("dtype")?).map(str::to_string);
 
     let probe = HfConfig { config, eos_ids, source_dtype };
-    probe
-        .config
-        .validate()
-        .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", path.display())))?;
+    probe.config.validate().map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", path.display())))?;
     Ok(probe)
 }

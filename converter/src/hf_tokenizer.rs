@@ -130,8 +130,7 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
         ));
     }
 
-    let char_to_byte: HashMap<char, u8> =
-        byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+    let char_to_byte: HashMap<char, u8> = byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
     let decode = |s: &str| -> Option<Vec<u8>> { s.chars().map(|c| char_to_byte.get(&c).copied()).collect() };
 
     let vocab = model
@@ -152,8 +151,8 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
             .ok_or_else(|| tok_err(&path, format!("vocab entry {s:?} has a bad id")))?;
-        let bytes = decode(s)
-            .ok_or_else(|| tok_err(&path, format!("vocab entry {s:?} is not in the byte-level alphabet")))?;
+        let bytes =
+            decode(s).ok_or_else(|| tok_err(&path, format!("vocab entry {s:?} is not in the byte-level alphabet")))?;
         str_to_id.insert(s.as_str(), id);
         put(&mut by_id, id, TokenEntry { bytes, ty: TokenType::Normal, score: 0.0 });
     }
@@ -178,7 +177,10 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
                 if t.get(flag).and_then(Value::as_bool).unwrap_or(false) {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
-                        format!("{}: added token {content:?} uses `{flag}`, which is not supported yet", path.display()),
+                        format!(
+                            "{}: added token {content:?} uses `{flag}`, which is not supported yet",
+                            path.display()
+                        ),
                     ));
                 }
             }
@@ -191,24 +193,28 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
     let tokens: Vec<TokenEntry> = by_id
         .into_iter()
         .enumerate()
-        .map(|(id, t)| t.ok_or_else(|| tok_err(&path, format!("token id {id} is not defined (ids must be contiguous)"))))
+        .map(|(id, t)| {
+            t.ok_or_else(|| tok_err(&path, format!("token id {id} is not defined (ids must be contiguous)")))
+        })
         .collect::<Result<_>>()?;
 
-    let merges_json = model
-        .get("merges")
-        .and_then(Value::as_array)
-        .ok_or_else(|| tok_err(&path, "`model.merges` is missing"))?;
+    let merges_json =
+        model.get("merges").and_then(Value::as_array).ok_or_else(|| tok_err(&path, "`model.merges` is missing"))?;
     let mut merges = Vec::with_capacity(merges_json.len());
     for (i, m) in merges_json.iter().enumerate() {
         let (a, b) = match m {
-            Value::String(s) => s.split_once(' ').ok_or_else(|| tok_err(&path, format!("merge #{i} {s:?} has no space")))?,
+            Value::String(s) => {
+                s.split_once(' ').ok_or_else(|| tok_err(&path, format!("merge #{i} {s:?} has no space")))?
+            }
             Value::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
                 (Some(a), Some(b)) => (a, b),
                 _ => return Err(tok_err(&path, format!("merge #{i} is not a pair of strings"))),
             },
             _ => return Err(tok_err(&path, format!("merge #{i} is neither \"a b\" nor [a, b]"))),
         };
-        let id = |s: &str| str_to_id.get(s).copied().ok_or_else(|| tok_err(&path, format!("merge #{i} names unknown token {s:?}")));
+        let id = |s: &str| {
+            str_to_id.get(s).copied().ok_or_else(|| tok_err(&path, format!("merge #{i} names unknown token {s:?}")))
+        };
         merges.push((id(a)?, id(b)?));
     }
     let table = byte_to_char_table();
@@ -219,7 +225,10 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
     }
     let present = byte_tokens.iter().filter(|&&t| t != NO_TOKEN).count();
     if present < 128 {
-        return Err(tok_err(&path, format!("only {present} of 256 bytes have a token: not a byte-level BPE vocabulary")));
+        return Err(tok_err(
+            &path,
+            format!("only {present} of 256 bytes have a token: not a byte-level BPE vocabulary"),
+        ));
     }
 
     // tokenizer_config.json: chat template, eos/bos tokens, add_bos_token.

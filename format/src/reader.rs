@@ -1,8 +1,8 @@
 use half::f16;
 
 use crate::{
-    checksum, quant, tensor::DIR_ENTRY_SIZE, DType, DirEntry, Error, Header, ModelConfig, Role,
-    TokenizerView, ALIGN, ENDIAN_CHECK, HEADER_SIZE, MAGIC, VERSION,
+    checksum, quant, tensor::DIR_ENTRY_SIZE, DType, DirEntry, Error, Header, ModelConfig, Role, TokenizerView, ALIGN,
+    ENDIAN_CHECK, HEADER_SIZE, MAGIC, VERSION,
 };
 
 /// A parsed, validated Ferrite file borrowing its bytes.
@@ -82,12 +82,7 @@ impl<'a> TensorView<'a> {
     }
 }
 
-fn region(
-    what: &'static str,
-    offset: u64,
-    len: u64,
-    limit: u64,
-) -> Result<core::ops::Range<usize>, Error> {
+fn region(what: &'static str, offset: u64, len: u64, limit: u64) -> Result<core::ops::Range<usize>, Error> {
     let end = offset.checked_add(len).ok_or(Error::Overflow { what })?;
     if end > limit {
         return Err(Error::OutOfBounds { what, offset, len, limit });
@@ -236,13 +231,13 @@ impl<'a> File<'a> {
             if role.is_vector() && dtype != DType::F32 {
                 return Err(Error::BadDType { index, dtype: e.dtype });
             }
-            let size = dtype
-                .tensor_bytes(e.rows as u64, e.cols as u64)
-                .ok_or(Error::Overflow { what: "tensor size" })?;
+            let size =
+                dtype.tensor_bytes(e.rows as u64, e.cols as u64).ok_or(Error::Overflow { what: "tensor size" })?;
             expect("tensor size", e.size, size)?;
             // Tensors are packed in directory order, each at the next ALIGN
             // boundary: no gaps, no overlap, no unchecked bytes.
-            let expected_offset = crate::align_up(prev_end, ALIGN as u64).ok_or(Error::Overflow { what: "tensor offset" })?;
+            let expected_offset =
+                crate::align_up(prev_end, ALIGN as u64).ok_or(Error::Overflow { what: "tensor offset" })?;
             if e.offset < expected_offset {
                 return Err(Error::TensorOrder { index });
             }
@@ -267,7 +262,10 @@ impl<'a> File<'a> {
             }
             required += 1;
             let key = role.sort_key();
-            if directory.binary_search_by(|e| e.role().map(|r| r.sort_key()).unwrap_or((u64::MAX, 0)).cmp(&key)).is_err() {
+            if directory
+                .binary_search_by(|e| e.role().map(|r| r.sort_key()).unwrap_or((u64::MAX, 0)).cmp(&key))
+                .is_err()
+            {
                 let (kind, layer) = role.to_raw();
                 return Err(Error::MissingTensor { kind, layer });
             }

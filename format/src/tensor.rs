@@ -170,7 +170,8 @@ impl Role {
     }
     /// Decodes a stored `(kind, layer)`.
     pub fn from_raw(kind: u32, layer: u32) -> Result<Self, Error> {
-        let global = |r| if layer == 0 { Ok(r) } else { Err(Error::BadEnum { what: "global role layer", value: layer }) };
+        let global =
+            |r| if layer == 0 { Ok(r) } else { Err(Error::BadEnum { what: "global role layer", value: layer }) };
         match kind {
             0 => global(Role::Embedding),
             1 => global(Role::OutputNorm),

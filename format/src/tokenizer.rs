@@ -188,12 +188,7 @@ pub struct TokenizerView<'a> {
     template: &'a [u8],
 }
 
-fn table<'a, T: Pod>(
-    section: &'a [u8],
-    what: &'static str,
-    off: u32,
-    count: u64,
-) -> Result<&'a [T], Error> {
+fn table<'a, T: Pod>(section: &'a [u8], what: &'static str, off: u32, count: u64) -> Result<&'a [T], Error> {
     let size = core::mem::size_of::<T>() as u64;
     let len = count.checked_mul(size).ok_or(Error::Overflow { what })?;
     let start = off as u64;
@@ -224,8 +219,7 @@ impl<'a> TokenizerView<'a> {
                 available: section.len() as u64,
             });
         }
-        let header: TokenizerHeader =
-            bytemuck::pod_read_unaligned(&section[..TOKENIZER_HEADER_SIZE]);
+        let header: TokenizerHeader = bytemuck::pod_read_unaligned(&section[..TOKENIZER_HEADER_SIZE]);
         if header.section_size as u64 != section.len() as u64 {
             return Err(Error::BadLayout {
                 what: "tokenizer section_size",
@@ -247,23 +241,15 @@ impl<'a> TokenizerView<'a> {
         }
         let n64 = n as u64;
         let offsets: &[u32] = table(section, "tokenizer offsets", header.offsets_off, n64 + 1)?;
-        let strings: &[u8] =
-            table(section, "tokenizer strings", header.strings_off, header.strings_len as u64)?;
+        let strings: &[u8] = table(section, "tokenizer strings", header.strings_off, header.strings_len as u64)?;
         let sorted: &[u32] = table(section, "tokenizer sorted ids", header.sorted_off, n64)?;
         let types: &[u8] = table(section, "tokenizer types", header.types_off, n64)?;
         let has_scores = header.flags & TokenizerHeader::FLAG_HAS_SCORES != 0;
-        let scores: &[f32] = if has_scores {
-            table(section, "tokenizer scores", header.scores_off, n64)?
-        } else {
-            &[]
-        };
-        let merges: &[Merge] =
-            table(section, "tokenizer merges", header.merges_off, header.n_merges as u64)?;
+        let scores: &[f32] = if has_scores { table(section, "tokenizer scores", header.scores_off, n64)? } else { &[] };
+        let merges: &[Merge] = table(section, "tokenizer merges", header.merges_off, header.n_merges as u64)?;
         let byte_tokens: &[u32] = table(section, "tokenizer byte tokens", header.byte_tokens_off, 256)?;
-        let specials: &[u32] =
-            table(section, "tokenizer specials", header.specials_off, header.n_specials as u64)?;
-        let template: &[u8] =
-            table(section, "chat template", header.template_off, header.template_len as u64)?;
+        let specials: &[u32] = table(section, "tokenizer specials", header.specials_off, header.n_specials as u64)?;
+        let template: &[u8] = table(section, "chat template", header.template_off, header.template_len as u64)?;
 
         // Offsets: start at 0, non-decreasing, end at the blob length.
         if offsets[0] != 0 {
@@ -285,18 +271,8 @@ impl<'a> TokenizerView<'a> {
         if scores.iter().any(|s| !s.is_finite()) {
             return Err(Error::BadTokenizer { what: "scores (non-finite)", index: 0 });
         }
-        let view = TokenizerView {
-            header,
-            offsets,
-            strings,
-            sorted,
-            types,
-            scores,
-            merges,
-            byte_tokens,
-            specials,
-            template,
-        };
+        let view =
+            TokenizerView { header, offsets, strings, sorted, types, scores, merges, byte_tokens, specials, template };
         // Sorted ids: each in range and strictly ascending by bytes, which
         // also proves they are distinct, hence a permutation.
         for (i, &id) in sorted.iter().enumerate() {
@@ -375,10 +351,7 @@ impl<'a> TokenizerView<'a> {
     }
     /// The token whose bytes are exactly `bytes` (binary search, no hashing).
     pub fn find(&self, bytes: &[u8]) -> Option<u32> {
-        self.sorted
-            .binary_search_by(|&id| self.bytes_unchecked(id).cmp(bytes))
-            .ok()
-            .map(|i| self.sorted[i])
+        self.sorted.binary_search_by(|&id| self.bytes_unchecked(id).cmp(bytes)).ok().map(|i| self.sorted[i])
     }
     /// The merge of `left` then `right`: `(rank, result)`.
     pub fn merge(&self, left: u32, right: u32) -> Option<(u32, u32)> {

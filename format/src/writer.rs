@@ -11,8 +11,8 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 use crate::tokenizer::{Merge, PreTokenizer, TokenType, TokenizerHeader, TokenizerKind};
 use crate::{
-    align_up, checksum, quant, DType, DirEntry, Header, ModelConfig, Role, ALIGN, DIR_ENTRY_SIZE,
-    ENDIAN_CHECK, HEADER_SIZE, MAGIC, TOKENIZER_HEADER_SIZE, VERSION,
+    align_up, checksum, quant, DType, DirEntry, Header, ModelConfig, Role, ALIGN, DIR_ENTRY_SIZE, ENDIAN_CHECK,
+    HEADER_SIZE, MAGIC, TOKENIZER_HEADER_SIZE, VERSION,
 };
 
 /// One tensor to be written: what it is and how it is stored.
@@ -52,12 +52,7 @@ impl<W: Write + Seek> FileWriter<W> {
     /// Starts a file. `tensors` are sorted into directory (role) order; the
     /// caller then supplies each tensor's data with [`FileWriter::write_tensor`]
     /// in the order of [`FileWriter::order`].
-    pub fn new(
-        mut out: W,
-        config: &ModelConfig,
-        tokenizer: Option<&[u8]>,
-        tensors: &[TensorSpec],
-    ) -> io::Result<Self> {
+    pub fn new(mut out: W, config: &ModelConfig, tokenizer: Option<&[u8]>, tensors: &[TensorSpec]) -> io::Result<Self> {
         config.validate().map_err(|e| invalid(format!("invalid model config: {e}")))?;
         let mut specs = tensors.to_vec();
         specs.sort_by_key(|s| s.role.sort_key());
@@ -129,15 +124,7 @@ impl<W: Write + Seek> FileWriter<W> {
             pos += t.len() as u64;
         }
         pad_to(&mut out, &mut pos, data_offset)?;
-        Ok(FileWriter {
-            out,
-            header,
-            config: *config,
-            entries,
-            next: 0,
-            written: 0,
-            hasher: crc32fast::Hasher::new(),
-        })
+        Ok(FileWriter { out, header, config: *config, entries, next: 0, written: 0, hasher: crc32fast::Hasher::new() })
     }
 
     /// Roles in the order their data must be written.
@@ -148,11 +135,7 @@ impl<W: Write + Seek> FileWriter<W> {
     /// The spec of the next tensor to write, if any remain.
     pub fn next_spec(&self) -> Option<TensorSpec> {
         let e = self.entries.get(self.next)?;
-        Some(TensorSpec {
-            role: e.role().ok()?,
-            dtype: e.dtype().ok()?,
-            shape: [e.rows, e.cols],
-        })
+        Some(TensorSpec { role: e.role().ok()?, dtype: e.dtype().ok()?, shape: [e.rows, e.cols] })
     }
 
     /// Writes the next tensor's data in one piece; its length must be
@@ -164,10 +147,7 @@ impl<W: Write + Seek> FileWriter<W> {
 
     /// Appends bytes to the current tensor (for streaming large tensors).
     pub fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
-        let e = self
-            .entries
-            .get(self.next)
-            .ok_or_else(|| invalid("more tensors written than declared".into()))?;
+        let e = self.entries.get(self.next).ok_or_else(|| invalid("more tensors written than declared".into()))?;
         if self.written + data.len() as u64 > e.size {
             return Err(invalid(format!(
                 "tensor {} overflows its declared {} bytes",
@@ -183,10 +163,7 @@ impl<W: Write + Seek> FileWriter<W> {
     /// Ends the current tensor: checks its size, records its checksum and
     /// pads to the next tensor's alignment.
     pub fn end_tensor(&mut self) -> io::Result<()> {
-        let e = self
-            .entries
-            .get_mut(self.next)
-            .ok_or_else(|| invalid("more tensors written than declared".into()))?;
+        let e = self.entries.get_mut(self.next).ok_or_else(|| invalid("more tensors written than declared".into()))?;
         if self.written != e.size {
             return Err(invalid(format!(
                 "tensor {} has {} bytes, expected {}",
@@ -207,11 +184,7 @@ impl<W: Write + Seek> FileWriter<W> {
     /// Writes the directory and header (with checksums) and returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
         if self.next != self.entries.len() {
-            return Err(invalid(format!(
-                "only {} of {} tensors were written",
-                self.next,
-                self.entries.len()
-            )));
+            return Err(invalid(format!("only {} of {} tensors were written", self.next, self.entries.len())));
         }
         let dir_bytes: &[u8] = bytemuck::cast_slice(&self.entries);
         let mut hasher = crc32fast::Hasher::new();

@@ -130,11 +130,19 @@ impl Matrix<'_> {
             }
             Weights::Q8 { qs, scales } => {
                 let g = cols.div_ceil(GROUP);
-                dequantize_row_q8(&qs[r * g * Q8_GROUP_BYTES..(r + 1) * g * Q8_GROUP_BYTES], &scales[r * g..(r + 1) * g], dst)
+                dequantize_row_q8(
+                    &qs[r * g * Q8_GROUP_BYTES..(r + 1) * g * Q8_GROUP_BYTES],
+                    &scales[r * g..(r + 1) * g],
+                    dst,
+                )
             }
             Weights::Q4 { qs, scales } => {
                 let g = cols.div_ceil(GROUP);
-                dequantize_row_q4(&qs[r * g * Q4_GROUP_BYTES..(r + 1) * g * Q4_GROUP_BYTES], &scales[r * g..(r + 1) * g], dst)
+                dequantize_row_q4(
+                    &qs[r * g * Q4_GROUP_BYTES..(r + 1) * g * Q4_GROUP_BYTES],
+                    &scales[r * g..(r + 1) * g],
+                    dst,
+                )
             }
         }
     }
@@ -318,12 +326,17 @@ mod tests {
             let x = values(n * x_stride, 100 + case as u64, 1.0);
             let groups = cols.div_ceil(GROUP);
             let f16s: Vec<f16> = src.iter().map(|&v| f16::from_f32(v)).collect();
-            let (mut q8, mut q4) = (vec![0u8; rows * groups * Q8_GROUP_BYTES], vec![0u8; rows * groups * Q4_GROUP_BYTES]);
+            let (mut q8, mut q4) =
+                (vec![0u8; rows * groups * Q8_GROUP_BYTES], vec![0u8; rows * groups * Q4_GROUP_BYTES]);
             let (mut s8, mut s4) = (vec![f16::ZERO; rows * groups], vec![f16::ZERO; rows * groups]);
             for r in 0..rows {
                 let row = &src[r * cols..(r + 1) * cols];
                 let g = r * groups..(r + 1) * groups;
-                quantize_row_q8(row, &mut q8[r * groups * Q8_GROUP_BYTES..][..groups * Q8_GROUP_BYTES], &mut s8[g.clone()]);
+                quantize_row_q8(
+                    row,
+                    &mut q8[r * groups * Q8_GROUP_BYTES..][..groups * Q8_GROUP_BYTES],
+                    &mut s8[g.clone()],
+                );
                 quantize_row_q4(row, &mut q4[r * groups * Q4_GROUP_BYTES..][..groups * Q4_GROUP_BYTES], &mut s4[g]);
             }
             let all = [
@@ -345,7 +358,10 @@ mod tests {
                         let exact: f64 = deq.iter().zip(xs).map(|(&a, &b)| a as f64 * b as f64).sum();
                         let magnitude: f64 = deq.iter().zip(xs).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
                         let got = out[t * out_stride + r] as f64;
-                        assert!((got - exact).abs() <= 1e-5 * magnitude + 1e-12, "{w:?} cols {cols} r {r} t {t}: {got} vs {exact}");
+                        assert!(
+                            (got - exact).abs() <= 1e-5 * magnitude + 1e-12,
+                            "{w:?} cols {cols} r {r} t {t}: {got} vs {exact}"
+                        );
                     }
                 }
                 // Columns of `out` past `rows` are not written.

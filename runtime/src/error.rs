@@ -72,10 +72,9 @@ impl fmt::Display for Error {
             Error::BadToken { id, vocab } => {
                 write!(f, "token id {id} is out of range (vocabulary has {vocab} tokens)")
             }
-            Error::ContextFull { used, adding, max_ctx } => write!(
-                f,
-                "context full: {used} tokens in the cache + {adding} new exceed max_ctx {max_ctx}"
-            ),
+            Error::ContextFull { used, adding, max_ctx } => {
+                write!(f, "context full: {used} tokens in the cache + {adding} new exceed max_ctx {max_ctx}")
+            }
             Error::EmptyPrompt => write!(f, "empty prompt: give at least one token"),
             Error::BadSessionConfig { what, why } => write!(f, "invalid session config {what}: {why}"),
             Error::Overflow => write!(f, "size overflow while planning memory"),

@@ -38,7 +38,11 @@ pub struct Perplexity {
 impl Perplexity {
     /// Mean NLL per predicted token.
     pub fn mean_nll(&self) -> f64 {
-        if self.predicted == 0 { 0.0 } else { self.nll_sum / self.predicted as f64 }
+        if self.predicted == 0 {
+            0.0
+        } else {
+            self.nll_sum / self.predicted as f64
+        }
     }
     /// `exp(mean_nll)`.
     pub fn perplexity(&self) -> f64 {

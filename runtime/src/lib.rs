@@ -8,15 +8,22 @@
 // sizes were validated.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo, clippy::unimplemented, clippy::unreachable)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::unreachable
+    )
 )]
 
 pub use ferrite_format as format;
 pub use ferrite_kernels as kernels;
 
 mod error;
-mod kv;
 pub mod eval;
+mod kv;
 mod model;
 mod parallel;
 pub mod sampler;
@@ -24,6 +31,6 @@ mod session;
 pub mod tokenizer;
 
 pub use error::Error;
-pub use model::Model;
 pub use kv::KvType;
+pub use model::Model;
 pub use session::{Plan, PlanParts, Session, SessionConfig};

@@ -120,7 +120,8 @@ impl Model<'static> {
         // dropped after `file` (field order), and the 'static lifetime never
         // escapes: `Model::file` hands out `File<'_>` bound to `&self`.
         let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(map.as_ptr(), map.len()) };
-        let parsed = File::parse(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, Error::Format(e)))?;
+        let parsed =
+            File::parse(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, Error::Format(e)))?;
         Ok(Model { file: parsed, _map: Some(map) })
     }
 }

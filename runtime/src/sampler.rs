@@ -83,20 +83,18 @@ impl fmt::Display for SampleError {
             SampleError::VocabTooLarge { n_vocab } => {
                 write!(f, "{n_vocab} logits: more tokens than u32 ids can name")
             }
-            SampleError::ScratchTooSmall { needed, available } => write!(
-                f,
-                "sampler scratch holds {available} u32s but the vocabulary needs {needed}"
-            ),
+            SampleError::ScratchTooSmall { needed, available } => {
+                write!(f, "sampler scratch holds {available} u32s but the vocabulary needs {needed}")
+            }
             SampleError::InvalidLogit { index } => {
                 write!(f, "logit #{index} is NaN or +infinity")
             }
             SampleError::AllMasked => {
                 write!(f, "every logit is -infinity; no token can be sampled")
             }
-            SampleError::TokenOutOfRange { id, n_vocab } => write!(
-                f,
-                "recent token id {id} is out of range for a vocabulary of {n_vocab}"
-            ),
+            SampleError::TokenOutOfRange { id, n_vocab } => {
+                write!(f, "recent token id {id} is out of range for a vocabulary of {n_vocab}")
+            }
             SampleError::InvalidConfig { what } => write!(f, "invalid sampler config: {what}"),
         }
     }
@@ -207,9 +205,7 @@ impl Rng {
         let (_, d) = splitmix64(s);
         // splitmix64 is a bijection of a counter, so four consecutive outputs
         // are never all zero: xoshiro's forbidden state cannot occur.
-        Rng {
-            state: [a, b, c, d],
-        }
+        Rng { state: [a, b, c, d] }
     }
 
     /// The next 64 uniformly distributed bits.
@@ -267,10 +263,7 @@ impl Sampler {
     /// [`SamplerConfig::validate`].
     pub fn new(config: SamplerConfig) -> Result<Self, SampleError> {
         config.validate()?;
-        Ok(Sampler {
-            config,
-            rng: Rng::new(config.seed),
-        })
+        Ok(Sampler { config, rng: Rng::new(config.seed) })
     }
 
     /// The configuration this sampler runs.
@@ -305,18 +298,10 @@ impl Sampler {
     /// [`SampleError::ScratchTooSmall`], [`SampleError::InvalidLogit`] and
     /// [`SampleError::TokenOutOfRange`] are reported before anything is
     /// modified; [`SampleError::AllMasked`] when no logit is above `-inf`.
-    pub fn sample(
-        &mut self,
-        logits: &mut [f32],
-        recent: &[u32],
-        scratch: &mut [u32],
-    ) -> Result<u32, SampleError> {
+    pub fn sample(&mut self, logits: &mut [f32], recent: &[u32], scratch: &mut [u32]) -> Result<u32, SampleError> {
         let n_vocab = logits.len();
         check_lengths(n_vocab, scratch.len())?;
-        if let Some(index) = logits
-            .iter()
-            .position(|l| l.is_nan() || *l == f32::INFINITY)
-        {
+        if let Some(index) = logits.iter().position(|l| l.is_nan() || *l == f32::INFINITY) {
             return Err(SampleError::InvalidLogit { index });
         }
         let window = &recent[recent.len() - self.config.repeat_last_n.min(recent.len())..];
@@ -336,11 +321,7 @@ impl Sampler {
     }
 
     /// Steps 3 to 7 of the pipeline; `scratch.len() == logits.len()`.
-    fn sample_tempered(
-        &mut self,
-        logits: &mut [f32],
-        scratch: &mut [u32],
-    ) -> Result<u32, SampleError> {
+    fn sample_tempered(&mut self, logits: &mut [f32], scratch: &mut [u32]) -> Result<u32, SampleError> {
         let config = self.config;
         for (slot, id) in scratch.iter_mut().zip(0..=u32::MAX) {
             *slot = id;
@@ -389,16 +370,9 @@ impl Sampler {
         if config.min_p > 0.0 {
             // Probabilities relative to the best are weights relative to 1.
             let threshold = f64::from(config.min_p) * weight(candidates[0]);
-            keep = candidates[..keep]
-                .iter()
-                .take_while(|&&id| weight(id) >= threshold)
-                .count();
+            keep = candidates[..keep].iter().take_while(|&&id| weight(id) >= threshold).count();
         }
-        Ok(draw(
-            &candidates[..keep.max(1)],
-            logits,
-            self.rng.next_f64(),
-        ))
+        Ok(draw(&candidates[..keep.max(1)], logits, self.rng.next_f64()))
     }
 }
 
@@ -409,11 +383,7 @@ fn draw(kept: &[u32], weights: &[f32], u: f64) -> u32 {
     // Weights fall best first and the first is positive, so the tokens that
     // can be drawn are a prefix; never return one of weight 0 (masked, or
     // underflowed), even from the fallback below.
-    let drawable = kept
-        .iter()
-        .take_while(|&&id| weight(id) > 0.0)
-        .count()
-        .max(1);
+    let drawable = kept.iter().take_while(|&&id| weight(id) > 0.0).count().max(1);
     let kept = &kept[..drawable];
     let total: f64 = kept.iter().map(|&id| weight(id)).sum();
     let target = u * total;
@@ -437,10 +407,7 @@ fn check_lengths(n_vocab: usize, scratch_len: usize) -> Result<(), SampleError> 
         return Err(SampleError::VocabTooLarge { n_vocab });
     }
     if scratch_len < n_vocab {
-        return Err(SampleError::ScratchTooSmall {
-            needed: n_vocab,
-            available: scratch_len,
-        });
+        return Err(SampleError::ScratchTooSmall { needed: n_vocab, available: scratch_len });
     }
     Ok(())
 }
@@ -449,10 +416,7 @@ fn check_lengths(n_vocab: usize, scratch_len: usize) -> Result<(), SampleError> 
 /// since NaN was rejected; `-0.0` and `+0.0` tie, as in [`greedy`].
 fn best_first(logits: &[f32], a: u32, b: u32) -> Ordering {
     let (logit_a, logit_b) = (logits[a as usize], logits[b as usize]);
-    logit_b
-        .partial_cmp(&logit_a)
-        .unwrap_or(Ordering::Equal)
-        .then(a.cmp(&b))
+    logit_b.partial_cmp(&logit_a).unwrap_or(Ordering::Equal).then(a.cmp(&b))
 }
 
 /// Greedy decoding without a [`Sampler`]: the argmax of `logits`, lowest id
@@ -520,15 +484,7 @@ mod tests {
 
     /// Only temperature: every filter and the penalty off.
     fn plain(temperature: f32, seed: u64) -> SamplerConfig {
-        SamplerConfig {
-            temperature,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            repeat_last_n: 0,
-            seed,
-        }
+        SamplerConfig { temperature, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed }
     }
 
     fn sample_once(s: &mut Sampler, logits: &[f32], recent: &[u32]) -> Result<u32, SampleError> {
@@ -547,13 +503,8 @@ mod tests {
     }
 
     fn softmax(logits: &[f32], temperature: f64) -> Vec<f64> {
-        let max = logits
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
-        let w: Vec<f64> = logits
-            .iter()
-            .map(|&l| ((f64::from(l) - max) / temperature).exp())
-            .collect();
+        let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
+        let w: Vec<f64> = logits.iter().map(|&l| ((f64::from(l) - max) / temperature).exp()).collect();
         let total: f64 = w.iter().sum();
         w.iter().map(|x| x / total).collect()
     }
@@ -571,12 +522,7 @@ mod tests {
     }
 
     fn support(counts: &[usize]) -> Vec<usize> {
-        counts
-            .iter()
-            .enumerate()
-            .filter(|(_, &c)| c > 0)
-            .map(|(i, _)| i)
-            .collect()
+        counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, _)| i).collect()
     }
 
     /// Logits whose softmax at temperature 1 is `probs`.
@@ -593,15 +539,7 @@ mod tests {
         assert_eq!(rng.state[0], 0xE220_A839_7B1D_CDAF);
         let mut rng = Rng::new(0);
         let got: Vec<u64> = (0..4).map(|_| rng.next_u64()).collect();
-        assert_eq!(
-            got,
-            [
-                0x99EC_5F36_CB75_F2B4,
-                0xBF6E_1F78_4956_452A,
-                0x1A5F_849D_4933_E6E0,
-                0x6AA5_94F1_262D_2D2C
-            ]
-        );
+        assert_eq!(got, [0x99EC_5F36_CB75_F2B4, 0xBF6E_1F78_4956_452A, 0x1A5F_849D_4933_E6E0, 0x6AA5_94F1_262D_2D2C]);
         let mut rng = Rng::new(0x5EED);
         assert_eq!(rng.next_u64(), 0xEF33_F170_5524_4B74);
     }
@@ -625,10 +563,7 @@ mod tests {
     #[test]
     fn default_and_greedy_configs() {
         let d = SamplerConfig::default();
-        assert_eq!(
-            (d.temperature, d.top_k, d.top_p, d.min_p),
-            (0.8, 40, 0.95, 0.05)
-        );
+        assert_eq!((d.temperature, d.top_k, d.top_p, d.min_p), (0.8, 40, 0.95, 0.05));
         assert_eq!((d.repeat_penalty, d.repeat_last_n), (1.0, 64));
         assert!(!d.is_greedy());
         assert!(SamplerConfig::greedy().is_greedy());
@@ -656,10 +591,7 @@ mod tests {
         assert_eq!(sample_once(&mut s, &[-5.0, -1.0, -1.0, -3.0], &[]), Ok(1));
         assert_eq!(sample_once(&mut s, &[1.0, 4.0, 2.0, 4.0, 4.0], &[]), Ok(1));
         assert_eq!(sample_once(&mut s, &[7.0, 7.0], &[]), Ok(0));
-        assert_eq!(
-            sample_once(&mut s, &[f32::NEG_INFINITY, -1e30, 0.5], &[]),
-            Ok(2)
-        );
+        assert_eq!(sample_once(&mut s, &[f32::NEG_INFINITY, -1e30, 0.5], &[]), Ok(2));
         // -0.0 and +0.0 tie.
         assert_eq!(sample_once(&mut s, &[-1.0, -0.0, 0.0], &[]), Ok(1));
         // Negative temperature is greedy too; greedy draws no random numbers.
@@ -686,20 +618,11 @@ mod tests {
     fn top_k_one_equals_greedy() {
         let mut rng = Rng::new(99);
         let mut greedy = sampler(SamplerConfig::greedy());
-        let mut top1 = sampler(SamplerConfig {
-            temperature: 1.5,
-            top_k: 1,
-            seed: 5,
-            ..Default::default()
-        });
+        let mut top1 = sampler(SamplerConfig { temperature: 1.5, top_k: 1, seed: 5, ..Default::default() });
         for _ in 0..300 {
             // Small integer logits: ties are common, so tie-breaking is exercised.
             let logits: Vec<f32> = (0..37).map(|_| (rng.next_u64() % 6) as f32 - 3.0).collect();
-            assert_eq!(
-                sample_once(&mut top1, &logits, &[]),
-                sample_once(&mut greedy, &logits, &[]),
-                "{logits:?}"
-            );
+            assert_eq!(sample_once(&mut top1, &logits, &[]), sample_once(&mut greedy, &logits, &[]), "{logits:?}");
         }
     }
 
@@ -707,10 +630,7 @@ mod tests {
     fn top_k_restricts_support_to_k_best() {
         // Nearly flat logits, best three at ids 7, 2, 4.
         let logits = [0.0f32, 0.1, 0.8, 0.2, 0.7, 0.3, 0.4, 0.9, 0.5, 0.6];
-        let mut s = sampler(SamplerConfig {
-            top_k: 3,
-            ..plain(2.0, 1)
-        });
+        let mut s = sampler(SamplerConfig { top_k: 3, ..plain(2.0, 1) });
         let counts = counts(&mut s, &logits, &[], 3_000);
         assert_eq!(support(&counts), [2, 4, 7], "{counts:?}");
         // Within the three, frequencies follow their softmax.
@@ -722,10 +642,7 @@ mod tests {
     #[test]
     fn top_k_larger_than_vocab_keeps_everything() {
         let logits = [0.0f32, 0.0, 0.0];
-        let mut s = sampler(SamplerConfig {
-            top_k: 10,
-            ..plain(1.0, 2)
-        });
+        let mut s = sampler(SamplerConfig { top_k: 10, ..plain(1.0, 2) });
         assert_eq!(support(&counts(&mut s, &logits, &[], 300)), [0, 1, 2]);
     }
 
@@ -734,31 +651,19 @@ mod tests {
         // Probabilities 0.3, 0.05, 0.5, 0.15 at ids 0..4: best first 2, 0, 3, 1.
         let logits = logits_for(&[0.3, 0.05, 0.5, 0.15]);
         // 0.5 < 0.75 <= 0.5 + 0.3: the nucleus is {2, 0}.
-        let mut s = sampler(SamplerConfig {
-            top_p: 0.75,
-            ..plain(1.0, 8)
-        });
+        let mut s = sampler(SamplerConfig { top_p: 0.75, ..plain(1.0, 8) });
         let c = counts(&mut s, &logits, &[], 10_000);
         assert_eq!(support(&c), [0, 2], "{c:?}");
         // Renormalised: 0.5 / 0.8 = 0.625.
         let share = c[2] as f64 / 10_000.0;
         assert!((share - 0.625).abs() < 0.02, "{share}");
         // 0.8 < 0.9 <= 0.95: {2, 0, 3}.
-        let mut s = sampler(SamplerConfig {
-            top_p: 0.9,
-            ..plain(1.0, 8)
-        });
+        let mut s = sampler(SamplerConfig { top_p: 0.9, ..plain(1.0, 8) });
         assert_eq!(support(&counts(&mut s, &logits, &[], 5_000)), [0, 2, 3]);
         // Below the best token's probability, exactly one survives.
-        let mut s = sampler(SamplerConfig {
-            top_p: 0.1,
-            ..plain(1.0, 8)
-        });
+        let mut s = sampler(SamplerConfig { top_p: 0.1, ..plain(1.0, 8) });
         assert_eq!(support(&counts(&mut s, &logits, &[], 500)), [2]);
-        let mut s = sampler(SamplerConfig {
-            top_p: 0.0,
-            ..plain(1.0, 8)
-        });
+        let mut s = sampler(SamplerConfig { top_p: 0.0, ..plain(1.0, 8) });
         assert_eq!(support(&counts(&mut s, &logits, &[], 500)), [2]);
     }
 
@@ -766,19 +671,13 @@ mod tests {
     fn min_p_drops_unlikely_tokens() {
         let logits = logits_for(&[0.3, 0.05, 0.5, 0.15]);
         // Threshold 0.2 * 0.5 = 0.1 drops id 1 (0.05) only.
-        let mut s = sampler(SamplerConfig {
-            min_p: 0.2,
-            ..plain(1.0, 4)
-        });
+        let mut s = sampler(SamplerConfig { min_p: 0.2, ..plain(1.0, 4) });
         let c = counts(&mut s, &logits, &[], 10_000);
         assert_eq!(support(&c), [0, 2, 3], "{c:?}");
         let share = c[2] as f64 / 10_000.0;
         assert!((share - 0.5 / 0.95).abs() < 0.02, "{share}");
         // Threshold 0.5 * 0.5 = 0.25 keeps ids 2 and 0.
-        let mut s = sampler(SamplerConfig {
-            min_p: 0.5,
-            ..plain(1.0, 4)
-        });
+        let mut s = sampler(SamplerConfig { min_p: 0.5, ..plain(1.0, 4) });
         assert_eq!(support(&counts(&mut s, &logits, &[], 5_000)), [0, 2]);
         // Without min-p every token appears.
         let mut s = sampler(plain(1.0, 4));
@@ -788,66 +687,31 @@ mod tests {
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
         let greedy_with = |penalty: f32, last_n: usize| {
-            sampler(SamplerConfig {
-                repeat_penalty: penalty,
-                repeat_last_n: last_n,
-                ..SamplerConfig::greedy()
-            })
+            sampler(SamplerConfig { repeat_penalty: penalty, repeat_last_n: last_n, ..SamplerConfig::greedy() })
         };
         // Positive: 2.0 / 2 = 1.0 < 1.5.
-        assert_eq!(
-            sample_once(&mut greedy_with(1.0, 64), &[2.0, 1.5], &[0]),
-            Ok(0)
-        );
-        assert_eq!(
-            sample_once(&mut greedy_with(2.0, 64), &[2.0, 1.5], &[0]),
-            Ok(1)
-        );
+        assert_eq!(sample_once(&mut greedy_with(1.0, 64), &[2.0, 1.5], &[0]), Ok(0));
+        assert_eq!(sample_once(&mut greedy_with(2.0, 64), &[2.0, 1.5], &[0]), Ok(1));
         // Negative: -1.0 * 2 = -2.0 < -1.5.
-        assert_eq!(
-            sample_once(&mut greedy_with(1.0, 64), &[-1.0, -1.5], &[0]),
-            Ok(0)
-        );
-        assert_eq!(
-            sample_once(&mut greedy_with(2.0, 64), &[-1.0, -1.5], &[0]),
-            Ok(1)
-        );
+        assert_eq!(sample_once(&mut greedy_with(1.0, 64), &[-1.0, -1.5], &[0]), Ok(0));
+        assert_eq!(sample_once(&mut greedy_with(2.0, 64), &[-1.0, -1.5], &[0]), Ok(1));
         // Each distinct id once: 2.0 / 2 = 1.0 > 0.9 (three times would be 0.25).
-        assert_eq!(
-            sample_once(&mut greedy_with(2.0, 64), &[2.0, 0.9], &[0, 0, 0]),
-            Ok(0)
-        );
+        assert_eq!(sample_once(&mut greedy_with(2.0, 64), &[2.0, 0.9], &[0, 0, 0]), Ok(0));
         // Only the last repeat_last_n ids count: id 0 is outside the window.
-        assert_eq!(
-            sample_once(&mut greedy_with(2.0, 2), &[2.0, 1.5, 0.0], &[0, 2, 2]),
-            Ok(0)
-        );
-        assert_eq!(
-            sample_once(&mut greedy_with(2.0, 3), &[2.0, 1.5, 0.0], &[0, 2, 2]),
-            Ok(1)
-        );
+        assert_eq!(sample_once(&mut greedy_with(2.0, 2), &[2.0, 1.5, 0.0], &[0, 2, 2]), Ok(0));
+        assert_eq!(sample_once(&mut greedy_with(2.0, 3), &[2.0, 1.5, 0.0], &[0, 2, 2]), Ok(1));
         // repeat_last_n 0 disables the penalty.
-        assert_eq!(
-            sample_once(&mut greedy_with(2.0, 0), &[2.0, 1.5], &[0]),
-            Ok(0)
-        );
+        assert_eq!(sample_once(&mut greedy_with(2.0, 0), &[2.0, 1.5], &[0]), Ok(0));
     }
 
     #[test]
     fn repetition_penalty_lowers_sampled_frequency() {
-        let config = SamplerConfig {
-            repeat_penalty: 1.5,
-            repeat_last_n: 8,
-            ..plain(1.0, 21)
-        };
+        let config = SamplerConfig { repeat_penalty: 1.5, repeat_last_n: 8, ..plain(1.0, 21) };
         // Positive logits: token 0 drops from 1/2 to 1 / (1 + e^(1/3)) ~ 0.417.
         let mut s = sampler(config);
         let c = counts(&mut s, &[1.0, 1.0], &[0], 10_000);
         let share = c[0] as f64 / 10_000.0;
-        assert!(
-            (share - 1.0 / (1.0 + (1.0f64 / 3.0).exp())).abs() < 0.02,
-            "{share}"
-        );
+        assert!((share - 1.0 / (1.0 + (1.0f64 / 3.0).exp())).abs() < 0.02, "{share}");
         // Negative logits: token 0 drops from 1/2 to 1 / (1 + e^0.5) ~ 0.378.
         let mut s = sampler(config);
         let c = counts(&mut s, &[-1.0, -1.0], &[0], 10_000);
@@ -863,10 +727,7 @@ mod tests {
         assert_eq!(support(&counts(&mut s, &logits, &[], 2_000)), [1, 3]);
         // Underflowing weights are not drawn either.
         let mut s = sampler(plain(0.01, 11));
-        assert_eq!(
-            support(&counts(&mut s, &[0.0, -10.0, 0.0], &[], 2_000)),
-            [0, 2]
-        );
+        assert_eq!(support(&counts(&mut s, &[0.0, -10.0, 0.0], &[], 2_000)), [0, 2]);
     }
 
     #[test]
@@ -885,16 +746,9 @@ mod tests {
     #[test]
     fn same_seed_same_sequence_different_seed_different_sequence() {
         let mut rng = Rng::new(1);
-        let rows: Vec<Vec<f32>> = (0..200)
-            .map(|_| (0..64).map(|_| rng.next_f32() * 8.0 - 4.0).collect())
-            .collect();
+        let rows: Vec<Vec<f32>> = (0..200).map(|_| (0..64).map(|_| rng.next_f32() * 8.0 - 4.0).collect()).collect();
         let run = |seed: u64| -> Vec<u32> {
-            let mut s = sampler(SamplerConfig {
-                seed,
-                top_k: 20,
-                top_p: 0.9,
-                ..Default::default()
-            });
+            let mut s = sampler(SamplerConfig { seed, top_k: 20, top_p: 0.9, ..Default::default() });
             let mut history = Vec::new();
             for row in &rows {
                 let id = sample_once(&mut s, row, &history).unwrap();
@@ -913,21 +767,10 @@ mod tests {
         assert!(distinct.len() > 20, "{}", distinct.len());
 
         // Reseeding restarts the stream.
-        let mut s = sampler(SamplerConfig {
-            seed: 42,
-            ..Default::default()
-        });
-        let first: Vec<u32> = rows
-            .iter()
-            .take(10)
-            .map(|r| sample_once(&mut s, r, &[]).unwrap())
-            .collect();
+        let mut s = sampler(SamplerConfig { seed: 42, ..Default::default() });
+        let first: Vec<u32> = rows.iter().take(10).map(|r| sample_once(&mut s, r, &[]).unwrap()).collect();
         s.reseed(42);
-        let again: Vec<u32> = rows
-            .iter()
-            .take(10)
-            .map(|r| sample_once(&mut s, r, &[]).unwrap())
-            .collect();
+        let again: Vec<u32> = rows.iter().take(10).map(|r| sample_once(&mut s, r, &[]).unwrap()).collect();
         assert_eq!(first, again);
     }
 
@@ -935,62 +778,31 @@ mod tests {
     fn errors_are_values() {
         let mut s = sampler(SamplerConfig::default());
         let mut scratch = [0u32; 4];
-        assert_eq!(
-            s.sample(&mut [], &[], &mut scratch),
-            Err(SampleError::EmptyLogits)
-        );
+        assert_eq!(s.sample(&mut [], &[], &mut scratch), Err(SampleError::EmptyLogits));
         assert_eq!(
             s.sample(&mut [0.0; 5], &[], &mut scratch),
-            Err(SampleError::ScratchTooSmall {
-                needed: 5,
-                available: 4
-            })
+            Err(SampleError::ScratchTooSmall { needed: 5, available: 4 })
         );
-        assert_eq!(
-            s.sample(&mut [0.0, 1.0, f32::NAN], &[], &mut scratch),
-            Err(SampleError::InvalidLogit { index: 2 })
-        );
-        assert_eq!(
-            s.sample(&mut [f32::INFINITY, 1.0], &[], &mut scratch),
-            Err(SampleError::InvalidLogit { index: 0 })
-        );
+        assert_eq!(s.sample(&mut [0.0, 1.0, f32::NAN], &[], &mut scratch), Err(SampleError::InvalidLogit { index: 2 }));
+        assert_eq!(s.sample(&mut [f32::INFINITY, 1.0], &[], &mut scratch), Err(SampleError::InvalidLogit { index: 0 }));
         let masked = [f32::NEG_INFINITY; 3];
-        assert_eq!(
-            s.sample(&mut masked.clone(), &[], &mut scratch),
-            Err(SampleError::AllMasked)
-        );
+        assert_eq!(s.sample(&mut masked.clone(), &[], &mut scratch), Err(SampleError::AllMasked));
         let mut g = sampler(SamplerConfig::greedy());
-        assert_eq!(
-            g.sample(&mut masked.clone(), &[], &mut scratch),
-            Err(SampleError::AllMasked)
-        );
+        assert_eq!(g.sample(&mut masked.clone(), &[], &mut scratch), Err(SampleError::AllMasked));
         assert_eq!(
             s.sample(&mut [0.0, 1.0], &[1, 2], &mut scratch),
             Err(SampleError::TokenOutOfRange { id: 2, n_vocab: 2 })
         );
         // Errors leave the logits untouched.
-        let penalised = sampler(SamplerConfig {
-            repeat_penalty: 2.0,
-            ..SamplerConfig::default()
-        });
+        let penalised = sampler(SamplerConfig { repeat_penalty: 2.0, ..SamplerConfig::default() });
         let mut row = [4.0f32, 1.0, f32::NAN];
-        assert!(penalised
-            .clone()
-            .sample(&mut row, &[0], &mut scratch)
-            .is_err());
+        assert!(penalised.clone().sample(&mut row, &[0], &mut scratch).is_err());
         assert_eq!(row[..2], [4.0, 1.0]);
         // Out-of-range ids outside the window are not looked at.
-        assert!(sampler(SamplerConfig {
-            repeat_last_n: 1,
-            ..SamplerConfig::default()
-        })
-        .sample(&mut [0.0, 1.0], &[9, 1], &mut scratch)
-        .is_ok());
-        for e in [
-            SampleError::EmptyLogits,
-            SampleError::AllMasked,
-            SampleError::InvalidLogit { index: 3 },
-        ] {
+        assert!(sampler(SamplerConfig { repeat_last_n: 1, ..SamplerConfig::default() })
+            .sample(&mut [0.0, 1.0], &[9, 1], &mut scratch)
+            .is_ok());
+        for e in [SampleError::EmptyLogits, SampleError::AllMasked, SampleError::InvalidLogit { index: 3 }] {
             assert!(!std::format!("{e}").is_empty());
         }
     }
@@ -1000,71 +812,32 @@ mod tests {
     fn vocab_beyond_u32_ids_is_rejected() {
         // Checked on the lengths alone: 2^32 + 1 logits cannot be allocated here.
         let n_vocab = (1usize << 32) + 1;
-        assert_eq!(
-            check_lengths(n_vocab, n_vocab),
-            Err(SampleError::VocabTooLarge { n_vocab })
-        );
+        assert_eq!(check_lengths(n_vocab, n_vocab), Err(SampleError::VocabTooLarge { n_vocab }));
         assert_eq!(check_lengths(1 << 32, 1 << 32), Ok(()));
     }
 
     #[test]
     fn invalid_configs_are_rejected() {
         let bad = [
-            SamplerConfig {
-                temperature: f32::NAN,
-                ..Default::default()
-            },
-            SamplerConfig {
-                temperature: f32::INFINITY,
-                ..Default::default()
-            },
-            SamplerConfig {
-                top_p: 1.5,
-                ..Default::default()
-            },
-            SamplerConfig {
-                top_p: -0.1,
-                ..Default::default()
-            },
-            SamplerConfig {
-                top_p: f32::NAN,
-                ..Default::default()
-            },
-            SamplerConfig {
-                min_p: 2.0,
-                ..Default::default()
-            },
-            SamplerConfig {
-                min_p: f32::NAN,
-                ..Default::default()
-            },
-            SamplerConfig {
-                repeat_penalty: 0.0,
-                ..Default::default()
-            },
-            SamplerConfig {
-                repeat_penalty: -1.0,
-                ..Default::default()
-            },
-            SamplerConfig {
-                repeat_penalty: f32::INFINITY,
-                ..Default::default()
-            },
+            SamplerConfig { temperature: f32::NAN, ..Default::default() },
+            SamplerConfig { temperature: f32::INFINITY, ..Default::default() },
+            SamplerConfig { top_p: 1.5, ..Default::default() },
+            SamplerConfig { top_p: -0.1, ..Default::default() },
+            SamplerConfig { top_p: f32::NAN, ..Default::default() },
+            SamplerConfig { min_p: 2.0, ..Default::default() },
+            SamplerConfig { min_p: f32::NAN, ..Default::default() },
+            SamplerConfig { repeat_penalty: 0.0, ..Default::default() },
+            SamplerConfig { repeat_penalty: -1.0, ..Default::default() },
+            SamplerConfig { repeat_penalty: f32::INFINITY, ..Default::default() },
         ];
         for config in bad {
-            assert!(
-                matches!(Sampler::new(config), Err(SampleError::InvalidConfig { .. })),
-                "{config:?} accepted"
-            );
+            assert!(matches!(Sampler::new(config), Err(SampleError::InvalidConfig { .. })), "{config:?} accepted");
         }
     }
 
     #[test]
     fn penalty_below_one_cannot_overflow_to_infinity() {
-        let mut s = sampler(SamplerConfig {
-            repeat_penalty: 0.5,
-            ..plain(1.0, 0)
-        });
+        let mut s = sampler(SamplerConfig { repeat_penalty: 0.5, ..plain(1.0, 0) });
         let mut row = [f32::MAX, 0.0];
         let mut scratch = [0u32; 2];
         assert_eq!(s.sample(&mut row, &[0], &mut scratch), Ok(0));

@@ -145,10 +145,19 @@ impl Plan {
         let kv_bytes = kv_part_bytes(cfg.kv, slots, kv_dim, m.n_kv_heads as usize)?;
         let f = |n: usize| ov(n.checked_mul(4).and_then(padded));
         // x, xn (both [b, d]), q and att ([b, q_dim]), k and v ([b, kv_dim]), gate and up ([b, ffn]).
-        let activations = [f(layout.x)?, f(layout.x)?, f(layout.q)?, f(layout.q)?, f(layout.kv)?, f(layout.kv)?, f(layout.ffn)?, f(layout.ffn)?]
-            .iter()
-            .try_fold(0usize, |a, &v| a.checked_add(v))
-            .ok_or(Error::Overflow)?;
+        let activations = [
+            f(layout.x)?,
+            f(layout.x)?,
+            f(layout.q)?,
+            f(layout.q)?,
+            f(layout.kv)?,
+            f(layout.kv)?,
+            f(layout.ffn)?,
+            f(layout.ffn)?,
+        ]
+        .iter()
+        .try_fold(0usize, |a, &v| a.checked_add(v))
+        .ok_or(Error::Overflow)?;
         let scratch = [f(layout.scores)?, f(layout.rows)?, f(layout.logits)?, f(layout.inv_freq)?, f(layout.head)?]
             .iter()
             .try_fold(0usize, |a, &v| a.checked_add(v))
@@ -173,7 +182,11 @@ impl Plan {
 
     /// Sinks in effect (0 without streaming).
     fn sinks(&self) -> usize {
-        if self.cfg.streaming { self.cfg.sinks } else { 0 }
+        if self.cfg.streaming {
+            self.cfg.sinks
+        } else {
+            0
+        }
     }
 
     /// The cache slot of the token at absolute position `abs`: sinks keep
@@ -181,7 +194,11 @@ impl Plan {
     /// (Without streaming `abs < max_ctx`, so the slot is `abs`.)
     fn slot(&self, abs: usize) -> usize {
         let sinks = self.sinks();
-        if abs < sinks { abs } else { sinks + (abs - sinks) % (self.cfg.max_ctx - sinks) }
+        if abs < sinks {
+            abs
+        } else {
+            sinks + (abs - sinks) % (self.cfg.max_ctx - sinks)
+        }
     }
 
     /// The keys a query at absolute position `abs` attends to.
@@ -199,11 +216,7 @@ impl Plan {
             return KeySet { sinks: 0..0, main: lowest..abs + 1, cache_pos: abs };
         }
         let ring = max_ctx - sinks;
-        KeySet {
-            sinks: lowest.min(sinks)..sinks,
-            main: (abs + 1 - ring).max(lowest)..abs + 1,
-            cache_pos: max_ctx - 1,
-        }
+        KeySet { sinks: lowest.min(sinks)..sinks, main: (abs + 1 - ring).max(lowest)..abs + 1, cache_pos: max_ctx - 1 }
     }
 }
 
@@ -424,7 +437,10 @@ impl<'m, 'a> Session<'m, 'a> {
         if h.model_crc != self.model.file().header().meta_crc {
             return bad("saved from a different model file");
         }
-        if h.kv != self.plan.cfg.kv.code() || h.max_ctx != self.plan.cfg.max_ctx as u64 || h.sinks != self.plan.sinks() as u64 {
+        if h.kv != self.plan.cfg.kv.code()
+            || h.max_ctx != self.plan.cfg.max_ctx as u64
+            || h.sinks != self.plan.sinks() as u64
+        {
             return bad("saved with different KV cache settings (type, max_ctx or sinks)");
         }
         let Ok(pos) = usize::try_from(h.pos) else { return bad("position out of range") };
@@ -535,7 +551,17 @@ impl<'m, 'a> Session<'m, 'a> {
             let src = (first + t) * d;
             k::rmsnorm(&self.x[src..src + d], norm, c.norm_eps, &mut self.xn[t * d..(t + 1) * d]);
         }
-        parallel::matmul(self.plan.cfg.threads, &out, self.xn, d, n, self.logits, out.rows, self.row, self.plan.layout.row);
+        parallel::matmul(
+            self.plan.cfg.threads,
+            &out,
+            self.xn,
+            d,
+            n,
+            self.logits,
+            out.rows,
+            self.row,
+            self.plan.layout.row,
+        );
         Ok(())
     }
 
@@ -652,7 +678,17 @@ impl<'m, 'a> Session<'m, 'a> {
                 self.kv.write(row, &self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim], shape);
             }
             let wo = m.matrix(role(LayerRole::AttnO))?;
-            parallel::matmul(self.plan.cfg.threads, &wo, self.att, q_dim, n, self.xn, d, self.row, self.plan.layout.row);
+            parallel::matmul(
+                self.plan.cfg.threads,
+                &wo,
+                self.att,
+                q_dim,
+                n,
+                self.xn,
+                d,
+                self.row,
+                self.plan.layout.row,
+            );
             add(&mut self.x[..n * d], &self.xn[..n * d]);
 
             let ffn_norm = m.vector(role(LayerRole::FfnNorm))?;
@@ -678,4 +714,3 @@ fn add(dst: &mut [f32], src: &[f32]) {
         *o += s;
     }
 }
-

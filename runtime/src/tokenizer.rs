@@ -82,10 +82,7 @@ impl fmt::Display for TokenizerError {
                 write!(f, "tokenizer output buffer too small ({capacity} slots)")
             }
             Self::BadToken { id, n_tokens } => {
-                write!(
-                    f,
-                    "token id {id} is not in the vocabulary of {n_tokens} tokens"
-                )
+                write!(f, "token id {id} is not in the vocabulary of {n_tokens} tokens")
             }
             Self::Unsupported { what } => write!(f, "unsupported tokenizer: {what}"),
         }
@@ -106,19 +103,13 @@ impl<'a> Tokenizer<'a> {
     /// implement: SentencePiece tokenizers, byte fallback, a prefix space.
     pub fn new(view: TokenizerView<'a>) -> Result<Self, TokenizerError> {
         if view.kind() != TokenizerKind::ByteLevelBpe {
-            return Err(TokenizerError::Unsupported {
-                what: "SentencePiece tokenizers",
-            });
+            return Err(TokenizerError::Unsupported { what: "SentencePiece tokenizers" });
         }
         if view.byte_fallback() {
-            return Err(TokenizerError::Unsupported {
-                what: "byte fallback",
-            });
+            return Err(TokenizerError::Unsupported { what: "byte fallback" });
         }
         if view.add_prefix_space() {
-            return Err(TokenizerError::Unsupported {
-                what: "add_prefix_space",
-            });
+            return Err(TokenizerError::Unsupported { what: "add_prefix_space" });
         }
         Ok(Self { view })
     }
@@ -168,12 +159,7 @@ impl<'a> Tokenizer<'a> {
         self.encode_inner(text, out, false)
     }
 
-    fn encode_inner(
-        &self,
-        text: &str,
-        out: &mut [u32],
-        specials: bool,
-    ) -> Result<usize, TokenizerError> {
+    fn encode_inner(&self, text: &str, out: &mut [u32], specials: bool) -> Result<usize, TokenizerError> {
         let bytes = text.as_bytes();
         let first_bytes = self.added_first_bytes(specials);
         let mut n = 0;
@@ -199,10 +185,7 @@ impl<'a> Tokenizer<'a> {
     /// incomplete UTF-8 character: see [`Utf8Stream`]), the text of an added
     /// token.
     pub fn token_bytes(&self, id: u32) -> Result<&'a [u8], TokenizerError> {
-        self.view.token_bytes(id).ok_or(TokenizerError::BadToken {
-            id,
-            n_tokens: self.view.n_tokens(),
-        })
+        self.view.token_bytes(id).ok_or(TokenizerError::BadToken { id, n_tokens: self.view.n_tokens() })
     }
 
     /// Whether `id` is a special (control) token such as `<|im_end|>`, the
@@ -224,33 +207,19 @@ impl<'a> Tokenizer<'a> {
 
     /// As [`Tokenizer::decode`] but leaves special tokens out, as HF's
     /// `decode(ids, skip_special_tokens=True)`.
-    pub fn decode_skip_special(
-        &self,
-        ids: &[u32],
-        out: &mut [u8],
-    ) -> Result<usize, TokenizerError> {
+    pub fn decode_skip_special(&self, ids: &[u32], out: &mut [u8]) -> Result<usize, TokenizerError> {
         self.decode_inner(ids, out, true)
     }
 
-    fn decode_inner(
-        &self,
-        ids: &[u32],
-        out: &mut [u8],
-        skip_special: bool,
-    ) -> Result<usize, TokenizerError> {
-        let too_small = TokenizerError::BufferTooSmall {
-            capacity: out.len(),
-        };
+    fn decode_inner(&self, ids: &[u32], out: &mut [u8], skip_special: bool) -> Result<usize, TokenizerError> {
+        let too_small = TokenizerError::BufferTooSmall { capacity: out.len() };
         let mut n = 0usize;
         for &id in ids {
             let bytes = self.token_bytes(id)?;
             if skip_special && self.is_special(id) {
                 continue;
             }
-            let dst = n
-                .checked_add(bytes.len())
-                .and_then(|end| out.get_mut(n..end))
-                .ok_or(too_small)?;
+            let dst = n.checked_add(bytes.len()).and_then(|end| out.get_mut(n..end)).ok_or(too_small)?;
             dst.copy_from_slice(bytes);
             n += bytes.len();
         }
@@ -305,12 +274,7 @@ impl<'a> Tokenizer<'a> {
 
     /// Pre-tokenizes `text` (no added tokens in it) and appends each chunk's
     /// BPE tokens at `out[*n..]`.
-    fn encode_text_into(
-        &self,
-        text: &str,
-        out: &mut [u32],
-        n: &mut usize,
-    ) -> Result<(), TokenizerError> {
+    fn encode_text_into(&self, text: &str, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
         match self.view.pretokenizer() {
             PreTokenizer::None => self.encode_chunk(text.as_bytes(), out, n),
             PreTokenizer::Gpt2 => {
@@ -331,18 +295,11 @@ impl<'a> Tokenizer<'a> {
     }
 
     /// BPE of one pre-tokenized chunk, appended at `out[*n..]`.
-    fn encode_chunk(
-        &self,
-        chunk: &[u8],
-        out: &mut [u32],
-        n: &mut usize,
-    ) -> Result<(), TokenizerError> {
+    fn encode_chunk(&self, chunk: &[u8], out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
         if chunk.is_empty() {
             return Ok(());
         }
-        let too_small = TokenizerError::BufferTooSmall {
-            capacity: out.len(),
-        };
+        let too_small = TokenizerError::BufferTooSmall { capacity: out.len() };
         let free = out.get_mut(*n..).ok_or(too_small)?;
         if free.len() >= chunk.len() {
             // In place; the pair ranks live past the chunk when there is
@@ -390,9 +347,7 @@ impl<'a> Tokenizer<'a> {
 
     /// Rank of merging `left` then `right`, or [`NO_MERGE`].
     fn rank(&self, left: u32, right: u32) -> u32 {
-        self.view
-            .merge(left, right)
-            .map_or(NO_MERGE, |(rank, _)| rank)
+        self.view.merge(left, right).map_or(NO_MERGE, |(rank, _)| rank)
     }
 
     /// Merges `tokens` in place: the adjacent pair with the lowest rank
@@ -475,9 +430,7 @@ fn lowest(ranks: &[u32]) -> (usize, u32) {
 /// Appends `id` at `out[*n]`.
 fn push(out: &mut [u32], n: &mut usize, id: u32) -> Result<(), TokenizerError> {
     let capacity = out.len();
-    let slot = out
-        .get_mut(*n)
-        .ok_or(TokenizerError::BufferTooSmall { capacity })?;
+    let slot = out.get_mut(*n).ok_or(TokenizerError::BufferTooSmall { capacity })?;
     *slot = id;
     *n += 1;
     Ok(())
@@ -534,19 +487,16 @@ fn char_class(c: char) -> CharClass {
         | GeneralCategory::TitlecaseLetter
         | GeneralCategory::ModifierLetter
         | GeneralCategory::OtherLetter => CharClass::Letter,
-        GeneralCategory::DecimalNumber
-        | GeneralCategory::LetterNumber
-        | GeneralCategory::OtherNumber => CharClass::Number,
+        GeneralCategory::DecimalNumber | GeneralCategory::LetterNumber | GeneralCategory::OtherNumber => {
+            CharClass::Number
+        }
         _ => CharClass::Other,
     }
 }
 
 /// Byte length of the run of characters of class `class` at the start of `s`.
 fn run_len(s: &str, class: CharClass) -> usize {
-    s.chars()
-        .take_while(|&c| char_class(c) == class)
-        .map(char::len_utf8)
-        .sum()
+    s.chars().take_while(|&c| char_class(c) == class).map(char::len_utf8).sum()
 }
 
 /// GPT-2's contractions, in the regex's order (case-sensitive: `'S` is not one).
@@ -569,11 +519,7 @@ fn gpt2_match_len(s: &str) -> usize {
     }
     // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`: one optional space, then a
     // run of one class.
-    let (prefix, body) = if first == ' ' {
-        (1, s.get(1..).unwrap_or_default())
-    } else {
-        (0, s)
-    };
+    let (prefix, body) = if first == ' ' { (1, s.get(1..).unwrap_or_default()) } else { (0, s) };
     if let Some(c) = body.chars().next() {
         let class = char_class(c);
         if class != CharClass::Space {
@@ -587,10 +533,7 @@ fn gpt2_match_len(s: &str) -> usize {
     if run == s.len() {
         return run;
     }
-    let last = s
-        .get(..run)
-        .and_then(|r| r.chars().next_back())
-        .map_or(0, char::len_utf8);
+    let last = s.get(..run).and_then(|r| r.chars().next_back()).map_or(0, char::len_utf8);
     if run > last {
         run - last
     } else {
@@ -641,11 +584,7 @@ impl<'t> Iterator for DigitPieces<'t> {
         let len = if first.is_numeric() {
             first.len_utf8()
         } else {
-            self.rest
-                .chars()
-                .take_while(|c| !c.is_numeric())
-                .map(char::len_utf8)
-                .sum()
+            self.rest.chars().take_while(|c| !c.is_numeric()).map(char::len_utf8).sum()
         };
         let (piece, rest) = self.rest.split_at_checked(len)?;
         self.rest = rest;
@@ -677,10 +616,7 @@ pub struct Utf8Stream {
 impl Utf8Stream {
     /// An empty stream.
     pub const fn new() -> Self {
-        Self {
-            carry: [0; 4],
-            len: 0,
-        }
+        Self { carry: [0; 4], len: 0 }
     }
 
     /// Bytes of an unfinished character held back so far (0 to 3).
@@ -775,13 +711,8 @@ mod tests {
     /// 256 "ab", 257 "abc", 258 "aa" (merged in that order), 259 `<|end|>`
     /// (special) and 260 `<|end|>x` (added).
     fn builder() -> TokenizerBuilder {
-        let mut tokens: Vec<TokenEntry> = (0..=255u8)
-            .map(|b| TokenEntry {
-                bytes: vec![b],
-                ty: TokenType::Normal,
-                score: 0.0,
-            })
-            .collect();
+        let mut tokens: Vec<TokenEntry> =
+            (0..=255u8).map(|b| TokenEntry { bytes: vec![b], ty: TokenType::Normal, score: 0.0 }).collect();
         for (bytes, ty) in [
             (&b"ab"[..], TokenType::Normal),
             (b"abc", TokenType::Normal),
@@ -789,11 +720,7 @@ mod tests {
             (b"<|end|>", TokenType::Special),
             (b"<|end|>x", TokenType::Added),
         ] {
-            tokens.push(TokenEntry {
-                bytes: bytes.to_vec(),
-                ty,
-                score: 0.0,
-            });
+            tokens.push(TokenEntry { bytes: bytes.to_vec(), ty, score: 0.0 });
         }
         let mut byte_tokens = [0u32; 256];
         for (b, t) in byte_tokens.iter_mut().enumerate() {
@@ -803,11 +730,7 @@ mod tests {
             kind: TokenizerKind::ByteLevelBpe,
             pretokenizer: PreTokenizer::Gpt2Digits,
             tokens,
-            merges: vec![
-                (b'a' as u32, b'b' as u32),
-                (256, b'c' as u32),
-                (b'a' as u32, b'a' as u32),
-            ],
+            merges: vec![(b'a' as u32, b'b' as u32), (256, b'c' as u32), (b'a' as u32, b'a' as u32)],
             byte_tokens,
             specials: vec![259, 260],
             chat_template: None,
@@ -845,10 +768,7 @@ mod tests {
             assert_eq!(encode(&t, ""), [] as [u32; 0]);
             // Longest added token wins; added tokens split words.
             assert_eq!(encode(&t, "ab<|end|>xab<|end|>"), [256, 260, 256, 259]);
-            assert_eq!(
-                encode(&t, "<|end"),
-                [b'<' as u32, b'|' as u32, 101, 110, 100]
-            );
+            assert_eq!(encode(&t, "<|end"), [b'<' as u32, b'|' as u32, 101, 110, 100]);
             // Specials as text; added (non-special) tokens still matched.
             let mut out = [0u32; 16];
             let n = t.encode_ordinary("<|end|>", &mut out).unwrap();
@@ -862,10 +782,7 @@ mod tests {
     fn buffer_too_small() {
         with_tokenizer(|t| {
             let mut out = [0u32; 2];
-            assert_eq!(
-                t.encode("ab ab ab", &mut out),
-                Err(TokenizerError::BufferTooSmall { capacity: 2 })
-            );
+            assert_eq!(t.encode("ab ab ab", &mut out), Err(TokenizerError::BufferTooSmall { capacity: 2 }));
             assert_eq!(
                 t.encode("<|end|><|end|><|end|>", &mut out),
                 Err(TokenizerError::BufferTooSmall { capacity: 2 })
@@ -875,31 +792,16 @@ mod tests {
             assert_eq!(t.encode("abc", &mut one), Ok(1));
             assert_eq!(one, [257]);
             let mut none: [u32; 0] = [];
-            assert_eq!(
-                t.encode("a", &mut none),
-                Err(TokenizerError::BufferTooSmall { capacity: 0 })
-            );
+            assert_eq!(t.encode("a", &mut none), Err(TokenizerError::BufferTooSmall { capacity: 0 }));
             assert_eq!(t.encode("", &mut none), Ok(0));
             // A chunk longer than the stack scratch needs its bytes' room.
             let long = "x".repeat(STACK_TOKENS + 1);
             let mut short = vec![0u32; STACK_TOKENS];
-            assert!(matches!(
-                t.encode(&long, &mut short),
-                Err(TokenizerError::BufferTooSmall { .. })
-            ));
+            assert!(matches!(t.encode(&long, &mut short), Err(TokenizerError::BufferTooSmall { .. })));
 
             let mut bytes = [0u8; 4];
-            assert_eq!(
-                t.decode(&[257, 256], &mut bytes),
-                Err(TokenizerError::BufferTooSmall { capacity: 4 })
-            );
-            assert_eq!(
-                t.decode(&[257, 261], &mut bytes),
-                Err(TokenizerError::BadToken {
-                    id: 261,
-                    n_tokens: 261
-                })
-            );
+            assert_eq!(t.decode(&[257, 256], &mut bytes), Err(TokenizerError::BufferTooSmall { capacity: 4 }));
+            assert_eq!(t.decode(&[257, 261], &mut bytes), Err(TokenizerError::BadToken { id: 261, n_tokens: 261 }));
             assert_eq!(t.decode(&[257], &mut bytes), Ok(3));
             let mut buf = [0u8; 16];
             let n = t.decode(&[256, 259, 256], &mut buf).unwrap();
@@ -913,12 +815,7 @@ mod tests {
     fn merge_paths_agree() {
         // Cached ranks in the tail, on the stack, and recomputed: same result.
         with_tokenizer(|t| {
-            for text in [
-                "aaaaabcabcaab",
-                "aabcaaaabaaaaaaab",
-                &"ab".repeat(50),
-                &"a".repeat(101),
-            ] {
+            for text in ["aaaaabcabcaab", "aabcaaaabaaaaaaab", &"ab".repeat(50), &"a".repeat(101)] {
                 let expected = encode(&t, text);
                 let mut tokens: Vec<u32> = text.bytes().map(u32::from).collect();
                 let n = t.merge_all(&mut tokens, &mut []);
@@ -936,21 +833,12 @@ mod tests {
             Gpt2Chunks::new(s).collect()
         }
         assert_eq!(chunks("Hello world"), ["Hello", " world"]);
-        assert_eq!(
-            chunks("it's I'M we'll"),
-            ["it", "'s", " I", "'", "M", " we", "'ll"]
-        );
-        assert_eq!(
-            chunks("a   b\t\tc  "),
-            ["a", "  ", " b", "\t", "\t", "c", "  "]
-        );
+        assert_eq!(chunks("it's I'M we'll"), ["it", "'s", " I", "'", "M", " we", "'ll"]);
+        assert_eq!(chunks("a   b\t\tc  "), ["a", "  ", " b", "\t", "\t", "c", "  "]);
         assert_eq!(chunks("x \n\ny"), ["x", " \n", "\n", "y"]);
         assert_eq!(chunks(" 42!? é"), [" 42", "!?", " é"]);
         assert_eq!(chunks("'''s"), ["'''", "s"]);
-        assert_eq!(
-            chunks("\u{3000}\u{3000}日本"),
-            ["\u{3000}", "\u{3000}", "日本"]
-        );
+        assert_eq!(chunks("\u{3000}\u{3000}日本"), ["\u{3000}", "\u{3000}", "日本"]);
         fn digits(s: &str) -> Vec<&str> {
             DigitPieces::new(s).collect()
         }
@@ -1033,18 +921,8 @@ mod tests {
         b.add_prefix_space = true;
         let bytes = AlignedBytes::new(&b.to_bytes().unwrap());
         let view = TokenizerView::parse(&bytes, 261).unwrap();
-        assert_eq!(
-            Tokenizer::new(view).err(),
-            Some(TokenizerError::Unsupported {
-                what: "add_prefix_space"
-            })
-        );
-        let msg = format!(
-            "{}",
-            TokenizerError::Unsupported {
-                what: "byte fallback"
-            }
-        );
+        assert_eq!(Tokenizer::new(view).err(), Some(TokenizerError::Unsupported { what: "add_prefix_space" }));
+        let msg = format!("{}", TokenizerError::Unsupported { what: "byte fallback" });
         assert!(msg.contains("byte fallback"));
     }
 }

@@ -52,7 +52,8 @@ fn out_of_range_token_ids_are_refused_in_prefill_and_step() {
     with_session(&bytes, cfg, |s| {
         for bad in [VOCAB, VOCAB + 1, u32::MAX] {
             // Anywhere in the prompt, even after valid ids.
-            for prompt in [vec![bad], vec![1, 2, bad], vec![bad, 1, 2], vec![1; 20].into_iter().chain([bad]).collect()] {
+            for prompt in [vec![bad], vec![1, 2, bad], vec![bad, 1, 2], vec![1; 20].into_iter().chain([bad]).collect()]
+            {
                 let r = s.prefill(&prompt).map(|_| ());
                 assert_eq!(r, Err(Error::BadToken { id: bad, vocab: VOCAB }), "prefill {prompt:?}");
                 assert_eq!(s.position(), 0, "a refused prompt moved the position");
@@ -194,11 +195,9 @@ fn session_configs_out_of_range_are_refused() {
     let bytes = converted();
     let model = Model::from_bytes(bytes.as_slice()).expect("model");
     let base = config(16, true);
-    let bad = |what: &'static str, cfg: SessionConfig| {
-        match model.plan(&cfg) {
-            Err(Error::BadSessionConfig { what: w, .. }) if w == what => {}
-            other => panic!("{what}: expected BadSessionConfig, got {:?}", other.map(|p| p.arena_bytes())),
-        }
+    let bad = |what: &'static str, cfg: SessionConfig| match model.plan(&cfg) {
+        Err(Error::BadSessionConfig { what: w, .. }) if w == what => {}
+        other => panic!("{what}: expected BadSessionConfig, got {:?}", other.map(|p| p.arena_bytes())),
     };
     // Sinks must leave room for the window: sinks ≥ max_ctx is refused.
     bad("sinks", SessionConfig { sinks: 16, ..base });
@@ -213,7 +212,10 @@ fn session_configs_out_of_range_are_refused() {
         let r = model.plan(&SessionConfig { max_ctx, ..base }).map(|p| p.arena_bytes());
         assert_eq!(r, Err(Error::Overflow), "max_ctx {max_ctx}");
     }
-    assert_eq!(model.plan(&SessionConfig { max_batch: usize::MAX, ..base }).map(|p| p.arena_bytes()), Err(Error::Overflow));
+    assert_eq!(
+        model.plan(&SessionConfig { max_batch: usize::MAX, ..base }).map(|p| p.arena_bytes()),
+        Err(Error::Overflow)
+    );
     // Sinks do not matter without streaming; the largest valid value with it.
     model.plan(&SessionConfig { sinks: 16, streaming: false, ..base }).expect("no streaming");
     model.plan(&SessionConfig { sinks: 15, ..base }).expect("sinks = max_ctx - 1");

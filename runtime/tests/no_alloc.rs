@@ -54,13 +54,17 @@ fn converted(name: &str, weights: DType) -> AlignedBytes {
 
 #[test]
 fn zero_allocations_in_prefill_and_200_steps() {
-    for (name, weights) in
-        [("llama-gqa", DType::Q4), ("qwen2-bias-f16", DType::Q8), ("llama-odd", DType::F16), ("llama-tied-bf16", DType::F32)]
-    {
+    for (name, weights) in [
+        ("llama-gqa", DType::Q4),
+        ("qwen2-bias-f16", DType::Q8),
+        ("llama-odd", DType::F16),
+        ("llama-tied-bf16", DType::F32),
+    ] {
         for kv in [KvType::F32, KvType::F16] {
             let bytes = converted(name, weights);
             let model = Model::from_bytes(&bytes).expect("model");
-            let plan = model.plan(&SessionConfig { max_ctx: 256, kv, max_batch: 8, ..Default::default() }).expect("plan");
+            let plan =
+                model.plan(&SessionConfig { max_ctx: 256, kv, max_batch: 8, ..Default::default() }).expect("plan");
             let mut arena = vec![0u8; plan.arena_bytes()];
             let mut session = Session::new(&model, &plan, &mut arena).expect("session");
             let prompt: Vec<u32> = (0..24).map(|i| (i * 7 + 3) % model.config().vocab_size).collect();

@@ -82,7 +82,12 @@ fn hundred_thousand_steps_in_bounded_memory() {
         COUNTING.with(|c| c.set(false));
         assert!(finite, "{kv:?}: non-finite logits");
         assert_eq!(session.position(), 100_010);
-        assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "{kv:?}: allocations while streaming (last of {} bytes)", LAST_SIZE.load(Ordering::SeqCst));
+        assert_eq!(
+            ALLOCS.load(Ordering::SeqCst),
+            0,
+            "{kv:?}: allocations while streaming (last of {} bytes)",
+            LAST_SIZE.load(Ordering::SeqCst)
+        );
     }
 }
 

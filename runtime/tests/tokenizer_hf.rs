@@ -11,10 +11,7 @@ use ferrite_runtime::format::TokenizerView;
 use ferrite_runtime::tokenizer::{Tokenizer, TokenizerError, Utf8Stream};
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/smollm2-135m"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/smollm2-135m"))
 }
 
 struct Fixture {
@@ -34,16 +31,10 @@ impl Fixture {
             .expect("the fixture has a tokenizer.json");
         let bytes = hf_tok.builder.to_bytes().expect("section");
         let vocab_size = hf_tok.builder.tokens.len() as u32;
-        let hf =
-            tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("HF tokenizer");
+        let hf = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("HF tokenizer");
         let mut hf_specials_as_text = hf.clone();
         hf_specials_as_text.set_encode_special_tokens(true);
-        Fixture {
-            section: AlignedBytes::new(&bytes),
-            vocab_size,
-            hf,
-            hf_specials_as_text,
-        }
+        Fixture { section: AlignedBytes::new(&bytes), vocab_size, hf, hf_specials_as_text }
     }
 
     fn tokenizer(&self) -> Tokenizer<'_> {
@@ -53,10 +44,7 @@ impl Fixture {
 }
 
 fn hf_encode(hf: &tokenizers::Tokenizer, text: &str) -> Vec<u32> {
-    hf.encode(text, false)
-        .expect("HF encode")
-        .get_ids()
-        .to_vec()
+    hf.encode(text, false).expect("HF encode").get_ids().to_vec()
 }
 
 fn encode(t: &Tokenizer<'_>, text: &str) -> Result<Vec<u32>, TokenizerError> {
@@ -79,11 +67,7 @@ fn decode(t: &Tokenizer<'_>, ids: &[u32], skip_special: bool) -> Result<Vec<u8>,
         len += t.token_bytes(id)?.len();
     }
     let mut out = vec![0u8; len];
-    let n = if skip_special {
-        t.decode_skip_special(ids, &mut out)?
-    } else {
-        t.decode(ids, &mut out)?
-    };
+    let n = if skip_special { t.decode_skip_special(ids, &mut out)? } else { t.decode(ids, &mut out)? };
     out.truncate(n);
     Ok(out)
 }
@@ -93,9 +77,7 @@ fn streamed(t: &Tokenizer<'_>, ids: &[u32]) -> String {
     let mut text = String::new();
     let mut stream = Utf8Stream::new();
     for &id in ids {
-        stream.push(t.token_bytes(id).expect("id in range"), |s| {
-            text.push_str(s)
-        });
+        stream.push(t.token_bytes(id).expect("id in range"), |s| text.push_str(s));
     }
     stream.finish(|s| text.push_str(s));
     text
@@ -108,9 +90,7 @@ struct Failures(Vec<String>);
 impl Failures {
     fn ids(&mut self, what: &str, text: &str, ours: &Result<Vec<u32>, TokenizerError>, hf: &[u32]) {
         if ours.as_deref() != Ok(hf) {
-            self.0.push(format!(
-                "{what} of {text:?}\n  ferrite: {ours:?}\n  hf:      {hf:?}"
-            ));
+            self.0.push(format!("{what} of {text:?}\n  ferrite: {ours:?}\n  hf:      {hf:?}"));
         }
     }
     fn check(&mut self, ok: bool, message: impl FnOnce() -> String) {
@@ -123,10 +103,7 @@ impl Failures {
             for f in self.0.iter().take(40) {
                 eprintln!("{f}\n");
             }
-            panic!(
-                "{} mismatches over {cases} cases (first 40 printed above)",
-                self.0.len()
-            );
+            panic!("{} mismatches over {cases} cases (first 40 printed above)", self.0.len());
         }
     }
 }
@@ -305,9 +282,9 @@ const SNIPPETS: &[&str] = &[
 ];
 
 const WHITESPACE: &[&str] = &[
-    " ", "  ", "   ", "\t", "\n", "\r\n", "\n\n", "\r", "\u{a0}", "\u{3000}", "\u{2028}",
-    "\u{2029}", "\u{85}", "\u{b}", "\u{c}", "\u{200b}", "\u{1680}", "\u{2003}", "\u{202f}",
-    "\u{180e}", "\u{feff}", "\u{1c}", "\u{1f}", " \t ", "\t\n", "\n ",
+    " ", "  ", "   ", "\t", "\n", "\r\n", "\n\n", "\r", "\u{a0}", "\u{3000}", "\u{2028}", "\u{2029}", "\u{85}",
+    "\u{b}", "\u{c}", "\u{200b}", "\u{1680}", "\u{2003}", "\u{202f}", "\u{180e}", "\u{feff}", "\u{1c}", "\u{1f}",
+    " \t ", "\t\n", "\n ",
 ];
 
 const NUMBERS: &[&str] = &[
@@ -339,8 +316,8 @@ const NUMBERS: &[&str] = &[
 ];
 
 const CONTRACTION_SUFFIXES: &[&str] = &[
-    "'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'VE", "'M", "'LL", "'D", "’s",
-    "''", "'", "'x", "'sa", "'tis",
+    "'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'VE", "'M", "'LL", "'D", "’s", "''", "'", "'x",
+    "'sa", "'tis",
 ];
 
 const CONTRACTIONS: &[&str] = &[
@@ -385,20 +362,8 @@ const SPECIALS: &[&str] = &[
     "<empty_output>",
 ];
 
-const SPECIAL_PARTS: &[&str] = &[
-    "<|im_",
-    "|>",
-    "<|im_end",
-    "<|",
-    "<|endoftext|",
-    "<|im_start|",
-    "<",
-    ">",
-    "<file",
-    "<<",
-    ">>",
-    "im_end",
-];
+const SPECIAL_PARTS: &[&str] =
+    &["<|im_", "|>", "<|im_end", "<|", "<|endoftext|", "<|im_start|", "<", ">", "<file", "<<", ">>", "im_end"];
 
 fn words(rng: &mut Rng, lo: usize, hi: usize) -> String {
     let mut s = String::new();
@@ -429,11 +394,7 @@ fn prose(rng: &mut Rng) -> String {
 fn accents(rng: &mut Rng) -> String {
     let mut s = String::new();
     for _ in 0..rng.range(1, 10) {
-        s.push_str(if rng.percent(60) {
-            rng.pick(ACCENTED)
-        } else {
-            rng.pick(WORDS)
-        });
+        s.push_str(if rng.percent(60) { rng.pick(ACCENTED) } else { rng.pick(WORDS) });
         s.push_str(rng.pick(&[" ", " ", ", ", "\n", "", "-"]));
     }
     s
@@ -490,11 +451,7 @@ fn whitespace(rng: &mut Rng) -> String {
             s.push_str(rng.pick(WHITESPACE));
         }
         if rng.percent(70) {
-            s.push_str(if rng.percent(80) {
-                rng.pick(WORDS)
-            } else {
-                rng.pick(&["1", "!", "é", "日", "'s"])
-            });
+            s.push_str(if rng.percent(80) { rng.pick(WORDS) } else { rng.pick(&["1", "!", "é", "日", "'s"]) });
         }
     }
     s
@@ -634,15 +591,7 @@ fn fixed_cases() -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     // Long chunks: past the 64-token stack scratch and through every merge path.
-    for (unit, times) in [
-        ("a", 200),
-        (" ", 100),
-        ("😀", 30),
-        ("1", 50),
-        ("!", 150),
-        ("ab", 100),
-        ("日本語", 40),
-    ] {
+    for (unit, times) in [("a", 200), (" ", 100), ("😀", 30), ("1", 50), ("!", 150), ("ab", 100), ("日本語", 40)] {
         cases.push(unit.repeat(times));
         cases.push(format!("{}x", unit.repeat(times)));
     }
@@ -674,37 +623,24 @@ fn golden_prompt_ids() {
     let fx = Fixture::load();
     let t = fx.tokenizer();
     let prompt0 = "Once upon a time, there was a little girl named";
-    assert_eq!(
-        encode(&t, prompt0).unwrap(),
-        [6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8180, 3365]
-    );
+    assert_eq!(encode(&t, prompt0).unwrap(), [6403, 1980, 253, 655, 28, 665, 436, 253, 1838, 8180, 3365]);
     let prompt1 = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(
         encode(&t, prompt1).unwrap(),
         [
-            1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411,
-            407, 19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1,
-            520, 9531, 198
+            1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182,
+            2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198
         ]
     );
     // perplexity.json holds the ids of the whole Apache license text.
-    let json =
-        std::fs::read_to_string(fixture_dir().join("perplexity.json")).expect("perplexity.json");
+    let json = std::fs::read_to_string(fixture_dir().join("perplexity.json")).expect("perplexity.json");
     let start = json.find("\"token_ids\"").expect("token_ids key");
     let open = start + json[start..].find('[').expect("[");
     let close = open + json[open..].find(']').expect("]");
-    let golden: Vec<u32> = json[open + 1..close]
-        .split(',')
-        .map(|s| s.trim().parse().expect("token id"))
-        .collect();
+    let golden: Vec<u32> = json[open + 1..close].split(',').map(|s| s.trim().parse().expect("token id")).collect();
     assert_eq!(golden.len(), 2215);
     let ours = encode(&t, &apache()).unwrap();
-    assert!(
-        ours == golden,
-        "apache-2.0.txt: ferrite {} ids, golden {} ids",
-        ours.len(),
-        golden.len()
-    );
+    assert!(ours == golden, "apache-2.0.txt: ferrite {} ids, golden {} ids", ours.len(), golden.len());
 }
 
 #[test]
@@ -726,10 +662,7 @@ fn encode_and_decode_match_hf() {
         // Lossless, except that HF drops a byte that has no token (this
         // vocabulary, rebuilt from a GGUF, lacks 21 of the 256): the bytes
         // come back, whole or streamed token by token.
-        let kept: Vec<u8> = text
-            .bytes()
-            .filter(|&b| t.view().byte_token(b).is_some())
-            .collect();
+        let kept: Vec<u8> = text.bytes().filter(|&b| t.view().byte_token(b).is_some()).collect();
         if kept.len() != text.len() {
             lossy_cases += 1;
         }
@@ -740,65 +673,39 @@ fn encode_and_decode_match_hf() {
             format!("decode of {text:?}\n  ids:     {ids:?}\n  ferrite: {got:?}")
         });
         let stream = streamed(&t, &ids);
-        failures.check(stream == kept_text, || {
-            format!("streamed decode of {text:?}\n  ids: {ids:?}\n  got: {stream:?}")
-        });
+        failures
+            .check(stream == kept_text, || format!("streamed decode of {text:?}\n  ids: {ids:?}\n  got: {stream:?}"));
         let hf_text = fx.hf.decode(&ids, false).expect("HF decode");
-        failures.check(hf_text == kept_text, || {
-            format!("HF decode of {text:?} gave {hf_text:?}")
-        });
+        failures.check(hf_text == kept_text, || format!("HF decode of {text:?} gave {hf_text:?}"));
 
         // Special tokens as text (HF `encode_special_tokens`).
         let hf_plain = hf_encode(&fx.hf_specials_as_text, text);
-        failures.ids(
-            "encode_ordinary",
-            text,
-            &encode_ordinary(&t, text),
-            &hf_plain,
-        );
+        failures.ids("encode_ordinary", text, &encode_ordinary(&t, text), &hf_plain);
 
         // Buffers: the exact count fits (always when the text is at most
         // 64 bytes, since each chunk then merges on the stack), one less
         // never does.
         let mut exact = vec![0u32; ids.len()];
         match t.encode(text, &mut exact) {
-            Ok(n) => failures.check(exact[..n] == ids[..], || {
-                format!("exact-fit encode of {text:?} differs")
+            Ok(n) => failures.check(exact[..n] == ids[..], || format!("exact-fit encode of {text:?} differs")),
+            Err(e) => failures.check(text.len() > 64 && matches!(e, TokenizerError::BufferTooSmall { .. }), || {
+                format!("exact-fit encode of {text:?} ({} ids) failed: {e:?}", ids.len())
             }),
-            Err(e) => failures.check(
-                text.len() > 64 && matches!(e, TokenizerError::BufferTooSmall { .. }),
-                || {
-                    format!(
-                        "exact-fit encode of {text:?} ({} ids) failed: {e:?}",
-                        ids.len()
-                    )
-                },
-            ),
         }
         if !ids.is_empty() {
             let mut short = vec![0u32; ids.len() - 1];
             let r = t.encode(text, &mut short);
-            failures.check(
-                matches!(r, Err(TokenizerError::BufferTooSmall { .. })),
-                || format!("encode of {text:?} into {} slots gave {r:?}", ids.len() - 1),
-            );
+            failures.check(matches!(r, Err(TokenizerError::BufferTooSmall { .. })), || {
+                format!("encode of {text:?} into {} slots gave {r:?}", ids.len() - 1)
+            });
             let mut short_bytes = vec![0u8; kept.len() - 1];
             let r = t.decode(&ids, &mut short_bytes);
-            failures.check(
-                matches!(r, Err(TokenizerError::BufferTooSmall { .. })),
-                || {
-                    format!(
-                        "decode of {text:?} into {} bytes gave {r:?}",
-                        kept.len() - 1
-                    )
-                },
-            );
+            failures.check(matches!(r, Err(TokenizerError::BufferTooSmall { .. })), || {
+                format!("decode of {text:?} into {} bytes gave {r:?}", kept.len() - 1)
+            });
         }
     }
-    eprintln!(
-        "{} strings, {total_ids} HF ids compared; {lossy_cases} strings hold bytes without a token",
-        cases.len()
-    );
+    eprintln!("{} strings, {total_ids} HF ids compared; {lossy_cases} strings hold bytes without a token", cases.len());
     failures.assert_none(cases.len());
 }
 
@@ -827,20 +734,13 @@ fn decode_random_ids_matches_hf() {
         }
         let hf = fx.hf.decode(&ids, false).expect("HF decode");
         let stream = streamed(&t, &ids);
-        failures.check(stream == hf, || {
-            format!("streamed decode of {ids:?}\n  ferrite: {stream:?}\n  hf:      {hf:?}")
-        });
+        failures
+            .check(stream == hf, || format!("streamed decode of {ids:?}\n  ferrite: {stream:?}\n  hf:      {hf:?}"));
     }
     let bad = [fx.vocab_size, u32::MAX];
     let mut out = [0u8; 64];
     for id in bad {
-        assert_eq!(
-            t.decode(&[1, id], &mut out),
-            Err(TokenizerError::BadToken {
-                id,
-                n_tokens: fx.vocab_size
-            })
-        );
+        assert_eq!(t.decode(&[1, id], &mut out), Err(TokenizerError::BadToken { id, n_tokens: fx.vocab_size }));
         assert!(t.token_bytes(id).is_err());
     }
     failures.assert_none(runs);
@@ -860,18 +760,12 @@ fn random_codepoints_match_hf() {
         let mut text = String::new();
         for _ in 0..rng.range(1, 24) {
             match rng.below(8) {
-                0 => text
-                    .push(rng.pick(&[' ', ' ', '\'', '\n', '\t', '1', 's', '\u{a0}', '\u{3000}'])),
+                0 => text.push(rng.pick(&[' ', ' ', '\'', '\n', '\t', '1', 's', '\u{a0}', '\u{3000}'])),
                 1 => text.push(rng.char_in(0x10000, 0x3ffff)),
                 _ => text.push(rng.char_in(0x80, 0xffff)),
             }
         }
-        failures.ids(
-            "encode",
-            &text,
-            &encode(&t, &text),
-            &hf_encode(&fx.hf, &text),
-        );
+        failures.ids("encode", &text, &encode(&t, &text), &hf_encode(&fx.hf, &text));
     }
     failures.assert_none(runs);
 }

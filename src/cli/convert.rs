@@ -105,7 +105,10 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
             params as f64 / 1e6,
             summary.file_bytes as f64 * 8.0 / params.max(1) as f64
         );
-        eprintln!("{:<6} {:>8} {:>14} {:>12} {:>10} {:>12}", "type", "tensors", "params", "bytes", "bits/w", "rel. RMSE");
+        eprintln!(
+            "{:<6} {:>8} {:>14} {:>12} {:>10} {:>12}",
+            "type", "tensors", "params", "bytes", "bits/w", "rel. RMSE"
+        );
         for (dtype, s) in &summary.by_type {
             eprintln!(
                 "{:<6} {:>8} {:>14} {:>12} {:>10.3} {:>12.3e}",

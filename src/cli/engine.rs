@@ -40,9 +40,10 @@ pub fn open_model(path: &Path) -> CliResult<Model<'static>> {
 /// The model's tokenizer, or an error saying the file has none.
 pub fn tokenizer<'m>(model: &'m Model<'_>, path: &Path) -> CliResult<Tokenizer<'m>> {
     let file = model.file();
-    let view = file.tokenizer().copied().ok_or_else(|| {
-        format!("{}: this file has no tokenizer: give the prompt as --prompt-ids", path.display())
-    })?;
+    let view = file
+        .tokenizer()
+        .copied()
+        .ok_or_else(|| format!("{}: this file has no tokenizer: give the prompt as --prompt-ids", path.display()))?;
     Ok(Tokenizer::new(view).map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
@@ -76,7 +77,12 @@ pub struct Message {
 }
 
 /// Renders the file's chat template over `messages`.
-pub fn render_chat(model: &Model<'_>, tok: &Tokenizer<'_>, messages: &[Message], add_generation_prompt: bool) -> CliResult<String> {
+pub fn render_chat(
+    model: &Model<'_>,
+    tok: &Tokenizer<'_>,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> CliResult<String> {
     let template = std::str::from_utf8(tok.view().chat_template()).map_err(|_| "chat template is not UTF-8")?;
     if template.is_empty() {
         return Err("this model file has no chat template".into());
@@ -90,10 +96,8 @@ pub fn render_chat(model: &Model<'_>, tok: &Tokenizer<'_>, messages: &[Message],
     let token_text = |id: Option<u32>| {
         id.and_then(|id| tok.token_bytes(id).ok()).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
     };
-    let msgs: Vec<_> = messages
-        .iter()
-        .map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() })
-        .collect();
+    let msgs: Vec<_> =
+        messages.iter().map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() }).collect();
     let out = env
         .get_template("chat")
         .and_then(|t| {
@@ -177,7 +181,12 @@ impl StreamArgs {
 /// Builds a session config: `ctx` capped at the model's trained context.
 pub fn session_config(model: &Model<'_>, ctx: usize, kv: KvArg, threads: usize) -> SessionConfig {
     let trained = model.config().trained_ctx as usize;
-    SessionConfig { max_ctx: ctx.min(trained.max(1)).max(1), kv: kv.into(), threads: threads.max(1), ..Default::default() }
+    SessionConfig {
+        max_ctx: ctx.min(trained.max(1)).max(1),
+        kv: kv.into(),
+        threads: threads.max(1),
+        ..Default::default()
+    }
 }
 
 /// Default thread count: the CPUs this process may use.
@@ -324,7 +333,15 @@ pub fn generate(
     let prefill_s = started.elapsed().as_secs_f64();
     history.extend_from_slice(prompt);
 
-    let mut out = Generation { ids: vec![], stopped: false, prefill_s, decode_s: 0.0, decode_steps: 0, error: None, generated: 0 };
+    let mut out = Generation {
+        ids: vec![],
+        stopped: false,
+        prefill_s,
+        decode_s: 0.0,
+        decode_steps: 0,
+        error: None,
+        generated: 0,
+    };
     let mut utf8 = Utf8Stream::new();
     let stdout = std::io::stdout();
     let decode_start = std::time::Instant::now();

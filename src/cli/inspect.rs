@@ -67,7 +67,11 @@ fn render_plan(args: &Args, file: &File<'_>, text: &mut String) -> CliResult<Exi
         });
         writeln!(text, "{out}")?;
     } else {
-        writeln!(text, "session plan: ctx {}, kv {:?}, sinks {}, batch {}, threads {}", args.ctx, args.kv, args.sinks, args.batch, args.threads)?;
+        writeln!(
+            text,
+            "session plan: ctx {}, kv {:?}, sinks {}, batch {}, threads {}",
+            args.ctx, args.kv, args.sinks, args.batch, args.threads
+        )?;
         writeln!(text, "  kv cache     {:>12} bytes", p.kv_cache)?;
         writeln!(text, "  activations  {:>12} bytes", p.activations)?;
         writeln!(text, "  scratch      {:>12} bytes", p.scratch)?;
@@ -167,10 +171,16 @@ fn render(args: &Args, text: &mut String) -> CliResult<ExitCode> {
         });
         writeln!(text, "{out}")?;
     } else {
-        writeln!(text, "file      {} ({} bytes, format v{})", args.file.display(), mapped.bytes().len(), file.header().version)?;
+        writeln!(
+            text,
+            "file      {} ({} bytes, format v{})",
+            args.file.display(),
+            mapped.bytes().len(),
+            file.header().version
+        )?;
         writeln!(text, "model     {}", config_json(c))?;
         match tok {
-            Some(t) => writeln!(text, 
+            Some(t) => writeln!(text,
                 "tokenizer {:?} ({:?} pre-tokenizer): {} tokens, {} merges, {} added tokens, eot {:?}, chat template {}",
                 t.kind(),
                 t.pretokenizer(),
@@ -182,15 +192,24 @@ fn render(args: &Args, text: &mut String) -> CliResult<ExitCode> {
             ),
             None => writeln!(text, "tokenizer none"),
         }?;
-        writeln!(text, "{:>4}  {:<22} {:>14} {:>5} {:>12} {:>12}  {}", "#", "role", "shape", "type", "bytes", "offset", "crc32")?;
+        writeln!(
+            text,
+            "{:>4}  {:<22} {:>14} {:>5} {:>12} {:>12}  {}",
+            "#", "role", "shape", "type", "bytes", "offset", "crc32"
+        )?;
         for (t, v) in &tensors {
-            let shape = if t.cols == 1 && t.role.is_vector() { format!("[{}]", t.rows) } else { format!("[{}, {}]", t.rows, t.cols) };
+            let shape = if t.cols == 1 && t.role.is_vector() {
+                format!("[{}]", t.rows)
+            } else {
+                format!("[{}, {}]", t.rows, t.cols)
+            };
             let mark = match v {
                 Some(true) => "  ok",
                 Some(false) => "  MISMATCH",
                 None => "",
             };
-            writeln!(text, 
+            writeln!(
+                text,
                 "{:>4}  {:<22} {:>14} {:>5} {:>12} {:>12}  {:08x}{mark}",
                 t.index,
                 t.role.to_string(),

@@ -73,7 +73,12 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let streaming = args.streaming;
     let mut report = |i: usize, sum: f64, n: usize| {
         if !quiet {
-            eprintln!("[ferrite] {} {}/{n_windows}: {n} predicted, mean NLL {:.4}", if streaming { "chunk" } else { "window" }, i + 1, sum / n.max(1) as f64);
+            eprintln!(
+                "[ferrite] {} {}/{n_windows}: {n} predicted, mean NLL {:.4}",
+                if streaming { "chunk" } else { "window" },
+                i + 1,
+                sum / n.max(1) as f64
+            );
         }
     };
     let result = if args.streaming {

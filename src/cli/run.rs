@@ -76,7 +76,9 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let prompt: Vec<u32> = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),
         (Some(text), None) => {
-            let tok = tok.as_ref().ok_or_else(|| format!("{}: this file has no tokenizer: give the prompt as --prompt-ids", args.model.display()))?;
+            let tok = tok.as_ref().ok_or_else(|| {
+                format!("{}: this file has no tokenizer: give the prompt as --prompt-ids", args.model.display())
+            })?;
             let text = if args.chat {
                 engine::render_chat(&model, tok, &[Message { role: "user".into(), content: text.clone() }], true)?
             } else {
@@ -111,11 +113,23 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
         return Err(format!("{}: this file has no tokenizer: use --output ids", args.model.display()).into());
     }
     let mut history = Vec::new();
-    let g = engine::generate(&model, &mut session, tok.as_ref(), &mut sampler, &prompt, &opts, sink.as_mut(), &mut history)?;
+    let g = engine::generate(
+        &model,
+        &mut session,
+        tok.as_ref(),
+        &mut sampler,
+        &prompt,
+        &opts,
+        sink.as_mut(),
+        &mut history,
+    )?;
     super::print_stdout("\n")?;
     if let Some(sink) = sink {
         let rows = sink.finish()?;
-        eprintln!("[ferrite] wrote {rows} rows of logits to {}", args.dump_logits.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+        eprintln!(
+            "[ferrite] wrote {rows} rows of logits to {}",
+            args.dump_logits.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        );
     }
     engine::report(prompt.len(), &g, &plan);
     if let Some(e) = g.error {

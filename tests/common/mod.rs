@@ -32,13 +32,11 @@ pub fn convert_to_bytes(dir: &Path, weights: DType) -> AlignedBytes {
 
 /// The SmolLM2 f32 HF folder made by `scripts/fetch-models.sh`.
 pub fn smollm2_dir() -> PathBuf {
-    let dir = std::env::var_os("FERRITE_SMOLLM2_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-            let cache = std::env::var_os("FERRITE_CACHE").map(PathBuf::from).unwrap_or(home.join(".cache/ferrite"));
-            cache.join("smollm2-135m-f32")
-        });
+    let dir = std::env::var_os("FERRITE_SMOLLM2_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let cache = std::env::var_os("FERRITE_CACHE").map(PathBuf::from).unwrap_or(home.join(".cache/ferrite"));
+        cache.join("smollm2-135m-f32")
+    });
     assert!(
         dir.join("model.safetensors").exists(),
         "SmolLM2 HF folder not found at {}: run `bash scripts/fetch-models.sh` first (the README's test command does)",
@@ -59,10 +57,7 @@ pub fn golden_f32(st: &SafeTensors<'_>, name: &str) -> (Vec<f32>, Vec<usize>) {
 pub fn golden_ids(st: &SafeTensors<'_>, name: &str) -> Vec<u32> {
     let t = st.tensor(name).unwrap_or_else(|_| panic!("golden tensor {name}"));
     assert_eq!(t.dtype(), safetensors::Dtype::I64);
-    t.data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as u32)
-        .collect()
+    t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as u32).collect()
 }
 
 /// Index of the largest value (lowest index on ties).
