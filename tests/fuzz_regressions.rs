@@ -1,0 +1,91 @@
+//! Replays every input under `fuzz/regressions/<target>/` through the same
+//! code as the cargo-fuzz target `<target>` (`fuzz/src/targets.rs`), without
+//! libFuzzer, so a crash once found and fixed stays fixed (issue #7 item 1).
+//! Also runs each target on a few hand-made inputs so the shared code is
+//! exercised even while the regression folders are empty.
+#![cfg(feature = "cli")]
+
+#[path = "../fuzz/src/targets.rs"]
+mod targets;
+
+use std::fs;
+
+#[test]
+fn replay_regressions() {
+    let root = targets::repo_root().join("fuzz/regressions");
+    let mut replayed = 0;
+    for target in targets::TARGETS {
+        let dir = root.join(target);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut paths: Vec<_> = entries.map(|e| e.expect("dir entry").path()).filter(|p| p.is_file()).collect();
+        paths.sort();
+        for path in paths {
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
+            let data = fs::read(&path).expect("read regression input");
+            eprintln!("replaying {target}: {}", path.display());
+            targets::run(target, &data);
+            replayed += 1;
+        }
+    }
+    eprintln!("replayed {replayed} regression inputs");
+    // Any folder under fuzz/regressions must name a target.
+    if let Ok(entries) = fs::read_dir(&root) {
+        for e in entries {
+            let e = e.expect("dir entry");
+            if e.path().is_dir() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                assert!(targets::TARGETS.contains(&name.as_str()), "fuzz/regressions/{name} is not a fuzz target");
+            }
+        }
+    }
+}
+
+#[test]
+fn smoke_inputs() {
+    for target in targets::TARGETS {
+        targets::run(target, b"");
+        targets::run(target, b"\x01");
+        targets::run(target, &[0xff; 600]);
+    }
+    targets::tokenizer("Hello, world! <|im_start|>user\ncafé 🤖 \u{0}\r\n\t  x".as_bytes());
+    targets::tokenizer(b"\xc3\x28 invalid \xf0\x9f utf-8 \xff");
+    targets::converter_ingest(&targets::converter_seed(0));
+    targets::converter_ingest(&targets::converter_seed(2));
+    targets::converter_ingest(&targets::converter_seed(1));
+}
+
+/// The session target reaches prefill and step on valid tiny files (its
+/// seeds), with and without resealing; a resealed config change is refused
+/// or run, never a panic.
+#[test]
+fn session_seeds_run() {
+    use ferrite_converter::{convert, Options};
+    use ferrite_format::DType;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for weights in [DType::Q8, DType::Q4] {
+        let out = dir.path().join("m.frt");
+        let fixture = targets::repo_root().join("tests/fixtures/tiny/llama-gqa");
+        convert(&fixture, &out, &Options { weights, ..Default::default() }, &mut |_| {}).expect("convert");
+        let file = fs::read(&out).expect("read");
+        targets::format_reader(&file);
+        for mode in [0u8, 1, 7, 0x30, 0xff] {
+            let mut input = vec![mode];
+            input.extend_from_slice(&file);
+            let ran = targets::session(&input);
+            // Mode bits 3.. pick the ids; (seed + i) % 8 == 7 is out of range.
+            let out_of_range = (0..=(mode >> 1 & 3) as u32).any(|i| ((mode >> 3) as u32 + i) % 8 == 7);
+            assert_eq!(ran, !out_of_range, "{weights:?} mode {mode:#x}");
+            // Flip a config byte: without resealing the meta CRC refuses it.
+            input[1 + 128 + 8] ^= 0x55;
+            if mode & 1 == 0 {
+                assert!(!targets::session(&input));
+            } else {
+                let _ = targets::session(&input);
+            }
+        }
+    }
+}
