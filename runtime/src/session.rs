@@ -547,10 +547,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let d = c.d_model as usize;
         let norm = m.vector(Role::OutputNorm)?;
         let out = m.matrix(Role::Output)?;
-        for t in 0..n {
-            let src = (first + t) * d;
-            k::rmsnorm(&self.x[src..src + d], norm, c.norm_eps, &mut self.xn[t * d..(t + 1) * d]);
-        }
+        norm_rows(&self.x[first * d..(first + n) * d], norm, c.norm_eps, &mut self.xn[..n * d]);
         parallel::matmul(
             self.plan.cfg.threads,
             &out,
@@ -589,9 +586,7 @@ impl<'m, 'a> Session<'m, 'a> {
         for layer in 0..c.n_layers {
             let role = |r| Role::Layer(layer, r);
             let attn_norm = m.vector(role(LayerRole::AttnNorm))?;
-            for t in 0..n {
-                k::rmsnorm(&self.x[t * d..(t + 1) * d], attn_norm, c.norm_eps, &mut self.xn[t * d..(t + 1) * d]);
-            }
+            norm_rows(&self.x[..n * d], attn_norm, c.norm_eps, &mut self.xn[..n * d]);
             let wq = m.matrix(role(LayerRole::AttnQ))?;
             let wk = m.matrix(role(LayerRole::AttnK))?;
             let wv = m.matrix(role(LayerRole::AttnV))?;
@@ -692,9 +687,7 @@ impl<'m, 'a> Session<'m, 'a> {
             add(&mut self.x[..n * d], &self.xn[..n * d]);
 
             let ffn_norm = m.vector(role(LayerRole::FfnNorm))?;
-            for t in 0..n {
-                k::rmsnorm(&self.x[t * d..(t + 1) * d], ffn_norm, c.norm_eps, &mut self.xn[t * d..(t + 1) * d]);
-            }
+            norm_rows(&self.x[..n * d], ffn_norm, c.norm_eps, &mut self.xn[..n * d]);
             let wg = m.matrix(role(LayerRole::FfnGate))?;
             let wu = m.matrix(role(LayerRole::FfnUp))?;
             let wd = m.matrix(role(LayerRole::FfnDown))?;
@@ -706,6 +699,14 @@ impl<'m, 'a> Session<'m, 'a> {
         }
         self.pos += n;
         Ok(())
+    }
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x` into the same row of `out`.
+fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (row, dst) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        k::rmsnorm(row, weight, eps, dst);
     }
 }
 
