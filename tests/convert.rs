@@ -176,6 +176,37 @@ fn tensor<'a>(file: &File<'a>, role: Role) -> ferrite_format::TensorView<'a> {
     file.tensor(role).unwrap_or_else(|e| panic!("tensor {role}: {e}"))
 }
 
+/// The quant planes of a q8/q4 tensor in logical row-major form (the file
+/// stores 8-row tiles, `ferrite_format::quant`), after checking the tiled
+/// planes' sizes and that the padding rows of the last tile are zero.
+fn logical_planes(view: &ferrite_format::TensorView<'_>) -> (Vec<u8>, Vec<f16>) {
+    let (rows, cols) = (view.rows as usize, view.cols as usize);
+    let (tiles, tile_scales) = view.quant_planes().expect("quant planes");
+    let row_q = quant::row_quant_bytes(view.dtype, cols);
+    let groups = cols.div_ceil(quant::GROUP);
+    let padded = quant::padded_rows(rows);
+    assert_eq!(tiles.len(), padded * row_q, "{}: quant plane size", view.role);
+    assert_eq!(tile_scales.len(), padded * groups, "{}: scale plane size", view.role);
+    let (mut qs, mut scales) = (vec![0u8; padded * row_q], vec![f16::ZERO; padded * groups]);
+    for r in 0..padded {
+        quant::untile_row(
+            view.dtype,
+            tiles,
+            tile_scales,
+            r,
+            groups,
+            &mut qs[r * row_q..(r + 1) * row_q],
+            &mut scales[r * groups..(r + 1) * groups],
+        );
+    }
+    let zero = if view.dtype == DType::Q4 { 0x88 } else { 0 };
+    assert!(qs[rows * row_q..].iter().all(|&b| b == zero), "{}: padding rows hold non-zero quants", view.role);
+    assert!(scales[rows * groups..].iter().all(|s| s.to_bits() == 0), "{}: padding rows have scales", view.role);
+    qs.truncate(rows * row_q);
+    scales.truncate(rows * groups);
+    (qs, scales)
+}
+
 /// Dequantizes (or upcasts) a stored tensor to f32, row by row, with the
 /// reference dequantizers.
 fn dequantize(view: &ferrite_format::TensorView<'_>) -> Vec<f32> {
@@ -184,7 +215,7 @@ fn dequantize(view: &ferrite_format::TensorView<'_>) -> Vec<f32> {
         DType::F32 => view.as_f32().expect("f32 data").to_vec(),
         DType::F16 => view.as_f16().expect("f16 data").iter().map(|h| h.to_f32()).collect(),
         DType::Q8 | DType::Q4 => {
-            let (qs, scales) = view.quant_planes().expect("quant planes");
+            let (qs, scales) = logical_planes(view);
             let row_q = quant::row_quant_bytes(view.dtype, cols);
             let groups = cols.div_ceil(quant::GROUP);
             assert_eq!(qs.len(), rows * row_q, "{}: quant plane size", view.role);
@@ -247,7 +278,7 @@ fn check_quantized(what: &str, src: &[f32], view: &ferrite_format::TensorView<'_
     let (qpos, qneg) = if dtype == DType::Q8 { (127.0f32, 128.0f32) } else { (7.0, 8.0) };
     let f16_rel = 1.0 / 1024.0; // f16 rounding (2^-11), doubled
     let deq = dequantize(view);
-    let (qs, scales) = view.quant_planes().expect("quant planes");
+    let (qs, scales) = logical_planes(view);
     let row_q = quant::row_quant_bytes(dtype, cols);
     let groups = cols.div_ceil(quant::GROUP);
     let (mut padding, mut clamped) = (0, 0);
@@ -681,7 +712,7 @@ fn odd_widths_pad_rows_with_zero_quants() {
             padded_tensors += 1;
             padding += check_quantized(&format!("{name} {} {hf}", w.name()), &s.values, &t).0;
             // Dequantizing whole padded rows gives exact zeros in the padding.
-            let (qs, scales) = t.quant_planes().unwrap();
+            let (qs, scales) = logical_planes(&t);
             let row_q = quant::row_quant_bytes(t.dtype, cols);
             let groups = cols.div_ceil(32);
             let mut dst = vec![f32::NAN; quant::padded_cols(cols)];
@@ -1353,8 +1384,10 @@ fn summary_stats_are_consistent_with_the_file() {
                 s.1 += e.rows as u64 * e.cols as u64;
                 s.2 += e.size;
                 let p = padded_params.entry(e.dtype().unwrap()).or_insert((0, true));
-                p.0 += e.rows as u64 * quant::padded_cols(e.cols as usize) as u64;
-                p.1 &= e.cols % 32 == 0;
+                let quantized = e.dtype().unwrap().is_quantized();
+                let rows = if quantized { quant::padded_rows(e.rows as usize) as u64 } else { e.rows as u64 };
+                p.0 += rows * quant::padded_cols(e.cols as usize) as u64;
+                p.1 &= e.cols % 32 == 0 && (!quantized || e.rows % 8 == 0);
             }
             for (hf, s) in &src {
                 let t = tensor(&file, role_for(hf));
@@ -1392,7 +1425,8 @@ fn summary_stats_are_consistent_with_the_file() {
                         if aligned_dt {
                             assert_eq!(bpw, nominal, "{what} {}: bits/weight", dt.name());
                         } else {
-                            // Padded rows cost their whole last group.
+                            // Padded rows cost their whole last group; padded
+                            // tiles their whole 8 rows.
                             let want = nominal * padded as f64 / params as f64;
                             assert!(bpw > nominal, "{what} {}: {bpw} bits/weight", dt.name());
                             assert!((bpw - want).abs() < 1e-12, "{what} {}: {bpw} bits/weight, want {want}", dt.name());

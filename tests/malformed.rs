@@ -608,11 +608,12 @@ fn allow_nonfinite_stores_f32_f16_as_they_are_and_quantizes_them_as_zero() {
                     let (qs, scales) = t.quant_planes().unwrap();
                     let row_q = ferrite_format::quant::row_quant_bytes(weights, 64);
                     let mut row = [0f32; 64];
-                    let (q, s) = (&qs[r * row_q..(r + 1) * row_q], &scales[r * 2..(r + 1) * 2]);
+                    let (mut q, mut s) = (vec![0u8; row_q], [half::f16::ZERO; 2]);
+                    ferrite_format::quant::untile_row(weights, qs, scales, r, 2, &mut q, &mut s);
                     if weights == DType::Q8 {
-                        ferrite_kernels::reference::dequantize_row_q8(q, s, &mut row);
+                        ferrite_kernels::reference::dequantize_row_q8(&q, &s, &mut row);
                     } else {
-                        ferrite_kernels::reference::dequantize_row_q4(q, s, &mut row);
+                        ferrite_kernels::reference::dequantize_row_q4(&q, &s, &mut row);
                     }
                     assert!(row.iter().all(|v| v.is_finite()), "{}: row {r} is not finite", weights.name());
                     row[c]

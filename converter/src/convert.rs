@@ -474,12 +474,15 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
     let mut back = Vec::new();
     let mut qbuf = Vec::new();
     let mut scales: Vec<f16> = Vec::new();
+    let mut slab_scales: Vec<f16> = Vec::new();
+    let mut tbuf = Vec::new();
     while let Some(spec) = writer.next_spec() {
         let name = &plan[&spec.role];
         let loc = &ckpt.tensors()[name];
         progress(Progress::Tensor { name, role: spec.role });
         let [rows, cols] = [spec.shape[0] as usize, spec.shape[1] as usize];
-        let rows_per_slab = (SLAB_ELEMS / cols).max(1);
+        // Whole row blocks per slab, so quantized slabs tile independently.
+        let rows_per_slab = (SLAB_ELEMS / cols / quant::ROW_BLOCK).max(1) * quant::ROW_BLOCK;
         let stats = summary.by_type.entry(spec.dtype).or_default();
         stats.tensors += 1;
         stats.params += (rows * cols) as u64;
@@ -548,12 +551,12 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                     qbuf.clear();
                     qbuf.resize(n_rows * row_q, 0);
                     back.resize(n_rows * cols, 0.0);
-                    let first_scale = scales.len();
-                    scales.resize(first_scale + n_rows * groups, f16::ZERO);
+                    slab_scales.clear();
+                    slab_scales.resize(n_rows * groups, f16::ZERO);
                     for r in 0..n_rows {
                         let src = &values[r * cols..(r + 1) * cols];
                         let qs = &mut qbuf[r * row_q..(r + 1) * row_q];
-                        let sc = &mut scales[first_scale + r * groups..first_scale + (r + 1) * groups];
+                        let sc = &mut slab_scales[r * groups..(r + 1) * groups];
                         let dst = &mut back[r * cols..(r + 1) * cols];
                         if spec.dtype == DType::Q8 {
                             reference::quantize_row_q8(src, qs, sc);
@@ -563,17 +566,33 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                             reference::dequantize_row_q4(qs, sc, dst);
                         }
                     }
-                    if let Some(i) = scales[first_scale..].iter().position(|s| !s.is_finite()) {
+                    if let Some(i) = slab_scales.iter().position(|s| !s.is_finite()) {
                         return Err(Error::new(
                             ErrorKind::NonFinite,
                             format!(
-                                "{}: tensor {name}: group {} scale overflows f16",
+                                "{}: tensor {name}: row {} group {} scale overflows f16",
                                 ckpt.path_of(loc).display(),
-                                first_scale + i
+                                row + i / groups,
+                                i % groups
                             ),
                         ));
                     }
-                    writer.write_chunk(&qbuf).map_err(out_err)?;
+                    // On disk: tiles of 8 rows (format/src/quant.rs).
+                    let padded = quant::padded_rows(n_rows);
+                    tbuf.clear();
+                    tbuf.resize(padded * row_q, 0);
+                    let first_scale = scales.len();
+                    scales.resize(first_scale + padded * groups, f16::ZERO);
+                    quant::tile_rows(
+                        spec.dtype,
+                        &qbuf,
+                        &slab_scales,
+                        n_rows,
+                        groups,
+                        &mut tbuf,
+                        &mut scales[first_scale..],
+                    );
+                    writer.write_chunk(&tbuf).map_err(out_err)?;
                 }
             }
             for (x, y) in values.iter().zip(&back).filter(|(x, _)| x.is_finite()) {

@@ -211,10 +211,10 @@ impl ModelConfig {
         if self.n_layers > 4096 {
             return bad("n_layers", "exceeds 4096");
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad("n_kv_heads", "must divide n_heads");
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad("head_dim", "must be even (RoPE rotates pairs)");
         }
         if (self.n_heads as u64) * (self.head_dim as u64) > Self::MAX_DIM as u64 {

@@ -1,23 +1,39 @@
 //! The on-disk layout of the quantized weight types, defined here only.
 //!
-//! A quantized `[rows, cols]` tensor is stored as two planes:
+//! **Logical groups.** Each row of a quantized `[rows, cols]` tensor is cut
+//! into `groups(cols)` groups of [`GROUP`] elements with one `f16` scale
+//! each; element `j` of a group dequantizes to `q[j] * scale`. A row is
+//! padded to whole groups with zero quants (the last group's scale covers
+//! only the real elements); kernels read activations padded with zeros to
+//! `groups(cols) * GROUP`, so the padding contributes exactly 0. In its
+//! *logical* (row-major) form, as [`crate`]'s users quantize it, a q8 group
+//! is 32 `i8` values and a q4 group is 16 bytes: byte `j` holds element `j`
+//! in its low nibble and element `j + 16` in its high nibble, each stored as
+//! the unsigned value `q + 8` (`q` in -8..=7).
 //!
-//! 1. **quants**: `rows` rows of `groups(cols)` groups each, row after row;
-//!    a q8 group is 32 `i8` values (32 bytes), a q4 group is 16 bytes
-//!    holding 32 signed 4-bit values.
-//! 2. **scales**: `rows * groups(cols)` `f16` scales, in the same order.
+//! **Tiles (version 2).** On disk, rows are taken in blocks of
+//! [`ROW_BLOCK`] = 8 (the row count is padded to a multiple of 8 with rows
+//! of zero quants and zero scales) and each block's group `g` is one *tile*,
+//! so that one 32-byte load holds four consecutive quants of each of eight
+//! rows: exactly what a 4-byte integer dot-product instruction (x86
+//! `vpdpbusd`/`pmaddubsw`, Arm `sdot`/`udot`) multiplies with four
+//! broadcast activations, giving eight rows' partial sums in eight lanes at
+//! once. The tensor is:
 //!
-//! Element `j` of a group dequantizes to `q[j] * scale`.
+//! 1. **quants**: for row block `b` (ascending), for group `g`: one tile of
+//!    [`tile_bytes`] bytes. Chunk `c` of a tile is 32 bytes; its bytes
+//!    `4r..4r + 4` belong to row `8b + r`:
+//!    - q4 (4 chunks, 128 bytes): byte `4r + i` of chunk `c` is logical q4
+//!      byte `4c + i` of the row's group, i.e. element `4c + i` (low nibble)
+//!      and element `16 + 4c + i` (high nibble), each `q + 8`.
+//!    - q8 (8 chunks, 256 bytes): byte `4r + i` of chunk `c` is element
+//!      `4c + i` stored *excess-128*: the unsigned byte `q + 128` (`q` in
+//!      -127..=127), so both types multiply unsigned weights by signed
+//!      activations and correct with the activations' sum.
+//! 2. **scales**: for row block `b`, for group `g`: the 8 rows' `f16`
+//!    scales (16 bytes), in row order.
 //!
-//! **Tails.** When `cols` is not a multiple of [`GROUP`], each row is padded
-//! to whole groups with zero quants (the last group's scale covers only the
-//! real elements). Kernels read activations padded with zeros to
-//! `groups(cols) * GROUP`, so the padding contributes exactly 0.
-//!
-//! **q4 nibbles.** Byte `j` (0..16) of a q4 group holds element `j` in its
-//! low nibble and element `j + 16` in its high nibble, each stored as the
-//! unsigned value `q + 8` (`q` in -8..=7). This split keeps a 16-byte SIMD
-//! load, one mask and one shift away from 32 consecutive values.
+//! Padding rows hold q4 byte `0x88` / q8 byte `0x80` (value 0) and scale 0.
 
 use crate::DType;
 
@@ -38,7 +54,15 @@ pub fn padded_cols(cols: usize) -> usize {
     cols.div_ceil(GROUP) * GROUP
 }
 
-/// Quant bytes plus scale bytes per group.
+/// Rows per tile (see the module documentation).
+pub const ROW_BLOCK: usize = 8;
+
+/// `rows` rounded up to whole row blocks.
+pub fn padded_rows(rows: usize) -> usize {
+    rows.div_ceil(ROW_BLOCK) * ROW_BLOCK
+}
+
+/// Quant bytes plus scale bytes per group of one row.
 pub fn group_bytes(dtype: DType) -> usize {
     match dtype {
         DType::Q8 => Q8_GROUP_BYTES + 2,
@@ -48,7 +72,7 @@ pub fn group_bytes(dtype: DType) -> usize {
     }
 }
 
-/// Quant bytes of one row (scales excluded) for a quantized `dtype`.
+/// Quant bytes of one logical row (scales excluded) for a quantized `dtype`.
 pub fn row_quant_bytes(dtype: DType, cols: usize) -> usize {
     let g = cols.div_ceil(GROUP);
     match dtype {
@@ -57,9 +81,91 @@ pub fn row_quant_bytes(dtype: DType, cols: usize) -> usize {
     }
 }
 
-/// Byte offset of the scales plane in a quantized `[rows, cols]` tensor.
+/// Bytes of one tile (8 rows × one group of quants).
+pub fn tile_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::Q4 => ROW_BLOCK * Q4_GROUP_BYTES,
+        _ => ROW_BLOCK * Q8_GROUP_BYTES,
+    }
+}
+
+/// Byte offset of the scales plane in a quantized `[rows, cols]` tensor
+/// (the size of its quants plane).
 pub fn scales_offset(dtype: DType, rows: usize, cols: usize) -> usize {
-    rows * row_quant_bytes(dtype, cols)
+    padded_rows(rows) * row_quant_bytes(dtype, cols)
+}
+
+/// Converts whole row blocks from the logical row-major form to tiles.
+///
+/// `logical` holds `n_rows` rows of `groups` logical groups (q4: 16 bytes,
+/// q8: 32 `i8` as bytes), `scales` their `n_rows * groups` scales;
+/// `n_rows` may end with a partial block, which is padded. Writes
+/// `padded_rows(n_rows) * groups` groups of tiles into `tiles` and as many
+/// scales into `tile_scales`.
+///
+/// # Panics
+/// If a buffer is shorter than the sizes above (callers size them).
+pub fn tile_rows<S: Copy + Default>(
+    dtype: DType,
+    logical: &[u8],
+    scales: &[S],
+    n_rows: usize,
+    groups: usize,
+    tiles: &mut [u8],
+    tile_scales: &mut [S],
+) {
+    let (lg, zero, flip) = match dtype {
+        DType::Q4 => (Q4_GROUP_BYTES, 0x88u8, 0u8),
+        _ => (Q8_GROUP_BYTES, 0x80u8, 0x80u8),
+    };
+    let tb = ROW_BLOCK * lg;
+    for b in 0..n_rows.div_ceil(ROW_BLOCK) {
+        for g in 0..groups {
+            let tile = &mut tiles[(b * groups + g) * tb..(b * groups + g + 1) * tb];
+            let ts = &mut tile_scales[(b * groups + g) * ROW_BLOCK..(b * groups + g + 1) * ROW_BLOCK];
+            for r in 0..ROW_BLOCK {
+                let row = b * ROW_BLOCK + r;
+                let src = (row < n_rows).then(|| &logical[(row * groups + g) * lg..(row * groups + g + 1) * lg]);
+                ts[r] = if row < n_rows { scales[row * groups + g] } else { S::default() };
+                for c in 0..lg / 4 {
+                    for i in 0..4 {
+                        tile[c * 32 + r * 4 + i] = src.map_or(zero, |s| s[c * 4 + i] ^ flip);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads row `row` of a tiled tensor back into its logical form: `groups`
+/// logical groups into `logical` and their scales into `scales`.
+///
+/// # Panics
+/// If `row` is beyond the planes or a buffer is too short.
+pub fn untile_row<S: Copy>(
+    dtype: DType,
+    tiles: &[u8],
+    tile_scales: &[S],
+    row: usize,
+    groups: usize,
+    logical: &mut [u8],
+    scales: &mut [S],
+) {
+    let (lg, flip) = match dtype {
+        DType::Q4 => (Q4_GROUP_BYTES, 0u8),
+        _ => (Q8_GROUP_BYTES, 0x80u8),
+    };
+    let tb = ROW_BLOCK * lg;
+    let (b, r) = (row / ROW_BLOCK, row % ROW_BLOCK);
+    for g in 0..groups {
+        let tile = &tiles[(b * groups + g) * tb..(b * groups + g + 1) * tb];
+        scales[g] = tile_scales[(b * groups + g) * ROW_BLOCK + r];
+        for c in 0..lg / 4 {
+            for i in 0..4 {
+                logical[g * lg + c * 4 + i] = tile[c * 32 + r * 4 + i] ^ flip;
+            }
+        }
+    }
 }
 
 /// Signed value of element `j` (0..32) of a q4 group.

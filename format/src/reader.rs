@@ -101,7 +101,7 @@ impl<'a> File<'a> {
     /// Parses and validates `bytes`, which must start on an [`ALIGN`]-byte
     /// boundary (a mapped file does; embedded bytes need an aligned wrapper).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
-        if (bytes.as_ptr() as usize) % ALIGN != 0 {
+        if !(bytes.as_ptr() as usize).is_multiple_of(ALIGN) {
             return Err(Error::Misaligned {
                 what: "model buffer start",
                 address: bytes.as_ptr() as usize,

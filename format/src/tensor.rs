@@ -56,7 +56,13 @@ impl DType {
         }
     }
     /// Bytes a `[rows, cols]` tensor occupies, or `None` on overflow.
+    /// Quantized tensors hold whole row blocks (see [`crate::quant`]).
     pub fn tensor_bytes(self, rows: u64, cols: u64) -> Option<u64> {
+        let rows = if self.is_quantized() {
+            rows.checked_add(quant::ROW_BLOCK as u64 - 1)? / quant::ROW_BLOCK as u64 * quant::ROW_BLOCK as u64
+        } else {
+            rows
+        };
         rows.checked_mul(self.row_bytes(cols)?)
     }
 }

@@ -300,7 +300,7 @@ impl TokenizerBuilder {
 
         let mut buf = vec![0u8; TOKENIZER_HEADER_SIZE];
         let put = |buf: &mut Vec<u8>, bytes: &[u8]| -> u32 {
-            while buf.len() % 4 != 0 {
+            while !buf.len().is_multiple_of(4) {
                 buf.push(0);
             }
             let off = buf.len() as u32;
@@ -327,7 +327,7 @@ impl TokenizerBuilder {
         let byte_tokens_off = put(&mut buf, bytemuck::cast_slice(&self.byte_tokens));
         let specials_off = put(&mut buf, bytemuck::cast_slice(&self.specials));
         let template_off = put(&mut buf, template);
-        while buf.len() % 4 != 0 {
+        while !buf.len().is_multiple_of(4) {
             buf.push(0);
         }
         if buf.len() > u32::MAX as usize {

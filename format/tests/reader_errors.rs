@@ -273,10 +273,15 @@ fn tensor_data(dtype: DType, rows: u32, cols: u32, rng: &mut Rng) -> Vec<u8> {
             }
             let group_bytes = if dtype == DType::Q8 { quant::Q8_GROUP_BYTES } else { quant::Q4_GROUP_BYTES };
             repeat_rows(&mut out, rows, drawn, groups * group_bytes);
-            for _ in 0..rows * groups {
-                let s = 0.001 + 0.05 * (rng.unit() + 1.0) / 2.0;
-                out.extend_from_slice(&f16::from_f32(s).to_le_bytes());
-            }
+            let scales: Vec<f16> =
+                (0..rows * groups).map(|_| f16::from_f32(0.001 + 0.05 * (rng.unit() + 1.0) / 2.0)).collect();
+            // The file holds 8-row tiles (`quant` module documentation).
+            let padded = quant::padded_rows(rows);
+            let mut tiles = vec![0u8; padded * groups * group_bytes];
+            let mut tile_scales = vec![f16::ZERO; padded * groups];
+            quant::tile_rows(dtype, &out, &scales, rows, groups, &mut tiles, &mut tile_scales);
+            out = tiles;
+            out.extend(tile_scales.iter().flat_map(|s| s.to_le_bytes()));
         }
     }
     assert_eq!(out.len() as u64, dtype.tensor_bytes(rows as u64, cols as u64).unwrap());
@@ -665,12 +670,32 @@ fn check_fixture(fx: &Fixture) {
                 let (rows, cols) = (t.rows as usize, t.cols as usize);
                 let groups = cols.div_ceil(GROUP);
                 let gq = if spec.dtype == DType::Q8 { quant::Q8_GROUP_BYTES } else { quant::Q4_GROUP_BYTES };
-                assert_eq!(qs.len(), rows * groups * gq);
+                let padded = quant::padded_rows(rows);
+                assert_eq!(qs.len(), padded * groups * gq);
                 assert_eq!(qs.len(), quant::scales_offset(spec.dtype, rows, cols));
-                assert_eq!(scales.len(), rows * groups);
+                assert_eq!(scales.len(), padded * groups);
                 assert_eq!(qs, &data[..qs.len()]);
                 assert_eq!(bytemuck::cast_slice::<f16, u8>(scales), &data[qs.len()..]);
-                assert!(scales.iter().all(|s| s.is_finite() && s.to_f32() > 0.0));
+                // Back to logical rows: real rows have positive scales,
+                // padding rows zero quants and zero scales.
+                let mut logical = vec![0u8; padded * groups * gq];
+                let mut lscales = vec![f16::ZERO; padded * groups];
+                for r in 0..padded {
+                    quant::untile_row(
+                        spec.dtype,
+                        qs,
+                        scales,
+                        r,
+                        groups,
+                        &mut logical[r * groups * gq..(r + 1) * groups * gq],
+                        &mut lscales[r * groups..(r + 1) * groups],
+                    );
+                }
+                assert!(lscales[..rows * groups].iter().all(|s| s.is_finite() && s.to_f32() > 0.0));
+                assert!(lscales[rows * groups..].iter().all(|s| s.to_bits() == 0));
+                let zero = if spec.dtype == DType::Q8 { 0u8 } else { 0x88 };
+                assert!(logical[rows * groups * gq..].iter().all(|&b| b == zero));
+                let qs = &logical[..];
                 // Padding of a partial last group holds zero quants.
                 if cols % GROUP != 0 {
                     for r in 0..rows {

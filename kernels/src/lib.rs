@@ -2,8 +2,11 @@
 //!
 //! [`reference`] is the scalar definition of every operation: always
 //! compiled, simple, and the yardstick every fast kernel is tested against.
-//! Hand-tuned versions live under `kernels/avx2/`, `kernels/neon/` and
-//! `kernels/cuda/` and are chosen once at run time.
+//! Hand-tuned versions live under `kernels/avx2/` (x86-64: AVX2 and
+//! AVX-512), `kernels/neon/` and `kernels/cuda/`. One [`Kernels`] table per
+//! tier holds them; [`select`] picks the best tier the CPU has, once, or
+//! the one `FERRITE_KERNELS` (or the caller) names, and refuses a tier the
+//! CPU lacks with an error (never an illegal instruction).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -22,4 +25,278 @@
     )
 )]
 
+use core::marker::PhantomData;
+use core::ops::Range;
+
+use half::f16;
+
 pub mod reference;
+
+#[cfg(target_arch = "x86_64")]
+#[path = "../avx2/mod.rs"]
+mod x86;
+
+pub use reference::{Matrix, Weights};
+
+/// Activations quantized to int8 per group of 32 ([`reference::quantize_acts`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Acts<'a> {
+    /// `n * groups * 32` quants, token after token.
+    pub qs: &'a [i8],
+    /// `n * groups` scales.
+    pub d: &'a [f32],
+    /// `n * groups` sums of each group's quants.
+    pub sums: &'a [i32],
+}
+
+/// Mutable buffers for [`Acts`].
+#[derive(Debug)]
+pub struct ActsMut<'a> {
+    /// `n * groups * 32` quants.
+    pub qs: &'a mut [i8],
+    /// `n * groups` scales.
+    pub d: &'a mut [f32],
+    /// `n * groups` sums.
+    pub sums: &'a mut [i32],
+}
+
+impl ActsMut<'_> {
+    /// A shared view.
+    pub fn as_acts(&self) -> Acts<'_> {
+        Acts { qs: self.qs, d: self.d, sums: self.sums }
+    }
+}
+
+/// The output of a matrix product, `out[t * stride + r]` for token `t` and
+/// row `r`, restricted to a range of rows. Splitting it by rows gives
+/// disjoint writers that threads can own: every write lands at a row inside
+/// the writer's range (checked), and rows are below `stride`, so two
+/// writers never touch the same element.
+#[derive(Debug)]
+pub struct Out<'a> {
+    ptr: *mut f32,
+    len: usize,
+    stride: usize,
+    rows: Range<usize>,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: an `Out` is a unique borrow of the elements of its rows (see the
+// type's documentation); sending it to another thread is like sending `&mut`.
+unsafe impl Send for Out<'_> {}
+
+impl<'a> Out<'a> {
+    /// All rows `0..stride` of `out`.
+    pub fn new(out: &'a mut [f32], stride: usize) -> Self {
+        Out { ptr: out.as_mut_ptr(), len: out.len(), stride, rows: 0..stride, _borrow: PhantomData }
+    }
+
+    /// The rows this writer may write.
+    pub fn rows(&self) -> Range<usize> {
+        self.rows.clone()
+    }
+
+    /// Splits into rows `start..mid` and `mid..end` (`mid` is clamped into
+    /// the range).
+    pub fn split_at_row(self, mid: usize) -> (Out<'a>, Out<'a>) {
+        let mid = mid.clamp(self.rows.start, self.rows.end);
+        let a = Out { rows: self.rows.start..mid, ..self };
+        let b = Out { rows: mid..self.rows.end, ..self };
+        (a, b)
+    }
+
+    /// Writes `out[t * stride + r]`.
+    ///
+    /// # Panics
+    /// If `r` is not in this writer's rows or the index is out of bounds.
+    #[inline]
+    pub fn set(&mut self, t: usize, r: usize, v: f32) {
+        let i = t * self.stride + r;
+        assert!(r >= self.rows.start && r < self.rows.end && i < self.len, "matmul output index out of range");
+        // SAFETY: `i < len` (checked), so the write is inside the borrowed
+        // slice; `r` lies in this writer's rows, which no other writer of
+        // the same slice holds (splits are disjoint, rows < stride), so no
+        // other reference observes or writes this element concurrently.
+        unsafe { self.ptr.add(i).write(v) }
+    }
+}
+
+/// A kernel tier: a set of kernels for one instruction-set level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// The scalar reference kernels (every CPU).
+    Reference,
+    /// x86-64 with AVX2, FMA and F16C (Haswell, Zen 1 and later).
+    Avx2,
+    /// x86-64 with AVX-512 F/BW/VL and VNNI (Ice Lake, Zen 4 and later).
+    Avx512,
+}
+
+impl Tier {
+    /// Every tier, in order of preference (best last).
+    pub const ALL: [Tier; 3] = [Tier::Reference, Tier::Avx2, Tier::Avx512];
+
+    /// The name `FERRITE_KERNELS` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Reference => "reference",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+        }
+    }
+
+    /// The tier named `name` (see [`Tier::name`]).
+    pub fn from_name(name: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Whether this CPU can run the tier (detected at run time with `std`,
+    /// from the compile-time target features without).
+    pub fn supported(self) -> bool {
+        match self {
+            Tier::Reference => true,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => x86::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => x86::has_avx512(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Tier::Avx2 | Tier::Avx512 => false,
+        }
+    }
+
+    /// The best tier this CPU supports.
+    pub fn best() -> Tier {
+        Tier::ALL.into_iter().rev().find(|t| t.supported()).unwrap_or(Tier::Reference)
+    }
+}
+
+impl core::fmt::Display for Tier {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a kernel tier cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelError {
+    /// The CPU lacks the tier's instructions.
+    Unsupported {
+        /// The tier asked for.
+        tier: Tier,
+        /// The best tier this CPU has.
+        best: Tier,
+    },
+    /// `FERRITE_KERNELS` names no tier.
+    UnknownName,
+}
+
+impl core::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            KernelError::Unsupported { tier, best } => write!(
+                f,
+                "kernel tier {tier} needs CPU features this machine lacks (the best it supports is {best}); \
+                 unset FERRITE_KERNELS or choose a supported tier"
+            ),
+            KernelError::UnknownName => {
+                f.write_str("FERRITE_KERNELS must be one of: ")?;
+                for (i, t) in Tier::ALL.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(t.name())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for KernelError {}
+
+/// [`Kernels::matmul_f`]: matrix, rows, `x`, `x` row stride, tokens,
+/// output, scratch row.
+pub type MatmulF = fn(&Matrix<'_>, Range<usize>, &[f32], usize, usize, &mut Out<'_>, &mut [f32]);
+
+/// The kernels of one tier. Tables are only handed out by [`select`] /
+/// [`Kernels::for_tier`] after checking the CPU, which is what makes calling
+/// their target-feature code sound.
+#[derive(Debug)]
+pub struct Kernels {
+    /// The tier these kernels belong to.
+    pub tier: Tier,
+    /// [`reference::quantize_acts`].
+    pub quantize_acts: fn(&[f32], usize, usize, usize, &mut ActsMut<'_>),
+    /// [`reference::matmul_q`].
+    pub matmul_q: fn(&Matrix<'_>, Range<usize>, &Acts<'_>, usize, &mut Out<'_>),
+    /// [`reference::matmul_f`] (f32/f16 weights; the last argument is a
+    /// scratch row of `>= cols` floats).
+    pub matmul_f: MatmulF,
+    /// [`reference::dot_f32`].
+    pub dot: fn(&[f32], &[f32]) -> f32,
+    /// [`reference::dot_f16`].
+    pub dot_f16: fn(&[f32], &[f16]) -> f32,
+    /// [`reference::axpy`].
+    pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// [`reference::axpy_f16`].
+    pub axpy_f16: fn(f32, &[f16], &mut [f32]),
+    /// [`reference::rmsnorm`].
+    pub rmsnorm: fn(&[f32], &[f32], f32, &mut [f32]),
+}
+
+static REFERENCE: Kernels = Kernels {
+    tier: Tier::Reference,
+    quantize_acts: reference::quantize_acts,
+    matmul_q: reference::matmul_q,
+    matmul_f: reference::matmul_f,
+    dot: reference::dot_f32,
+    dot_f16: reference::dot_f16,
+    axpy: reference::axpy,
+    axpy_f16: reference::axpy_f16,
+    rmsnorm: reference::rmsnorm,
+};
+
+impl Kernels {
+    /// The table of `tier`, if this CPU supports it.
+    pub fn for_tier(tier: Tier) -> Result<&'static Kernels, KernelError> {
+        if !tier.supported() {
+            return Err(KernelError::Unsupported { tier, best: Tier::best() });
+        }
+        Ok(match tier {
+            Tier::Reference => &REFERENCE,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => &x86::AVX2,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => &x86::AVX512,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => &REFERENCE,
+        })
+    }
+}
+
+/// The kernels to use: `requested` if given; otherwise, with `std`, the
+/// tier named by the `FERRITE_KERNELS` environment variable if set;
+/// otherwise the best tier of this CPU.
+pub fn select(requested: Option<Tier>) -> Result<&'static Kernels, KernelError> {
+    let tier = match requested {
+        Some(t) => t,
+        None => env_tier()?.unwrap_or_else(Tier::best),
+    };
+    Kernels::for_tier(tier)
+}
+
+/// The tier `FERRITE_KERNELS` names (`None` when unset or empty).
+#[cfg(feature = "std")]
+pub fn env_tier() -> Result<Option<Tier>, KernelError> {
+    match std::env::var("FERRITE_KERNELS") {
+        Ok(s) if !s.is_empty() => Tier::from_name(s.trim()).map(Some).ok_or(KernelError::UnknownName),
+        _ => Ok(None),
+    }
+}
+
+/// Without `std` there is no environment: always `None`.
+#[cfg(not(feature = "std"))]
+pub fn env_tier() -> Result<Option<Tier>, KernelError> {
+    Ok(None)
+}

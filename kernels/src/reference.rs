@@ -2,8 +2,10 @@
 //!
 //! Layouts of the quantized types are defined in [`ferrite_format::quant`].
 
-use ferrite_format::quant::{self, GROUP, Q4_GROUP_BYTES, Q8_GROUP_BYTES};
+use ferrite_format::quant::{self, GROUP, Q4_GROUP_BYTES, Q8_GROUP_BYTES, ROW_BLOCK};
 use half::f16;
+
+use crate::{Acts, ActsMut, Out};
 
 /// Quantizes one row of `src.len()` values to q8: `qs` receives
 /// `groups * 32` bytes (zero-padded tail), `scales` one f16 per group.
@@ -102,6 +104,13 @@ pub enum Weights<'a> {
     },
 }
 
+impl Weights<'_> {
+    /// Whether the weights are q8/q4 (multiplied by [`matmul_q`]).
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Weights::Q8 { .. } | Weights::Q4 { .. })
+    }
+}
+
 /// A weight matrix with its shape.
 #[derive(Clone, Copy, Debug)]
 pub struct Matrix<'a> {
@@ -129,23 +138,46 @@ impl Matrix<'_> {
                 }
             }
             Weights::Q8 { qs, scales } => {
-                let g = cols.div_ceil(GROUP);
-                dequantize_row_q8(
-                    &qs[r * g * Q8_GROUP_BYTES..(r + 1) * g * Q8_GROUP_BYTES],
-                    &scales[r * g..(r + 1) * g],
-                    dst,
-                )
+                for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
+                    let (tile, d) = tile_of(qs, scales, Q8_GROUP_BYTES, cols, r, g);
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        *o = q8_at(tile, r % ROW_BLOCK, j) as f32 * d;
+                    }
+                }
             }
             Weights::Q4 { qs, scales } => {
-                let g = cols.div_ceil(GROUP);
-                dequantize_row_q4(
-                    &qs[r * g * Q4_GROUP_BYTES..(r + 1) * g * Q4_GROUP_BYTES],
-                    &scales[r * g..(r + 1) * g],
-                    dst,
-                )
+                for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
+                    let (tile, d) = tile_of(qs, scales, Q4_GROUP_BYTES, cols, r, g);
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        *o = q4_at(tile, r % ROW_BLOCK, j) as f32 * d;
+                    }
+                }
             }
         }
     }
+}
+
+/// The tile holding row `r`'s group `g`, and that group's scale.
+#[inline]
+fn tile_of<'w>(qs: &'w [u8], scales: &[f16], group_bytes: usize, cols: usize, r: usize, g: usize) -> (&'w [u8], f32) {
+    let groups = cols.div_ceil(GROUP);
+    let t = (r / ROW_BLOCK) * groups + g;
+    let tb = ROW_BLOCK * group_bytes;
+    (&qs[t * tb..(t + 1) * tb], scales[t * ROW_BLOCK + r % ROW_BLOCK].to_f32())
+}
+
+/// Element `j` (0..32) of row `r` (0..8) of a q8 tile, as its signed value.
+#[inline]
+fn q8_at(tile: &[u8], r: usize, j: usize) -> i32 {
+    tile[(j / 4) * 32 + r * 4 + j % 4] as i32 - 128
+}
+
+/// Element `j` (0..32) of row `r` (0..8) of a q4 tile, as its signed value.
+#[inline]
+fn q4_at(tile: &[u8], r: usize, j: usize) -> i32 {
+    let k = j % 16;
+    let byte = tile[(k / 4) * 32 + r * 4 + k % 4];
+    (if j < 16 { byte & 0x0F } else { byte >> 4 }) as i32 - 8
 }
 
 /// Dot product of two equal-length f32 slices, accumulated in eight lanes
@@ -189,6 +221,132 @@ pub fn matmul(
         for t in 0..n {
             out[t * out_stride + r] = dot_f32(w, &x[t * x_stride..t * x_stride + cols]);
         }
+    }
+}
+
+/// Quantizes `n` activation rows (`x` is `[n, cols]` with row stride
+/// `x_stride`) to int8 per group of 32, for [`matmul_q`]: for token `t`
+/// and group `g` (`groups = cols.div_ceil(32)`), `acts.d[t * groups + g]`
+/// is `max|x| / 127`, the quants `roundeven(x * (1 / d))` (0 for an
+/// all-zero group) and `acts.sums` their sum. Padding quants are 0. Every
+/// tier computes exactly these values (the scalar `d` and `1 / d`, one f32
+/// product and round-to-nearest-even per element).
+///
+/// # Panics
+/// If a buffer is shorter than the shapes say.
+pub fn quantize_acts(x: &[f32], x_stride: usize, n: usize, cols: usize, acts: &mut ActsMut<'_>) {
+    let groups = cols.div_ceil(GROUP);
+    for t in 0..n {
+        let row = &x[t * x_stride..t * x_stride + cols];
+        for g in 0..groups {
+            let src = &row[g * GROUP..((g + 1) * GROUP).min(cols)];
+            let (d, id) = act_scale(src);
+            let q = &mut acts.qs[(t * groups + g) * GROUP..(t * groups + g + 1) * GROUP];
+            let mut sum = 0i32;
+            for (j, o) in q.iter_mut().enumerate() {
+                let v = src.get(j).map_or(0, |&x| quant_act(x, id));
+                *o = v;
+                sum += v as i32;
+            }
+            acts.d[t * groups + g] = d;
+            acts.sums[t * groups + g] = sum;
+        }
+    }
+}
+
+/// A group's activation scale `max|x| / 127` and its inverse (0 for 0).
+#[inline]
+pub fn act_scale(src: &[f32]) -> (f32, f32) {
+    let amax = src.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+    let d = amax / 127.0;
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+}
+
+#[inline]
+fn quant_act(x: f32, id: f32) -> i8 {
+    libm::roundevenf(x * id).clamp(-127.0, 127.0) as i8
+}
+
+/// Integer matrix product with int8 activations, for q8/q4 weights:
+/// `out[t][r] = sum_g (scale[r][g] * acts.d[t][g]) * sum_j q[r][g][j] * a[t][g][j]`
+/// for the rows in `rows` and tokens `0..n`, accumulated over groups in
+/// order as `acc = acc + (isum as f32) * (wd * ad)` (f32, not fused).
+/// The integer sums are exact and every tier follows this order per
+/// (row, token), so all tiers agree bit for bit. Float weights are
+/// [`matmul_f`]'s; passing them here does nothing.
+pub fn matmul_q(m: &Matrix<'_>, rows: core::ops::Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
+    let groups = m.cols.div_ceil(GROUP);
+    let (qs, scales, gb, q4) = match m.w {
+        Weights::Q8 { qs, scales } => (qs, scales, Q8_GROUP_BYTES, false),
+        Weights::Q4 { qs, scales } => (qs, scales, Q4_GROUP_BYTES, true),
+        _ => return,
+    };
+    for r in rows {
+        for t in 0..n {
+            let mut acc = 0.0f32;
+            for g in 0..groups {
+                let (tile, wd) = tile_of(qs, scales, gb, m.cols, r, g);
+                let a = &acts.qs[(t * groups + g) * GROUP..(t * groups + g + 1) * GROUP];
+                let mut isum = 0i32;
+                for (j, &aj) in a.iter().enumerate() {
+                    let w = if q4 { q4_at(tile, r % ROW_BLOCK, j) } else { q8_at(tile, r % ROW_BLOCK, j) };
+                    isum += w * aj as i32;
+                }
+                acc += isum as f32 * (wd * acts.d[t * groups + g]);
+            }
+            out.set(t, r, acc);
+        }
+    }
+}
+
+/// Float matrix product for rows `rows`: each weight row is dequantized into
+/// `row` (`>= cols` floats) and dotted ([`dot_f32`]) with every token.
+pub fn matmul_f(
+    m: &Matrix<'_>,
+    rows: core::ops::Range<usize>,
+    x: &[f32],
+    x_stride: usize,
+    n: usize,
+    out: &mut Out<'_>,
+    row: &mut [f32],
+) {
+    for r in rows {
+        m.dequantize_row(r, row);
+        let w = &row[..m.cols];
+        for t in 0..n {
+            out.set(t, r, dot_f32(w, &x[t * x_stride..t * x_stride + m.cols]));
+        }
+    }
+}
+
+/// `sum_i a[i] * b[i]` with `b` in f16, in [`dot_f32`]'s order.
+pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0.0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        for (l, acc) in acc.iter_mut().enumerate() {
+            *acc += a[c * 8 + l] * b[c * 8 + l].to_f32();
+        }
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * 8..n {
+        tail += a[i] * b[i].to_f32();
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `y += a * x`.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
+/// `y += a * x` with `x` in f16.
+pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o += a * v.to_f32();
     }
 }
 
@@ -339,14 +497,33 @@ mod tests {
                 );
                 quantize_row_q4(row, &mut q4[r * groups * Q4_GROUP_BYTES..][..groups * Q4_GROUP_BYTES], &mut s4[g]);
             }
+            // The file's 8-row tiles.
+            let padded = quant::padded_rows(rows);
+            let (mut t8, mut t4) =
+                (vec![0u8; padded * groups * Q8_GROUP_BYTES], vec![0u8; padded * groups * Q4_GROUP_BYTES]);
+            let (mut ts8, mut ts4) = (vec![f16::ZERO; padded * groups], vec![f16::ZERO; padded * groups]);
+            quant::tile_rows(ferrite_format::DType::Q8, &q8, &s8, rows, groups, &mut t8, &mut ts8);
+            quant::tile_rows(ferrite_format::DType::Q4, &q4, &s4, rows, groups, &mut t4, &mut ts4);
             let all = [
                 Weights::F32(&src),
                 Weights::F16(&f16s),
-                Weights::Q8 { qs: &q8, scales: &s8 },
-                Weights::Q4 { qs: &q4, scales: &s4 },
+                Weights::Q8 { qs: &t8, scales: &ts8 },
+                Weights::Q4 { qs: &t4, scales: &ts4 },
             ];
             for w in all {
                 let m = Matrix { w, rows, cols };
+                // A tiled row dequantizes exactly like its logical row.
+                for r in 0..rows {
+                    let (mut a, mut b) = (vec![0f32; cols], vec![f32::NAN; cols]);
+                    m.dequantize_row(r, &mut a);
+                    let gs = r * groups..(r + 1) * groups;
+                    match w {
+                        Weights::Q8 { .. } => dequantize_row_q8(&q8[r * groups * 32..], &s8[gs], &mut b),
+                        Weights::Q4 { .. } => dequantize_row_q4(&q4[r * groups * 16..], &s4[gs], &mut b),
+                        _ => b.copy_from_slice(&a),
+                    }
+                    assert_eq!(a, b, "{w:?} row {r}");
+                }
                 let mut out = vec![f32::NAN; n * out_stride];
                 let mut row = vec![0f32; cols + 3];
                 matmul(&m, &x, x_stride, n, &mut out, out_stride, &mut row);

@@ -6,6 +6,9 @@ use core::fmt;
 pub enum Error {
     /// The model file is invalid.
     Format(ferrite_format::Error),
+    /// The kernel tier asked for (`FERRITE_KERNELS` or the session config)
+    /// is unknown or needs CPU features this machine lacks.
+    Kernels(ferrite_kernels::KernelError),
     /// The arena passed to [`crate::Session::new`] is smaller than the plan needs.
     ArenaTooSmall {
         /// Bytes the plan needs (alignment slack included).
@@ -66,6 +69,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Error::Format(e) => write!(f, "invalid model file: {e}"),
+            Error::Kernels(e) => write!(f, "{e}"),
             Error::ArenaTooSmall { needed, given } => {
                 write!(f, "arena too small: the plan needs {needed} bytes, {given} were given")
             }

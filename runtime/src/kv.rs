@@ -5,6 +5,7 @@
 //! one f32 scale per head row (`max|x| / 127`).
 
 use ferrite_kernels::reference as k;
+use ferrite_kernels::Kernels;
 use half::f16;
 
 /// Element type of the KV cache.
@@ -82,6 +83,9 @@ fn dot_with(q: &[f32], elem: impl Fn(usize) -> f32) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+type DotFn = fn(&[f32], &[f32]) -> f32;
+type AxpyFn = fn(f32, &[f32], &mut [f32]);
+
 impl KvStore<'_> {
     /// Rounds rows of fresh keys or values to the cache's precision in place,
     /// so a token attends to the same numbers whether its neighbours come
@@ -105,6 +109,16 @@ impl KvStore<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The dot product and `y += a * x` for keys and values of the current
+    /// batch (f32, already rounded to the cache's precision) that match
+    /// [`KvStore::dot_key`] and [`KvStore::add_value`] bit for bit.
+    pub fn batch_ops(&self, kern: &Kernels) -> (DotFn, AxpyFn) {
+        match self {
+            KvStore::Q8 { .. } => (k::dot_f32, k::axpy),
+            _ => (kern.dot, kern.axpy),
         }
     }
 
@@ -138,14 +152,15 @@ impl KvStore<'_> {
     }
 
     /// `dot(q, key)` for KV head `kvh` of `row`, summed in exactly the
-    /// order of [`k::dot_f32`] over the dequantized key, so a key read from
-    /// the cache scores exactly like the same key fresh from its batch.
-    pub fn dot_key(&self, row: usize, kvh: usize, q: &[f32], s: KvShape) -> f32 {
+    /// order of [`KvStore::batch_ops`]'s dot over the dequantized key, so a key
+    /// read from the cache scores exactly like the same key fresh from its
+    /// batch.
+    pub fn dot_key(&self, kern: &Kernels, row: usize, kvh: usize, q: &[f32], s: KvShape) -> f32 {
         let at = row * s.kv_dim + kvh * s.head_dim;
         let hd = s.head_dim;
         match self {
-            KvStore::F32 { k, .. } => k::dot_f32(q, &k[at..at + hd]),
-            KvStore::F16 { k, .. } => dot_with(q, |i| k[at + i].to_f32()),
+            KvStore::F32 { k, .. } => (kern.dot)(q, &k[at..at + hd]),
+            KvStore::F16 { k, .. } => (kern.dot_f16)(q, &k[at..at + hd]),
             KvStore::Q8 { k, ks, .. } => {
                 let scale = ks[row * (s.kv_dim / hd) + kvh];
                 dot_with(q, |i| k[at + i] as f32 * scale)
@@ -155,20 +170,12 @@ impl KvStore<'_> {
 
     /// `out += p * value` for KV head `kvh` of `row` (dequantized value, as
     /// for a fresh one).
-    pub fn add_value(&self, row: usize, kvh: usize, p: f32, out: &mut [f32], s: KvShape) {
+    pub fn add_value(&self, kern: &Kernels, row: usize, kvh: usize, p: f32, out: &mut [f32], s: KvShape) {
         let at = row * s.kv_dim + kvh * s.head_dim;
         let hd = s.head_dim;
         match self {
-            KvStore::F32 { v, .. } => {
-                for (o, &x) in out.iter_mut().zip(&v[at..at + hd]) {
-                    *o += p * x;
-                }
-            }
-            KvStore::F16 { v, .. } => {
-                for (o, &x) in out.iter_mut().zip(&v[at..at + hd]) {
-                    *o += p * x.to_f32();
-                }
-            }
+            KvStore::F32 { v, .. } => (kern.axpy)(p, &v[at..at + hd], out),
+            KvStore::F16 { v, .. } => (kern.axpy_f16)(p, &v[at..at + hd], out),
             KvStore::Q8 { v, vs, .. } => {
                 let scale = vs[row * (s.kv_dim / hd) + kvh];
                 for (o, &x) in out.iter_mut().zip(&v[at..at + hd]) {

@@ -3,9 +3,11 @@
 
 use ferrite_format::{LayerRole, ModelConfig, Role};
 use ferrite_kernels::reference as k;
+use ferrite_kernels::{ActsMut, Kernels, Tier};
 
 use crate::kv::{KvShape, KvStore, KvType};
-use crate::{parallel, Error, Model};
+use crate::parallel::{self, Input};
+use crate::{Error, Model};
 
 /// What a session needs room for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,13 @@ pub struct SessionConfig {
     pub streaming: bool,
     /// Attention-sink slots pinned at the start of the cache (streaming only).
     pub sinks: usize,
+    /// Kernel tier; `None` picks the one `FERRITE_KERNELS` names (with
+    /// `std`), else the best this CPU has. A tier the CPU lacks is an error.
+    pub kernels: Option<Tier>,
+    /// Multiply q8/q4 weights with f32 activations (each weight row
+    /// dequantized) instead of int8 activations quantized per group of 32:
+    /// slower, and the most faithful to the weights.
+    pub f32_activations: bool,
 }
 
 impl Default for SessionConfig {
@@ -42,6 +51,8 @@ impl Default for SessionConfig {
             logits_all: false,
             streaming: true,
             sinks: 4,
+            kernels: None,
+            f32_activations: false,
         }
     }
 }
@@ -85,6 +96,8 @@ struct Layout {
     rows: usize,
     logits: usize,
     inv_freq: usize,
+    /// Groups of 32 in the widest matmul input, times `max_batch`.
+    act_groups: usize,
 }
 
 /// Bytes of the KV cache part for `slots` (layers × max_ctx) slots: keys
@@ -140,11 +153,13 @@ impl Plan {
             rows: ov(d.max(q_dim).max(ffn).checked_mul(cfg.threads))?,
             logits: ov((m.vocab_size as usize).checked_mul(if cfg.logits_all { b } else { 1 }))?,
             inv_freq: m.head_dim as usize / 2,
+            act_groups: ov(d.max(q_dim).max(ffn).div_ceil(32).checked_mul(b))?,
         };
         let slots = ov(cfg.max_ctx.checked_mul(m.n_layers as usize))?;
         let kv_bytes = kv_part_bytes(cfg.kv, slots, kv_dim, m.n_kv_heads as usize)?;
         let f = |n: usize| ov(n.checked_mul(4).and_then(padded));
-        // x, xn (both [b, d]), q and att ([b, q_dim]), k and v ([b, kv_dim]), gate and up ([b, ffn]).
+        // x, xn (both [b, d]), q and att ([b, q_dim]), k and v ([b, kv_dim]), gate and up ([b, ffn]),
+        // the int8 activations of the widest input.
         let activations = [
             f(layout.x)?,
             f(layout.x)?,
@@ -154,6 +169,10 @@ impl Plan {
             f(layout.kv)?,
             f(layout.ffn)?,
             f(layout.ffn)?,
+            // Int8 activations: quants, scales, sums.
+            ov(layout.act_groups.checked_mul(32).and_then(padded))?,
+            f(layout.act_groups)?,
+            f(layout.act_groups)?,
         ]
         .iter()
         .try_fold(0usize, |a, &v| a.checked_add(v))
@@ -288,6 +307,8 @@ impl<'a> Carver<'a> {
 pub struct Session<'m, 'a> {
     model: &'m Model<'m>,
     plan: Plan,
+    kern: &'static Kernels,
+    acts: ActsMut<'a>,
     kv: KvStore<'a>,
     x: &'a mut [f32],
     xn: &'a mut [f32],
@@ -322,6 +343,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let l = plan.layout;
         let n_layers = model.config().n_layers as usize;
         let kv_elems = l.kv_per_layer.checked_mul(n_layers).ok_or(Error::Overflow)?;
+        let kern = ferrite_kernels::select(plan.cfg.kernels).map_err(Error::Kernels)?;
         let mut c = Carver { rest: arena };
         let kv = match plan.cfg.kv {
             KvType::F32 => KvStore::F32 { k: c.slice(kv_elems)?, v: c.slice(kv_elems)? },
@@ -335,6 +357,8 @@ impl<'m, 'a> Session<'m, 'a> {
             model,
             plan: *plan,
             kv,
+            kern,
+            acts: ActsMut { qs: c.slice(l.act_groups * 32)?, d: c.f32s(l.act_groups)?, sums: c.slice(l.act_groups)? },
             x: c.f32s(l.x)?,
             xn: c.f32s(l.x)?,
             q: c.f32s(l.q)?,
@@ -547,12 +571,14 @@ impl<'m, 'a> Session<'m, 'a> {
         let d = c.d_model as usize;
         let norm = m.vector(Role::OutputNorm)?;
         let out = m.matrix(Role::Output)?;
-        norm_rows(&self.x[first * d..(first + n) * d], norm, c.norm_eps, &mut self.xn[..n * d]);
+        let kern = self.kern;
+        norm_rows(kern, &self.x[first * d..(first + n) * d], norm, c.norm_eps, &mut self.xn[..n * d]);
+        let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, self.plan.cfg.f32_activations);
         parallel::matmul(
             self.plan.cfg.threads,
+            kern,
             &out,
-            self.xn,
-            d,
+            input,
             n,
             self.logits,
             out.rows,
@@ -579,6 +605,11 @@ impl<'m, 'a> Session<'m, 'a> {
         let max_ctx = self.plan.cfg.max_ctx;
         let window = c.sliding_window().map(|w| w as usize);
 
+        let kern = self.kern;
+        let threads = self.plan.cfg.threads;
+        let row_len = self.plan.layout.row;
+        let f32_acts = self.plan.cfg.f32_activations;
+        let (batch_dot, batch_axpy) = self.kv.batch_ops(kern);
         let embed = m.matrix(Role::Embedding)?;
         for (t, &id) in tokens.iter().enumerate() {
             embed.dequantize_row(id as usize, &mut self.x[t * d..(t + 1) * d]);
@@ -586,13 +617,14 @@ impl<'m, 'a> Session<'m, 'a> {
         for layer in 0..c.n_layers {
             let role = |r| Role::Layer(layer, r);
             let attn_norm = m.vector(role(LayerRole::AttnNorm))?;
-            norm_rows(&self.x[..n * d], attn_norm, c.norm_eps, &mut self.xn[..n * d]);
+            norm_rows(kern, &self.x[..n * d], attn_norm, c.norm_eps, &mut self.xn[..n * d]);
             let wq = m.matrix(role(LayerRole::AttnQ))?;
             let wk = m.matrix(role(LayerRole::AttnK))?;
             let wv = m.matrix(role(LayerRole::AttnV))?;
-            parallel::matmul(self.plan.cfg.threads, &wq, self.xn, d, n, self.q, q_dim, self.row, self.plan.layout.row);
-            parallel::matmul(self.plan.cfg.threads, &wk, self.xn, d, n, self.k, kv_dim, self.row, self.plan.layout.row);
-            parallel::matmul(self.plan.cfg.threads, &wv, self.xn, d, n, self.v, kv_dim, self.row, self.plan.layout.row);
+            let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
+            parallel::matmul(threads, kern, &wq, input, n, self.q, q_dim, self.row, row_len);
+            parallel::matmul(threads, kern, &wk, input, n, self.k, kv_dim, self.row, row_len);
+            parallel::matmul(threads, kern, &wv, input, n, self.v, kv_dim, self.row, row_len);
             if c.qkv_bias() {
                 let bq = m.vector(role(LayerRole::AttnQBias))?;
                 let bk = m.vector(role(LayerRole::AttnKBias))?;
@@ -638,32 +670,30 @@ impl<'m, 'a> Session<'m, 'a> {
                         self.q_head.copy_from_slice(qh);
                         k::rope(self.q_head, sink_shift, self.inv_freq);
                         for (s, j) in scores.iter_mut().zip(keys.sinks.clone()) {
-                            *s = scale * self.kv.dot_key(layer_row + j, kvh, self.q_head, shape);
+                            *s = scale * self.kv.dot_key(kern, layer_row + j, kvh, self.q_head, shape);
                         }
                     }
                     for (s, a) in scores[keys.sinks.len()..].iter_mut().zip(keys.main.clone()) {
                         *s = scale
                             * if a >= n0 {
                                 let r = (a - n0) * kv_dim + kvh * hd;
-                                k::dot_f32(qh, &self.k[r..r + hd])
+                                batch_dot(qh, &self.k[r..r + hd])
                             } else {
-                                self.kv.dot_key(layer_row + self.plan.slot(a), kvh, qh, shape)
+                                self.kv.dot_key(kern, layer_row + self.plan.slot(a), kvh, qh, shape)
                             };
                     }
                     k::softmax(scores);
                     let out = &mut self.att[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
                     out.fill(0.0);
                     for (&p, j) in scores.iter().zip(keys.sinks.clone()) {
-                        self.kv.add_value(layer_row + j, kvh, p, out, shape);
+                        self.kv.add_value(kern, layer_row + j, kvh, p, out, shape);
                     }
                     for (&p, a) in scores[keys.sinks.len()..].iter().zip(keys.main.clone()) {
                         if a >= n0 {
                             let r = (a - n0) * kv_dim + kvh * hd;
-                            for (o, &x) in out.iter_mut().zip(&self.v[r..r + hd]) {
-                                *o += p * x;
-                            }
+                            batch_axpy(p, &self.v[r..r + hd], out);
                         } else {
-                            self.kv.add_value(layer_row + self.plan.slot(a), kvh, p, out, shape);
+                            self.kv.add_value(kern, layer_row + self.plan.slot(a), kvh, p, out, shape);
                         }
                     }
                 }
@@ -673,28 +703,21 @@ impl<'m, 'a> Session<'m, 'a> {
                 self.kv.write(row, &self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim], shape);
             }
             let wo = m.matrix(role(LayerRole::AttnO))?;
-            parallel::matmul(
-                self.plan.cfg.threads,
-                &wo,
-                self.att,
-                q_dim,
-                n,
-                self.xn,
-                d,
-                self.row,
-                self.plan.layout.row,
-            );
+            let input = prepare(kern, &self.att[..n * q_dim], q_dim, n, &mut self.acts, f32_acts);
+            parallel::matmul(threads, kern, &wo, input, n, self.xn, d, self.row, row_len);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
 
             let ffn_norm = m.vector(role(LayerRole::FfnNorm))?;
-            norm_rows(&self.x[..n * d], ffn_norm, c.norm_eps, &mut self.xn[..n * d]);
+            norm_rows(kern, &self.x[..n * d], ffn_norm, c.norm_eps, &mut self.xn[..n * d]);
             let wg = m.matrix(role(LayerRole::FfnGate))?;
             let wu = m.matrix(role(LayerRole::FfnUp))?;
             let wd = m.matrix(role(LayerRole::FfnDown))?;
-            parallel::matmul(self.plan.cfg.threads, &wg, self.xn, d, n, self.gate, ffn, self.row, self.plan.layout.row);
-            parallel::matmul(self.plan.cfg.threads, &wu, self.xn, d, n, self.up, ffn, self.row, self.plan.layout.row);
+            let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
+            parallel::matmul(threads, kern, &wg, input, n, self.gate, ffn, self.row, row_len);
+            parallel::matmul(threads, kern, &wu, input, n, self.up, ffn, self.row, row_len);
             k::swiglu(&mut self.gate[..n * ffn], &self.up[..n * ffn]);
-            parallel::matmul(self.plan.cfg.threads, &wd, self.gate, ffn, n, self.xn, d, self.row, self.plan.layout.row);
+            let input = prepare(kern, &self.gate[..n * ffn], ffn, n, &mut self.acts, f32_acts);
+            parallel::matmul(threads, kern, &wd, input, n, self.xn, d, self.row, row_len);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
         }
         self.pos += n;
@@ -703,11 +726,30 @@ impl<'m, 'a> Session<'m, 'a> {
 }
 
 /// RMSNorm of each `weight.len()`-wide row of `x` into the same row of `out`.
-fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+fn norm_rows(kern: &Kernels, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
     for (row, dst) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        k::rmsnorm(row, weight, eps, dst);
+        (kern.rmsnorm)(row, weight, eps, dst);
     }
+}
+
+/// The input of the matrix products over `x` (`n` rows of `cols`): `x`
+/// itself, and its int8 quantization in `acts` unless f32 activations are
+/// asked for. (Float weights ignore the int8 copy; quantizing once per
+/// input costs little next to the products.)
+fn prepare<'x>(
+    kern: &Kernels,
+    x: &'x [f32],
+    cols: usize,
+    n: usize,
+    acts: &'x mut ActsMut<'_>,
+    f32_acts: bool,
+) -> Input<'x> {
+    if f32_acts {
+        return Input { x, stride: cols, acts: None };
+    }
+    (kern.quantize_acts)(x, cols, n, cols, acts);
+    Input { x, stride: cols, acts: Some(acts.as_acts()) }
 }
 
 fn add(dst: &mut [f32], src: &[f32]) {

@@ -1,0 +1,241 @@
+//! Every kernel tier against the scalar reference (`reference.rs`) on
+//! random shapes: row counts that are not a multiple of the 8-row tile,
+//! columns with partial groups, k = 0 and 1, any row sub-range (as thread
+//! splits give), 1..6 tokens. Integer paths (activation quantization and
+//! q8/q4 products) must agree bit for bit; float paths within the bound
+//! stated at each check.
+
+use ferrite_format::quant::{self, padded_rows, tile_rows};
+use ferrite_format::DType;
+use ferrite_kernels::reference::{self, Matrix, Weights};
+use ferrite_kernels::{ActsMut, KernelError, Kernels, Out, Tier};
+use half::f16;
+use proptest::prelude::*;
+
+/// The tiers this CPU can run (the reference always).
+fn tiers() -> Vec<&'static Kernels> {
+    let all: Vec<_> = Tier::ALL.into_iter().filter(|t| t.supported()).map(|t| Kernels::for_tier(t).unwrap()).collect();
+    assert!(!all.is_empty());
+    all
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+    fn f32(&mut self, scale: f32) -> f32 {
+        ((self.next() >> 29) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32(scale)).collect()
+    }
+}
+
+/// A random quantized `[rows, cols]` matrix in the file's tiled layout.
+fn quantized(dtype: DType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f16>) {
+    let groups = cols.div_ceil(32);
+    let row_q = quant::row_quant_bytes(dtype, cols);
+    let mut logical = vec![0u8; rows * row_q];
+    let mut scales = vec![f16::ZERO; rows * groups];
+    for r in 0..rows {
+        let src = rng.vec(cols, 2.0);
+        let (q, s) = (&mut logical[r * row_q..(r + 1) * row_q], &mut scales[r * groups..(r + 1) * groups]);
+        if dtype == DType::Q4 {
+            reference::quantize_row_q4(&src, q, s);
+        } else {
+            reference::quantize_row_q8(&src, q, s);
+        }
+    }
+    let mut tiles = vec![0u8; padded_rows(rows) * row_q];
+    let mut tile_scales = vec![f16::ZERO; padded_rows(rows) * groups];
+    tile_rows(dtype, &logical, &scales, rows, groups, &mut tiles, &mut tile_scales);
+    (tiles, tile_scales)
+}
+
+fn quantize_acts(k: &Kernels, x: &[f32], stride: usize, n: usize, cols: usize) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
+    let g = cols.div_ceil(32);
+    let (mut qs, mut d, mut sums) = (vec![99i8; n * g * 32], vec![f32::NAN; n * g], vec![-1i32; n * g]);
+    (k.quantize_acts)(x, stride, n, cols, &mut ActsMut { qs: &mut qs, d: &mut d, sums: &mut sums });
+    (qs, d, sums)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+fn check_case(rows: usize, cols: usize, n: usize, lo: usize, hi: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let hi = hi.min(rows);
+    let lo = lo.min(hi);
+    let stride = cols + 3;
+    let x = rng.vec(n * stride, 3.0);
+    let out_stride = rows + 1;
+    let reference = Kernels::for_tier(Tier::Reference).unwrap();
+    let want_acts = quantize_acts(reference, &x, stride, n, cols);
+    for k in tiers() {
+        // Activation quantization: exact.
+        let got = quantize_acts(k, &x, stride, n, cols);
+        assert_eq!(got.0, want_acts.0, "{} quants", k.tier);
+        assert_eq!(bits(&got.1), bits(&want_acts.1), "{} scales", k.tier);
+        assert_eq!(got.2, want_acts.2, "{} sums", k.tier);
+    }
+    let acts = ferrite_kernels::Acts { qs: &want_acts.0, d: &want_acts.1, sums: &want_acts.2 };
+    for dtype in [DType::Q4, DType::Q8] {
+        let (qs, scales) = quantized(dtype, rows, cols, &mut rng);
+        let w = if dtype == DType::Q4 {
+            Weights::Q4 { qs: &qs, scales: &scales }
+        } else {
+            Weights::Q8 { qs: &qs, scales: &scales }
+        };
+        let m = Matrix { w, rows, cols };
+        let run = |k: &Kernels| {
+            let mut out = vec![f32::NAN; n * out_stride];
+            let (_, part) = Out::new(&mut out, out_stride).split_at_row(lo);
+            let (mut part, _) = part.split_at_row(hi);
+            (k.matmul_q)(&m, lo..hi, &acts, n, &mut part);
+            out
+        };
+        let want = run(reference);
+        // The reference itself against a direct float formula.
+        for t in 0..n {
+            let mut row = vec![0f32; cols];
+            for r in lo..hi {
+                m.dequantize_row(r, &mut row);
+                let g = cols.div_ceil(32);
+                let mut exact = 0f64;
+                for j in 0..cols {
+                    let a = acts.qs[t * g * 32 + j] as f64 * acts.d[t * g + j / 32] as f64;
+                    exact += row[j] as f64 * a;
+                }
+                let got = want[t * out_stride + r] as f64;
+                assert!(
+                    (got - exact).abs() <= 1e-3 * (1.0 + exact.abs()),
+                    "reference {dtype:?} r{r} t{t}: {got} vs {exact}"
+                );
+            }
+        }
+        for k in tiers() {
+            let got = run(k);
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{} {dtype:?} matmul_q rows {lo}..{hi} of {rows}, cols {cols}, n {n}",
+                k.tier
+            );
+        }
+        // Float path over quantized weights (f32 activations): bounded.
+        check_float(&m, &x, stride, n, lo, hi, out_stride);
+    }
+    // f32 and f16 weights.
+    let wf = rng.vec(rows * cols, 1.0);
+    let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+    check_float(&Matrix { w: Weights::F32(&wf), rows, cols }, &x, stride, n, lo, hi, out_stride);
+    check_float(&Matrix { w: Weights::F16(&wh), rows, cols }, &x, stride, n, lo, hi, out_stride);
+}
+
+/// Float products agree within `1e-5 * sum |w * x|` (summation order only).
+fn check_float(m: &Matrix<'_>, x: &[f32], stride: usize, n: usize, lo: usize, hi: usize, out_stride: usize) {
+    let reference = Kernels::for_tier(Tier::Reference).unwrap();
+    let run = |k: &Kernels| {
+        let mut out = vec![f32::NAN; n * out_stride];
+        let mut row = vec![0f32; m.cols + 1];
+        let (_, part) = Out::new(&mut out, out_stride).split_at_row(lo);
+        let (mut part, _) = part.split_at_row(hi);
+        (k.matmul_f)(m, lo..hi, x, stride, n, &mut part, &mut row);
+        out
+    };
+    let want = run(reference);
+    let mut row = vec![0f32; m.cols];
+    for k in tiers() {
+        let got = run(k);
+        for t in 0..n {
+            for r in 0..m.rows {
+                let (g, w) = (got[t * out_stride + r], want[t * out_stride + r]);
+                if !(lo..hi).contains(&r) {
+                    assert!(g.is_nan() && w.is_nan(), "{} wrote row {r} outside {lo}..{hi}", k.tier);
+                    continue;
+                }
+                m.dequantize_row(r, &mut row);
+                let mag: f32 = row.iter().zip(&x[t * stride..]).map(|(a, b)| (a * b).abs()).sum();
+                assert!(
+                    (g - w).abs() <= 1e-5 * mag + 1e-30,
+                    "{} {:?} r{r} t{t}: {g} vs {w}",
+                    k.tier,
+                    m.w.is_quantized()
+                );
+            }
+        }
+    }
+}
+
+fn check_vector_ops(len: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let a = rng.vec(len, 2.0);
+    let b = rng.vec(len, 2.0);
+    let bh: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
+    let bf: Vec<f32> = bh.iter().map(|v| v.to_f32()).collect();
+    let weight = rng.vec(len, 1.0);
+    let r = Kernels::for_tier(Tier::Reference).unwrap();
+    let mag: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum::<f32>() + 1e-30;
+    for k in tiers() {
+        let tol = 1e-5 * mag;
+        assert!(((k.dot)(&a, &b) - (r.dot)(&a, &b)).abs() <= tol, "{} dot len {len}", k.tier);
+        assert!(((k.dot_f16)(&a, &bh) - (r.dot_f16)(&a, &bh)).abs() <= tol, "{} dot_f16 len {len}", k.tier);
+        // The f32 dot over f16-rounded values equals the f16 dot bit for bit
+        // within a tier (batch keys score like cached ones).
+        assert_eq!((k.dot)(&a, &bf).to_bits(), (k.dot_f16)(&a, &bh).to_bits(), "{} dot vs dot_f16", k.tier);
+        let (mut y1, mut y2, mut y3) = (b.clone(), b.clone(), b.clone());
+        (k.axpy)(0.37, &a, &mut y1);
+        (r.axpy)(0.37, &a, &mut y2);
+        for (i, (p, q)) in y1.iter().zip(&y2).enumerate() {
+            assert!((p - q).abs() <= 1e-6 * (1.0 + p.abs()), "{} axpy [{i}]", k.tier);
+        }
+        (k.axpy_f16)(0.37, &bh, &mut y3);
+        let mut y4 = b.clone();
+        (k.axpy)(0.37, &bf, &mut y4);
+        assert_eq!(bits(&y3), bits(&y4), "{} axpy_f16 vs axpy", k.tier);
+        let (mut o1, mut o2) = (vec![0f32; len], vec![0f32; len]);
+        (k.rmsnorm)(&a, &weight, 1e-5, &mut o1);
+        (r.rmsnorm)(&a, &weight, 1e-5, &mut o2);
+        for (p, q) in o1.iter().zip(&o2) {
+            assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{} rmsnorm", k.tier);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matmuls_match_reference(rows in 1usize..40, cols in 0usize..200, n in 1usize..7,
+                               lo in 0usize..40, span in 0usize..40, seed in any::<u64>()) {
+        check_case(rows, cols, n, lo, lo + span, seed);
+    }
+
+    #[test]
+    fn vector_ops_match_reference(len in 0usize..300, seed in any::<u64>()) {
+        check_vector_ops(len, seed);
+    }
+}
+
+#[test]
+fn edge_shapes() {
+    for (rows, cols, n) in [(1, 0, 1), (1, 1, 1), (8, 32, 1), (9, 33, 5), (16, 64, 4), (7, 31, 6), (24, 96, 9)] {
+        check_case(rows, cols, n, 0, rows, rows as u64 * 31 + cols as u64);
+    }
+}
+
+#[test]
+fn unsupported_or_unknown_tiers_are_errors_not_crashes() {
+    for t in Tier::ALL {
+        match Kernels::for_tier(t) {
+            Ok(k) => assert!(t.supported() && k.tier == t),
+            Err(e) => assert_eq!(e, KernelError::Unsupported { tier: t, best: Tier::best() }),
+        }
+    }
+    assert_eq!(Tier::from_name("bogus"), None);
+    assert!(KernelError::UnknownName.to_string().contains("reference"));
+    assert!(Tier::best().supported());
+}
