@@ -342,6 +342,9 @@ impl CudaModel {
     }
 }
 
+/// Receives `(index_in_prompt, logits)` for every prompt position.
+type LogitsSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
+
 /// A session on the GPU: KV cache and activations in device memory; only
 /// token ids go up and the logits of one position come back.
 pub struct CudaSession<'m> {
@@ -443,7 +446,7 @@ impl<'m> CudaSession<'m> {
         &self.logits
     }
 
-    fn run(&mut self, tokens: &[u32], mut each: Option<&mut dyn FnMut(usize, &[f32])>) -> Result<(), CudaError> {
+    fn run(&mut self, tokens: &[u32], mut each: Option<LogitsSink<'_>>) -> Result<(), CudaError> {
         use ferrite_runtime::Error as E;
         if tokens.is_empty() {
             return Err(E::EmptyPrompt.into());

@@ -31,7 +31,7 @@ pub mod plan;
 #[cfg(feature = "device")]
 mod device;
 #[cfg(feature = "device")]
-pub use device::{CudaModel, CudaSession, Gpu, PTX};
+pub use device::{Buf, CudaModel, CudaSession, DevMatrix, Gpu, PTX};
 
 pub use plan::{CudaConfig, DevicePlan};
 
