@@ -42,7 +42,7 @@ for module in gemv gemm attention elementwise; do
     done
 done
 [ "$missing" = 0 ] || { echo "cuda-build: PTX check failed" >&2; exit 1; }
-echo "PTX: 4 modules x 3 architectures, $(grep -c 'k!(' cuda/src/launch.rs) kernels each found" >&2
+echo "PTX: 4 modules x 3 architectures, $(grep -c 'k!(' cuda/src/launch.rs) kernels found in each" >&2
 
 step "host-side tests of ferrite-cuda (device code built) and clippy"
 cargo test --release -p ferrite-cuda --features device
