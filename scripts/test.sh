@@ -10,6 +10,8 @@
 #    `ferrite run` (scripts/c-example.sh).
 # 5. Runs the Cortex-M4F example under qemu-system-arm and compares its greedy
 #    ids with the host's (scripts/mcu-example.sh).
+# 6. Builds the CUDA backend with nvcc 13.0 from pip, checks a PTX for every
+#    kernel and runs its host-side tests (scripts/cuda-build.sh; no GPU needed).
 # Also: clippy with -D warnings on the library crates (scripts/lint.sh) and
 # Miri over the format reader and the reference kernels (scripts/miri.sh).
 set -euo pipefail
@@ -36,6 +38,9 @@ bash scripts/c-example.sh
 
 step "Cortex-M4F example under QEMU vs the host"
 bash scripts/mcu-example.sh
+
+step "CUDA backend: nvcc from pip, --features cuda, PTX for every kernel"
+bash scripts/cuda-build.sh
 
 step "Miri over the format reader, the reference kernels and the parallel matmul"
 bash scripts/miri.sh

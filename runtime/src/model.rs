@@ -53,7 +53,7 @@ impl<'a> Model<'a> {
 
     /// Fills `inv_freq` (`head_dim / 2` values) with the RoPE inverse
     /// frequencies, scaling applied, computed in f32 as transformers does.
-    pub(crate) fn rope_inv_freq(&self, inv_freq: &mut [f32]) {
+    pub fn rope_inv_freq(&self, inv_freq: &mut [f32]) {
         let c = self.config();
         let dim = c.head_dim as f32;
         for (i, f) in inv_freq.iter_mut().enumerate() {

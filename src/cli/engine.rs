@@ -7,7 +7,7 @@ use std::path::Path;
 use clap::ValueEnum;
 use ferrite_runtime::sampler::{Sampler, SamplerConfig};
 use ferrite_runtime::tokenizer::{Tokenizer, Utf8Stream};
-use ferrite_runtime::{KvType, Model, Plan, Session, SessionConfig};
+use ferrite_runtime::{KvType, Model, Session, SessionConfig};
 
 use super::CliResult;
 
@@ -261,6 +261,54 @@ impl NpyWriter {
     }
 }
 
+/// A forward pass that `generate` drives: the CPU [`Session`] or, with
+/// feature `cuda`, a `ferrite_cuda::CudaSession`.
+pub trait Forward {
+    /// Feeds the prompt; the logits of its last token are then in `logits()`.
+    fn prefill(&mut self, tokens: &[u32]) -> CliResult<()>;
+    /// Feeds the prompt, passing the logits of every position to `each`.
+    fn prefill_all(&mut self, tokens: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> CliResult<()>;
+    /// Feeds one token.
+    fn step(&mut self, token: u32) -> CliResult<()>;
+    /// The logits of the last token fed.
+    fn logits(&self) -> &[f32];
+}
+
+impl Forward for Session<'_, '_> {
+    fn prefill(&mut self, tokens: &[u32]) -> CliResult<()> {
+        Session::prefill(self, tokens)?;
+        Ok(())
+    }
+    fn prefill_all(&mut self, tokens: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> CliResult<()> {
+        Ok(Session::prefill_all(self, tokens, each)?)
+    }
+    fn step(&mut self, token: u32) -> CliResult<()> {
+        Session::step(self, token)?;
+        Ok(())
+    }
+    fn logits(&self) -> &[f32] {
+        Session::logits(self)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Forward for ferrite_cuda::CudaSession<'_> {
+    fn prefill(&mut self, tokens: &[u32]) -> CliResult<()> {
+        ferrite_cuda::CudaSession::prefill(self, tokens)?;
+        Ok(())
+    }
+    fn prefill_all(&mut self, tokens: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> CliResult<()> {
+        Ok(ferrite_cuda::CudaSession::prefill_all(self, tokens, each)?)
+    }
+    fn step(&mut self, token: u32) -> CliResult<()> {
+        ferrite_cuda::CudaSession::step(self, token)?;
+        Ok(())
+    }
+    fn logits(&self) -> &[f32] {
+        ferrite_cuda::CudaSession::logits(self)
+    }
+}
+
 /// Options of the generation loop.
 pub struct GenOptions {
     /// Most new tokens.
@@ -292,7 +340,7 @@ pub struct Generation {
     /// Tokens fed in decode steps.
     pub decode_steps: usize,
     /// Why generation ended early (e.g. a full context), after `ids`.
-    pub error: Option<ferrite_runtime::Error>,
+    pub error: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 /// Feeds `prompt`, then samples up to `max_new` tokens. `logits_sink`
@@ -301,7 +349,7 @@ pub struct Generation {
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     model: &Model<'_>,
-    session: &mut Session<'_, '_>,
+    session: &mut dyn Forward,
     tok: Option<&Tokenizer<'_>>,
     sampler: &mut Sampler,
     prompt: &[u32],
@@ -408,16 +456,16 @@ pub fn generate(
 }
 
 /// Prints timing and memory figures to stderr.
-pub fn report(prompt_len: usize, g: &Generation, plan: &Plan) {
+pub fn report(prompt_len: usize, g: &Generation, memory: &str, memory_bytes: usize) {
     let pp = prompt_len as f64 / g.prefill_s.max(1e-9);
     let tg = if g.decode_steps > 0 { g.decode_steps as f64 / g.decode_s.max(1e-9) } else { 0.0 };
     eprintln!(
-        "\n[ferrite] prompt {prompt_len} tokens in {:.3} s ({pp:.1} tok/s); generated {} tokens, {} decode steps in {:.3} s ({tg:.1} tok/s); arena {:.1} MiB; peak RSS {:.1} MiB",
+        "\n[ferrite] prompt {prompt_len} tokens in {:.3} s ({pp:.1} tok/s); generated {} tokens, {} decode steps in {:.3} s ({tg:.1} tok/s); {memory} {:.1} MiB; peak RSS {:.1} MiB",
         g.prefill_s,
         g.generated,
         g.decode_steps,
         g.decode_s,
-        plan.arena_bytes() as f64 / (1 << 20) as f64,
+        memory_bytes as f64 / (1 << 20) as f64,
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
     );
 }

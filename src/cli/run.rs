@@ -18,6 +18,16 @@ pub enum OutputKind {
     Ids,
 }
 
+/// Where the forward pass runs.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU (threads: -t).
+    Cpu,
+    /// The first NVIDIA GPU (a build with `--features cuda`; f16 or f32 KV
+    /// cache, no streaming: a full context ends generation).
+    Cuda,
+}
+
 /// Generate text from a prompt.
 ///
 /// stdout carries only the generation; timing and memory figures go to
@@ -56,6 +66,9 @@ pub struct Args {
     /// KV cache element type.
     #[arg(long, value_enum, default_value = "f16")]
     pub kv: KvArg,
+    /// Where the forward pass runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
     /// What stdout carries.
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputKind,
@@ -95,9 +108,6 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let mut cfg = engine::session_config(&model, args.ctx, args.kv, threads);
     cfg.logits_all = args.dump_logits.is_some();
     args.stream.apply(&mut cfg);
-    let plan = model.plan(&cfg)?;
-    let mut arena = vec![0u8; plan.arena_bytes()];
-    let mut session = Session::new(&model, &plan, &mut arena)?;
     let mut sink = match &args.dump_logits {
         Some(p) => Some(NpyWriter::create(p, model.config().vocab_size as usize)?),
         None => None,
@@ -113,16 +123,25 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
         return Err(format!("{}: this file has no tokenizer: use --output ids", args.model.display()).into());
     }
     let mut history = Vec::new();
-    let g = engine::generate(
-        &model,
-        &mut session,
-        tok.as_ref(),
-        &mut sampler,
-        &prompt,
-        &opts,
-        sink.as_mut(),
-        &mut history,
-    )?;
+    let (g, memory, memory_bytes) = match args.device {
+        Device::Cpu => {
+            let plan = model.plan(&cfg)?;
+            let mut arena = vec![0u8; plan.arena_bytes()];
+            let mut session = Session::new(&model, &plan, &mut arena)?;
+            let g = engine::generate(
+                &model,
+                &mut session,
+                tok.as_ref(),
+                &mut sampler,
+                &prompt,
+                &opts,
+                sink.as_mut(),
+                &mut history,
+            )?;
+            (g, "arena", plan.arena_bytes())
+        }
+        Device::Cuda => cuda_generate(&model, &cfg, tok.as_ref(), &mut sampler, &prompt, &opts, sink.as_mut())?,
+    };
     super::print_stdout("\n")?;
     if let Some(sink) = sink {
         let rows = sink.finish()?;
@@ -131,9 +150,55 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             args.dump_logits.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
         );
     }
-    engine::report(prompt.len(), &g, &plan);
+    engine::report(prompt.len(), &g, memory, memory_bytes);
     if let Some(e) = g.error {
         return Err(format!("generation stopped after {} tokens: {e}", g.generated).into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Generation on the GPU: the weights are uploaded, then the same loop as
+/// on the CPU runs over a CUDA session.
+#[cfg(feature = "cuda")]
+fn cuda_generate(
+    model: &ferrite_runtime::Model<'_>,
+    cfg: &ferrite_runtime::SessionConfig,
+    tok: Option<&ferrite_runtime::tokenizer::Tokenizer<'_>>,
+    sampler: &mut ferrite_runtime::sampler::Sampler,
+    prompt: &[u32],
+    opts: &GenOptions,
+    sink: Option<&mut NpyWriter>,
+) -> CliResult<(engine::Generation, &'static str, usize)> {
+    use ferrite_cuda::{CudaConfig, CudaModel, CudaSession, Gpu};
+    let gpu = Gpu::new(0)?;
+    let started = std::time::Instant::now();
+    let cuda_model = CudaModel::new(gpu.clone(), model)?;
+    let cuda_cfg = CudaConfig { max_ctx: cfg.max_ctx, max_batch: cfg.max_batch, kv: cfg.kv };
+    let mut session = CudaSession::new(&cuda_model, &cuda_cfg)?;
+    eprintln!(
+        "[ferrite] CUDA: {} (PTX sm_{}); {:.1} MiB of weights uploaded in {:.2} s",
+        gpu.name(),
+        gpu.arch(),
+        cuda_model.weight_bytes() as f64 / (1 << 20) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    let mut history = Vec::new();
+    let g = engine::generate(model, &mut session, tok, sampler, prompt, opts, sink, &mut history)?;
+    let bytes = cuda_model.weight_bytes() + session.plan().total_bytes();
+    Ok((g, "GPU memory", bytes))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_generate(
+    _: &ferrite_runtime::Model<'_>,
+    _: &ferrite_runtime::SessionConfig,
+    _: Option<&ferrite_runtime::tokenizer::Tokenizer<'_>>,
+    _: &mut ferrite_runtime::sampler::Sampler,
+    _: &[u32],
+    _: &GenOptions,
+    _: Option<&mut NpyWriter>,
+) -> CliResult<(engine::Generation, &'static str, usize)> {
+    Err("this ferrite was built without CUDA: rebuild with `cargo build --release --features cuda` \
+         (nvcc 13.0 needed at build time: bash scripts/cuda-toolchain.sh)"
+        .into())
 }
