@@ -70,10 +70,10 @@ impl DevicePlan {
             KvType::Q8 => return bad("the CUDA backend keeps the KV cache in f16 or f32, not int8".into()),
         };
         let hd = m.head_dim as usize;
-        if hd == 0 || hd % 2 != 0 || hd > launch::PF_MAX_HD as usize {
+        if hd == 0 || !hd.is_multiple_of(2) || hd > launch::PF_MAX_HD as usize {
             return bad(format!("head_dim {hd}: the CUDA attention kernels take even head_dim up to 128"));
         }
-        if m.n_kv_heads == 0 || m.n_heads % m.n_kv_heads != 0 {
+        if m.n_kv_heads == 0 || !m.n_heads.is_multiple_of(m.n_kv_heads) {
             return bad(format!("{} heads over {} KV heads", m.n_heads, m.n_kv_heads));
         }
         let ov = |v: Option<usize>| v.ok_or(CudaError::Unsupported("buffer sizes overflow".into()));
