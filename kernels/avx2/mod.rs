@@ -74,6 +74,12 @@ pub(crate) static AVX2: Kernels = Kernels {
     axpy: axpy_avx2,
     axpy_f16: axpy_f16_avx2,
     rmsnorm: rmsnorm_avx2,
+    softmax: softmax_avx2,
+    swiglu: swiglu_avx2,
+    dot_rows: dot_rows_avx2,
+    dot_rows_f16: dot_rows_f16_avx2,
+    axpy_rows: axpy_rows_avx2,
+    axpy_rows_f16: axpy_rows_f16_avx2,
 };
 
 pub(crate) static AVX512: Kernels = Kernels {
@@ -86,6 +92,12 @@ pub(crate) static AVX512: Kernels = Kernels {
     axpy: axpy_avx2,
     axpy_f16: axpy_f16_avx2,
     rmsnorm: rmsnorm_avx2,
+    softmax: softmax_avx2,
+    swiglu: swiglu_avx2,
+    dot_rows: dot_rows_avx2,
+    dot_rows_f16: dot_rows_f16_avx2,
+    axpy_rows: axpy_rows_avx2,
+    axpy_rows_f16: axpy_rows_f16_avx2,
 };
 
 // Safe entry points of the AVX2 table. SAFETY (all of them): the table is
@@ -130,6 +142,31 @@ fn axpy_f16_avx2(a: f32, x: &[f16], y: &mut [f32]) {
 fn rmsnorm_avx2(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     // SAFETY: see above.
     unsafe { rmsnorm(x, weight, eps, out) }
+}
+
+fn softmax_avx2(x: &mut [f32]) {
+    // SAFETY: see above.
+    unsafe { softmax(x) }
+}
+fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
+    // SAFETY: see above.
+    unsafe { swiglu(gate, up) }
+}
+fn dot_rows_avx2(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    // SAFETY: see above.
+    unsafe { dot_rows(q, k, stride, scale, out) }
+}
+fn dot_rows_f16_avx2(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+    // SAFETY: see above.
+    unsafe { dot_rows_f16(q, k, stride, scale, out) }
+}
+fn axpy_rows_avx2(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    // SAFETY: see above.
+    unsafe { axpy_rows(p, v, stride, out) }
+}
+fn axpy_rows_f16_avx2(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
+    // SAFETY: see above.
+    unsafe { axpy_rows_f16(p, v, stride, out) }
 }
 
 /// Horizontal sum of 8 lanes.
@@ -520,5 +557,298 @@ unsafe fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let scale = 1.0 / libm::sqrtf(ss + eps);
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = w * (v * scale);
+    }
+}
+
+/// `exp(x)` on 8 lanes: `x = n ln2 + r` (`|r| <= ln2 / 2`, Cody-Waite
+/// split), `exp(r)` by a degree-6 polynomial, `2^n` through the exponent
+/// bits. Relative error within a few ulp of `expf` over the clamped range
+/// [-87.3, 88]; below it the result is 0 (softmax weights of far-off
+/// keys), above it `exp(88)` (SiLU of inputs below -88 is then -0).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn exp8(x: __m256) -> __m256 {
+    let lo = _mm256_set1_ps(-87.33);
+    let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(core::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_199_9e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    let y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    // Flush what the clamp made tiny to an exact 0.
+    _mm256_and_ps(y, _mm256_cmp_ps::<_CMP_GT_OQ>(x, lo))
+}
+
+/// `softmax` with [`exp8`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax(x: &mut [f32]) {
+    let n = x.len();
+    if n == 0 {
+        return;
+    }
+    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    // SAFETY (loads/stores): `i + 8 <= n`.
+    while i + 8 <= n {
+        m = _mm256_max_ps(m, unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) });
+        i += 8;
+    }
+    let mut max = lanes(m).iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for &v in &x[i..] {
+        max = max.max(v);
+    }
+    let mv = _mm256_set1_ps(max);
+    let mut sum = _mm256_setzero_ps();
+    i = 0;
+    while i + 8 <= n {
+        unsafe {
+            let p = x.as_mut_ptr().add(i);
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), mv));
+            _mm256_storeu_ps(p, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        i += 8;
+    }
+    let mut s = hsum(sum);
+    if i < n {
+        let mut tail = [f32::NEG_INFINITY; 8];
+        tail[..n - i].copy_from_slice(&x[i..]);
+        let e = lanes(exp8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(tail.as_ptr()) }, mv)));
+        x[i..].copy_from_slice(&e[..n - i]);
+        s += e[..n - i].iter().sum::<f32>();
+    }
+    let inv = _mm256_set1_ps(1.0 / s);
+    i = 0;
+    while i + 8 <= n {
+        unsafe {
+            let p = x.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), inv));
+        }
+        i += 8;
+    }
+    for v in &mut x[i..] {
+        *v *= 1.0 / s;
+    }
+}
+
+/// `gate = silu(gate) * up` with [`exp8`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let one = _mm256_set1_ps(1.0);
+    let mut i = 0;
+    let step = |g: __m256, u: __m256| {
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u)
+    };
+    // SAFETY (loads/stores): `i + 8 <= n` for both slices.
+    while i + 8 <= n {
+        unsafe {
+            let p = gate.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, step(_mm256_loadu_ps(p), _mm256_loadu_ps(up.as_ptr().add(i))));
+        }
+        i += 8;
+    }
+    if i < n {
+        let (mut g, mut u) = ([0f32; 8], [0f32; 8]);
+        g[..n - i].copy_from_slice(&gate[i..n]);
+        u[..n - i].copy_from_slice(&up[i..n]);
+        let r = lanes(unsafe { step(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr())) });
+        gate[i..n].copy_from_slice(&r[..n - i]);
+    }
+}
+
+/// Scores of one query over keys `stride` apart: per key exactly [`dot`]'s
+/// arithmetic, four keys interleaved.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    // SAFETY: loads read `k[i * stride + j..+8]` with `j + 8 <= hd`, inside
+    // `k` (checked in `dot_rows_with`).
+    unsafe {
+        dot_rows_with(
+            q,
+            stride,
+            scale,
+            out,
+            k.len(),
+            |i, j| _mm256_loadu_ps(k.as_ptr().add(i * stride + j)),
+            |i, j| k[i * stride + j],
+        )
+    }
+}
+
+/// [`dot_rows`] over f16 keys: per key exactly [`dot_f16`]'s arithmetic.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+    // SAFETY: as in `dot_rows`; 8 f16 are 16 bytes.
+    unsafe {
+        dot_rows_with(
+            q,
+            stride,
+            scale,
+            out,
+            k.len(),
+            |i, j| _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i * stride + j).cast())),
+            |i, j| k[i * stride + j].to_f32(),
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot_rows_with(
+    q: &[f32],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+    k_len: usize,
+    load8: impl Fn(usize, usize) -> __m256,
+    load1: impl Fn(usize, usize) -> f32,
+) {
+    let hd = q.len();
+    let n = out.len();
+    if n == 0 {
+        return;
+    }
+    assert!((n - 1) * stride + hd <= k_len, "key rows out of bounds");
+    // SAFETY (q loads): `j + 8 <= hd`.
+    let ql = |j: usize| unsafe { _mm256_loadu_ps(q.as_ptr().add(j)) };
+    let one = |i: usize| {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut j = 0;
+        while j + 16 <= hd {
+            acc[0] = _mm256_fmadd_ps(ql(j), load8(i, j), acc[0]);
+            acc[1] = _mm256_fmadd_ps(ql(j + 8), load8(i, j + 8), acc[1]);
+            j += 16;
+        }
+        if j + 8 <= hd {
+            acc[0] = _mm256_fmadd_ps(ql(j), load8(i, j), acc[0]);
+            j += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+        for jj in j..hd {
+            s += q[jj] * load1(i, jj);
+        }
+        scale * s
+    };
+    let mut i = 0;
+    while i + 4 <= n {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let mut j = 0;
+        while j + 16 <= hd {
+            let (q0, q1) = (ql(j), ql(j + 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm256_fmadd_ps(q0, load8(i + r, j), a[0]);
+                a[1] = _mm256_fmadd_ps(q1, load8(i + r, j + 8), a[1]);
+            }
+            j += 16;
+        }
+        if j + 8 <= hd {
+            let q0 = ql(j);
+            for (r, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm256_fmadd_ps(q0, load8(i + r, j), a[0]);
+            }
+            j += 8;
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let mut s = hsum(_mm256_add_ps(a[0], a[1]));
+            for jj in j..hd {
+                s += q[jj] * load1(i + r, jj);
+            }
+            out[i + r] = scale * s;
+        }
+        i += 4;
+    }
+    while i < n {
+        out[i] = one(i);
+        i += 1;
+    }
+}
+
+/// Weighted sum of value rows: per element `out[j] = fma(p[i], v[i][j],
+/// out[j])` over rows in order (as [`axpy`] row by row), with 64-float
+/// chunks of `out` held in registers across the rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    // SAFETY: loads read `v[i * stride + j..+8]` with `j + 8 <= hd` and
+    // `i < p.len()`, inside `v` (checked below); stores write `out`.
+    unsafe {
+        axpy_rows_with(
+            p,
+            stride,
+            out,
+            v.len(),
+            |i, j| _mm256_loadu_ps(v.as_ptr().add(i * stride + j)),
+            |i, j| v[i * stride + j],
+        )
+    }
+}
+
+/// [`axpy_rows`] over f16 values (F16C), in the same order.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
+    // SAFETY: as in `axpy_rows`; 8 f16 are 16 bytes.
+    unsafe {
+        axpy_rows_with(
+            p,
+            stride,
+            out,
+            v.len(),
+            |i, j| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i * stride + j).cast())),
+            |i, j| v[i * stride + j].to_f32(),
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn axpy_rows_with(
+    p: &[f32],
+    stride: usize,
+    out: &mut [f32],
+    v_len: usize,
+    load8: impl Fn(usize, usize) -> __m256,
+    load1: impl Fn(usize, usize) -> f32,
+) {
+    let hd = out.len();
+    if p.is_empty() || hd == 0 {
+        return;
+    }
+    assert!((p.len() - 1) * stride + hd <= v_len, "value rows out of bounds");
+    let full = hd / 8 * 8;
+    let mut j0 = 0;
+    while j0 < full {
+        let w = (full - j0).min(64) / 8;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (c, a) in acc.iter_mut().enumerate().take(w) {
+            // SAFETY: `j0 + 8c + 8 <= full <= hd`.
+            *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(j0 + 8 * c)) };
+        }
+        for (i, &pi) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pi);
+            for (c, a) in acc.iter_mut().enumerate().take(w) {
+                *a = _mm256_fmadd_ps(pv, load8(i, j0 + 8 * c), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate().take(w) {
+            // SAFETY: as for the loads.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j0 + 8 * c), *a) };
+        }
+        j0 += 8 * w;
+    }
+    for (i, &pi) in p.iter().enumerate() {
+        for j in full..hd {
+            out[j] += pi * load1(i, j);
+        }
     }
 }

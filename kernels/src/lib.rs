@@ -243,7 +243,23 @@ pub struct Kernels {
     pub axpy_f16: fn(f32, &[f16], &mut [f32]),
     /// [`reference::rmsnorm`].
     pub rmsnorm: fn(&[f32], &[f32], f32, &mut [f32]),
+    /// [`reference::softmax`] (fast tiers: a polynomial `exp`, within a few
+    /// ulp of `libm::expf`).
+    pub softmax: fn(&mut [f32]),
+    /// [`reference::swiglu`] (fast tiers: the same `exp`).
+    pub swiglu: fn(&mut [f32], &[f32]),
+    /// [`reference::dot_rows`].
+    pub dot_rows: RowsFn<f32>,
+    /// [`reference::dot_rows_f16`].
+    pub dot_rows_f16: RowsFn<f16>,
+    /// [`reference::axpy_rows`].
+    pub axpy_rows: fn(&[f32], &[f32], usize, &mut [f32]),
+    /// [`reference::axpy_rows_f16`].
+    pub axpy_rows_f16: fn(&[f32], &[f16], usize, &mut [f32]),
 }
+
+/// [`Kernels::dot_rows`]: query, keys, key stride, scale, scores.
+pub type RowsFn<T> = fn(&[f32], &[T], usize, f32, &mut [f32]);
 
 static REFERENCE: Kernels = Kernels {
     tier: Tier::Reference,
@@ -255,6 +271,12 @@ static REFERENCE: Kernels = Kernels {
     axpy: reference::axpy,
     axpy_f16: reference::axpy_f16,
     rmsnorm: reference::rmsnorm,
+    softmax: reference::softmax,
+    swiglu: reference::swiglu,
+    dot_rows: reference::dot_rows,
+    dot_rows_f16: reference::dot_rows_f16,
+    axpy_rows: reference::axpy_rows,
+    axpy_rows_f16: reference::axpy_rows_f16,
 };
 
 impl Kernels {

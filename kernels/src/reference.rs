@@ -336,6 +336,41 @@ pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// `out[i] = scale * dot(q, k[i * stride..][..q.len()])` for `i < out.len()`
+/// ([`dot_f32`] per key): attention scores of one query head over keys
+/// `stride` floats apart.
+pub fn dot_rows(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = scale * dot_f32(q, &k[i * stride..i * stride + hd]);
+    }
+}
+
+/// [`dot_rows`] over f16 keys ([`dot_f16`] per key).
+pub fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = scale * dot_f16(q, &k[i * stride..i * stride + hd]);
+    }
+}
+
+/// `out += sum_i p[i] * v[i * stride..][..out.len()]`, one [`axpy`] per
+/// value row in order: attention's weighted sum of values.
+pub fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    let hd = out.len();
+    for (i, &pi) in p.iter().enumerate() {
+        axpy(pi, &v[i * stride..i * stride + hd], out);
+    }
+}
+
+/// [`axpy_rows`] over f16 values ([`axpy_f16`] per row).
+pub fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
+    let hd = out.len();
+    for (i, &pi) in p.iter().enumerate() {
+        axpy_f16(pi, &v[i * stride..i * stride + hd], out);
+    }
+}
+
 /// `y += a * x`.
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (o, &v) in y.iter_mut().zip(x) {
@@ -388,6 +423,28 @@ pub fn rope(head: &mut [f32], pos: f32, inv_freq: &[f32]) {
     for (i, &f) in inv_freq.iter().enumerate() {
         let angle = pos * f;
         let (sin, cos) = (libm::sinf(angle), libm::cosf(angle));
+        let (a, b) = (head[i], head[i + half]);
+        head[i] = a * cos - b * sin;
+        head[i + half] = b * cos + a * sin;
+    }
+}
+
+/// The cosines and sines [`rope`] uses at position `pos`: `cs[i] = cos`,
+/// `cs[half + i] = sin` of `pos * inv_freq[i]` (`cs` has `2 * half`).
+pub fn rope_table(pos: f32, inv_freq: &[f32], cs: &mut [f32]) {
+    let half = inv_freq.len();
+    for (i, &f) in inv_freq.iter().enumerate() {
+        let angle = pos * f;
+        cs[i] = libm::cosf(angle);
+        cs[half + i] = libm::sinf(angle);
+    }
+}
+
+/// [`rope`] with a precomputed [`rope_table`]: the same values.
+pub fn rope_with(head: &mut [f32], cs: &[f32]) {
+    let half = cs.len() / 2;
+    for i in 0..half {
+        let (cos, sin) = (cs[i], cs[half + i]);
         let (a, b) = (head[i], head[i + half]);
         head[i] = a * cos - b * sin;
         head[i + half] = b * cos + a * sin;

@@ -205,6 +205,64 @@ fn check_vector_ops(len: usize, seed: u64) {
     }
 }
 
+fn check_attention_ops(hd: usize, n: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let stride = hd + 5;
+    let q = rng.vec(hd, 1.0);
+    let kf = rng.vec(n * stride + hd, 1.0);
+    let kh: Vec<f16> = kf.iter().map(|&v| f16::from_f32(v)).collect();
+    let kr: Vec<f32> = kh.iter().map(|v| v.to_f32()).collect();
+    let p = rng.vec(n, 1.0);
+    let r = Kernels::for_tier(Tier::Reference).unwrap();
+    for k in tiers() {
+        let (mut a, mut b, mut c) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        (k.dot_rows)(&q, &kf, stride, 0.125, &mut a);
+        (r.dot_rows)(&q, &kf, stride, 0.125, &mut c);
+        for i in 0..n {
+            // Each score is the tier's own dot, scaled.
+            assert_eq!(a[i].to_bits(), (0.125 * (k.dot)(&q, &kf[i * stride..i * stride + hd])).to_bits());
+            let mag: f32 = q.iter().zip(&kf[i * stride..]).map(|(x, y)| (x * y).abs()).sum::<f32>() * 0.125;
+            assert!((a[i] - c[i]).abs() <= 1e-5 * mag + 1e-30, "{} dot_rows", k.tier);
+        }
+        // f16 keys score exactly like their f32 values.
+        (k.dot_rows_f16)(&q, &kh, stride, 0.125, &mut b);
+        (k.dot_rows)(&q, &kr, stride, 0.125, &mut a);
+        assert_eq!(bits(&a), bits(&b), "{} dot_rows_f16 vs dot_rows", k.tier);
+        let (mut o1, mut o2, mut o3) = (vec![0.5f32; hd], vec![0.5f32; hd], vec![0.5f32; hd]);
+        (k.axpy_rows)(&p, &kr, stride, &mut o1);
+        (k.axpy_rows_f16)(&p, &kh, stride, &mut o2);
+        assert_eq!(bits(&o1), bits(&o2), "{} axpy_rows_f16 vs axpy_rows", k.tier);
+        (r.axpy_rows)(&p, &kr, stride, &mut o3);
+        for (x, y) in o1.iter().zip(&o3) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + n as f32), "{} axpy_rows", k.tier);
+        }
+    }
+}
+
+fn check_exp_ops(len: usize, scale: f32, seed: u64) {
+    let mut rng = Rng(seed);
+    let x = rng.vec(len, scale);
+    let up = rng.vec(len, 1.0);
+    let r = Kernels::for_tier(Tier::Reference).unwrap();
+    for k in tiers() {
+        let (mut a, mut b) = (x.clone(), x.clone());
+        (k.softmax)(&mut a);
+        (r.softmax)(&mut b);
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert!((p - q).abs() <= 2e-6 * q + 1e-30, "{} softmax [{i}] of {len}: {p} vs {q}", k.tier);
+        }
+        if len > 0 {
+            assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        let (mut a, mut b) = (x.clone(), x.clone());
+        (k.swiglu)(&mut a, &up);
+        (r.swiglu)(&mut b, &up);
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert!((p - q).abs() <= 2e-6 * q.abs() + 1e-30, "{} swiglu [{i}] x {}: {p} vs {q}", k.tier, x[i]);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -212,6 +270,16 @@ proptest! {
     fn matmuls_match_reference(rows in 1usize..40, cols in 0usize..200, n in 1usize..7,
                                lo in 0usize..40, span in 0usize..40, seed in any::<u64>()) {
         check_case(rows, cols, n, lo, lo + span, seed);
+    }
+
+    #[test]
+    fn attention_ops_match_reference(hd in 1usize..80, n in 0usize..40, seed in any::<u64>()) {
+        check_attention_ops(hd, n, seed);
+    }
+
+    #[test]
+    fn softmax_and_swiglu_match_reference(len in 0usize..300, scale in 0.01f32..100.0, seed in any::<u64>()) {
+        check_exp_ops(len, scale, seed);
     }
 
     #[test]

@@ -83,8 +83,8 @@ fn dot_with(q: &[f32], elem: impl Fn(usize) -> f32) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-type DotFn = fn(&[f32], &[f32]) -> f32;
-type AxpyFn = fn(f32, &[f32], &mut [f32]);
+type DotRowsFn = fn(&[f32], &[f32], usize, f32, &mut [f32]);
+type AxpyRowsFn = fn(&[f32], &[f32], usize, &mut [f32]);
 
 impl KvStore<'_> {
     /// Rounds rows of fresh keys or values to the cache's precision in place,
@@ -115,10 +115,10 @@ impl KvStore<'_> {
     /// The dot product and `y += a * x` for keys and values of the current
     /// batch (f32, already rounded to the cache's precision) that match
     /// [`KvStore::dot_key`] and [`KvStore::add_value`] bit for bit.
-    pub fn batch_ops(&self, kern: &Kernels) -> (DotFn, AxpyFn) {
+    pub fn batch_ops(&self, kern: &Kernels) -> (DotRowsFn, AxpyRowsFn) {
         match self {
-            KvStore::Q8 { .. } => (k::dot_f32, k::axpy),
-            _ => (kern.dot, kern.axpy),
+            KvStore::Q8 { .. } => (k::dot_rows, k::axpy_rows),
+            _ => (kern.dot_rows, kern.axpy_rows),
         }
     }
 
@@ -146,6 +146,47 @@ impl KvStore<'_> {
                     let src = h * s.head_dim..(h + 1) * s.head_dim;
                     ks[row * heads + h] = quantize_head(&keys[src.clone()], &mut k[r.clone()]);
                     vs[row * heads + h] = quantize_head(&values[src], &mut v[r]);
+                }
+            }
+        }
+    }
+
+    /// Scores `out[i] = scale * dot(q, key)` of KV head `kvh` for the `out.len()`
+    /// consecutive rows from `row`, each exactly as [`KvStore::dot_key`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn dot_keys(&self, kern: &Kernels, row: usize, kvh: usize, q: &[f32], scale: f32, out: &mut [f32], s: KvShape) {
+        let n = out.len();
+        if n == 0 {
+            return;
+        }
+        let at = row * s.kv_dim + kvh * s.head_dim;
+        let end = at + (n - 1) * s.kv_dim + s.head_dim;
+        match self {
+            KvStore::F32 { k, .. } => (kern.dot_rows)(q, &k[at..end], s.kv_dim, scale, out),
+            KvStore::F16 { k, .. } => (kern.dot_rows_f16)(q, &k[at..end], s.kv_dim, scale, out),
+            KvStore::Q8 { .. } => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = scale * self.dot_key(kern, row + i, kvh, q, s);
+                }
+            }
+        }
+    }
+
+    /// `out += sum_i p[i] * value` of KV head `kvh` for the `p.len()`
+    /// consecutive rows from `row`, each exactly as [`KvStore::add_value`].
+    pub fn add_values(&self, kern: &Kernels, row: usize, kvh: usize, p: &[f32], out: &mut [f32], s: KvShape) {
+        let n = p.len();
+        if n == 0 {
+            return;
+        }
+        let at = row * s.kv_dim + kvh * s.head_dim;
+        let end = at + (n - 1) * s.kv_dim + s.head_dim;
+        match self {
+            KvStore::F32 { v, .. } => (kern.axpy_rows)(p, &v[at..end], s.kv_dim, out),
+            KvStore::F16 { v, .. } => (kern.axpy_rows_f16)(p, &v[at..end], s.kv_dim, out),
+            KvStore::Q8 { .. } => {
+                for (i, &pi) in p.iter().enumerate() {
+                    self.add_value(kern, row + i, kvh, pi, out, s);
                 }
             }
         }

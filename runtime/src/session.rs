@@ -92,12 +92,14 @@ struct Layout {
     ffn: usize,
     scores: usize,
     row: usize,
-    head: usize,
     rows: usize,
     logits: usize,
     inv_freq: usize,
     /// Groups of 32 in the widest matmul input, times `max_batch`.
     act_groups: usize,
+    /// RoPE cosines and sines: one `head_dim` row per batch token, plus one
+    /// for the sink shift.
+    rope: usize,
 }
 
 /// Bytes of the KV cache part for `slots` (layers × max_ctx) slots: keys
@@ -147,13 +149,14 @@ impl Plan {
             q: ov(b.checked_mul(q_dim))?,
             kv: ov(b.checked_mul(kv_dim))?,
             ffn: ov(b.checked_mul(ffn))?,
-            scores: cfg.max_ctx,
+            // Per thread: scores, a rotated query head, a RoPE row.
+            scores: ov(cfg.max_ctx.checked_add(2 * m.head_dim as usize).and_then(|v| v.checked_mul(cfg.threads)))?,
             row: d.max(q_dim).max(ffn),
-            head: m.head_dim as usize,
             rows: ov(d.max(q_dim).max(ffn).checked_mul(cfg.threads))?,
             logits: ov((m.vocab_size as usize).checked_mul(if cfg.logits_all { b } else { 1 }))?,
             inv_freq: m.head_dim as usize / 2,
             act_groups: ov(d.max(q_dim).max(ffn).div_ceil(32).checked_mul(b))?,
+            rope: ov(b.checked_mul(m.head_dim as usize))?,
         };
         let slots = ov(cfg.max_ctx.checked_mul(m.n_layers as usize))?;
         let kv_bytes = kv_part_bytes(cfg.kv, slots, kv_dim, m.n_kv_heads as usize)?;
@@ -177,7 +180,7 @@ impl Plan {
         .iter()
         .try_fold(0usize, |a, &v| a.checked_add(v))
         .ok_or(Error::Overflow)?;
-        let scratch = [f(layout.scores)?, f(layout.rows)?, f(layout.logits)?, f(layout.inv_freq)?, f(layout.head)?]
+        let scratch = [f(layout.scores)?, f(layout.rows)?, f(layout.logits)?, f(layout.inv_freq)?, f(layout.rope)?]
             .iter()
             .try_fold(0usize, |a, &v| a.checked_add(v))
             .ok_or(Error::Overflow)?;
@@ -217,6 +220,21 @@ impl Plan {
             abs
         } else {
             sinks + (abs - sinks) % (self.cfg.max_ctx - sinks)
+        }
+    }
+
+    /// Calls `f(first_slot, len)` for the runs of consecutive cache slots
+    /// that the absolute positions `abs` occupy, in order.
+    fn for_runs(&self, abs: core::ops::Range<usize>, mut f: impl FnMut(usize, usize)) {
+        let mut a = abs.start;
+        while a < abs.end {
+            let first = self.slot(a);
+            let mut len = 1;
+            while a + len < abs.end && self.slot(a + len) == first + len {
+                len += 1;
+            }
+            f(first, len);
+            a += len;
         }
     }
 
@@ -322,7 +340,7 @@ pub struct Session<'m, 'a> {
     row: &'a mut [f32],
     logits: &'a mut [f32],
     inv_freq: &'a mut [f32],
-    q_head: &'a mut [f32],
+    rope: &'a mut [f32],
     /// Tokens processed since the last reset (their absolute positions are
     /// `0..pos`; with streaming, only the sinks and the last
     /// `max_ctx - sinks` of them are still in the cache).
@@ -371,7 +389,7 @@ impl<'m, 'a> Session<'m, 'a> {
             row: c.f32s(l.rows)?,
             logits: c.f32s(l.logits)?,
             inv_freq: c.f32s(l.inv_freq)?,
-            q_head: c.f32s(l.head)?,
+            rope: c.f32s(l.rope)?,
             pos: 0,
         };
         model.rope_inv_freq(s.inv_freq);
@@ -610,6 +628,9 @@ impl<'m, 'a> Session<'m, 'a> {
         let row_len = self.plan.layout.row;
         let f32_acts = self.plan.cfg.f32_activations;
         let (batch_dot, batch_axpy) = self.kv.batch_ops(kern);
+        for t in 0..n {
+            k::rope_table((self.pos + t) as f32, self.inv_freq, &mut self.rope[t * hd..(t + 1) * hd]);
+        }
         let embed = m.matrix(Role::Embedding)?;
         for (t, &id) in tokens.iter().enumerate() {
             embed.dequantize_row(id as usize, &mut self.x[t * d..(t + 1) * d]);
@@ -635,69 +656,48 @@ impl<'m, 'a> Session<'m, 'a> {
                     add(&mut self.v[t * kv_dim..(t + 1) * kv_dim], bv);
                 }
             }
-            // RoPE at absolute positions; keys are cached already rotated.
+            // RoPE at absolute positions (tables made once per batch); keys
+            // are cached already rotated.
             for t in 0..n {
-                let pos = (self.pos + t) as f32;
+                let cs = &self.rope[t * hd..(t + 1) * hd];
                 for h in self.q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
-                    k::rope(h, pos, self.inv_freq);
+                    k::rope_with(h, cs);
                 }
                 for h in self.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-                    k::rope(h, pos, self.inv_freq);
+                    k::rope_with(h, cs);
                 }
             }
             // Attention. Keys and values of this batch come from `k`/`v`
             // (rounded to the cache's precision first, so batching never
-            // changes results); earlier ones from the cache. The batch is
-            // written to the cache afterwards, so a wrapping ring never
-            // overwrites a key a token of the same batch still needs.
+            // changes results); earlier ones from the cache, in runs of
+            // consecutive slots. The batch is written to the cache
+            // afterwards, so a wrapping ring never overwrites a key a token
+            // of the same batch still needs.
             let shape = KvShape { kv_dim, head_dim: hd };
             self.kv.round_trip(&mut self.k[..n * kv_dim], shape);
             self.kv.round_trip(&mut self.v[..n * kv_dim], shape);
             let layer_row = layer as usize * max_ctx;
             let n0 = self.pos;
-            for t in 0..n {
-                let abs = n0 + t;
-                let keys = self.plan.key_set(abs, window);
-                // Sink keys sit at their own positions: the query meets them
-                // rotated at its position within the cache, not in the text.
-                let sink_shift = keys.cache_pos as f32 - abs as f32;
-                for h in 0..n_heads {
-                    let kvh = h / group;
-                    let qh = &self.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    let n_keys = keys.sinks.len() + keys.main.len();
-                    let scores = &mut self.scores[..n_keys];
-                    if !keys.sinks.is_empty() {
-                        self.q_head.copy_from_slice(qh);
-                        k::rope(self.q_head, sink_shift, self.inv_freq);
-                        for (s, j) in scores.iter_mut().zip(keys.sinks.clone()) {
-                            *s = scale * self.kv.dot_key(kern, layer_row + j, kvh, self.q_head, shape);
-                        }
-                    }
-                    for (s, a) in scores[keys.sinks.len()..].iter_mut().zip(keys.main.clone()) {
-                        *s = scale
-                            * if a >= n0 {
-                                let r = (a - n0) * kv_dim + kvh * hd;
-                                batch_dot(qh, &self.k[r..r + hd])
-                            } else {
-                                self.kv.dot_key(kern, layer_row + self.plan.slot(a), kvh, qh, shape)
-                            };
-                    }
-                    k::softmax(scores);
-                    let out = &mut self.att[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    out.fill(0.0);
-                    for (&p, j) in scores.iter().zip(keys.sinks.clone()) {
-                        self.kv.add_value(kern, layer_row + j, kvh, p, out, shape);
-                    }
-                    for (&p, a) in scores[keys.sinks.len()..].iter().zip(keys.main.clone()) {
-                        if a >= n0 {
-                            let r = (a - n0) * kv_dim + kvh * hd;
-                            batch_axpy(p, &self.v[r..r + hd], out);
-                        } else {
-                            self.kv.add_value(kern, layer_row + self.plan.slot(a), kvh, p, out, shape);
-                        }
-                    }
-                }
-            }
+            let attn = Attention {
+                kern,
+                kv: &self.kv,
+                plan: &self.plan,
+                q: &self.q[..n * q_dim],
+                k: &self.k[..n * kv_dim],
+                v: &self.v[..n * kv_dim],
+                inv_freq: self.inv_freq,
+                layer_row,
+                n0,
+                window,
+                shape,
+                n_heads,
+                group,
+                scale,
+                batch_dot,
+                batch_axpy,
+            };
+            let per_thread = max_ctx + 2 * hd;
+            attn.run(0..n, &mut self.att[..n * q_dim], self.scores, per_thread, threads);
             for t in 0..n {
                 let row = layer_row + self.plan.slot(n0 + t);
                 self.kv.write(row, &self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim], shape);
@@ -715,7 +715,7 @@ impl<'m, 'a> Session<'m, 'a> {
             let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
             parallel::matmul(threads, kern, &wg, input, n, self.gate, ffn, self.row, row_len);
             parallel::matmul(threads, kern, &wu, input, n, self.up, ffn, self.row, row_len);
-            k::swiglu(&mut self.gate[..n * ffn], &self.up[..n * ffn]);
+            (kern.swiglu)(&mut self.gate[..n * ffn], &self.up[..n * ffn]);
             let input = prepare(kern, &self.gate[..n * ffn], ffn, n, &mut self.acts, f32_acts);
             parallel::matmul(threads, kern, &wd, input, n, self.xn, d, self.row, row_len);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
@@ -755,5 +755,116 @@ fn prepare<'x>(
 fn add(dst: &mut [f32], src: &[f32]) {
     for (o, &s) in dst.iter_mut().zip(src) {
         *o += s;
+    }
+}
+
+/// One layer's attention over a batch, shared by the threads that split the
+/// batch's tokens (each writes only its tokens' rows of the output).
+struct Attention<'s, 'a> {
+    kern: &'static Kernels,
+    kv: &'s KvStore<'a>,
+    plan: &'s Plan,
+    q: &'s [f32],
+    k: &'s [f32],
+    v: &'s [f32],
+    inv_freq: &'s [f32],
+    layer_row: usize,
+    n0: usize,
+    window: Option<usize>,
+    shape: KvShape,
+    n_heads: usize,
+    group: usize,
+    scale: f32,
+    batch_dot: fn(&[f32], &[f32], usize, f32, &mut [f32]),
+    batch_axpy: fn(&[f32], &[f32], usize, &mut [f32]),
+}
+
+impl Attention<'_, '_> {
+    /// Attention of the batch tokens `tokens` into `att` (their rows),
+    /// split across up to `threads` threads; `scratch` holds `per_thread`
+    /// floats per thread.
+    fn run(
+        &self,
+        tokens: core::ops::Range<usize>,
+        att: &mut [f32],
+        scratch: &mut [f32],
+        per_thread: usize,
+        threads: usize,
+    ) {
+        #[cfg(feature = "std")]
+        if threads > 1 && tokens.len() > 1 {
+            let left = threads / 2;
+            let mid = tokens.start + tokens.len() * left / threads;
+            let q_dim = self.n_heads * self.shape.head_dim;
+            let (a1, a2) = att.split_at_mut((mid - tokens.start) * q_dim);
+            let (s1, s2) = scratch.split_at_mut(per_thread * left);
+            rayon::join(
+                || self.run(tokens.start..mid, a1, s1, per_thread, left),
+                || self.run(mid..tokens.end, a2, s2, per_thread, threads - left),
+            );
+            return;
+        }
+        let _ = threads;
+        let scratch = &mut scratch[..per_thread];
+        for (i, t) in tokens.enumerate() {
+            let q_dim = self.n_heads * self.shape.head_dim;
+            self.token(t, &mut att[i * q_dim..(i + 1) * q_dim], scratch);
+        }
+    }
+
+    /// All heads of batch token `t`.
+    fn token(&self, t: usize, att: &mut [f32], scratch: &mut [f32]) {
+        let KvShape { kv_dim, head_dim: hd } = self.shape;
+        let q_dim = self.n_heads * hd;
+        let (kern, n0, shape, scale) = (self.kern, self.n0, self.shape, self.scale);
+        let abs = n0 + t;
+        let keys = self.plan.key_set(abs, self.window);
+        let (scores, rest) = scratch.split_at_mut(scratch.len() - 2 * hd);
+        let (q_head, sink_cs) = rest.split_at_mut(hd);
+        // Sink keys sit at their own positions: the query meets them rotated
+        // at its position within the cache, not in the text.
+        if !keys.sinks.is_empty() {
+            k::rope_table(keys.cache_pos as f32 - abs as f32, self.inv_freq, sink_cs);
+        }
+        let n_sinks = keys.sinks.len();
+        let n_keys = n_sinks + keys.main.len();
+        let cached = keys.main.start..keys.main.end.min(n0);
+        let fresh = keys.main.start.max(n0)..keys.main.end;
+        for h in 0..self.n_heads {
+            let kvh = h / self.group;
+            let qh = &self.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+            let scores = &mut scores[..n_keys];
+            if n_sinks > 0 {
+                q_head.copy_from_slice(qh);
+                k::rope_with(q_head, sink_cs);
+                let row = self.layer_row + keys.sinks.start;
+                self.kv.dot_keys(kern, row, kvh, q_head, scale, &mut scores[..n_sinks], shape);
+            }
+            let mut at = n_sinks;
+            self.plan.for_runs(cached.clone(), |slot, len| {
+                self.kv.dot_keys(kern, self.layer_row + slot, kvh, qh, scale, &mut scores[at..at + len], shape);
+                at += len;
+            });
+            if !fresh.is_empty() {
+                let r = (fresh.start - n0) * kv_dim + kvh * hd;
+                let end = (fresh.end - 1 - n0) * kv_dim + kvh * hd + hd;
+                (self.batch_dot)(qh, &self.k[r..end], kv_dim, scale, &mut scores[at..]);
+            }
+            (kern.softmax)(scores);
+            let out = &mut att[h * hd..(h + 1) * hd];
+            out.fill(0.0);
+            let scores = &scores[..n_keys];
+            self.kv.add_values(kern, self.layer_row + keys.sinks.start, kvh, &scores[..n_sinks], out, shape);
+            let mut at = n_sinks;
+            self.plan.for_runs(cached.clone(), |slot, len| {
+                self.kv.add_values(kern, self.layer_row + slot, kvh, &scores[at..at + len], out, shape);
+                at += len;
+            });
+            if !fresh.is_empty() {
+                let r = (fresh.start - n0) * kv_dim + kvh * hd;
+                let end = (fresh.end - 1 - n0) * kv_dim + kvh * hd + hd;
+                (self.batch_axpy)(&scores[at..], &self.v[r..end], kv_dim, out);
+            }
+        }
     }
 }
