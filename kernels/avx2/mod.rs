@@ -15,6 +15,9 @@
 //! only through the [`AVX2`]/[`AVX512`] tables, which `Kernels::for_tier`
 //! hands out only after [`has_avx2`]/[`has_avx512`] said yes.
 
+// Scalar tails index like the vector code next to them.
+#![allow(clippy::needless_range_loop)]
+
 use core::arch::x86_64::*;
 use core::ops::Range;
 
