@@ -12,6 +12,8 @@
 #    ids with the host's (scripts/mcu-example.sh).
 # 6. Builds the CUDA backend with nvcc 13.0 from pip, checks a PTX for every
 #    kernel and runs its host-side tests (scripts/cuda-build.sh; no GPU needed).
+# Kernel tiers: scripts/x86-tiers.sh runs the kernel and tiny golden tests
+# with each tier forced, and checks detection under qemu-x86_64 -cpu Haswell.
 # Also: clippy with -D warnings on the library crates (scripts/lint.sh) and
 # Miri over the format reader and the reference kernels (scripts/miri.sh).
 set -euo pipefail
@@ -32,6 +34,9 @@ cargo build --release -p ferrite-format -p ferrite-kernels -p ferrite-runtime \
 
 step "cargo test --release --workspace"
 cargo test --release --workspace
+
+step "kernel tiers: each forced, and AVX2-only detection under qemu-x86_64"
+bash scripts/x86-tiers.sh
 
 step "C API: libferrite.a + examples/c vs ferrite run"
 bash scripts/c-example.sh

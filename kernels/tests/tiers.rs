@@ -306,4 +306,9 @@ fn unsupported_or_unknown_tiers_are_errors_not_crashes() {
     assert_eq!(Tier::from_name("bogus"), None);
     assert!(KernelError::UnknownName.to_string().contains("reference"));
     assert!(Tier::best().supported());
+    // scripts/x86-tiers.sh (qemu with a given CPU) says which tier detection
+    // must pick there.
+    if let Ok(want) = std::env::var("FERRITE_EXPECT_TIER") {
+        assert_eq!(Tier::best().name(), want, "detected tier");
+    }
 }

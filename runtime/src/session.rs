@@ -396,6 +396,11 @@ impl<'m, 'a> Session<'m, 'a> {
         Ok(s)
     }
 
+    /// The kernel tier this session runs.
+    pub fn kernels(&self) -> Tier {
+        self.kern.tier
+    }
+
     /// Tokens in the KV cache.
     pub fn position(&self) -> usize {
         self.pos
