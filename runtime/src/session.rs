@@ -648,9 +648,8 @@ impl<'m, 'a> Session<'m, 'a> {
             let wk = m.matrix(role(LayerRole::AttnK))?;
             let wv = m.matrix(role(LayerRole::AttnV))?;
             let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
-            parallel::matmul(threads, kern, &wq, input, n, self.q, q_dim, self.row, row_len);
-            parallel::matmul(threads, kern, &wk, input, n, self.k, kv_dim, self.row, row_len);
-            parallel::matmul(threads, kern, &wv, input, n, self.v, kv_dim, self.row, row_len);
+            let jobs = [(&wq, &mut self.q[..], q_dim), (&wk, &mut self.k[..], kv_dim), (&wv, &mut self.v[..], kv_dim)];
+            parallel::matmuls(threads, kern, jobs, input, n, self.row, row_len);
             if c.qkv_bias() {
                 let bq = m.vector(role(LayerRole::AttnQBias))?;
                 let bk = m.vector(role(LayerRole::AttnKBias))?;
@@ -718,8 +717,8 @@ impl<'m, 'a> Session<'m, 'a> {
             let wu = m.matrix(role(LayerRole::FfnUp))?;
             let wd = m.matrix(role(LayerRole::FfnDown))?;
             let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
-            parallel::matmul(threads, kern, &wg, input, n, self.gate, ffn, self.row, row_len);
-            parallel::matmul(threads, kern, &wu, input, n, self.up, ffn, self.row, row_len);
+            let jobs = [(&wg, &mut self.gate[..], ffn), (&wu, &mut self.up[..], ffn)];
+            parallel::matmuls(threads, kern, jobs, input, n, self.row, row_len);
             (kern.swiglu)(&mut self.gate[..n * ffn], &self.up[..n * ffn]);
             let input = prepare(kern, &self.gate[..n * ffn], ffn, n, &mut self.acts, f32_acts);
             parallel::matmul(threads, kern, &wd, input, n, self.xn, d, self.row, row_len);
