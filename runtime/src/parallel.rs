@@ -63,7 +63,7 @@ pub(crate) fn matmuls<const N: usize>(
     {
         let min_rows = ms.iter().map(|m| m.rows).min().unwrap_or(0);
         if threads > 1 && min_rows >= 16 {
-            split(threads.min(min_rows / 8), &ms, outs, scratch, row_len, &run);
+            split(threads.min(min_rows / 8), outs, scratch, row_len, &run);
             return;
         }
     }
@@ -75,14 +75,8 @@ pub(crate) fn matmuls<const N: usize>(
 }
 
 #[cfg(feature = "std")]
-fn split<F, const N: usize>(
-    parts: usize,
-    ms: &[&Matrix<'_>; N],
-    outs: [Out<'_>; N],
-    scratch: &mut [f32],
-    row_len: usize,
-    f: &F,
-) where
+fn split<F, const N: usize>(parts: usize, outs: [Out<'_>; N], scratch: &mut [f32], row_len: usize, f: &F)
+where
     F: Fn(usize, core::ops::Range<usize>, &mut Out<'_>, &mut [f32]) + Sync,
 {
     if parts <= 1 {
@@ -108,7 +102,7 @@ fn split<F, const N: usize>(
     }
     let (lo, hi) = (lo.map(take), hi.map(take));
     let (s1, s2) = scratch.split_at_mut(row_len * left);
-    rayon::join(|| split(left, ms, lo, s1, row_len, f), || split(parts - left, ms, hi, s2, row_len, f));
+    rayon::join(|| split(left, lo, s1, row_len, f), || split(parts - left, hi, s2, row_len, f));
 }
 
 /// Unwraps a slot filled just before (never empty).
