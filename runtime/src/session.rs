@@ -665,10 +665,10 @@ impl<'m, 'a> Session<'m, 'a> {
             for t in 0..n {
                 let cs = &self.rope[t * hd..(t + 1) * hd];
                 for h in self.q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
-                    k::rope_with(h, cs);
+                    (kern.rope)(h, cs);
                 }
                 for h in self.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-                    k::rope_with(h, cs);
+                    (kern.rope)(h, cs);
                 }
             }
             // Attention. Keys and values of this batch come from `k`/`v`
@@ -678,8 +678,8 @@ impl<'m, 'a> Session<'m, 'a> {
             // afterwards, so a wrapping ring never overwrites a key a token
             // of the same batch still needs.
             let shape = KvShape { kv_dim, head_dim: hd };
-            self.kv.round_trip(&mut self.k[..n * kv_dim], shape);
-            self.kv.round_trip(&mut self.v[..n * kv_dim], shape);
+            self.kv.round_trip(kern, &mut self.k[..n * kv_dim], shape);
+            self.kv.round_trip(kern, &mut self.v[..n * kv_dim], shape);
             let layer_row = layer as usize * max_ctx;
             let n0 = self.pos;
             let attn = Attention {
@@ -704,7 +704,8 @@ impl<'m, 'a> Session<'m, 'a> {
             attn.run(0..n, &mut self.att[..n * q_dim], self.scores, per_thread, threads);
             for t in 0..n {
                 let row = layer_row + self.plan.slot(n0 + t);
-                self.kv.write(row, &self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim], shape);
+                let (keys, values) = (&self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim]);
+                self.kv.write(kern, row, keys, values, shape);
             }
             let wo = m.matrix(role(LayerRole::AttnO))?;
             let input = prepare(kern, &self.att[..n * q_dim], q_dim, n, &mut self.acts, f32_acts);
@@ -840,7 +841,7 @@ impl Attention<'_, '_> {
             let scores = &mut scores[..n_keys];
             if n_sinks > 0 {
                 q_head.copy_from_slice(qh);
-                k::rope_with(q_head, sink_cs);
+                (kern.rope)(q_head, sink_cs);
                 let row = self.layer_row + keys.sinks.start;
                 self.kv.dot_keys(kern, row, kvh, q_head, scale, &mut scores[..n_sinks], shape);
             }
