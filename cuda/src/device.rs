@@ -385,7 +385,9 @@ impl CudaModel {
 type LogitsSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
 
 /// A session on the GPU: KV cache and activations in device memory; only
-/// token ids go up and the logits of one position come back.
+/// token ids go up and the logits of one position come back. Products with
+/// q4/q8 weights read int8 activations (one `quantize_acts` per product
+/// input), as the CPU session's default (`f32_activations: false`).
 pub struct CudaSession<'m> {
     model: &'m CudaModel,
     cfg: CudaConfig,

@@ -307,9 +307,7 @@ mod tests {
         let key = format!("#define {name} ");
         let line = src.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("{name} not defined"));
         let value = line[key.len()..].trim();
-        match value {
-            v => v.parse().unwrap_or_else(|_| panic!("{name} = {v}")),
-        }
+        value.parse().unwrap_or_else(|_| panic!("{name} = {value}"))
     }
 
     #[test]

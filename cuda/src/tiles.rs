@@ -407,7 +407,7 @@ mod tests {
                     for (i, ws) in ws.iter().enumerate() {
                         let row = bx * GEMM_TR as usize + i;
                         let wd = if row / 8 < n_rb { t.scales[scale_index(groups, row, g)].to_f32() } else { 0.0 };
-                        for j in 0..tt_max {
+                        for (j, acc) in acc[i].iter_mut().enumerate() {
                             let tok = by * tt_max + j;
                             if tok >= n {
                                 continue;
@@ -417,7 +417,7 @@ mod tests {
                                 isum = dp4a(w, a.word(groups, tok, g, kw), isum);
                             }
                             let s = isum - off * a.sums[tok * groups + g];
-                            acc[i][j] += s as f32 * (wd * a.d[tok * groups + g]);
+                            *acc += s as f32 * (wd * a.d[tok * groups + g]);
                         }
                     }
                 }
