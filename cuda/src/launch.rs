@@ -153,6 +153,8 @@ pub const PF_MAX_HD: u32 = 128;
 /// Decode attention aims for at least this many splits per head before
 /// chunks shrink to their minimum of 32 keys.
 pub const DECODE_TARGET_SPLITS: u32 = 16;
+/// Largest grid.y (and grid.z) of a launch.
+pub const MAX_GRID_Y: u32 = 65_535;
 /// Threads per block of the element-wise kernels.
 pub const ELEMENTWISE_THREADS: u32 = 256;
 

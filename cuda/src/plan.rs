@@ -67,7 +67,8 @@ impl DevicePlan {
         if cfg.max_ctx == 0 || cfg.max_batch == 0 {
             return bad("max_ctx and max_batch must be positive".into());
         }
-        if cfg.max_ctx > u32::MAX as usize / 2 || cfg.max_batch > 65_535 * launch::PF_QPB as usize {
+        // Tokens of a batch run along grid.y in quantize_acts (at most 65 535).
+        if cfg.max_ctx > u32::MAX as usize / 2 || cfg.max_batch > launch::MAX_GRID_Y as usize {
             return bad(format!("max_ctx {} or max_batch {} too large", cfg.max_ctx, cfg.max_batch));
         }
         let elem = match cfg.kv {
@@ -203,5 +204,7 @@ mod tests {
         assert!(DevicePlan::new(&odd, &CudaConfig::default()).is_err());
         assert!(DevicePlan::new(&m, &CudaConfig { max_ctx: 0, ..Default::default() }).is_err());
         assert!(DevicePlan::new(&m, &CudaConfig { max_batch: 0, ..Default::default() }).is_err());
+        assert!(DevicePlan::new(&m, &CudaConfig { max_batch: 65_535, ..Default::default() }).is_ok());
+        assert!(DevicePlan::new(&m, &CudaConfig { max_batch: 65_536, ..Default::default() }).is_err());
     }
 }
