@@ -343,7 +343,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
             if t.add_bos == Some(true) && config.bos().is_some() {
                 config.flags |= ModelConfig::FLAG_ADD_BOS;
             }
-            let bytes = t.builder.to_bytes().map_err(|e| {
+            let bytes = t.section_bytes().map_err(|e| {
                 Error::new(ErrorKind::Tokenizer, format!("{}: {e}", input.join("tokenizer.json").display()))
             })?;
             if t.builder.tokens.len() as u64 > config.vocab_size as u64 {
