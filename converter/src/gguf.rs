@@ -112,7 +112,7 @@ impl GgmlType {
         })
     }
     /// Elements per block and bytes per block.
-    fn block(self) -> (u64, u64) {
+    pub(crate) fn block(self) -> (u64, u64) {
         match self {
             Self::F32 => (1, 4),
             Self::F16 | Self::BF16 => (1, 2),
@@ -134,8 +134,8 @@ impl GgmlType {
     }
 }
 
-/// Name of a ggml type number, for messages.
-fn ggml_type_name(v: u32) -> String {
+/// Name of a ggml type number, for messages (`"Q4_K (type 12)"`).
+pub fn ggml_type_name(v: u32) -> String {
     let known = [
         (6, "Q5_0"),
         (7, "Q5_1"),
@@ -845,7 +845,14 @@ pub fn read_tokenizer(g: &GgufFile) -> Result<Option<HfTokenizer>> {
     let id_key = |k: &str| -> Result<Option<u32>> { Ok(g.u32_key(k)?.filter(|&id| (id as usize) < n)) };
     let eos = id_key("tokenizer.ggml.eot_token_id")?.or(id_key("tokenizer.ggml.eos_token_id")?);
     let bos = id_key("tokenizer.ggml.bos_token_id")?;
-    let unk = id_key("tokenizer.ggml.unknown_token_id")?;
+    // Byte-level BPE: llama.cpp's converter writes `unknown_token_id` from
+    // the special-tokens map even when the BPE model has no `unk_token`
+    // (SmolLM2); HF then drops a byte the vocabulary lacks, which is what no
+    // unknown token means here. SentencePiece keeps it.
+    let unk = match kind {
+        TokenizerKind::SentencePiece => id_key("tokenizer.ggml.unknown_token_id")?,
+        TokenizerKind::ByteLevelBpe => None,
+    };
     let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
         Some(v) => Some(v.as_bool().ok_or_else(|| tok_err("tokenizer.ggml.add_bos_token is not a bool".into()))?),
         // llama.cpp's defaults: SentencePiece adds BOS, byte-level BPE does not.
