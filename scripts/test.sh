@@ -24,6 +24,13 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "fetching SmolLM2-135M-Instruct (cached)"
 FERRITE_SMOLLM2_DIR=$(bash scripts/fetch-models.sh | tail -1)
 export FERRITE_SMOLLM2_DIR
+# The GGUF that folder was made from (tests/gguf_import.rs).
+FERRITE_SMOLLM2_GGUF="$(dirname "$FERRITE_SMOLLM2_DIR")/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
+export FERRITE_SMOLLM2_GGUF
+
+step "fetching llama.cpp's sources for its tokenizer test vectors (cached)"
+FERRITE_LLAMA_CPP_SRC=$(bash scripts/fetch-llama-cpp-src.sh | tail -1)
+export FERRITE_LLAMA_CPP_SRC
 
 step "lints (clippy -D warnings on the library crates, host and no_std)"
 bash scripts/lint.sh
