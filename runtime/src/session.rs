@@ -809,16 +809,41 @@ impl Attention<'_, '_> {
             );
             return;
         }
-        let _ = threads;
-        let scratch = &mut scratch[..per_thread];
+        let q_dim = self.n_heads * self.shape.head_dim;
         for (i, t) in tokens.enumerate() {
-            let q_dim = self.n_heads * self.shape.head_dim;
-            self.token(t, &mut att[i * q_dim..(i + 1) * q_dim], scratch);
+            self.heads(t, 0..self.n_heads, &mut att[i * q_dim..(i + 1) * q_dim], scratch, per_thread, threads);
         }
     }
 
-    /// All heads of batch token `t`.
-    fn token(&self, t: usize, att: &mut [f32], scratch: &mut [f32]) {
+    /// Heads `heads` of batch token `t` into `att` (their outputs), split
+    /// across up to `threads` threads (one token decoding).
+    fn heads(
+        &self,
+        t: usize,
+        heads: core::ops::Range<usize>,
+        att: &mut [f32],
+        scratch: &mut [f32],
+        per_thread: usize,
+        threads: usize,
+    ) {
+        #[cfg(feature = "std")]
+        if threads > 1 && heads.len() > 1 {
+            let left = threads / 2;
+            let mid = heads.start + heads.len() * left / threads;
+            let (a1, a2) = att.split_at_mut((mid - heads.start) * self.shape.head_dim);
+            let (s1, s2) = scratch.split_at_mut(per_thread * left);
+            rayon::join(
+                || self.heads(t, heads.start..mid, a1, s1, per_thread, left),
+                || self.heads(t, mid..heads.end, a2, s2, per_thread, threads - left),
+            );
+            return;
+        }
+        let _ = threads;
+        self.token(t, heads, att, &mut scratch[..per_thread]);
+    }
+
+    /// Heads `heads` of batch token `t` (`att` holds their outputs).
+    fn token(&self, t: usize, heads: core::ops::Range<usize>, att: &mut [f32], scratch: &mut [f32]) {
         let KvShape { kv_dim, head_dim: hd } = self.shape;
         let q_dim = self.n_heads * hd;
         let (kern, n0, shape, scale) = (self.kern, self.n0, self.shape, self.scale);
@@ -835,7 +860,8 @@ impl Attention<'_, '_> {
         let n_keys = n_sinks + keys.main.len();
         let cached = keys.main.start..keys.main.end.min(n0);
         let fresh = keys.main.start.max(n0)..keys.main.end;
-        for h in 0..self.n_heads {
+        let first = heads.start;
+        for h in heads {
             let kvh = h / self.group;
             let qh = &self.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
             let scores = &mut scores[..n_keys];
@@ -856,7 +882,7 @@ impl Attention<'_, '_> {
                 (self.batch_dot)(qh, &self.k[r..end], kv_dim, scale, &mut scores[at..]);
             }
             (kern.softmax)(scores);
-            let out = &mut att[h * hd..(h + 1) * hd];
+            let out = &mut att[(h - first) * hd..(h - first + 1) * hd];
             out.fill(0.0);
             let scores = &scores[..n_keys];
             self.kv.add_values(kern, self.layer_row + keys.sinks.start, kvh, &scores[..n_sinks], out, shape);
