@@ -82,7 +82,7 @@ pub struct Plan {
     layout: Layout,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 struct Layout {
     // Element counts.
     kv_per_layer: usize,
@@ -226,13 +226,12 @@ impl Plan {
     /// Calls `f(first_slot, len)` for the runs of consecutive cache slots
     /// that the absolute positions `abs` occupy, in order.
     fn for_runs(&self, abs: core::ops::Range<usize>, mut f: impl FnMut(usize, usize)) {
+        // Slots run on consecutively until the end of the cache (then the
+        // ring wraps to the first slot after the sinks).
         let mut a = abs.start;
         while a < abs.end {
             let first = self.slot(a);
-            let mut len = 1;
-            while a + len < abs.end && self.slot(a + len) == first + len {
-                len += 1;
-            }
+            let len = (abs.end - a).min(self.cfg.max_ctx - first);
             f(first, len);
             a += len;
         }
@@ -895,6 +894,39 @@ impl Attention<'_, '_> {
                 let r = (fresh.start - n0) * kv_dim + kvh * hd;
                 let end = (fresh.end - 1 - n0) * kv_dim + kvh * hd + hd;
                 (self.batch_axpy)(&scores[at..], &self.v[r..end], kv_dim, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `for_runs` covers exactly the slots `slot` gives, in order, in runs of
+    /// consecutive slots, for every kind of key range a query sees.
+    #[test]
+    fn runs_of_slots_match_slot_by_slot() {
+        let m: ModelConfig = bytemuck::Zeroable::zeroed();
+        for (max_ctx, streaming, sinks) in [(16, true, 4), (16, true, 0), (9, true, 8), (16, false, 4), (1, true, 0)] {
+            let cfg = SessionConfig { max_ctx, streaming, sinks, ..Default::default() };
+            let plan = Plan {
+                cfg,
+                model: m,
+                parts: PlanParts { kv_cache: 0, activations: 0, scratch: 0 },
+                layout: Layout::default(),
+            };
+            let limit = if streaming { 5 * max_ctx } else { max_ctx };
+            for start in 0..limit {
+                for end in start..=limit.min(start + max_ctx) {
+                    let mut got = Vec::new();
+                    plan.for_runs(start..end, |first, len| {
+                        assert!(len > 0);
+                        got.extend(first..first + len);
+                    });
+                    let want: Vec<usize> = (start..end).map(|a| plan.slot(a)).collect();
+                    assert_eq!(got, want, "max_ctx {max_ctx} sinks {sinks} streaming {streaming}: {start}..{end}");
+                }
             }
         }
     }
