@@ -4,6 +4,11 @@
 //! splits give), 1..6 tokens. Integer paths (activation quantization and
 //! q8/q4 products) must agree bit for bit; float paths within the bound
 //! stated at each check.
+//!
+//! With `FERRITE_KERNELS` set, only that tier is checked (and it must be
+//! supported: forcing a tier the CPU lacks fails); with
+//! `FERRITE_EXPECT_TIER` set, the best tier detected must be that one
+//! (scripts/aarch64-qemu.sh uses both under qemu's CPU models).
 
 use ferrite_format::quant::{self, padded_rows, tile_rows};
 use ferrite_format::DType;
@@ -12,8 +17,12 @@ use ferrite_kernels::{ActsMut, KernelError, Kernels, Out, Tier};
 use half::f16;
 use proptest::prelude::*;
 
-/// The tiers this CPU can run (the reference always).
+/// The tiers to check: the one `FERRITE_KERNELS` forces, or every tier
+/// this CPU can run (the reference always).
 fn tiers() -> Vec<&'static Kernels> {
+    if let Some(forced) = ferrite_kernels::env_tier().expect("FERRITE_KERNELS names a tier") {
+        return vec![Kernels::for_tier(forced).unwrap_or_else(|e| panic!("FERRITE_KERNELS={forced}: {e}"))];
+    }
     let all: Vec<_> = Tier::ALL.into_iter().filter(|t| t.supported()).map(|t| Kernels::for_tier(t).unwrap()).collect();
     assert!(!all.is_empty());
     all
@@ -293,6 +302,21 @@ fn edge_shapes() {
     for (rows, cols, n) in [(1, 0, 1), (1, 1, 1), (8, 32, 1), (9, 33, 5), (16, 64, 4), (7, 31, 6), (24, 96, 9)] {
         check_case(rows, cols, n, 0, rows, rows as u64 * 31 + cols as u64);
     }
+}
+
+/// Detection picks the tier `FERRITE_EXPECT_TIER` names (when set), and
+/// `select` without a request follows `FERRITE_KERNELS` or detection.
+#[test]
+fn detected_tier_is_expected() {
+    let best = Tier::best();
+    let supported: Vec<_> = Tier::ALL.into_iter().filter(|t| t.supported()).map(Tier::name).collect();
+    eprintln!("best kernel tier: {best} (supported: {})", supported.join(", "));
+    if let Ok(want) = std::env::var("FERRITE_EXPECT_TIER") {
+        let want = Tier::from_name(&want).unwrap_or_else(|| panic!("FERRITE_EXPECT_TIER={want} names no tier"));
+        assert_eq!(best, want, "detected {best}, expected {want}");
+    }
+    let selected = ferrite_kernels::select(None).unwrap().tier;
+    assert_eq!(selected, ferrite_kernels::env_tier().unwrap().unwrap_or(best));
 }
 
 #[test]
