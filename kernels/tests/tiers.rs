@@ -304,6 +304,56 @@ fn edge_shapes() {
     }
 }
 
+/// The largest integer sums a file can ask for: every stored byte at its
+/// extreme (q8 byte 0 is -128, which the converter never writes but a file
+/// may hold; q4 nibbles 0 and 15) against activations of ±127, so no tier's
+/// narrow intermediate (the 16-bit pair sums of plain NEON, `pmaddubsw`'s
+/// saturating 16 bits) may overflow: still bit-identical to the reference.
+#[test]
+fn extreme_quants_match_reference() {
+    let (rows, cols, n) = (16, 96, 5);
+    let groups = cols / 32;
+    let reference = Kernels::for_tier(Tier::Reference).unwrap();
+    // Activations: all +1, all -1, alternating, and two mixed patterns: quants ±127.
+    let x: Vec<f32> = (0..n * cols)
+        .map(|i| {
+            let (t, j) = (i / cols, i % cols);
+            match t {
+                0 => 1.0,
+                1 => -1.0,
+                2 => [1.0, -1.0][j % 2],
+                3 => [-1.0, -1.0, 1.0][j % 3],
+                _ => [1.0, 1.0, 1.0, -1.0][j % 4],
+            }
+        })
+        .collect();
+    let acts = quantize_acts(reference, &x, cols, n, cols);
+    assert!(acts.0.iter().all(|&q| q == 127 || q == -127));
+    let acts = ferrite_kernels::Acts { qs: &acts.0, d: &acts.1, sums: &acts.2 };
+    for (dtype, byte) in
+        [(DType::Q8, 0x00u8), (DType::Q8, 0xFF), (DType::Q4, 0x00), (DType::Q4, 0xFF), (DType::Q4, 0x0F)]
+    {
+        let tile = if dtype == DType::Q4 { 128 } else { 256 };
+        let qs: Vec<u8> = (0..rows / 8 * groups * tile).map(|i| if i % 7 == 3 { !byte } else { byte }).collect();
+        let scales = vec![f16::from_f32(0.01); rows * groups];
+        let w = if dtype == DType::Q4 {
+            Weights::Q4 { qs: &qs, scales: &scales }
+        } else {
+            Weights::Q8 { qs: &qs, scales: &scales }
+        };
+        let m = Matrix { w, rows, cols };
+        let run = |k: &Kernels| {
+            let mut out = vec![f32::NAN; n * rows];
+            (k.matmul_q)(&m, 0..rows, &acts, n, &mut Out::new(&mut out, rows));
+            out
+        };
+        let want = run(reference);
+        for k in tiers() {
+            assert_eq!(bits(&run(k)), bits(&want), "{} {dtype:?} byte {byte:#04x}", k.tier);
+        }
+    }
+}
+
 /// Detection picks the tier `FERRITE_EXPECT_TIER` names (when set), and
 /// `select` without a request follows `FERRITE_KERNELS` or detection.
 #[test]
