@@ -24,8 +24,8 @@
 # gcc-aarch64-linux-gnu qemu-user; .ci/run installs them), and
 # FERRITE_SMOLLM2_DIR (scripts/test.sh sets it; otherwise this script runs
 # scripts/fetch-models.sh). Builds land in target/aarch64-unknown-linux-gnu
-# (cached between runs). Timings under qemu say nothing about a real core:
-# nothing here measures speed.
+# (or under CARGO_TARGET_DIR; cached between runs). Timings under qemu say
+# nothing about a real core: nothing here measures speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -73,7 +73,7 @@ step "cross-build for $target (release): ferrite, kernel tests, golden tests"
 cargo build --release --target "$target" --bin ferrite
 cargo test --release --target "$target" --no-run "${kernel_tests[@]}"
 cargo test --release --target "$target" --no-run -p ferrite --test golden_tiny --test golden_smollm2
-ferrite=$root/target/$target/release/ferrite
+ferrite=${CARGO_TARGET_DIR:-$root/target}/$target/release/ferrite
 
 step "qemu-aarch64 -cpu cortex-a53 (ARMv8.0): detection picks neon; kernel and tiny golden tests"
 on cortex-a53 FERRITE_EXPECT_TIER=neon -- "${kernel_tests[@]}"
