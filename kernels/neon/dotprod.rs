@@ -8,7 +8,9 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 use core::ops::Range;
 
-use super::{check_shapes, drive, planes, signed_tiles, store_rows, GROUP, RB};
+use half::f16;
+
+use super::{check_shapes, drive, lanes, load_f16x8, planes, store_rows, unpack_tile_signed, GROUP, RB};
 use crate::{Acts, Matrix, Out};
 
 pub(super) fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
@@ -23,10 +25,10 @@ unsafe fn matmul_q_sdot(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: 
     check_shapes(qs, scales, tile, groups, &rows, acts, n);
     if q4 {
         // SAFETY: shapes checked above; features present (module invariant).
-        unsafe { drive!(rows, n, out, sdot_tiles, true, qs, scales, groups, acts) }
+        unsafe { drive!(rows, n, out, 4, sdot_tiles, true, qs, scales, groups, acts) }
     } else {
         // SAFETY: as above.
-        unsafe { drive!(rows, n, out, sdot_tiles, false, qs, scales, groups, acts) }
+        unsafe { drive!(rows, n, out, 4, sdot_tiles, false, qs, scales, groups, acts) }
     }
 }
 
@@ -74,4 +76,42 @@ unsafe fn group_dot_sdot(w: &[int8x16_t; 16], a: *const i8) -> (int32x4_t, int32
     (vaddq_s32(lo0, lo1), vaddq_s32(hi0, hi1))
 }
 
-signed_tiles!(sdot_tiles, "neon,dotprod", group_dot_sdot);
+/// Rows `8 * block ..+8` × tokens `t0 ..+T` of a q4 (`Q4`) or q8 matrix:
+/// each tile unpacked to signed quants once (16 registers) and multiplied
+/// by [`group_dot_sdot`] for each token, then scaled per group as the
+/// reference does.
+///
+/// # Safety
+/// Shapes checked by `check_shapes` for these rows and tokens; NEON and
+/// dotprod present.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn sdot_tiles<const T: usize, const Q4: bool>(
+    block: usize,
+    t0: usize,
+    qs: &[u8],
+    scales: &[f16],
+    groups: usize,
+    acts: &Acts<'_>,
+) -> [[f32; 8]; T] {
+    let tile_bytes = if Q4 { 128 } else { 256 };
+    let mut acc = [[vdupq_n_f32(0.0); 2]; T];
+    for g in 0..groups {
+        let ti = block * groups + g;
+        // SAFETY (loads below): `check_shapes` covered every tile of the row
+        // blocks and every activation group of the tokens.
+        let w = unsafe { unpack_tile_signed::<Q4>(qs.as_ptr().add(ti * tile_bytes)) };
+        let (wd_lo, wd_hi) = unsafe { load_f16x8(scales.as_ptr().add(ti * RB)) };
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let ag = (t0 + t) * groups + g;
+            let (lo, hi) = unsafe { group_dot_sdot(&w, acts.qs.as_ptr().add(ag * GROUP)) };
+            let ad = vdupq_n_f32(acts.d[ag]);
+            acc[0] = vaddq_f32(acc[0], vmulq_f32(vcvtq_f32_s32(lo), vmulq_f32(wd_lo, ad)));
+            acc[1] = vaddq_f32(acc[1], vmulq_f32(vcvtq_f32_s32(hi), vmulq_f32(wd_hi, ad)));
+        }
+    }
+    let mut out = [[0f32; 8]; T];
+    for (o, &[lo, hi]) in out.iter_mut().zip(&acc) {
+        *o = lanes(lo, hi);
+    }
+    out
+}

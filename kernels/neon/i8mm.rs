@@ -197,15 +197,12 @@ unsafe fn mmla_tiles<const P: usize, const Q4: bool>(
         // blocks and every activation group of the tokens.
         let u = unsafe { unpack_tile::<Q4>(qs.as_ptr().add(ti * tile_bytes)) };
         // m[s][rp]: rows 2rp, 2rp + 1, quants 8s..8s + 8 (chunks 2s, 2s + 1).
-        let m: [[uint8x16_t; 4]; 4] = core::array::from_fn(|s| {
-            let z = |x: uint8x16_t, y: uint8x16_t| {
-                let (x, y) = (vreinterpretq_u32_u8(x), vreinterpretq_u32_u8(y));
-                [vreinterpretq_u8_u32(vzip1q_u32(x, y)), vreinterpretq_u8_u32(vzip2q_u32(x, y))]
-            };
-            let [r01, r23] = z(u[4 * s], u[4 * s + 2]);
-            let [r45, r67] = z(u[4 * s + 1], u[4 * s + 3]);
-            [r01, r23, r45, r67]
-        });
+        let mut m = [[vdupq_n_u8(0); 4]; 4];
+        for (s, m) in m.iter_mut().enumerate() {
+            let [r01, r23] = zip_words(u[4 * s], u[4 * s + 2]);
+            let [r45, r67] = zip_words(u[4 * s + 1], u[4 * s + 3]);
+            *m = [r01, r23, r45, r67];
+        }
         let (wd_lo, wd_hi) = unsafe { load_f16x8(scales.as_ptr().add(ti * RB)) };
         // Each row pair's scales, one per lane: [wd0, wd0, wd1, wd1], ...
         let wd =
@@ -230,8 +227,8 @@ unsafe fn mmla_tiles<const P: usize, const Q4: bool>(
             }
         }
     }
-    acc.map(|acc| {
-        let mut l = [[0f32; 8]; 2];
+    let mut out = [[[0f32; 8]; 2]; P];
+    for (l, acc) in out.iter_mut().zip(&acc) {
         for (rp, v) in acc.iter().enumerate() {
             let mut x = [0f32; 4];
             // SAFETY: `x` has 4 floats.
@@ -241,6 +238,15 @@ unsafe fn mmla_tiles<const P: usize, const Q4: bool>(
             l[0][2 * rp + 1] = x[2];
             l[1][2 * rp + 1] = x[3];
         }
-        l
-    })
+    }
+    out
+}
+
+/// The 32-bit words of `x` and `y` interleaved: `[x0, y0, x1, y1]` and
+/// `[x2, y2, x3, y3]`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn zip_words(x: uint8x16_t, y: uint8x16_t) -> [uint8x16_t; 2] {
+    let (x, y) = (vreinterpretq_u32_u8(x), vreinterpretq_u32_u8(y));
+    [vreinterpretq_u8_u32(vzip1q_u32(x, y)), vreinterpretq_u8_u32(vzip2q_u32(x, y))]
 }

@@ -216,9 +216,10 @@ unsafe fn load_f16x8(p: *const f16) -> (float32x4_t, float32x4_t) {
     // SAFETY: the caller guarantees 16 readable bytes.
     let h = unsafe { vld1q_u16(p.cast()) };
     let (lo, hi): (float32x4_t, float32x4_t);
-    // SAFETY: register-only instructions of base ARMv8 (no memory, stack
-    // or flags); `out` (not `lateout`) keeps `lo` from sharing `h`'s
-    // register, which the second instruction still reads.
+    // SAFETY: register-only instructions of base ARMv8 (no memory or
+    // stack; a signalling NaN may set FPSR's invalid-operation bit, so the
+    // flags are not declared preserved); `out` (not `lateout`) keeps `lo`
+    // from sharing `h`'s register, which the second instruction still reads.
     unsafe {
         asm!(
             "fcvtl {lo:v}.4s, {h:v}.4h",
@@ -226,7 +227,7 @@ unsafe fn load_f16x8(p: *const f16) -> (float32x4_t, float32x4_t) {
             h = in(vreg) h,
             lo = out(vreg) lo,
             hi = out(vreg) hi,
-            options(pure, nomem, nostack, preserves_flags)
+            options(pure, nomem, nostack)
         )
     };
     (lo, hi)
@@ -242,15 +243,9 @@ unsafe fn load_f16x4(p: *const f16) -> float32x4_t {
     // SAFETY: the caller guarantees 8 readable bytes.
     let h = unsafe { vld1_u16(p.cast()) };
     let v: float32x4_t;
-    // SAFETY: a register-only instruction of base ARMv8.
-    unsafe {
-        asm!(
-            "fcvtl {v:v}.4s, {h:v}.4h",
-            h = in(vreg) h,
-            v = out(vreg) v,
-            options(pure, nomem, nostack, preserves_flags)
-        )
-    };
+    // SAFETY: a register-only instruction of base ARMv8 (flags: as in
+    // `load_f16x8`).
+    unsafe { asm!("fcvtl {v:v}.4s, {h:v}.4h", h = in(vreg) h, v = out(vreg) v, options(pure, nomem, nostack)) };
     v
 }
 
@@ -281,15 +276,19 @@ unsafe fn quantize_group(src: *const f32, dst: *mut i8) -> (f32, i32) {
     let (lo, hi) = (vdupq_n_s32(-127), vdupq_n_s32(127));
     // One f32 product and round-to-nearest-even (`FCVTNS`; NaN gives 0)
     // per element, clamped to -127..=127: the reference's arithmetic.
-    let q = v.map(|v| vmaxq_s32(vminq_s32(vcvtnq_s32_f32(vmulq_f32(v, idv)), hi), lo));
+    let mut q = [vdupq_n_s32(0); 8];
+    for (q, &v) in q.iter_mut().zip(&v) {
+        *q = vmaxq_s32(vminq_s32(vcvtnq_s32_f32(vmulq_f32(v, idv)), hi), lo);
+    }
     let s = vaddq_s32(
         vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3])),
         vaddq_s32(vaddq_s32(q[4], q[5]), vaddq_s32(q[6], q[7])),
     );
     let sum = vaddvq_s32(s);
-    let h: [int16x8_t; 4] = core::array::from_fn(|i| vcombine_s16(vmovn_s32(q[2 * i]), vmovn_s32(q[2 * i + 1])));
-    let b0 = vcombine_s8(vmovn_s16(h[0]), vmovn_s16(h[1]));
-    let b1 = vcombine_s8(vmovn_s16(h[2]), vmovn_s16(h[3]));
+    let h01 = (vcombine_s16(vmovn_s32(q[0]), vmovn_s32(q[1])), vcombine_s16(vmovn_s32(q[2]), vmovn_s32(q[3])));
+    let h23 = (vcombine_s16(vmovn_s32(q[4]), vmovn_s32(q[5])), vcombine_s16(vmovn_s32(q[6]), vmovn_s32(q[7])));
+    let b0 = vcombine_s8(vmovn_s16(h01.0), vmovn_s16(h01.1));
+    let b1 = vcombine_s8(vmovn_s16(h23.0), vmovn_s16(h23.1));
     // SAFETY: 32 writable bytes at `dst` (the caller's guarantee).
     unsafe {
         vst1q_s8(dst, b0);
@@ -419,7 +418,13 @@ unsafe fn unpack_tile_signed<const Q4: bool>(tile: *const u8) -> [int8x16_t; 16]
     // SAFETY: forwarded from the caller.
     let w = unsafe { unpack_tile::<Q4>(tile) };
     let off = vdupq_n_u8(offset(Q4));
-    w.map(|v| vreinterpretq_s8_u8(vsubq_u8(v, off)))
+    // (A loop, not `array::map`: `map` is not inlined into target-feature
+    // code, which would leave the tile in memory.)
+    let mut s = [vdupq_n_s8(0); 16];
+    for (s, &w) in s.iter_mut().zip(&w) {
+        *s = vreinterpretq_s8_u8(vsubq_u8(w, off));
+    }
+    s
 }
 
 /// Four activation quants at `p`, broadcast to every 32-bit lane.
@@ -433,82 +438,42 @@ unsafe fn bcast4(p: *const i8) -> int8x16_t {
     vreinterpretq_s8_s32(vdupq_n_s32(unsafe { p.cast::<i32>().read_unaligned() }))
 }
 
-/// One group's exact integer sums for 8 rows against the 32 activation
-/// quants at `a`, with ARMv8.0 instructions: products of two chunks summed
-/// in 16 bits (`|w·a| + |w'·a'| <= 2·128·127 < 2^15`), then pairwise into
-/// 32-bit lanes. Returns rows 0..4 and rows 4..8.
+/// Two chunks `c`, `c + 1` of a group, with ARMv8.0 instructions: products
+/// of the two chunks summed in 16 bits (`|w·a| + |w'·a'| <= 2·128·127 <
+/// 2^15`), then pairwise into 32-bit lanes: `acc[0]` gets lanes
+/// `[r0, r0, r1, r1]`, `acc[1]` rows 2, 3, `acc[2]` rows 4, 5, `acc[3]` rows
+/// 6, 7. `w` is `[rows 0..4 of c, rows 0..4 of c + 1, rows 4..8 of c,
+/// rows 4..8 of c + 1]` (signed), `a` points at activation quant `4c`.
 ///
 /// # Safety
-/// 32 bytes readable at `a`; NEON present.
+/// 8 bytes readable at `a`; NEON present.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn group_dot_neon(w: &[int8x16_t; 16], a: *const i8) -> (int32x4_t, int32x4_t) {
-    // acc[0]: lanes [r0, r0, r1, r1]; acc[1]: r2, r3; acc[2]: r4, r5; acc[3]: r6, r7.
-    let mut acc = [vdupq_n_s32(0); 4];
-    for c in (0..8).step_by(2) {
-        // SAFETY: `4 * c + 8 <= 32` bytes (the caller's guarantee).
-        let (b0, b1) = unsafe { (bcast4(a.add(4 * c)), bcast4(a.add(4 * c + 4))) };
-        let (l0, l1) = (vget_low_s8(b0), vget_low_s8(b1));
-        let (wl0, wl1, wh0, wh1) = (w[2 * c], w[2 * c + 2], w[2 * c + 1], w[2 * c + 3]);
-        let p01 = vmlal_s8(vmull_s8(vget_low_s8(wl0), l0), vget_low_s8(wl1), l1);
-        let p23 = vmlal_high_s8(vmull_high_s8(wl0, b0), wl1, b1);
-        let p45 = vmlal_s8(vmull_s8(vget_low_s8(wh0), l0), vget_low_s8(wh1), l1);
-        let p67 = vmlal_high_s8(vmull_high_s8(wh0, b0), wh1, b1);
-        acc[0] = vpadalq_s16(acc[0], p01);
-        acc[1] = vpadalq_s16(acc[1], p23);
-        acc[2] = vpadalq_s16(acc[2], p45);
-        acc[3] = vpadalq_s16(acc[3], p67);
-    }
-    (vpaddq_s32(acc[0], acc[1]), vpaddq_s32(acc[2], acc[3]))
+unsafe fn chunk_pair_neon(acc: &mut [int32x4_t; 4], w: [int8x16_t; 4], a: *const i8) {
+    let [wl0, wl1, wh0, wh1] = w;
+    // SAFETY: 8 readable bytes (the caller's guarantee).
+    let (b0, b1) = unsafe { (bcast4(a), bcast4(a.add(4))) };
+    let (l0, l1) = (vget_low_s8(b0), vget_low_s8(b1));
+    let p01 = vmlal_s8(vmull_s8(vget_low_s8(wl0), l0), vget_low_s8(wl1), l1);
+    let p23 = vmlal_high_s8(vmull_high_s8(wl0, b0), wl1, b1);
+    let p45 = vmlal_s8(vmull_s8(vget_low_s8(wh0), l0), vget_low_s8(wh1), l1);
+    let p67 = vmlal_high_s8(vmull_high_s8(wh0, b0), wh1, b1);
+    acc[0] = vpadalq_s16(acc[0], p01);
+    acc[1] = vpadalq_s16(acc[1], p23);
+    acc[2] = vpadalq_s16(acc[2], p45);
+    acc[3] = vpadalq_s16(acc[3], p67);
 }
-
-/// Defines `$name::<T, Q4>(block, t0, qs, scales, groups, acts)`: rows
-/// `8 * block ..+8` × tokens `t0 ..+T` of a q4 (`Q4`) or q8 matrix, the
-/// tile unpacked to signed quants once and multiplied by `$group_dot` for
-/// each token, then scaled per group as the reference does.
-macro_rules! signed_tiles {
-    ($name:ident, $features:literal, $group_dot:path) => {
-        #[target_feature(enable = $features)]
-        unsafe fn $name<const T: usize, const Q4: bool>(
-            block: usize,
-            t0: usize,
-            qs: &[u8],
-            scales: &[half::f16],
-            groups: usize,
-            acts: &$crate::Acts<'_>,
-        ) -> [[f32; 8]; T] {
-            use core::arch::aarch64::*;
-            let tile_bytes = if Q4 { 128 } else { 256 };
-            let mut acc = [[vdupq_n_f32(0.0); 2]; T];
-            for g in 0..groups {
-                let ti = block * groups + g;
-                // SAFETY (loads below): `check_shapes` covered every tile of
-                // the row blocks and every activation group of the tokens.
-                let w = unsafe { $crate::neon::unpack_tile_signed::<Q4>(qs.as_ptr().add(ti * tile_bytes)) };
-                let (wd_lo, wd_hi) = unsafe { $crate::neon::load_f16x8(scales.as_ptr().add(ti * $crate::neon::RB)) };
-                for (t, acc) in acc.iter_mut().enumerate() {
-                    let ag = (t0 + t) * groups + g;
-                    let (lo, hi) = unsafe { $group_dot(&w, acts.qs.as_ptr().add(ag * $crate::neon::GROUP)) };
-                    let ad = vdupq_n_f32(acts.d[ag]);
-                    acc[0] = vaddq_f32(acc[0], vmulq_f32(vcvtq_f32_s32(lo), vmulq_f32(wd_lo, ad)));
-                    acc[1] = vaddq_f32(acc[1], vmulq_f32(vcvtq_f32_s32(hi), vmulq_f32(wd_hi, ad)));
-                }
-            }
-            acc.map(|[lo, hi]| $crate::neon::lanes(lo, hi))
-        }
-    };
-}
-use signed_tiles;
 
 /// Runs `$tiles::<T, $q4>` over the row blocks of `rows` and tokens in
-/// runs of up to 4 (each tile unpacked once per run), storing the lanes.
+/// runs of up to `$max` (2 or 4; each tile unpacked once per run), storing
+/// the lanes.
 macro_rules! drive {
-    ($rows:expr, $n:expr, $out:expr, $tiles:ident, $q4:literal, $($arg:expr),*) => {{
+    ($rows:expr, $n:expr, $out:expr, $max:literal, $tiles:ident, $q4:literal, $($arg:expr),*) => {{
         for block in $rows.start / RB..$rows.end.div_ceil(RB) {
             let mut t0 = 0;
             while t0 < $n {
                 let mut lanes = [[0f32; 8]; 4];
-                let used = match $n - t0 {
+                let used = match ($n - t0).min($max) {
                     1 => { [lanes[0]] = $tiles::<1, $q4>(block, t0, $($arg),*); 1 }
                     2 => { [lanes[0], lanes[1]] = $tiles::<2, $q4>(block, t0, $($arg),*); 2 }
                     3 => { [lanes[0], lanes[1], lanes[2]] = $tiles::<3, $q4>(block, t0, $($arg),*); 3 }
@@ -524,7 +489,77 @@ macro_rules! drive {
 }
 use drive;
 
-signed_tiles!(neon_tiles, "neon", group_dot_neon);
+/// Chunks `2k`, `2k + 1` of the tile at `tile` as signed quants, in
+/// [`chunk_pair_neon`]'s order (q4: chunks 0..4 are the low nibbles of the
+/// stored chunks, 4..8 the high ones).
+///
+/// # Safety
+/// The tile's bytes readable at `tile`; `k < 4`; NEON present.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn chunk_pair_signed<const Q4: bool>(tile: *const u8, k: usize) -> [int8x16_t; 4] {
+    // SAFETY (loads): inside the tile (128 bytes for q4, 256 for q8).
+    let p = unsafe { tile.add(if Q4 { 64 * (k % 2) } else { 64 * k }) };
+    let v = unsafe { [vld1q_u8(p), vld1q_u8(p.add(32)), vld1q_u8(p.add(16)), vld1q_u8(p.add(48))] };
+    let mut w = [vdupq_n_s8(0); 4];
+    for (w, v) in w.iter_mut().zip(v) {
+        let v = if !Q4 {
+            v
+        } else if k < 2 {
+            vandq_u8(v, vdupq_n_u8(0x0F))
+        } else {
+            vshrq_n_u8::<4>(v)
+        };
+        *w = vreinterpretq_s8_u8(vsubq_u8(v, vdupq_n_u8(offset(Q4))));
+    }
+    w
+}
+
+/// Rows `8 * block ..+8` × tokens `t0 ..+T` with [`chunk_pair_neon`]: each
+/// pair of chunks is unpacked once and applied to every token, so only four
+/// weight vectors and `4 * T` integer accumulators are live.
+///
+/// # Safety
+/// Shapes checked by `check_shapes` for these rows and tokens; NEON present.
+#[target_feature(enable = "neon")]
+unsafe fn neon_tiles<const T: usize, const Q4: bool>(
+    block: usize,
+    t0: usize,
+    qs: &[u8],
+    scales: &[f16],
+    groups: usize,
+    acts: &Acts<'_>,
+) -> [[f32; 8]; T] {
+    let tile_bytes = if Q4 { 128 } else { 256 };
+    let mut acc = [[vdupq_n_f32(0.0); 2]; T];
+    for g in 0..groups {
+        let ti = block * groups + g;
+        // SAFETY (loads below): `check_shapes` covered every tile of the row
+        // blocks and every activation group of the tokens.
+        let tile = unsafe { qs.as_ptr().add(ti * tile_bytes) };
+        let mut isum = [[vdupq_n_s32(0); 4]; T];
+        for k in 0..4 {
+            let w = unsafe { chunk_pair_signed::<Q4>(tile, k) };
+            for (t, isum) in isum.iter_mut().enumerate() {
+                let a = unsafe { acts.qs.as_ptr().add(((t0 + t) * groups + g) * GROUP + 8 * k) };
+                unsafe { chunk_pair_neon(isum, w, a) };
+            }
+        }
+        let (wd_lo, wd_hi) = unsafe { load_f16x8(scales.as_ptr().add(ti * RB)) };
+        for (t, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
+            let ag = (t0 + t) * groups + g;
+            let (lo, hi) = (vpaddq_s32(isum[0], isum[1]), vpaddq_s32(isum[2], isum[3]));
+            let ad = vdupq_n_f32(acts.d[ag]);
+            acc[0] = vaddq_f32(acc[0], vmulq_f32(vcvtq_f32_s32(lo), vmulq_f32(wd_lo, ad)));
+            acc[1] = vaddq_f32(acc[1], vmulq_f32(vcvtq_f32_s32(hi), vmulq_f32(wd_hi, ad)));
+        }
+    }
+    let mut out = [[0f32; 8]; T];
+    for (o, &[lo, hi]) in out.iter_mut().zip(&acc) {
+        *o = lanes(lo, hi);
+    }
+    out
+}
 
 /// `reference::matmul_q` with `SMULL`/`SADALP`.
 #[target_feature(enable = "neon")]
@@ -534,10 +569,10 @@ unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize
     check_shapes(qs, scales, tile, groups, &rows, acts, n);
     if q4 {
         // SAFETY: shapes checked above; NEON present (module invariant).
-        unsafe { drive!(rows, n, out, neon_tiles, true, qs, scales, groups, acts) }
+        unsafe { drive!(rows, n, out, 4, neon_tiles, true, qs, scales, groups, acts) }
     } else {
         // SAFETY: as above.
-        unsafe { drive!(rows, n, out, neon_tiles, false, qs, scales, groups, acts) }
+        unsafe { drive!(rows, n, out, 4, neon_tiles, false, qs, scales, groups, acts) }
     }
 }
 
