@@ -410,9 +410,10 @@ ferrite_status ferrite_sampler_sample(ferrite_sampler *sampler, const float *log
  * the number of ids. No BOS is added: prepend ferrite_model_get_info's bos_id
  * when add_bos is set. With parse_special, added tokens written in the text
  * (e.g. "<|im_end|>") become their ids; without, special tokens are encoded
- * as plain text (use that for untrusted input). cap >= len always
- * suffices; on FERRITE_BUFFER_TOO_SMALL *n_out is set to len. out[*n_out..cap]
- * is scratch.
+ * as plain text (use that for untrusted input). cap >= 2 * len + 2 always
+ * suffices (byte-level BPE needs at most len; SentencePiece at most 1.5 * len
+ * and merges faster with the extra room); on FERRITE_BUFFER_TOO_SMALL *n_out
+ * is set to 2 * len + 2. out[*n_out..cap] is scratch.
  */
 ferrite_status ferrite_tokenize(const ferrite_model *model, const char *text, size_t len, bool parse_special,
                                 uint32_t *out, size_t cap, size_t *n_out);

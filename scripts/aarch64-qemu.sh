@@ -110,6 +110,8 @@ done
 step "ferrite run with FERRITE_KERNELS=i8mm on -cpu cortex-a53: status 1 and a clear error, not SIGILL"
 "${qemu[@]}" -cpu cortex-a53 "$ferrite" "${args[@]}" >/dev/null 2>"$out/run.log" \
     || { cat "$out/run.log" >&2; die "ferrite run at the detected tier failed on cortex-a53"; }
+grep -q '^\[ferrite\] kernels neon,' "$out/run.log" \
+    || { cat "$out/run.log" >&2; die "ferrite run on cortex-a53 did not report the neon tier"; }
 status=0
 FERRITE_KERNELS=i8mm "${qemu[@]}" -cpu cortex-a53 "$ferrite" "${args[@]}" >/dev/null 2>"$out/run.log" || status=$?
 cat "$out/run.log" >&2

@@ -6,9 +6,13 @@
 #    kernels/cuda/*.cu to PTX for sm_80, sm_87 and sm_90.
 # 3. Checks that a PTX exists for every module and architecture and that it
 #    defines every kernel of the table in cuda/src/launch.rs.
+#    ptxas (from the same pip toolchain) assembles each PTX for its GPU, so a
+#    PTX the driver would refuse fails here; the GEMV/GEMM kernels must not
+#    spill registers.
 # 4. The host-side unit tests (launch geometry, buffer planning, kernel table
-#    vs the .cu sources) with the device code built, and clippy -D warnings
-#    on ferrite-cuda's device code.
+#    vs the .cu sources, the q4/q8 tile indexing mirrored and checked against
+#    the reference kernels) with the device code built, and clippy
+#    -D warnings on ferrite-cuda's device code.
 # 5. Builds the GPU test binary (tests/cuda.rs) and checks that, with no GPU
 #    here, it fails saying it needs one (scripts/gpu-check.sh runs it on a GPU).
 set -euo pipefail
@@ -43,6 +47,26 @@ for module in gemv gemm attention elementwise; do
 done
 [ "$missing" = 0 ] || { echo "cuda-build: PTX check failed" >&2; exit 1; }
 echo "PTX: 4 modules x 3 architectures, $(grep -c 'k!(' cuda/src/launch.rs) kernels found in each" >&2
+
+step "ptxas: every PTX assembles for its GPU; no spills in gemv/gemm"
+for module in gemv gemm attention elementwise; do
+    for arch in 80 87 90; do
+        ptx=$(ls -t "$target"/release/build/ferrite-cuda-*/out/"$module.sm$arch.ptx" | head -1)
+        if ! info=$(ptxas -arch=sm_$arch -v -o /dev/null "$ptx" 2>&1); then
+            printf '%s\n' "$info" >&2
+            echo "cuda-build: ptxas rejects $ptx" >&2
+            exit 1
+        fi
+        if [ "$module" = gemv ] || [ "$module" = gemm ]; then
+            if grep -qE '[1-9][0-9]* bytes spill' <<<"$info"; then
+                printf '%s\n' "$info" >&2
+                echo "cuda-build: $module spills registers on sm_$arch" >&2
+                exit 1
+            fi
+        fi
+    done
+done
+echo "ptxas: 12 PTX assembled" >&2
 
 step "host-side tests of ferrite-cuda (device code built) and clippy"
 cargo test --release -p ferrite-cuda --features device

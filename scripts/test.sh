@@ -16,6 +16,8 @@
 #    (scripts/aarch64-qemu.sh).
 # 7. Builds the CUDA backend with nvcc 13.0 from pip, checks a PTX for every
 #    kernel and runs its host-side tests (scripts/cuda-build.sh; no GPU needed).
+# Kernel tiers: scripts/x86-tiers.sh runs the kernel and tiny golden tests
+# with each tier forced, and checks detection under qemu-x86_64 -cpu Haswell.
 # Also: clippy with -D warnings on the library crates (scripts/lint.sh) and
 # Miri over the format reader and the reference kernels (scripts/miri.sh).
 set -euo pipefail
@@ -26,6 +28,13 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "fetching SmolLM2-135M-Instruct (cached)"
 FERRITE_SMOLLM2_DIR=$(bash scripts/fetch-models.sh | tail -1)
 export FERRITE_SMOLLM2_DIR
+# The GGUF that folder was made from (tests/gguf_import.rs).
+FERRITE_SMOLLM2_GGUF="$(dirname "$FERRITE_SMOLLM2_DIR")/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
+export FERRITE_SMOLLM2_GGUF
+
+step "fetching llama.cpp's sources for its tokenizer test vectors (cached)"
+FERRITE_LLAMA_CPP_SRC=$(bash scripts/fetch-llama-cpp-src.sh | tail -1)
+export FERRITE_LLAMA_CPP_SRC
 
 step "lints (clippy -D warnings on the library crates, host and no_std)"
 bash scripts/lint.sh
@@ -36,6 +45,9 @@ cargo build --release -p ferrite-format -p ferrite-kernels -p ferrite-runtime \
 
 step "cargo test --release --workspace"
 cargo test --release --workspace
+
+step "kernel tiers: each forced, and AVX2-only detection under qemu-x86_64"
+bash scripts/x86-tiers.sh
 
 step "C API: libferrite.a + examples/c vs ferrite run"
 bash scripts/c-example.sh

@@ -1175,8 +1175,9 @@ pub unsafe extern "C" fn ferrite_sampler_sample(
 /// `ferrite_model_get_info`'s `add_bos`) into `out[0..cap]` and sets `*n_out`
 /// to the number of ids. With `parse_special`, added tokens such as
 /// `<|im_end|>` in the text become their ids; without, special ones are
-/// encoded as plain text (for untrusted input). `cap >= len` always
-/// suffices; on `BUFFER_TOO_SMALL` `*n_out` is set to `len`.
+/// encoded as plain text (for untrusted input). `cap >= 2 * len + 2`
+/// always suffices ([`Tokenizer::max_tokens`]); on `BUFFER_TOO_SMALL`
+/// `*n_out` is set to that bound.
 ///
 /// # Safety
 ///

@@ -3,10 +3,12 @@
 //! machine; without one every test fails and says so (CI only builds them).
 //!
 //! - every kernel against the scalar reference (kernels/src/reference.rs)
-//!   or a formula, on random shapes with tails;
+//!   or a formula, on random shapes with tails; q4/q8 weights in the
+//!   8-row tiles of format version 2, multiplied with int8 activations:
+//!   quantization and GEMM bit-exact, GEMV within a stated bound;
 //! - the tiny goldens within the CPU's tolerance (5e-4, f32 weights and KV);
-//! - SmolLM2-135M q4: greedy ids equal to the CPU's on both golden prompts,
-//!   and decode tok/s (the .frt from `FERRITE_SMOLLM2_Q4`, else converted
+//! - SmolLM2-135M q4: greedy ids equal to the CPU's (default config: int8
+//!   activations, as the GPU) on both golden prompts, and decode tok/s (the .frt from `FERRITE_SMOLLM2_Q4`, else converted
 //!   from `FERRITE_SMOLLM2_DIR`);
 //! - a q4 GEMV bandwidth benchmark over matrices totalling >= 4x the L2.
 
@@ -17,10 +19,11 @@ use std::sync::Arc;
 
 use common::{argmax, convert_to_bytes, golden_f32, golden_ids, TINY};
 use ferrite_cuda::launch::{self, Arg};
-use ferrite_cuda::{Buf, CudaConfig, CudaModel, CudaSession, DevMatrix, Gpu};
+use ferrite_cuda::{Buf, CudaConfig, CudaModel, CudaSession, DevActs, DevMatrix, Gpu};
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::{quant, DType};
 use ferrite_kernels::reference as k;
+use ferrite_kernels::{Acts, ActsMut, Out};
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
 use half::f16;
 use safetensors::SafeTensors;
@@ -70,7 +73,9 @@ fn down(gpu: &Gpu, b: &Buf, n: usize) -> Vec<f32> {
     out
 }
 
-/// A `[rows, cols]` matrix of `dtype` in the file layout, as bytes.
+/// A `[rows, cols]` matrix of `dtype` in the file layout (q4/q8: logical
+/// rows quantized by the reference, then tiled by `quant::tile_rows`), as
+/// bytes.
 fn matrix_bytes(src: &[f32], rows: usize, cols: usize, dtype: DType) -> Vec<u8> {
     let groups = cols.div_ceil(quant::GROUP);
     match dtype {
@@ -78,11 +83,11 @@ fn matrix_bytes(src: &[f32], rows: usize, cols: usize, dtype: DType) -> Vec<u8> 
         DType::F16 => src.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
         DType::Q4 | DType::Q8 => {
             let gb = if dtype == DType::Q4 { quant::Q4_GROUP_BYTES } else { quant::Q8_GROUP_BYTES };
-            let mut qs = vec![0u8; rows * groups * gb];
+            let mut logical = vec![0u8; rows * groups * gb];
             let mut scales = vec![f16::ZERO; rows * groups];
             for r in 0..rows {
                 let row = &src[r * cols..(r + 1) * cols];
-                let q = &mut qs[r * groups * gb..(r + 1) * groups * gb];
+                let q = &mut logical[r * groups * gb..(r + 1) * groups * gb];
                 let s = &mut scales[r * groups..(r + 1) * groups];
                 if dtype == DType::Q4 {
                     k::quantize_row_q4(row, q, s);
@@ -90,7 +95,10 @@ fn matrix_bytes(src: &[f32], rows: usize, cols: usize, dtype: DType) -> Vec<u8> 
                     k::quantize_row_q8(row, q, s);
                 }
             }
-            qs.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
+            let mut qs = vec![0u8; quant::scales_offset(dtype, rows, cols)];
+            let mut tile_scales = vec![f16::ZERO; quant::padded_rows(rows) * groups];
+            quant::tile_rows(dtype, &logical, &scales, rows, groups, &mut qs, &mut tile_scales);
+            qs.extend(tile_scales.iter().flat_map(|s| s.to_le_bytes()));
             qs
         }
     }
@@ -107,9 +115,51 @@ fn reference_matrix<'a>(bytes: &'a [u8], rows: usize, cols: usize, dtype: DType)
     k::Matrix { w, rows, cols }
 }
 
-/// GEMV (n = 1) and GEMM (n > 1) of every storage type against
-/// `reference::matmul`, within 1e-5 of the sum of |products| (f32
-/// accumulation in another order).
+/// Reads `len` bytes of `buf` (a multiple of 4).
+fn down_bytes(gpu: &Gpu, b: &Buf, len: usize) -> Vec<u8> {
+    down(gpu, b, len / 4).iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+/// Device buffers for the int8 activations of `n` rows of `cols`.
+struct ActBufs {
+    q: Buf,
+    d: Buf,
+    sums: Buf,
+}
+
+impl ActBufs {
+    fn new(gpu: &Gpu, n: usize, cols: usize) -> ActBufs {
+        let groups = cols.div_ceil(quant::GROUP);
+        let alloc = |bytes| gpu.alloc(bytes).expect("alloc");
+        ActBufs { q: alloc(n * groups * 32), d: alloc(n * groups * 4), sums: alloc(n * groups * 4) }
+    }
+    fn dev(&self) -> DevActs {
+        DevActs { q: self.q.ptr(), d: self.d.ptr(), sums: self.sums.ptr() }
+    }
+}
+
+/// The host's int8 activations of `x` (`reference::quantize_acts`).
+struct HostActs {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+fn host_acts(x: &[f32], n: usize, cols: usize) -> HostActs {
+    let groups = cols.div_ceil(quant::GROUP);
+    let mut a = HostActs { qs: vec![0; n * groups * 32], d: vec![0.0; n * groups], sums: vec![0; n * groups] };
+    k::quantize_acts(x, cols, n, cols, &mut ActsMut { qs: &mut a.qs, d: &mut a.d, sums: &mut a.sums });
+    a
+}
+
+/// GEMV (n = 1) and GEMM (n > 1) of every storage type against the
+/// reference. q4/q8 (tiled) read int8 activations, quantized on the GPU:
+/// the quants, scales and sums equal `reference::quantize_acts` exactly;
+/// the GEMM equals `reference::matmul_q` bit for bit (same integer sums,
+/// same f32 accumulation order, no fused multiply-add); the GEMV within
+/// 1e-5 of the sum of |group terms| (its lanes add partial sums in another
+/// order). f16/f32 read f32 x: within 1e-5 of the sum of |products| of
+/// `reference::matmul`.
 #[test]
 fn matmul_matches_the_reference() {
     let gpu = gpu();
@@ -123,9 +173,6 @@ fn matmul_matches_the_reference() {
                 let bytes = AlignedBytes::new(&matrix_bytes(&src, rows, cols, dtype));
                 let m = reference_matrix(&bytes, rows, cols, dtype);
                 let x = values(n * cols, 1000 + case, 1.0);
-                let mut want = vec![0f32; n * rows];
-                let mut row = vec![0f32; cols];
-                k::matmul(&m, &x, cols, n, &mut want, rows, &mut row);
                 let w = gpu.upload(&bytes).expect("upload");
                 let scales = match dtype {
                     DType::Q4 | DType::Q8 => w.ptr() + quant::scales_offset(dtype, rows, cols) as u64,
@@ -133,8 +180,52 @@ fn matmul_matches_the_reference() {
                 };
                 let dm = DevMatrix { dtype, rows: rows as u32, cols: cols as u32, ptr: w.ptr(), scales };
                 let xd = up(&gpu, &x);
+                let ab = ActBufs::new(&gpu, n, cols);
                 let out = gpu.alloc(n * rows * 4).expect("alloc");
-                dm.matmul(&gpu, xd.ptr(), out.ptr(), n as u32).expect("matmul");
+                let mut want = vec![0f32; n * rows];
+                let what = format!("{dtype:?} rows {rows} cols {cols} n {n}");
+                if dm.is_quantized() {
+                    ab.dev().quantize(&gpu, xd.ptr(), cols as u32, n as u32).expect("quantize");
+                    let ha = host_acts(&x, n, cols);
+                    let groups = cols.div_ceil(quant::GROUP);
+                    let q = down_bytes(&gpu, &ab.q, n * groups * 32);
+                    assert!(q.iter().zip(&ha.qs).all(|(&g, &e)| g as i8 == e), "{what}: activation quants");
+                    let d = down(&gpu, &ab.d, n * groups);
+                    assert!(d.iter().zip(&ha.d).all(|(g, e)| g.to_bits() == e.to_bits()), "{what}: activation scales");
+                    let sums = down_bytes(&gpu, &ab.sums, n * groups * 4);
+                    let sums: Vec<i32> =
+                        sums.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    assert_eq!(sums, ha.sums, "{what}: activation sums");
+                    let acts = Acts { qs: &ha.qs, d: &ha.d, sums: &ha.sums };
+                    k::matmul_q(&m, 0..rows, &acts, n, &mut Out::new(&mut want, rows));
+                    dm.matmul(&gpu, xd.ptr(), &ab.dev(), out.ptr(), n as u32).expect("matmul");
+                    let got = down(&gpu, &out, n * rows);
+                    if n > 1 {
+                        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                g.to_bits(),
+                                e.to_bits(),
+                                "{what}: GEMM out[{}][{}] {g} vs {e}",
+                                i / rows,
+                                i % rows
+                            );
+                        }
+                        continue;
+                    }
+                    // GEMV: bound by the sum of |isum * wd * ad| over the groups.
+                    let mut deq = vec![0f32; cols];
+                    for r in 0..rows {
+                        m.dequantize_row(r, &mut deq);
+                        let mag: f32 =
+                            deq.iter().enumerate().map(|(j, w)| (w * ha.qs[j] as f32 * ha.d[j / 32]).abs()).sum();
+                        let (g, e) = (got[r], want[r]);
+                        assert!((g - e).abs() <= 1e-5 * mag + 1e-6, "{what}: GEMV out[{r}] {g} vs {e}");
+                    }
+                    continue;
+                }
+                let mut row = vec![0f32; cols];
+                k::matmul(&m, &x, cols, n, &mut want, rows, &mut row);
+                dm.matmul(&gpu, xd.ptr(), &ab.dev(), out.ptr(), n as u32).expect("matmul");
                 let got = down(&gpu, &out, n * rows);
                 for t in 0..n {
                     for r in 0..rows {
@@ -142,10 +233,7 @@ fn matmul_matches_the_reference() {
                         m.dequantize_row(r, &mut deq);
                         let mag: f32 = deq.iter().zip(&x[t * cols..(t + 1) * cols]).map(|(a, b)| (a * b).abs()).sum();
                         let (g, e) = (got[t * rows + r], want[t * rows + r]);
-                        assert!(
-                            (g - e).abs() <= 1e-5 * mag + 1e-6,
-                            "{dtype:?} rows {rows} cols {cols} n {n}: out[{t}][{r}] {g} vs {e}"
-                        );
+                        assert!((g - e).abs() <= 1e-5 * mag + 1e-6, "{what}: out[{t}][{r}] {g} vs {e}");
                     }
                 }
             }
@@ -487,7 +575,9 @@ fn smollm2_q4() -> AlignedBytes {
 }
 
 /// SmolLM2-135M q4 (f16 KV): the GPU's greedy ids equal the CPU's on both
-/// golden prompts (32 tokens each); then decode speed.
+/// golden prompts (32 tokens each); then decode speed. The CPU session runs
+/// its default, int8 activations per group of 32 for q4/q8 products
+/// (`f32_activations: false`), which is what the GPU computes.
 #[test]
 fn smollm2_q4_greedy_ids_equal_the_cpu() {
     let gpu = gpu();
@@ -496,7 +586,8 @@ fn smollm2_q4_greedy_ids_equal_the_cpu() {
     let cm = CudaModel::new(gpu.clone(), &model).expect("upload");
     let golden_bytes = std::fs::read(repo().join("tests/fixtures/smollm2-135m/golden.safetensors")).expect("golden");
     let golden = SafeTensors::deserialize(&golden_bytes).expect("golden parse");
-    let cpu_cfg = SessionConfig { max_ctx: 512, kv: KvType::F16, max_batch: 32, ..Default::default() };
+    let cpu_cfg =
+        SessionConfig { max_ctx: 512, kv: KvType::F16, max_batch: 32, f32_activations: false, ..Default::default() };
     let plan = model.plan(&cpu_cfg).expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
     let gpu_cfg = CudaConfig { max_ctx: 512, max_batch: 32, kv: KvType::F16 };
@@ -542,13 +633,13 @@ fn smollm2_q4_greedy_ids_equal_the_cpu() {
 
 /// q4 GEMV bandwidth: matrices of 8192 x 8192 (36 MiB each with scales),
 /// as many as make >= 4x the L2, used in rotation so that every launch
-/// streams its weights from HBM. One result is checked against the
-/// reference first.
+/// streams its weights from HBM (the int8 activations, 8 KiB, stay in
+/// cache). One result is checked against `reference::matmul_q` first.
 #[test]
 fn q4_gemv_bandwidth() {
     let gpu = gpu();
     let (rows, cols) = (8192usize, 8192usize);
-    let one = quant::scales_offset(DType::Q4, rows, cols) + rows * cols.div_ceil(32) * 2;
+    let one = quant::scales_offset(DType::Q4, rows, cols) + quant::padded_rows(rows) * cols.div_ceil(32) * 2;
     let l2 = gpu.l2_bytes().expect("L2 size");
     let count = (4 * l2).div_ceil(one).max(2);
     // Random quants; scales of a realistic magnitude.
@@ -572,31 +663,38 @@ fn q4_gemv_bandwidth() {
         if i == 0 {
             let x = values(cols, 5, 1.0);
             let (xd, out) = (up(&gpu, &x), gpu.alloc(rows * 4).expect("out"));
-            m.matmul(&gpu, xd.ptr(), out.ptr(), 1).expect("gemv");
+            let ab = ActBufs::new(&gpu, 1, cols);
+            ab.dev().quantize(&gpu, xd.ptr(), cols as u32, 1).expect("quantize");
+            m.matmul(&gpu, xd.ptr(), &ab.dev(), out.ptr(), 1).expect("gemv");
             let got = down(&gpu, &out, rows);
             let aligned = AlignedBytes::new(&bytes);
             let rm = reference_matrix(&aligned, rows, cols, DType::Q4);
+            let ha = host_acts(&x, 1, cols);
+            let acts = Acts { qs: &ha.qs, d: &ha.d, sums: &ha.sums };
+            let mut want = vec![0f32; rows];
             let mut deq = vec![0f32; cols];
             for r in [0usize, 1, 4095, 8191] {
+                k::matmul_q(&rm, r..r + 1, &acts, 1, &mut Out::new(&mut want, rows));
                 rm.dequantize_row(r, &mut deq);
-                let e: f32 = k::dot_f32(&deq, &x);
-                let mag: f32 = deq.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
-                assert!((got[r] - e).abs() <= 1e-5 * mag + 1e-6, "row {r}: {} vs {e}", got[r]);
+                let mag: f32 = deq.iter().enumerate().map(|(j, w)| (w * ha.qs[j] as f32 * ha.d[j / 32]).abs()).sum();
+                assert!((got[r] - want[r]).abs() <= 1e-5 * mag + 1e-6, "row {r}: {} vs {}", got[r], want[r]);
             }
         }
         mats.push((buf, m));
     }
     let x = up(&gpu, &values(cols, 6, 1.0));
+    let ab = ActBufs::new(&gpu, 1, cols);
+    ab.dev().quantize(&gpu, x.ptr(), cols as u32, 1).expect("quantize");
     let y = gpu.alloc(rows * 4).expect("y");
     let rounds = 40;
     for (_, m) in &mats {
-        m.matmul(&gpu, x.ptr(), y.ptr(), 1).expect("warm-up");
+        m.matmul(&gpu, x.ptr(), &ab.dev(), y.ptr(), 1).expect("warm-up");
     }
     gpu.sync().expect("sync");
     let started = std::time::Instant::now();
     for _ in 0..rounds {
         for (_, m) in &mats {
-            m.matmul(&gpu, x.ptr(), y.ptr(), 1).expect("gemv");
+            m.matmul(&gpu, x.ptr(), &ab.dev(), y.ptr(), 1).expect("gemv");
         }
     }
     gpu.sync().expect("sync");

@@ -949,7 +949,7 @@ mod with_models {
                 ferrite_tokenize(model, text.as_ptr().cast(), text.len(), true, plain.as_mut_ptr(), 2, &mut n),
                 FerriteStatus::BUFFER_TOO_SMALL
             );
-            assert_eq!(n, text.len());
+            assert_eq!(n, 2 * text.len() + 2);
             // Not UTF-8.
             assert_eq!(
                 ferrite_tokenize(model, [0xffu8].as_ptr().cast(), 1, true, plain.as_mut_ptr(), 4, &mut n),

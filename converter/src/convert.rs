@@ -11,7 +11,143 @@ use half::f16;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, ErrorKind, Result};
+use crate::gguf::{self, GgufFile};
 use crate::{hf_config, hf_tokenizer};
+
+/// Whether `input` is a GGUF file (a file, not a folder, starting with
+/// `GGUF`); anything else is taken for an HF folder.
+pub fn is_gguf(input: &Path) -> bool {
+    use std::io::Read;
+    if !input.is_file() {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(input).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == gguf::MAGIC
+}
+
+/// Where the tensors come from: an HF safetensors checkpoint, or a GGUF
+/// file (dequantized to f32, llama.cpp's Q/K row permutation undone, names
+/// mapped to HF's). Either way the pipeline sees HF names, row-major shapes
+/// and f32 slabs.
+enum Source {
+    Hf(Checkpoint),
+    Gguf {
+        file: GgufFile,
+        /// HF name → GGUF name.
+        names: BTreeMap<String, String>,
+        /// Rows per head, when llama.cpp permuted Q and K (`llama`).
+        permuted_head_dim: Option<usize>,
+    },
+}
+
+impl Source {
+    fn open_gguf(file: GgufFile, config: &ModelConfig, warnings: &mut Vec<String>) -> Result<Self> {
+        let mut names = BTreeMap::new();
+        for (name, t) in &file.tensors {
+            match gguf::hf_tensor_name(name) {
+                None => warnings.push(format!("{}: ignoring unknown tensor {name}", file.path().display())),
+                Some(_) if t.ty.is_none() => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "{}: tensor {name} has ggml type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                            file.path().display(),
+                            gguf::ggml_type_name(t.type_id)
+                        ),
+                    ))
+                }
+                Some(hf) => {
+                    names.insert(hf, name.clone());
+                }
+            }
+        }
+        let permuted_head_dim = (config.arch == ferrite_format::Arch::Llama as u32).then_some(config.head_dim as usize);
+        Ok(Source::Gguf { file, names, permuted_head_dim })
+    }
+
+    /// `(HF name, row-major shape)` of every tensor the source offers.
+    fn tensors(&self) -> Vec<(String, Vec<usize>)> {
+        match self {
+            Source::Hf(c) => c.tensors().iter().map(|(n, l)| (n.clone(), l.shape.clone())).collect(),
+            Source::Gguf { file, names, .. } => {
+                names.iter().map(|(hf, g)| (hf.clone(), file.tensors[g].shape())).collect()
+            }
+        }
+    }
+
+    /// How messages name tensor `name`: the GGUF name with the HF one.
+    fn display_name(&self, name: &str) -> String {
+        match self {
+            Source::Hf(_) => name.to_string(),
+            Source::Gguf { names, .. } => match names.get(name) {
+                Some(g) => format!("{g} ({name})"),
+                None => name.to_string(),
+            },
+        }
+    }
+
+    fn path_of(&self, name: &str) -> &Path {
+        match self {
+            Source::Hf(c) => c.tensors().get(name).map_or(Path::new(""), |l| c.path_of(l)),
+            Source::Gguf { file, .. } => file.path(),
+        }
+    }
+
+    /// Bytes the source stores for `elems` elements of tensor `name`.
+    fn source_bytes(&self, name: &str, elems: u64) -> u64 {
+        match self {
+            Source::Hf(c) => c.tensors().get(name).map_or(0, |l| elems * l.dtype.size() as u64),
+            Source::Gguf { file, names, .. } => {
+                let ty = names.get(name).and_then(|g| file.tensors[g].ty);
+                ty.map_or(0, |t| {
+                    let (block, bytes) = t.block();
+                    elems / block * bytes
+                })
+            }
+        }
+    }
+
+    /// Elements `[first, first + count)` (whole rows of `cols`) of tensor
+    /// `name` in HF's layout, as f32.
+    fn read_f32(
+        &self,
+        name: &str,
+        cols: usize,
+        first: usize,
+        count: usize,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        match self {
+            Source::Hf(c) => {
+                let loc = c
+                    .tensors()
+                    .get(name)
+                    .ok_or_else(|| Error::new(ErrorKind::Tensor, format!("the checkpoint has no tensor {name}")))?;
+                c.read_f32(name, loc, first, count, scratch, out)
+            }
+            Source::Gguf { file, names, permuted_head_dim } => {
+                let g = names
+                    .get(name)
+                    .ok_or_else(|| Error::new(ErrorKind::Tensor, format!("the GGUF file has no tensor for {name}")))?;
+                let permuted = name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.k_proj.weight");
+                match permuted_head_dim.filter(|_| permuted) {
+                    None => file.read_f32(g, first, count, scratch, out),
+                    Some(head_dim) => {
+                        out.clear();
+                        let mut row = Vec::with_capacity(cols);
+                        for r in first / cols..(first + count) / cols {
+                            let src = gguf::permuted_row(r, head_dim);
+                            file.read_f32(g, src * cols, cols, scratch, &mut row)?;
+                            out.extend_from_slice(&row);
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// What to convert and how.
 ///
@@ -293,7 +429,11 @@ fn remove_stale_temps(dir: &Path, output: &Path, warnings: &mut Vec<String>) {
 /// Source elements converted per slab (bounds memory for large tensors).
 const SLAB_ELEMS: usize = 1 << 18;
 
-/// Converts the HF folder `input` into the Ferrite file `output`.
+/// Converts the HF folder or GGUF file `input` into the Ferrite file
+/// `output`. A GGUF file (`llama` or `qwen2`; F32, F16, BF16, Q8_0, Q4_0,
+/// Q4_1 tensors) goes through the same pipeline as an HF folder: its
+/// metadata gives the config and tokenizer, its tensors are dequantized to
+/// f32 and stored as `opts` asks.
 ///
 /// The file is written to a temporary name beside `output` (see
 /// [`temp_prefix`]) and renamed into place only after it is complete and
@@ -316,17 +456,26 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
     sink: impl FnOnce(std::fs::File) -> W,
 ) -> Result<Summary> {
     let mut summary = Summary { output: output.to_path_buf(), ..Default::default() };
-    let hf = hf_config::read(input)?;
+    let gguf_file = if is_gguf(input) { Some(GgufFile::open(input)?) } else { None };
+    let (hf, tokenizer) = match &gguf_file {
+        Some(g) => (gguf::read_config(g)?, gguf::read_tokenizer(g)?),
+        None => (hf_config::read(input)?, hf_tokenizer::read(input)?),
+    };
     let mut config = hf.config;
-    let tokenizer = hf_tokenizer::read(input)?;
+    // Files named in messages about the config and the tokenizer.
+    let (config_path, tokenizer_path) = match &gguf_file {
+        Some(_) => (input.to_path_buf(), input.to_path_buf()),
+        None => (input.join("config.json"), input.join("tokenizer.json")),
+    };
 
     // Stop ids: the configs' EOS ids, then the tokenizer's end-of-turn token.
     let mut stops = hf.eos_ids.clone();
     let mut section = None;
     match &tokenizer {
         None => summary.warnings.push(format!(
-            "{}: no tokenizer.json: the file will have no tokenizer (prompts must be given as token ids)",
-            input.display()
+            "{}: no tokenizer{}: the file will have no tokenizer (prompts must be given as token ids)",
+            input.display(),
+            if gguf_file.is_some() { " metadata" } else { ".json" }
         )),
         Some(t) => {
             if let Some(eot) = t.eos {
@@ -343,15 +492,15 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
             if t.add_bos == Some(true) && config.bos().is_some() {
                 config.flags |= ModelConfig::FLAG_ADD_BOS;
             }
-            let bytes = t.builder.to_bytes().map_err(|e| {
-                Error::new(ErrorKind::Tokenizer, format!("{}: {e}", input.join("tokenizer.json").display()))
-            })?;
+            let bytes = t
+                .section_bytes()
+                .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("{}: {e}", tokenizer_path.display())))?;
             if t.builder.tokens.len() as u64 > config.vocab_size as u64 {
                 return Err(Error::new(
                     ErrorKind::Tokenizer,
                     format!(
                         "{}: {} tokens but the model's vocab_size is {}",
-                        input.join("tokenizer.json").display(),
+                        tokenizer_path.display(),
                         t.builder.tokens.len(),
                         config.vocab_size
                     ),
@@ -366,20 +515,25 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
     }
     config.n_stop_ids = stops.len() as u32;
     config.stop_ids[..stops.len()].copy_from_slice(&stops);
-    config
-        .validate()
-        .map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", input.join("config.json").display())))?;
+    config.validate().map_err(|e| Error::new(ErrorKind::Config, format!("{}: {e}", config_path.display())))?;
 
-    let ckpt = Checkpoint::open(input)?;
+    let ckpt = match gguf_file {
+        Some(g) => Source::open_gguf(g, &config, &mut summary.warnings)?,
+        None => {
+            let c = Checkpoint::open(input)?;
+            for (name, path, dtype) in c.skipped() {
+                summary.warnings.push(format!("{}: ignoring unknown tensor {name} (dtype {dtype})", path.display()));
+            }
+            Source::Hf(c)
+        }
+    };
 
     // Match tensors to roles and check shapes.
     let mut plan: BTreeMap<Role, String> = BTreeMap::new();
-    for (name, path, dtype) in ckpt.skipped() {
-        summary.warnings.push(format!("{}: ignoring unknown tensor {name} (dtype {dtype})", path.display()));
-    }
-    for (name, loc) in ckpt.tensors() {
+    for (name, shape) in ckpt.tensors() {
+        let name = &name;
         let Some(role) = role_of(name) else {
-            summary.warnings.push(format!("{}: ignoring unknown tensor {name}", ckpt.path_of(loc).display()));
+            summary.warnings.push(format!("{}: ignoring unknown tensor {name}", ckpt.path_of(name).display()));
             continue;
         };
         if let Role::Layer(l, _) = role {
@@ -388,7 +542,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                     ErrorKind::Tensor,
                     format!(
                         "{}: tensor {name} is for layer {l} but the config has {} layers",
-                        ckpt.path_of(loc).display(),
+                        ckpt.path_of(name).display(),
                         config.n_layers
                     ),
                 ));
@@ -401,18 +555,19 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
             }
             return Err(Error::new(
                 ErrorKind::Tensor,
-                format!("{}: unexpected tensor {name} for this architecture", ckpt.path_of(loc).display()),
+                format!("{}: unexpected tensor {name} for this architecture", ckpt.path_of(name).display()),
             ));
         }
         let [rows, cols] = role.expected_shape(&config);
         let want: Vec<usize> = if role.is_vector() { vec![rows as usize] } else { vec![rows as usize, cols as usize] };
-        if loc.shape != want {
+        if shape != want {
             return Err(Error::new(
                 ErrorKind::Tensor,
                 format!(
-                    "{}: tensor {name} has shape {:?}, config.json implies {:?}",
-                    ckpt.path_of(loc).display(),
-                    loc.shape,
+                    "{}: tensor {} has shape {:?}, the config implies {:?}",
+                    ckpt.path_of(name).display(),
+                    ckpt.display_name(name),
+                    shape,
                     want
                 ),
             ));
@@ -431,11 +586,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
         if !plan.contains_key(&role) {
             return Err(Error::new(
                 ErrorKind::Tensor,
-                format!(
-                    "{}: the checkpoint has no tensor {} (required by config.json)",
-                    input.display(),
-                    hf_name(role)
-                ),
+                format!("{}: the checkpoint has no tensor {} (required by the config)", input.display(), hf_name(role)),
             ));
         }
         let dtype = if role.is_vector() {
@@ -463,10 +614,8 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
     let sink = BufWriter::with_capacity(1 << 20, sink(tmp.as_file().try_clone().map_err(out_err)?));
     let mut writer = FileWriter::new(sink, &config, section.as_deref(), &specs).map_err(out_err)?;
 
-    let total_bytes: u64 = plan
-        .values()
-        .map(|n| ckpt.tensors()[n].shape.iter().product::<usize>() as u64 * ckpt.tensors()[n].dtype.size() as u64)
-        .sum();
+    let total_bytes: u64 =
+        specs.iter().map(|s| ckpt.source_bytes(&plan[&s.role], s.shape[0] as u64 * s.shape[1] as u64)).sum();
     progress(Progress::Start { tensors: specs.len(), bytes: total_bytes });
 
     let mut scratch = Vec::new();
@@ -478,7 +627,6 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
     let mut tbuf = Vec::new();
     while let Some(spec) = writer.next_spec() {
         let name = &plan[&spec.role];
-        let loc = &ckpt.tensors()[name];
         progress(Progress::Tensor { name, role: spec.role });
         let [rows, cols] = [spec.shape[0] as usize, spec.shape[1] as usize];
         // Whole row blocks per slab, so quantized slabs tile independently.
@@ -494,7 +642,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
         let mut row = 0;
         while row < rows {
             let n_rows = rows_per_slab.min(rows - row);
-            ckpt.read_f32(name, loc, row * cols, n_rows * cols, &mut scratch, &mut values)?;
+            ckpt.read_f32(name, cols, row * cols, n_rows * cols, &mut scratch, &mut values)?;
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 let at = row * cols + i;
                 if !opts.allow_nonfinite {
@@ -503,7 +651,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                         format!(
                             "{}: tensor {name} holds {} at element {at} (row {}, column {}); \
                              --allow-nonfinite converts it anyway",
-                            ckpt.path_of(loc).display(),
+                            ckpt.path_of(name).display(),
                             values[i],
                             at / cols,
                             at % cols
@@ -536,7 +684,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                             ErrorKind::NonFinite,
                             format!(
                                 "{}: tensor {name} element {} ({}) overflows f16",
-                                ckpt.path_of(loc).display(),
+                                ckpt.path_of(name).display(),
                                 row * cols + i,
                                 values[i]
                             ),
@@ -571,7 +719,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                             ErrorKind::NonFinite,
                             format!(
                                 "{}: tensor {name}: row {} group {} scale overflows f16",
-                                ckpt.path_of(loc).display(),
+                                ckpt.path_of(name).display(),
                                 row + i / groups,
                                 i % groups
                             ),
@@ -600,7 +748,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                 stats.sum_sq_err += (x - y) * (x - y);
                 stats.sum_sq += x * x;
             }
-            progress(Progress::Advance((n_rows * cols * loc.dtype.size()) as u64));
+            progress(Progress::Advance(ckpt.source_bytes(name, (n_rows * cols) as u64)));
             row += n_rows;
         }
         if spec.dtype.is_quantized() {
@@ -610,7 +758,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
         if let Some((count, at, value)) = nonfinite {
             summary.warnings.push(format!(
                 "{}: tensor {name} holds {count} non-finite value(s), the first {value} at element {at} (row {}, column {}): {}",
-                ckpt.path_of(loc).display(),
+                ckpt.path_of(name).display(),
                 at / cols,
                 at % cols,
                 if spec.dtype.is_quantized() { "quantized as 0" } else { "stored as they are" }

@@ -1,4 +1,6 @@
-//! `tokenizer.json` + `tokenizer_config.json` into a tokenizer section.
+//! `tokenizer.json` + `tokenizer_config.json` into a tokenizer section:
+//! byte-level BPE (GPT-2 style) and SentencePiece-style BPE (`byte_fallback`,
+//! `▁` for spaces: Llama 2, TinyLlama, Mistral v0.1).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,11 +42,112 @@ pub struct HfTokenizer {
     pub eos: Option<u32>,
     /// Id of `bos_token`.
     pub bos: Option<u32>,
+    /// Ranks of `builder.merges` when they are not their positions (merges
+    /// derived from SentencePiece scores, where equal scores share a rank).
+    pub merge_ranks: Option<Vec<u32>>,
+}
+
+impl HfTokenizer {
+    /// The serialized tokenizer section.
+    pub fn section_bytes(&self) -> std::result::Result<Vec<u8>, String> {
+        self.builder.to_bytes_ranked(self.merge_ranks.as_deref())
+    }
+}
+
+/// Merge rules of a SentencePiece vocabulary that has scores but no merges:
+/// every split of a normal token into two normal tokens, ranked by the
+/// merged token's score (higher first; equal scores share a rank, so the
+/// leftmost pair merges first, as SentencePiece and llama.cpp do). Returns
+/// the merges and their ranks.
+pub fn spm_merges_by_score(tokens: &[TokenEntry]) -> (Vec<(u32, u32)>, Vec<u32>) {
+    let mut by_bytes: HashMap<&[u8], u32> = HashMap::with_capacity(tokens.len());
+    for (id, t) in tokens.iter().enumerate() {
+        if t.ty == TokenType::Normal {
+            by_bytes.entry(t.bytes.as_slice()).or_insert(id as u32);
+        }
+    }
+    // (score, merged id, left, right)
+    let mut found: Vec<(f32, u32, u32, u32)> = Vec::new();
+    for (id, t) in tokens.iter().enumerate() {
+        if t.ty != TokenType::Normal || t.bytes.len() < 2 {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&t.bytes) else { continue };
+        for (k, _) in text.char_indices().skip(1) {
+            let (a, b) = t.bytes.split_at(k);
+            if let (Some(&l), Some(&r)) = (by_bytes.get(a), by_bytes.get(b)) {
+                found.push((t.score, id as u32, l, r));
+            }
+        }
+    }
+    found.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    let mut ranks = Vec::with_capacity(found.len());
+    let mut rank = 0u32;
+    for (i, f) in found.iter().enumerate() {
+        if i > 0 && f.0 != found[i - 1].0 {
+            rank = i as u32;
+        }
+        ranks.push(rank);
+    }
+    (found.iter().map(|&(_, _, l, r)| (l, r)).collect(), ranks)
+}
+
+/// How a SentencePiece-style `tokenizer.json` adds the leading `▁`: the
+/// legacy `Prepend("▁")` + `Replace(" ", "▁")` normalizer (Llama 2,
+/// TinyLlama, Mistral v0.1), or a `Metaspace` pre-tokenizer. Returns
+/// whether a space is prepended to each piece.
+fn spm_prefix_space(path: &Path, normalizer: &Value, pre: &Value) -> Result<bool> {
+    let unsupported = |what: String| {
+        Error::new(ErrorKind::Unsupported, format!("{}: SentencePiece-style tokenizer with {what}", path.display()))
+    };
+    let ty = |v: &Value| v.get("type").and_then(Value::as_str).map(str::to_string).unwrap_or_default();
+    let is_replace_space = |v: &Value| {
+        ty(v) == "Replace"
+            && v.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str) == Some(" ")
+            && v.get("content").and_then(Value::as_str) == Some("\u{2581}")
+    };
+    let is_prepend = |v: &Value| ty(v) == "Prepend" && v.get("prepend").and_then(Value::as_str) == Some("\u{2581}");
+    if !normalizer.is_null() {
+        if !pre.is_null() {
+            return Err(unsupported(format!("both a normalizer and the pre-tokenizer {pre}")));
+        }
+        let items: Vec<&Value> = match ty(normalizer).as_str() {
+            "Sequence" => {
+                normalizer.get("normalizers").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
+            }
+            _ => vec![normalizer],
+        };
+        return match items.as_slice() {
+            [p, r] if is_prepend(p) && is_replace_space(r) => Ok(true),
+            [r] if is_replace_space(r) => Ok(false),
+            _ => Err(unsupported(format!("the normalizer {normalizer}"))),
+        };
+    }
+    if ty(pre) == "Metaspace" {
+        let replacement = pre.get("replacement").and_then(Value::as_str);
+        let split = pre.get("split").and_then(Value::as_bool).unwrap_or(true);
+        if replacement != Some("\u{2581}") || split {
+            return Err(unsupported(format!("the pre-tokenizer {pre} (only replacement \"▁\" without split)")));
+        }
+        return match pre.get("prepend_scheme").and_then(Value::as_str) {
+            Some("always") => Ok(true),
+            Some("never") => Ok(false),
+            None => Ok(pre.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true)),
+            Some(other) => Err(unsupported(format!("Metaspace prepend_scheme `{other}` (supported: always, never)"))),
+        };
+    }
+    Err(unsupported(format!("no ▁ normalizer and the pre-tokenizer {pre}")))
 }
 
 fn tok_err(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Tokenizer, format!("{}: {what}", path.display()))
 }
+
+/// Llama 3's pre-tokenizer regex as its `tokenizer.json` writes it.
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's (Llama 3's with single digits).
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn detect_pretokenizer(path: &Path, pre: &Value) -> Result<PreTokenizer> {
     let ty = pre.get("type").and_then(Value::as_str).unwrap_or("");
@@ -70,13 +173,30 @@ fn detect_pretokenizer(path: &Path, pre: &Value) -> Result<PreTokenizer> {
                     return Ok(PreTokenizer::Gpt2);
                 }
             }
+            // Llama 3 / Qwen2: the regex split, then ByteLevel without its own regex.
+            if let [split, bl] = items {
+                let regex = split.get("pattern").and_then(|p| p.get("Regex")).and_then(Value::as_str);
+                let plain_byte_level = bl.get("type").and_then(Value::as_str) == Some("ByteLevel")
+                    && bl.get("use_regex").and_then(Value::as_bool) == Some(false)
+                    && !bl.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(false);
+                let isolated = split.get("type").and_then(Value::as_str) == Some("Split")
+                    && split.get("behavior").and_then(Value::as_str) == Some("Isolated")
+                    && !split.get("invert").and_then(Value::as_bool).unwrap_or(false);
+                if plain_byte_level && isolated {
+                    match regex {
+                        Some(LLAMA3_REGEX) => return Ok(PreTokenizer::Llama3),
+                        Some(QWEN2_REGEX) => return Ok(PreTokenizer::Qwen2),
+                        _ => {}
+                    }
+                }
+            }
         }
         _ => {}
     }
     Err(Error::new(
         ErrorKind::Unsupported,
         format!(
-            "{}: pre-tokenizer {} is not supported yet (supported: ByteLevel with the GPT-2 regex, optionally after Digits(individual_digits))",
+            "{}: pre-tokenizer {} is not supported yet (supported: ByteLevel with the GPT-2 regex, optionally after Digits(individual_digits); Llama 3's or Qwen2's regex Split then ByteLevel)",
             path.display(),
             serde_json::to_string(pre).unwrap_or_default()
         ),
@@ -107,13 +227,12 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
             format!("{}: tokenizer model `{model_type}` is not supported (only BPE)", path.display()),
         ));
     }
-    if model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false) {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("{}: SentencePiece-style BPE (byte_fallback) is not supported yet", path.display()),
-        ));
-    }
-    for flag in ["ignore_merges", "fuse_unk"] {
+    let spm = model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false);
+    // `fuse_unk` only matters when a character becomes the unknown token,
+    // which byte fallback prevents when every byte has a token (checked below).
+    let refused: &[&str] = if spm { &[] } else { &["fuse_unk"] };
+    let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool).unwrap_or(false);
+    for &flag in refused {
         if model.get(flag).and_then(Value::as_bool).unwrap_or(false) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -122,16 +241,27 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
         }
     }
     let pre = json.get("pre_tokenizer").unwrap_or(&Value::Null);
-    let pretokenizer = detect_pretokenizer(&path, pre)?;
-    if let Some(norm) = json.get("normalizer").filter(|n| !n.is_null()) {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("{}: normalizer {} is not supported yet", path.display(), norm),
-        ));
-    }
+    let normalizer = json.get("normalizer").unwrap_or(&Value::Null);
+    let (pretokenizer, add_prefix_space) = if spm {
+        (PreTokenizer::None, spm_prefix_space(&path, normalizer, pre)?)
+    } else {
+        if !normalizer.is_null() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{}: normalizer {} is not supported yet", path.display(), normalizer),
+            ));
+        }
+        (detect_pretokenizer(&path, pre)?, false)
+    };
 
     let char_to_byte: HashMap<char, u8> = byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
-    let decode = |s: &str| -> Option<Vec<u8>> { s.chars().map(|c| char_to_byte.get(&c).copied()).collect() };
+    let decode = |s: &str| -> Option<Vec<u8>> {
+        if spm {
+            Some(s.replace('\u{2581}', " ").into_bytes())
+        } else {
+            s.chars().map(|c| char_to_byte.get(&c).copied()).collect()
+        }
+    };
 
     let vocab = model
         .get("vocab")
@@ -154,7 +284,9 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
         let bytes =
             decode(s).ok_or_else(|| tok_err(&path, format!("vocab entry {s:?} is not in the byte-level alphabet")))?;
         str_to_id.insert(s.as_str(), id);
-        put(&mut by_id, id, TokenEntry { bytes, ty: TokenType::Normal, score: 0.0 });
+        let is_byte = spm && ferrite_format::tokenizer::parse_byte_token(s.as_bytes()).is_some();
+        let ty = if is_byte { TokenType::Byte } else { TokenType::Normal };
+        put(&mut by_id, id, TokenEntry { bytes, ty, score: 0.0 });
     }
     let mut specials = Vec::new();
     let mut content_to_id: HashMap<String, u32> = HashMap::new();
@@ -220,11 +352,17 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
     let table = byte_to_char_table();
     let mut byte_tokens = [0u32; 256];
     for (b, slot) in byte_tokens.iter_mut().enumerate() {
-        let s = table[b].to_string();
+        let s = if spm { format!("<0x{b:02X}>") } else { table[b].to_string() };
         *slot = str_to_id.get(s.as_str()).copied().unwrap_or(NO_TOKEN);
     }
     let present = byte_tokens.iter().filter(|&&t| t != NO_TOKEN).count();
-    if present < 128 {
+    if spm && present < 256 && model.get("fuse_unk").and_then(Value::as_bool).unwrap_or(false) {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("{}: BPE option `fuse_unk: true` with only {present} of 256 byte tokens", path.display()),
+        ));
+    }
+    if !spm && present < 128 {
         return Err(tok_err(
             &path,
             format!("only {present} of 256 bytes have a token: not a byte-level BPE vocabulary"),
@@ -270,7 +408,7 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
 
     Ok(Some(HfTokenizer {
         builder: TokenizerBuilder {
-            kind: TokenizerKind::ByteLevelBpe,
+            kind: if spm { TokenizerKind::SentencePiece } else { TokenizerKind::ByteLevelBpe },
             pretokenizer,
             tokens,
             merges,
@@ -280,11 +418,13 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
             eot: eos,
             unk,
             has_scores: false,
-            byte_fallback: false,
-            add_prefix_space: false,
+            byte_fallback: spm,
+            add_prefix_space,
+            ignore_merges,
         },
         add_bos,
         eos,
         bos,
+        merge_ranks: None,
     }))
 }

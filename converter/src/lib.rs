@@ -34,6 +34,7 @@
 pub mod checkpoint;
 mod convert;
 mod error;
+pub mod gguf;
 pub mod hf_config;
 pub mod hf_tokenizer;
 

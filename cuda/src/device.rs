@@ -220,17 +220,56 @@ fn suffix(dtype: DType) -> &'static str {
     }
 }
 
+/// Device buffers of int8 activations (as `reference::quantize_acts`
+/// writes them): for token `t` and group `g` of `groups(cols)`, 32 quants at
+/// `q + (t * groups + g) * 32`, the f32 scale at `d` and the i32 sum at
+/// `sums`, index `t * groups + g`.
+#[derive(Clone, Copy, Debug)]
+pub struct DevActs {
+    /// `[n, groups * 32]` i8.
+    pub q: u64,
+    /// `[n, groups]` f32.
+    pub d: u64,
+    /// `[n, groups]` i32.
+    pub sums: u64,
+}
+
+impl DevActs {
+    /// Quantizes `n` rows of `x` (`[n, cols]` f32) into these buffers (the
+    /// caller sized them for `n` rows of `cols`).
+    pub fn quantize(&self, gpu: &Gpu, x: u64, cols: u32, n: u32) -> Result<(), CudaError> {
+        let args = [Arg::Ptr(x), Arg::Ptr(self.q), Arg::Ptr(self.d), Arg::Ptr(self.sums), Arg::U32(cols), Arg::U32(n)];
+        gpu.launch("quantize_acts", launch::quantize_acts(cols, n), &args)
+    }
+}
+
 impl DevMatrix {
-    /// `out = x W^T` for `n` rows of `x` (`[n, cols]` f32 -> `[n, rows]` f32):
-    /// the GEMV kernel for one row, the tiled GEMM otherwise.
-    pub fn matmul(&self, gpu: &Gpu, x: u64, out: u64, n: u32) -> Result<(), CudaError> {
+    /// Whether products with it read int8 activations (q4/q8) rather than f32.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.dtype, DType::Q4 | DType::Q8)
+    }
+
+    /// `out = x W^T` for `n` rows (`[n, cols]` -> `[n, rows]` f32): the GEMV
+    /// kernel for one row, the tiled GEMM otherwise. q4/q8 weights read the
+    /// int8 activations `acts` of x (quantized first with
+    /// [`DevActs::quantize`]), f16/f32 weights read `x` itself.
+    pub fn matmul(&self, gpu: &Gpu, x: u64, acts: &DevActs, out: u64, n: u32) -> Result<(), CudaError> {
         let t = suffix(self.dtype);
-        let (p, s) = (Arg::Ptr(self.ptr), Arg::Ptr(self.scales));
+        let mut args = vec![
+            Arg::Ptr(self.ptr),
+            Arg::Ptr(self.scales),
+            Arg::Ptr(x),
+            Arg::Ptr(acts.q),
+            Arg::Ptr(acts.d),
+            Arg::Ptr(acts.sums),
+            Arg::Ptr(out),
+            Arg::U32(self.rows),
+            Arg::U32(self.cols),
+        ];
         if n == 1 {
-            let args = [p, s, Arg::Ptr(x), Arg::Ptr(out), Arg::U32(self.rows), Arg::U32(self.cols)];
             gpu.launch(&format!("gemv_{t}"), launch::gemv(self.rows), &args)
         } else {
-            let args = [p, s, Arg::Ptr(x), Arg::Ptr(out), Arg::U32(self.rows), Arg::U32(self.cols), Arg::U32(n)];
+            args.push(Arg::U32(n));
             gpu.launch(&format!("gemm_{t}"), launch::gemm(self.rows, n), &args)
         }
     }
@@ -346,7 +385,9 @@ impl CudaModel {
 type LogitsSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
 
 /// A session on the GPU: KV cache and activations in device memory; only
-/// token ids go up and the logits of one position come back.
+/// token ids go up and the logits of one position come back. Products with
+/// q4/q8 weights read int8 activations (one `quantize_acts` per product
+/// input), as the CPU session's default (`f32_activations: false`).
 pub struct CudaSession<'m> {
     model: &'m CudaModel,
     cfg: CudaConfig,
@@ -360,6 +401,9 @@ pub struct CudaSession<'m> {
     gate: Buf,
     up: Buf,
     logits_dev: Buf,
+    acts_q: Buf,
+    acts_d: Buf,
+    acts_sums: Buf,
     ids: Buf,
     inv_freq: Buf,
     part_o: Buf,
@@ -396,6 +440,9 @@ impl<'m> CudaSession<'m> {
             gate: gpu.alloc(plan.ffn)?,
             up: gpu.alloc(plan.ffn)?,
             logits_dev: gpu.alloc(plan.logits)?,
+            acts_q: gpu.alloc(plan.acts_q)?,
+            acts_d: gpu.alloc(plan.acts_d)?,
+            acts_sums: gpu.alloc(plan.acts_d)?,
             ids: gpu.alloc(plan.ids)?,
             inv_freq,
             part_o: gpu.alloc(plan.part_o)?,
@@ -477,6 +524,11 @@ impl<'m> CudaSession<'m> {
         Ok(())
     }
 
+    /// The int8 activation buffers.
+    fn acts(&self) -> DevActs {
+        DevActs { q: self.acts_q.ptr(), d: self.acts_d.ptr(), sums: self.acts_sums.ptr() }
+    }
+
     /// Final norm and output projection of batch row `t` into the host logits.
     fn head(&mut self, t: usize) -> Result<(), CudaError> {
         let m = self.model;
@@ -489,7 +541,11 @@ impl<'m> CudaSession<'m> {
             launch::rows(1),
             &[norm[0], norm[1], norm[2], norm[3], Arg::F32(m.config.norm_eps)],
         )?;
-        m.output.matmul(gpu, self.xn.ptr(), self.logits_dev.ptr(), 1)?;
+        let acts = self.acts();
+        if m.output.is_quantized() {
+            acts.quantize(gpu, self.xn.ptr(), d, 1)?;
+        }
+        m.output.matmul(gpu, self.xn.ptr(), &acts, self.logits_dev.ptr(), 1)?;
         gpu.read_f32(&self.logits_dev, 0, &mut self.logits)?;
         Ok(())
     }
@@ -517,6 +573,14 @@ impl<'m> CudaSession<'m> {
         let (x, xn, q, att, k, v) =
             (self.x.ptr(), self.xn.ptr(), self.q.ptr(), self.att.ptr(), self.k.ptr(), self.v.ptr());
         let (gate, up) = (self.gate.ptr(), self.up.ptr());
+        let acts = self.acts();
+        // The int8 activations of `src` ([n, cols]) when one of `ws` reads them.
+        let quantize = |src: u64, cols: u32, ws: &[&DevMatrix]| -> Result<(), CudaError> {
+            if ws.iter().any(|w| w.is_quantized()) {
+                acts.quantize(gpu, src, cols, n)?;
+            }
+            Ok(())
+        };
         let kv_suffix = if self.cfg.kv == KvType::F32 { "f32" } else { "f16" };
         let norm = |src: u64, w: &DevMatrix, dst: u64| {
             gpu.launch(
@@ -530,9 +594,10 @@ impl<'m> CudaSession<'m> {
         };
         for (li, layer) in m.layers.iter().enumerate() {
             norm(x, &layer.attn_norm, xn)?;
-            layer.wq.matmul(gpu, xn, q, n)?;
-            layer.wk.matmul(gpu, xn, k, n)?;
-            layer.wv.matmul(gpu, xn, v, n)?;
+            quantize(xn, d, &[&layer.wq, &layer.wk, &layer.wv])?;
+            layer.wq.matmul(gpu, xn, &acts, q, n)?;
+            layer.wk.matmul(gpu, xn, &acts, k, n)?;
+            layer.wv.matmul(gpu, xn, &acts, v, n)?;
             if let Some([bq, bk, bv]) = &layer.bias {
                 for (buf, b, w) in [(q, bq, q_dim), (k, bk, kv_dim), (v, bv, kv_dim)] {
                     gpu.launch(
@@ -609,13 +674,16 @@ impl<'m> CudaSession<'m> {
                     ],
                 )?;
             }
-            layer.wo.matmul(gpu, att, xn, n)?;
+            quantize(att, q_dim, &[&layer.wo])?;
+            layer.wo.matmul(gpu, att, &acts, xn, n)?;
             add(x, xn, n * d)?;
             norm(x, &layer.ffn_norm, xn)?;
-            layer.gate.matmul(gpu, xn, gate, n)?;
-            layer.up.matmul(gpu, xn, up, n)?;
+            quantize(xn, d, &[&layer.gate, &layer.up])?;
+            layer.gate.matmul(gpu, xn, &acts, gate, n)?;
+            layer.up.matmul(gpu, xn, &acts, up, n)?;
             gpu.launch("swiglu", launch::elementwise(n * ffn), &[Arg::Ptr(gate), Arg::Ptr(up), Arg::U32(n * ffn)])?;
-            layer.down.matmul(gpu, gate, xn, n)?;
+            quantize(gate, ffn, &[&layer.down])?;
+            layer.down.matmul(gpu, gate, &acts, xn, n)?;
             add(x, xn, n * d)?;
         }
         self.pos += tokens.len();

@@ -38,15 +38,15 @@ macro_rules! k {
 }
 
 /// Every kernel the runtime launches.
-pub const KERNELS: [KernelSpec; 24] = [
-    k!("gemv", gemv_q4, [P, P, P, P, U, U]),
-    k!("gemv", gemv_q8, [P, P, P, P, U, U]),
-    k!("gemv", gemv_f16, [P, P, P, P, U, U]),
-    k!("gemv", gemv_f32, [P, P, P, P, U, U]),
-    k!("gemm", gemm_q4, [P, P, P, P, U, U, U]),
-    k!("gemm", gemm_q8, [P, P, P, P, U, U, U]),
-    k!("gemm", gemm_f16, [P, P, P, P, U, U, U]),
-    k!("gemm", gemm_f32, [P, P, P, P, U, U, U]),
+pub const KERNELS: [KernelSpec; 25] = [
+    k!("gemv", gemv_q4, [P, P, P, P, P, P, P, U, U]),
+    k!("gemv", gemv_q8, [P, P, P, P, P, P, P, U, U]),
+    k!("gemv", gemv_f16, [P, P, P, P, P, P, P, U, U]),
+    k!("gemv", gemv_f32, [P, P, P, P, P, P, P, U, U]),
+    k!("gemm", gemm_q4, [P, P, P, P, P, P, P, U, U, U]),
+    k!("gemm", gemm_q8, [P, P, P, P, P, P, P, U, U, U]),
+    k!("gemm", gemm_f16, [P, P, P, P, P, P, P, U, U, U]),
+    k!("gemm", gemm_f32, [P, P, P, P, P, P, P, U, U, U]),
     k!("attention", attn_decode_f16, [P, P, P, P, P, U, U, U, U, U, U, F]),
     k!("attention", attn_decode_f32, [P, P, P, P, P, U, U, U, U, U, U, F]),
     k!("attention", attn_combine, [P, P, P, U, U]),
@@ -59,6 +59,7 @@ pub const KERNELS: [KernelSpec; 24] = [
     k!("elementwise", add_bias, [P, P, U, U]),
     k!("elementwise", kv_store_f32, [P, P, P, P, U, U, U]),
     k!("elementwise", kv_store_f16, [P, P, P, P, U, U, U]),
+    k!("elementwise", quantize_acts, [P, P, P, P, U, U]),
     k!("elementwise", embed_q4, [P, P, P, P, U]),
     k!("elementwise", embed_q8, [P, P, P, P, U]),
     k!("elementwise", embed_f16, [P, P, P, P, U]),
@@ -129,12 +130,10 @@ pub struct Launch {
     pub block: (u32, u32, u32),
 }
 
-/// GEMV: threads per block (`GEMV_THREADS`).
-pub const GEMV_THREADS: u32 = 256;
-/// GEMV: rows per block (`GEMV_ROWS`: 8 warps x 4 rows).
-pub const GEMV_ROWS: u32 = 32;
-/// GEMV: activation elements per shared-memory tile (`GEMV_KTILE`).
-pub const GEMV_KTILE: u32 = 4096;
+/// GEMV: threads per block (`GEMV_THREADS`: 4 warps on one row block).
+pub const GEMV_THREADS: u32 = 128;
+/// GEMV: rows per block (`GEMV_ROWS`: one 8-row block of tiles).
+pub const GEMV_ROWS: u32 = 8;
 /// GEMM: rows per block tile (`GEMM_TR`).
 pub const GEMM_TR: u32 = 64;
 /// GEMM: tokens per block tile (`GEMM_TT`).
@@ -154,6 +153,8 @@ pub const PF_MAX_HD: u32 = 128;
 /// Decode attention aims for at least this many splits per head before
 /// chunks shrink to their minimum of 32 keys.
 pub const DECODE_TARGET_SPLITS: u32 = 16;
+/// Largest grid.y (and grid.z) of a launch.
+pub const MAX_GRID_Y: u32 = 65_535;
 /// Threads per block of the element-wise kernels.
 pub const ELEMENTWISE_THREADS: u32 = 256;
 
@@ -161,7 +162,10 @@ fn blocks(n: u32, per: u32) -> u32 {
     n.div_ceil(per).max(1)
 }
 
-/// `y = W x` for a `[rows, _]` matrix.
+/// Activation quantization: groups per block (one warp each).
+pub const QUANT_GROUPS_PER_BLOCK: u32 = 8;
+
+/// `y = W x` for a `[rows, _]` matrix: one block per row block of 8.
 pub fn gemv(rows: u32) -> Launch {
     Launch { grid: (blocks(rows, GEMV_ROWS), 1, 1), block: (GEMV_THREADS, 1, 1) }
 }
@@ -169,6 +173,15 @@ pub fn gemv(rows: u32) -> Launch {
 /// `out = x W^T` for a `[rows, _]` matrix and `n` tokens.
 pub fn gemm(rows: u32, n: u32) -> Launch {
     Launch { grid: (blocks(rows, GEMM_TR), blocks(n, GEMM_TT), 1), block: (GEMM_THREADS, 1, 1) }
+}
+
+/// int8 quantization of `n` activation rows of `cols`: one warp per
+/// (group, token).
+pub fn quantize_acts(cols: u32, n: u32) -> Launch {
+    Launch {
+        grid: (blocks(cols.div_ceil(32), QUANT_GROUPS_PER_BLOCK), n.max(1), 1),
+        block: (32 * QUANT_GROUPS_PER_BLOCK, 1, 1),
+    }
 }
 
 /// Flash-decoding split of `n_keys` keys: `(splits, chunk)` with
@@ -296,10 +309,7 @@ mod tests {
         let key = format!("#define {name} ");
         let line = src.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("{name} not defined"));
         let value = line[key.len()..].trim();
-        match value {
-            "(GEMV_RPW * (GEMV_THREADS / WARP))" => define(src, "GEMV_RPW") * define(src, "GEMV_THREADS") / 32,
-            v => v.parse().unwrap_or_else(|_| panic!("{name} = {v}")),
-        }
+        value.parse().unwrap_or_else(|_| panic!("{name} = {value}"))
     }
 
     #[test]
@@ -307,7 +317,6 @@ mod tests {
         let src = |m: &str| SOURCES.iter().find(|s| s.0 == m).expect("module").1;
         assert_eq!(define(src("gemv"), "GEMV_THREADS"), GEMV_THREADS);
         assert_eq!(define(src("gemv"), "GEMV_ROWS"), GEMV_ROWS);
-        assert_eq!(define(src("gemv"), "GEMV_KTILE"), GEMV_KTILE);
         assert_eq!(define(src("gemm"), "GEMM_TR"), GEMM_TR);
         assert_eq!(define(src("gemm"), "GEMM_TT"), GEMM_TT);
         assert_eq!(define(src("gemm"), "GEMM_THREADS"), GEMM_THREADS);

@@ -4,6 +4,8 @@
 //! - [`launch`]: the kernel table, argument packing and launch geometry
 //!   (host-side, tested without a GPU against the `.cu` sources).
 //! - [`plan`]: the device buffers of a session, sized up front.
+//! - [`tiles`]: the q4/q8 tile indexing of the kernels, mirrored on the host
+//!   and tested against the reference kernels.
 //! - With feature `device`: [`Gpu`] (driver API through `cudarc`, `libcuda`
 //!   loaded at run time, PTX built by `build.rs`), [`CudaModel`] (weights
 //!   uploaded once, in the file's own layout) and [`CudaSession`] (prefill
@@ -27,11 +29,12 @@
 
 pub mod launch;
 pub mod plan;
+pub mod tiles;
 
 #[cfg(feature = "device")]
 mod device;
 #[cfg(feature = "device")]
-pub use device::{Buf, CudaModel, CudaSession, DevMatrix, Gpu, PTX};
+pub use device::{Buf, CudaModel, CudaSession, DevActs, DevMatrix, Gpu, PTX};
 
 pub use plan::{CudaConfig, DevicePlan};
 

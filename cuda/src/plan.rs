@@ -1,7 +1,7 @@
 //! Device memory planning: every buffer of a CUDA session, sized before
 //! anything is allocated, with the model shapes the kernels can run checked.
 
-use ferrite_format::ModelConfig;
+use ferrite_format::{quant, ModelConfig};
 use ferrite_runtime::KvType;
 
 use crate::launch;
@@ -39,6 +39,12 @@ pub struct DevicePlan {
     pub ffn: usize,
     /// `[vocab]` f32: logits of one position.
     pub logits: usize,
+    /// `[max_batch, groups(max_k) * 32]` i8: int8 activations of a product's
+    /// input (`max_k` the widest input: d_model, q_dim or ffn_dim).
+    pub acts_q: usize,
+    /// `[max_batch, groups(max_k)]` f32 scales (and as many i32 sums) of
+    /// those activations.
+    pub acts_d: usize,
     /// `[max_batch]` u32: token ids.
     pub ids: usize,
     /// `[head_dim / 2]` f32: RoPE inverse frequencies.
@@ -61,7 +67,8 @@ impl DevicePlan {
         if cfg.max_ctx == 0 || cfg.max_batch == 0 {
             return bad("max_ctx and max_batch must be positive".into());
         }
-        if cfg.max_ctx > u32::MAX as usize / 2 || cfg.max_batch > 65_535 * launch::PF_QPB as usize {
+        // Tokens of a batch run along grid.y in quantize_acts (at most 65 535).
+        if cfg.max_ctx > u32::MAX as usize / 2 || cfg.max_batch > launch::MAX_GRID_Y as usize {
             return bad(format!("max_ctx {} or max_batch {} too large", cfg.max_ctx, cfg.max_batch));
         }
         let elem = match cfg.kv {
@@ -79,6 +86,8 @@ impl DevicePlan {
         let ov = |v: Option<usize>| v.ok_or(CudaError::Unsupported("buffer sizes overflow".into()));
         let b = cfg.max_batch;
         let f32s = |n: usize, w: u32| ov(n.checked_mul(w as usize).and_then(|v| v.checked_mul(4)));
+        let max_k = m.d_model.max(m.q_dim()).max(m.ffn_dim) as usize;
+        let max_groups = max_k.div_ceil(quant::GROUP);
         let splits = launch::max_decode_splits(cfg.max_ctx as u32) as usize;
         Ok(DevicePlan {
             x: f32s(b, m.d_model)?,
@@ -86,6 +95,8 @@ impl DevicePlan {
             kv_rows: f32s(b, m.kv_dim())?,
             ffn: f32s(b, m.ffn_dim)?,
             logits: f32s(1, m.vocab_size)?,
+            acts_q: ov(b.checked_mul(max_groups).and_then(|v| v.checked_mul(quant::GROUP)))?,
+            acts_d: ov(b.checked_mul(max_groups).and_then(|v| v.checked_mul(4)))?,
             ids: ov(b.checked_mul(4))?,
             inv_freq: ov((hd / 2).checked_mul(4))?,
             part_o: f32s(splits, m.n_heads * m.head_dim)?,
@@ -108,6 +119,8 @@ impl DevicePlan {
             self.kv_rows * 2,
             self.ffn * 2,
             self.logits,
+            self.acts_q,
+            self.acts_d * 2,
             self.ids,
             self.inv_freq,
             self.part_o,
@@ -149,6 +162,9 @@ mod tests {
         assert_eq!(p.kv_rows, 32 * 192 * 4);
         assert_eq!(p.ffn, 32 * 1536 * 4);
         assert_eq!(p.logits, 49152 * 4);
+        // int8 activations of the widest product input (ffn 1536: 48 groups).
+        assert_eq!(p.acts_q, 32 * 48 * 32);
+        assert_eq!(p.acts_d, 32 * 48 * 4);
         assert_eq!(p.kv_layer, 4096 * 192 * 2);
         assert_eq!(p.kv_bytes(), 30 * 2 * 4096 * 192 * 2);
         // 4096 keys: 16 splits of 256.
@@ -157,6 +173,22 @@ mod tests {
         let f32_kv = DevicePlan::new(&m, &CudaConfig { max_ctx: 4096, max_batch: 32, kv: KvType::F32 }).expect("plan");
         assert_eq!(f32_kv.kv_bytes(), 2 * p.kv_bytes());
         assert_eq!(p.total_bytes(), p.kv_bytes() + p.activation_bytes());
+    }
+
+    #[test]
+    fn activation_buffers_round_up_to_whole_groups() {
+        let mut m = smollm2();
+        m.ffn_dim = 1000; // 31.25 groups
+        m.d_model = 1100; // the widest: 34.4 groups -> 35
+        let p = DevicePlan::new(&m, &CudaConfig { max_ctx: 64, max_batch: 3, kv: KvType::F32 }).expect("plan");
+        assert_eq!(p.acts_q, 3 * 35 * 32);
+        assert_eq!(p.acts_d, 3 * 35 * 4);
+        assert_eq!(p.activation_bytes() - (p.acts_q + 2 * p.acts_d), {
+            let mut q = p;
+            q.acts_q = 0;
+            q.acts_d = 0;
+            q.activation_bytes()
+        });
     }
 
     #[test]
@@ -172,5 +204,7 @@ mod tests {
         assert!(DevicePlan::new(&odd, &CudaConfig::default()).is_err());
         assert!(DevicePlan::new(&m, &CudaConfig { max_ctx: 0, ..Default::default() }).is_err());
         assert!(DevicePlan::new(&m, &CudaConfig { max_batch: 0, ..Default::default() }).is_err());
+        assert!(DevicePlan::new(&m, &CudaConfig { max_batch: 65_535, ..Default::default() }).is_ok());
+        assert!(DevicePlan::new(&m, &CudaConfig { max_batch: 65_536, ..Default::default() }).is_err());
     }
 }

@@ -46,7 +46,7 @@ pub struct Header {
     pub data_offset: u64,
     /// Size of the tensor data section.
     pub data_size: u64,
-    /// Quantization group size (elements per scale): 32 in version 1.
+    /// Quantization group size (elements per scale): 32, the only value so far.
     pub group_size: u32,
     /// CRC-32 of the tokenizer section; 0 if absent.
     pub tok_crc: u32,

@@ -19,8 +19,12 @@ pub enum TokenizerKind {
     /// GPT-2 style byte-level BPE: tokens are raw byte strings, every byte has
     /// a token, merges are ranked.
     ByteLevelBpe = 1,
-    /// SentencePiece-style BPE (`▁` for spaces, scores, byte fallback).
-    /// Reserved: the layout holds it, the runtime adds it later.
+    /// SentencePiece-style BPE (Llama 2, TinyLlama, Mistral v0.1): token
+    /// strings hold spaces where SentencePiece writes `▁`, byte-fallback
+    /// tokens `<0xXX>` (type [`TokenType::Byte`]) stand for the byte
+    /// `byte_tokens` maps to them, BPE runs over characters on the whole text
+    /// between added tokens (no pre-tokenizer), with a space prepended to each
+    /// such piece when [`TokenizerHeader::FLAG_ADD_PREFIX_SPACE`] is set.
     SentencePiece = 2,
 }
 
@@ -35,6 +39,12 @@ pub enum PreTokenizer {
     Gpt2 = 1,
     /// `Digits(individual_digits)` then GPT-2's regex (SmolLM/SmolLM2).
     Gpt2Digits = 2,
+    /// Llama 3's regex (also DBRX, Smaug):
+    /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
+    Llama3 = 3,
+    /// Qwen2's regex: Llama 3's with `\p{N}` (one numeric character) in
+    /// place of `\p{N}{1,3}`.
+    Qwen2 = 4,
 }
 
 impl TokenizerKind {
@@ -55,6 +65,8 @@ impl PreTokenizer {
             0 => Ok(Self::None),
             1 => Ok(Self::Gpt2),
             2 => Ok(Self::Gpt2Digits),
+            3 => Ok(Self::Llama3),
+            4 => Ok(Self::Qwen2),
             _ => Err(Error::BadEnum { what: "pre-tokenizer", value }),
         }
     }
@@ -155,7 +167,10 @@ impl TokenizerHeader {
     pub const FLAG_HAS_EOT: u32 = 1 << 3;
     /// `unk_id` is valid.
     pub const FLAG_HAS_UNK: u32 = 1 << 4;
-    const KNOWN_FLAGS: u32 = 0b1_1111;
+    /// A pre-tokenized chunk that is itself a token becomes that token
+    /// without merging (HF's `ignore_merges`: Llama 3).
+    pub const FLAG_IGNORE_MERGES: u32 = 1 << 5;
+    const KNOWN_FLAGS: u32 = 0b11_1111;
 }
 
 /// One merge rule: `left` followed by `right` becomes `result`; lower `rank`
@@ -171,6 +186,16 @@ pub struct Merge {
     pub rank: u32,
     /// The merged token id.
     pub result: u32,
+}
+
+/// The byte of a byte-fallback token's text `<0xHH>` (hex digits of
+/// either case), or `None` if `text` is not of that form.
+pub fn parse_byte_token(text: &[u8]) -> Option<u8> {
+    let hex = |c: u8| (c as char).to_digit(16);
+    match text {
+        [b'<', b'0', b'x', hi, lo, b'>'] => Some((hex(*hi)? * 16 + hex(*lo)?) as u8),
+        _ => None,
+    }
 }
 
 /// A validated, zero-copy view of a tokenizer section.
@@ -268,6 +293,12 @@ impl<'a> TokenizerView<'a> {
                 return Err(Error::BadTokenizer { what: "token type", index: i as u32 });
             }
         }
+        let view_strings = |i: usize| &strings[offsets[i] as usize..offsets[i + 1] as usize];
+        for (i, &t) in types.iter().enumerate() {
+            if t == TokenType::Byte as u8 && parse_byte_token(view_strings(i)).is_none() {
+                return Err(Error::BadTokenizer { what: "byte token (not `<0xHH>`)", index: i as u32 });
+            }
+        }
         if scores.iter().any(|s| !s.is_finite()) {
             return Err(Error::BadTokenizer { what: "scores (non-finite)", index: 0 });
         }
@@ -349,6 +380,14 @@ impl<'a> TokenizerView<'a> {
     pub fn score(&self, id: u32) -> Option<f32> {
         self.scores.get(id as usize).copied()
     }
+    /// The byte a byte-fallback token ([`TokenType::Byte`], text `<0xHH>`)
+    /// stands for; `None` for other tokens.
+    pub fn byte_value(&self, id: u32) -> Option<u8> {
+        if self.token_type(id)? != TokenType::Byte {
+            return None;
+        }
+        parse_byte_token(self.bytes_unchecked(id))
+    }
     /// The token whose bytes are exactly `bytes` (binary search, no hashing).
     pub fn find(&self, bytes: &[u8]) -> Option<u32> {
         self.sorted.binary_search_by(|&id| self.bytes_unchecked(id).cmp(bytes)).ok().map(|i| self.sorted[i])
@@ -384,6 +423,10 @@ impl<'a> TokenizerView<'a> {
     /// Whether SentencePiece byte fallback is on.
     pub fn byte_fallback(&self) -> bool {
         self.header.flags & TokenizerHeader::FLAG_BYTE_FALLBACK != 0
+    }
+    /// Whether a chunk that is itself a token skips merging.
+    pub fn ignore_merges(&self) -> bool {
+        self.header.flags & TokenizerHeader::FLAG_IGNORE_MERGES != 0
     }
     /// Whether a prefix space is added.
     pub fn add_prefix_space(&self) -> bool {

@@ -250,12 +250,31 @@ pub struct TokenizerBuilder {
     pub byte_fallback: bool,
     /// Prefix space.
     pub add_prefix_space: bool,
+    /// A chunk that is itself a token skips merging (HF's `ignore_merges`).
+    pub ignore_merges: bool,
 }
 
 impl TokenizerBuilder {
     /// Serializes the section. Errors name the inconsistency (a merge whose
     /// concatenation is not in the vocabulary, duplicate tokens, ...).
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        self.to_bytes_ranked(None)
+    }
+
+    /// As [`TokenizerBuilder::to_bytes`], with merge `i` ranked `ranks[i]`
+    /// instead of `i` (equal ranks are allowed: of equal-ranked pairs the
+    /// leftmost merges first). `ranks` must be as long as `merges`, each
+    /// below `merges.len()`.
+    pub fn to_bytes_ranked(&self, ranks: Option<&[u32]>) -> Result<Vec<u8>, String> {
+        if let Some(r) = ranks {
+            if r.len() != self.merges.len() || r.iter().any(|&x| x as usize >= self.merges.len()) {
+                return Err(format!(
+                    "{} merge ranks for {} merges, or a rank out of range",
+                    r.len(),
+                    self.merges.len()
+                ));
+            }
+        }
         let n = self.tokens.len();
         if n == 0 || n > u32::MAX as usize / 2 {
             return Err(format!("vocabulary of {n} tokens"));
@@ -283,7 +302,8 @@ impl TokenizerBuilder {
                     String::from_utf8_lossy(rb)
                 )
             })?;
-            merges.push(Merge { left: l, right: r, rank: rank as u32, result });
+            let rank = ranks.map_or(rank as u32, |r| r[rank]);
+            merges.push(Merge { left: l, right: r, rank, result });
         }
         merges.sort_by_key(|m| (m.left, m.right));
         // Duplicate pairs: keep the first (lowest rank), as HF does.
@@ -336,6 +356,9 @@ impl TokenizerBuilder {
         let mut flags = 0;
         if self.byte_fallback {
             flags |= TokenizerHeader::FLAG_BYTE_FALLBACK;
+        }
+        if self.ignore_merges {
+            flags |= TokenizerHeader::FLAG_IGNORE_MERGES;
         }
         if self.add_prefix_space {
             flags |= TokenizerHeader::FLAG_ADD_PREFIX_SPACE;

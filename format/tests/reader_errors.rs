@@ -321,6 +321,7 @@ fn tokenizer_builder() -> TokenizerBuilder {
         has_scores: false,
         byte_fallback: false,
         add_prefix_space: false,
+        ignore_merges: false,
     }
 }
 
@@ -1160,8 +1161,8 @@ fn err_bad_enum() {
     let cases: [(&str, u32, TokEdit); 4] = [
         ("tokenizer kind", 0, |t| t.kind = 0),
         ("tokenizer kind", 3, |t| t.kind = 3),
-        ("pre-tokenizer", 3, |t| t.pretokenizer = 3),
-        ("tokenizer flags", 1 << 5, |t| t.flags |= 1 << 5),
+        ("pre-tokenizer", 5, |t| t.pretokenizer = 5),
+        ("tokenizer flags", 1 << 6, |t| t.flags |= 1 << 6),
     ];
     for (what, value, f) in cases {
         let b = fx.mutated_tok(|s| edit_tok_header(s, f));

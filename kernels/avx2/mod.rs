@@ -83,6 +83,9 @@ pub(crate) static AVX2: Kernels = Kernels {
     dot_rows_f16: dot_rows_f16_avx2,
     axpy_rows: axpy_rows_avx2,
     axpy_rows_f16: axpy_rows_f16_avx2,
+    rope: rope_avx2,
+    to_f16: to_f16_avx2,
+    round_f16: round_f16_avx2,
 };
 
 pub(crate) static AVX512: Kernels = Kernels {
@@ -101,6 +104,9 @@ pub(crate) static AVX512: Kernels = Kernels {
     dot_rows_f16: dot_rows_f16_avx2,
     axpy_rows: axpy_rows_avx2,
     axpy_rows_f16: axpy_rows_f16_avx2,
+    rope: rope_avx2,
+    to_f16: to_f16_avx2,
+    round_f16: round_f16_avx2,
 };
 
 // Safe entry points of the AVX2 table. SAFETY (all of them): the table is
@@ -170,6 +176,19 @@ fn axpy_rows_avx2(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
 fn axpy_rows_f16_avx2(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
     // SAFETY: see above.
     unsafe { axpy_rows_f16(p, v, stride, out) }
+}
+
+fn rope_avx2(head: &mut [f32], cs: &[f32]) {
+    // SAFETY: see above.
+    unsafe { rope(head, cs) }
+}
+fn to_f16_avx2(src: &[f32], dst: &mut [f16]) {
+    // SAFETY: see above.
+    unsafe { to_f16(src, dst) }
+}
+fn round_f16_avx2(x: &mut [f32]) {
+    // SAFETY: see above.
+    unsafe { round_f16(x) }
 }
 
 /// Horizontal sum of 8 lanes.
@@ -853,5 +872,68 @@ unsafe fn axpy_rows_with(
         for j in full..hd {
             out[j] += pi * load1(i, j);
         }
+    }
+}
+
+/// `reference::rope_with`, 8 pairs at a time (the same products and
+/// differences, not fused).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rope(head: &mut [f32], cs: &[f32]) {
+    let half = cs.len() / 2;
+    assert!(head.len() >= 2 * half, "head shorter than the table");
+    let mut i = 0;
+    // SAFETY (loads/stores): `i + 8 <= half`, and `head`/`cs` hold `2 * half`.
+    while i + 8 <= half {
+        unsafe {
+            let (c, s) = (_mm256_loadu_ps(cs.as_ptr().add(i)), _mm256_loadu_ps(cs.as_ptr().add(half + i)));
+            let (pa, pb) = (head.as_mut_ptr().add(i), head.as_mut_ptr().add(half + i));
+            let (a, b) = (_mm256_loadu_ps(pa), _mm256_loadu_ps(pb));
+            _mm256_storeu_ps(pa, _mm256_sub_ps(_mm256_mul_ps(a, c), _mm256_mul_ps(b, s)));
+            _mm256_storeu_ps(pb, _mm256_add_ps(_mm256_mul_ps(b, c), _mm256_mul_ps(a, s)));
+        }
+        i += 8;
+    }
+    for j in i..half {
+        let (c, s) = (cs[j], cs[half + j]);
+        let (a, b) = (head[j], head[j + half]);
+        head[j] = a * c - b * s;
+        head[j + half] = b * c + a * s;
+    }
+}
+
+/// f32 to f16 with F16C (round to nearest even, as `half`).
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn to_f16(src: &[f32], dst: &mut [f16]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    // SAFETY: `i + 8 <= n` for both slices; 8 f16 are 16 bytes.
+    while i + 8 <= n {
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), h);
+        }
+        i += 8;
+    }
+    for j in i..n {
+        dst[j] = f16::from_f32(src[j]);
+    }
+}
+
+/// Rounds to f16 precision in place with F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn round_f16(x: &mut [f32]) {
+    let n = x.len();
+    let mut i = 0;
+    // SAFETY: `i + 8 <= n`.
+    while i + 8 <= n {
+        unsafe {
+            let p = x.as_mut_ptr().add(i);
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p));
+            _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for v in &mut x[i..] {
+        *v = f16::from_f32(*v).to_f32();
     }
 }

@@ -1,5 +1,6 @@
 // Row-wise and element-wise kernels of the forward pass: RMSNorm, RoPE,
-// SwiGLU, residual add, bias add, KV-cache store and embedding gather.
+// SwiGLU, residual add, bias add, KV-cache store, activation quantization
+// and embedding gather.
 // Each follows its scalar definition in kernels/src/reference.rs.
 #include "common.cuh"
 
@@ -72,25 +73,53 @@ extern "C" __global__ void kv_store_f16(const float* __restrict__ k, const float
     }
 }
 
+// Activations for q4/q8 products (reference::quantize_acts, bit for bit):
+// for token t and group g of x [n][cols], d = max|x| / 127, quants
+// roundeven(x * (1 / d)) clamped to +-127 (0 for an all-zero group; 0 past
+// cols), and their sum. One warp per (group, token): lane j is element j.
+// grid = (ceil(groups / 8), n), block 256.
+extern "C" __global__ void __launch_bounds__(256)
+quantize_acts(const float* __restrict__ x, signed char* __restrict__ aq, float* __restrict__ ad,
+              int* __restrict__ asum, u32 cols, u32 n) {
+    const u32 groups = (cols + GROUP - 1) / GROUP;
+    const u32 lane = threadIdx.x & 31, g = blockIdx.x * 8 + (threadIdx.x >> 5), t = blockIdx.y;
+    if (g >= groups || t >= n) return;  // whole warps
+    const u32 k = g * GROUP + lane;
+    const float v = k < cols ? x[(size_t)t * cols + k] : 0.0f;
+    const float d = warp_max(fabsf(v)) / 127.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    const int q = max(-127, min(127, __float2int_rn(__fmul_rn(v, id))));
+    const size_t at = (size_t)t * groups + g;
+    aq[at * GROUP + lane] = (signed char)q;
+    const int sum = __reduce_add_sync(0xffffffffu, q);
+    if (lane == 0) {
+        ad[at] = d;
+        asum[at] = sum;
+    }
+}
+
 // out[t] = row ids[t] of the embedding table, dequantized; grid = n,
-// block 256.
+// block 256. q4/q8 tables are tiled (common.cuh): row `row` is row
+// row % 8 of row block row / 8.
 extern "C" __global__ void __launch_bounds__(256)
 embed_q4(const u32* __restrict__ ids, const unsigned char* __restrict__ qs, const __half* __restrict__ scales,
          float* __restrict__ out, u32 cols) {
-    const u32 row = ids[blockIdx.x], groups = (cols + GROUP - 1) / GROUP;
+    const u32 row = ids[blockIdx.x], groups = (cols + GROUP - 1) / GROUP, r = row % 8;
     for (u32 i = threadIdx.x; i < cols; i += blockDim.x) {
-        const size_t at = (size_t)row * groups + i / GROUP;
-        out[(size_t)blockIdx.x * cols + i] = q4_elem(qs + at * 16, i % GROUP) * __half2float(scales[at]);
+        const size_t tile = (size_t)(row / 8) * groups + i / GROUP;
+        out[(size_t)blockIdx.x * cols + i] =
+            (float)q4_at(qs + tile * Q4_TILE, r, i % GROUP) * __half2float(scales[tile * 8 + r]);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-embed_q8(const u32* __restrict__ ids, const signed char* __restrict__ qs, const __half* __restrict__ scales,
+embed_q8(const u32* __restrict__ ids, const unsigned char* __restrict__ qs, const __half* __restrict__ scales,
          float* __restrict__ out, u32 cols) {
-    const u32 row = ids[blockIdx.x], groups = (cols + GROUP - 1) / GROUP;
+    const u32 row = ids[blockIdx.x], groups = (cols + GROUP - 1) / GROUP, r = row % 8;
     for (u32 i = threadIdx.x; i < cols; i += blockDim.x) {
-        const size_t at = (size_t)row * groups + i / GROUP;
-        out[(size_t)blockIdx.x * cols + i] = (float)qs[at * 32 + i % GROUP] * __half2float(scales[at]);
+        const size_t tile = (size_t)(row / 8) * groups + i / GROUP;
+        out[(size_t)blockIdx.x * cols + i] =
+            (float)q8_at(qs + tile * Q8_TILE, r, i % GROUP) * __half2float(scales[tile * 8 + r]);
     }
 }
 

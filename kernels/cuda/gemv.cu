@@ -1,185 +1,143 @@
-// GEMV for decode: y[r] = dot(W[r], x), W [rows, cols] in q4, q8, f16 or
-// f32, x [cols] f32, y [rows] f32.
+// GEMV for decode: y[r] = dot(W[r], x) for W [rows, cols] and one token.
+// Parameters (shared with gemm.cu, some unused per type): w (quants plane or
+// f16/f32 data), scales (q4/q8), x [cols] f32 (f16/f32 weights), aq / ad /
+// asum the int8 activations of x (q4/q8 weights: common.cuh), y [rows].
 //
-// Geometry (host: cuda/src/launch.rs, gemv): 256 threads = 8 warps; each
-// warp owns GEMV_RPW = 4 consecutive rows, a block 32 rows; grid =
-// ceil(rows / 32). x is staged through shared memory in tiles of
-// GEMV_KTILE elements (zero past cols), swizzled by 16-byte chunk (chunk c
-// of group g stored at c ^ (g & 7)) so that lanes reading whole groups hit
-// distinct banks. For q4/q8 each lane loads one whole group of each of its
-// warp's 4 rows with 16-byte loads (a warp reads 32 consecutive groups of a
-// row: coalesced), dequantizes in registers (byte_perm, no conversions),
-// accumulates sum(q * x) per group and scales once per group; lanes are
-// reduced with shuffles.
+// Geometry (host: cuda/src/launch.rs, gemv; mirrored on the host by
+// cuda/src/tiles.rs, whose tests check it against the reference): one block
+// of GEMV_THREADS = 128 threads (4 warps) per 8-row block, grid =
+// ceil(rows / 8). The row block's tiles are one contiguous run; each warp
+// reads 512 consecutive bytes of it per step (lane l: the 16 bytes at
+// 16 * l, one coalesced 16-byte load), the 4 warps interleaved, so the
+// block streams its run front to back:
+//   q4: 4 tiles per warp step; lane l holds group 4 * step' + l / 8, chunk
+//       (l % 8) / 2, rows 4 * (l % 2) .. + 3 (words x, y, z, w);
+//   q8: 2 tiles per warp step; lane l holds group 2 * step' + l / 16, chunk
+//       (l % 16) / 2, rows 4 * (l % 2) .. + 3.
+// Each word meets one (q8) or two (q4: low nibbles with activations 4c..,
+// high with 16 + 4c..) activation words in __dp4a; the lane scales its
+// partial integer sum by (weight scale * activation scale) in f32. Lanes of
+// equal l % 2 are reduced with shuffles, warps through shared memory in a
+// fixed order.
 #include "common.cuh"
 
-#define GEMV_THREADS 256
-#define GEMV_RPW 4
-#define GEMV_ROWS (GEMV_RPW * (GEMV_THREADS / WARP))
-#define GEMV_KTILE 4096
+#define GEMV_THREADS 128
+#define GEMV_WARPS (GEMV_THREADS / WARP)
+#define GEMV_ROWS 8
 
-__device__ __forceinline__ int swz(int i) {
-    const int g = i >> 5, c = (i >> 2) & 7;
-    return (g << 5) | ((c ^ (g & 7)) << 2) | (i & 3);
-}
-
-__device__ __forceinline__ void load_x_tile(const float* __restrict__ x, float* xs, u32 k0, u32 cols) {
-    for (u32 i = threadIdx.x; i < GEMV_KTILE; i += blockDim.x) {
-        const u32 k = k0 + i;
-        xs[swz(i)] = k < cols ? x[k] : 0.0f;
+// Reduces acc over the lanes of equal parity and the warps, and writes rows
+// 8b .. 8b + 8 (those below `rows`).
+__device__ __forceinline__ void gemv_store(float acc[4], float* __restrict__ y, u32 b, u32 rows) {
+    __shared__ float red[GEMV_WARPS][GEMV_ROWS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+#pragma unroll
+        for (int o = 2; o < 32; o <<= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+    }
+    if (lane < 2) {
+#pragma unroll
+        for (int r = 0; r < 4; r++) red[warp][4 * lane + r] = acc[r];
+    }
+    __syncthreads();
+    if (threadIdx.x < GEMV_ROWS) {
+        float s = 0.0f;
+#pragma unroll
+        for (int w = 0; w < GEMV_WARPS; w++) s += red[w][threadIdx.x];
+        const u32 row = b * GEMV_ROWS + threadIdx.x;
+        if (row < rows) y[row] = s;
     }
 }
 
-// The 8 float4 chunks of group `gl` of the tile.
-__device__ __forceinline__ void x_group(const float* xs, int gl, float4 xv[8]) {
-#pragma unroll
-    for (int c = 0; c < 8; c++) xv[c] = *reinterpret_cast<const float4*>(&xs[(gl << 5) | ((c ^ (gl & 7)) << 2)]);
-}
-
-__device__ __forceinline__ float dot4(float a, float b, float c, float d, float4 x) {
-    return a * x.x + b * x.y + c * x.z + d * x.w;
-}
-
-// sum(q[j] * x[j]) over one q4 group.
-__device__ __forceinline__ float dot_q4(uint4 q, const float4 xv[8]) {
-    const float M = 8388616.0f;  // 2^23 + 8
-    const u32 w[4] = {q.x, q.y, q.z, q.w};
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const u32 lo = w[i] & 0x0F0F0F0Fu, hi = (w[i] >> 4) & 0x0F0F0F0Fu;
-        s += dot4(byte_as_float(lo, 0, M), byte_as_float(lo, 1, M), byte_as_float(lo, 2, M), byte_as_float(lo, 3, M),
-                  xv[i]);
-        s += dot4(byte_as_float(hi, 0, M), byte_as_float(hi, 1, M), byte_as_float(hi, 2, M), byte_as_float(hi, 3, M),
-                  xv[4 + i]);
-    }
-    return s;
-}
-
-// sum(q[j] * x[j]) over one q8 group (two 16-byte halves).
-__device__ __forceinline__ float dot_q8(uint4 a, uint4 b, const float4 xv[8]) {
-    const float M = 8388736.0f;  // 2^23 + 128
-    const u32 w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const u32 u = w[i] ^ 0x80808080u;  // signed byte b -> b + 128
-        s += dot4(byte_as_float(u, 0, M), byte_as_float(u, 1, M), byte_as_float(u, 2, M), byte_as_float(u, 3, M), xv[i]);
-    }
-    return s;
-}
-
-__device__ __forceinline__ void store_rows(float acc[GEMV_RPW], float* __restrict__ y, u32 row0, u32 rows) {
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int r = 0; r < GEMV_RPW; r++) {
-        const float v = warp_sum(acc[r]);
-        if (lane == 0 && row0 + r < rows) y[row0 + r] = v;
-    }
+// The four f16 scales of rows 4h .. 4h + 3 of tile t, as floats.
+__device__ __forceinline__ void scales4(const __half* __restrict__ scales, size_t t, u32 h, float d[4]) {
+    const uint2 s = __ldg(reinterpret_cast<const uint2*>(scales + t * GEMV_ROWS + 4 * h));
+    const __half2 a = *reinterpret_cast<const __half2*>(&s.x), b = *reinterpret_cast<const __half2*>(&s.y);
+    d[0] = __low2float(a);
+    d[1] = __high2float(a);
+    d[2] = __low2float(b);
+    d[3] = __high2float(b);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
 gemv_q4(const unsigned char* __restrict__ qs, const __half* __restrict__ scales, const float* __restrict__ x,
+        const signed char* __restrict__ aq, const float* __restrict__ ad, const int* __restrict__ asum,
         float* __restrict__ y, u32 rows, u32 cols) {
-    __shared__ __align__(16) float xs[GEMV_KTILE];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 row0 = blockIdx.x * GEMV_ROWS + warp * GEMV_RPW;
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, b = blockIdx.x;
     const u32 groups = (cols + GROUP - 1) / GROUP;
-    float acc[GEMV_RPW] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (u32 k0 = 0; k0 < cols; k0 += GEMV_KTILE) {
-        __syncthreads();
-        load_x_tile(x, xs, k0, cols);
-        __syncthreads();
-        const u32 g0 = k0 / GROUP;
-        for (u32 gl = lane; gl < GEMV_KTILE / GROUP && g0 + gl < groups; gl += WARP) {
-            const u32 g = g0 + gl;
-            uint4 q[GEMV_RPW];
-            float d[GEMV_RPW];
+    const u32 h = lane & 1, c = (lane & 7) >> 1;
+    const unsigned char* run = qs + (size_t)b * groups * Q4_TILE;
+    const int* aw = reinterpret_cast<const int*>(aq);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+    for (u32 g = 4 * warp + (lane >> 3); g < groups; g += 4 * GEMV_WARPS) {
+        const uint4 q = __ldg(reinterpret_cast<const uint4*>(run + (size_t)g * Q4_TILE + 16 * (lane & 7)));
+        const int alo = __ldg(aw + g * 8 + c), ahi = __ldg(aw + g * 8 + 4 + c);
+        // 8 * (sum of the 8 activations met here): the nibbles are q + 8.
+        const int corr = __dp4a(0x08080808, alo, __dp4a(0x08080808, ahi, 0));
+        const float da = __ldg(ad + g);
+        float d[4];
+        scales4(scales, (size_t)b * groups + g, h, d);
+        const u32 w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-            for (int r = 0; r < GEMV_RPW; r++) {
-                const u32 row = min(row0 + r, rows - 1);
-                const size_t at = (size_t)row * groups + g;
-                q[r] = __ldg(reinterpret_cast<const uint4*>(qs + at * 16));
-                d[r] = __half2float(scales[at]);
-            }
-            float4 xv[8];
-            x_group(xs, gl, xv);
-#pragma unroll
-            for (int r = 0; r < GEMV_RPW; r++) acc[r] += d[r] * dot_q4(q[r], xv);
+        for (int r = 0; r < 4; r++) {
+            const int s = __dp4a(q4_lo(w[r]), alo, __dp4a(q4_hi(w[r]), ahi, 0)) - corr;
+            acc[r] += (float)s * (d[r] * da);
         }
     }
-    store_rows(acc, y, row0, rows);
+    gemv_store(acc, y, b, rows);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
 gemv_q8(const unsigned char* __restrict__ qs, const __half* __restrict__ scales, const float* __restrict__ x,
+        const signed char* __restrict__ aq, const float* __restrict__ ad, const int* __restrict__ asum,
         float* __restrict__ y, u32 rows, u32 cols) {
-    __shared__ __align__(16) float xs[GEMV_KTILE];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 row0 = blockIdx.x * GEMV_ROWS + warp * GEMV_RPW;
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, b = blockIdx.x;
     const u32 groups = (cols + GROUP - 1) / GROUP;
-    float acc[GEMV_RPW] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (u32 k0 = 0; k0 < cols; k0 += GEMV_KTILE) {
-        __syncthreads();
-        load_x_tile(x, xs, k0, cols);
-        __syncthreads();
-        const u32 g0 = k0 / GROUP;
-        for (u32 gl = lane; gl < GEMV_KTILE / GROUP && g0 + gl < groups; gl += WARP) {
-            const u32 g = g0 + gl;
-            uint4 a[GEMV_RPW], b[GEMV_RPW];
-            float d[GEMV_RPW];
+    const u32 h = lane & 1, c = (lane & 15) >> 1;
+    const unsigned char* run = qs + (size_t)b * groups * Q8_TILE;
+    const int* aw = reinterpret_cast<const int*>(aq);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+    for (u32 g = 2 * warp + (lane >> 4); g < groups; g += 2 * GEMV_WARPS) {
+        const uint4 q = __ldg(reinterpret_cast<const uint4*>(run + (size_t)g * Q8_TILE + 16 * (lane & 15)));
+        const int a = __ldg(aw + g * 8 + c);
+        const float da = __ldg(ad + g);
+        float d[4];
+        scales4(scales, (size_t)b * groups + g, h, d);
+        const u32 w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-            for (int r = 0; r < GEMV_RPW; r++) {
-                const u32 row = min(row0 + r, rows - 1);
-                const size_t at = (size_t)row * groups + g;
-                const uint4* p = reinterpret_cast<const uint4*>(qs + at * 32);
-                a[r] = __ldg(p);
-                b[r] = __ldg(p + 1);
-                d[r] = __half2float(scales[at]);
-            }
-            float4 xv[8];
-            x_group(xs, gl, xv);
-#pragma unroll
-            for (int r = 0; r < GEMV_RPW; r++) acc[r] += d[r] * dot_q8(a[r], b[r], xv);
-        }
+        for (int r = 0; r < 4; r++) acc[r] += (float)__dp4a(q8_signed(w[r]), a, 0) * (d[r] * da);
     }
-    store_rows(acc, y, row0, rows);
+    gemv_store(acc, y, b, rows);
 }
 
-// f16/f32 rows are not padded: lanes stride over elements (coalesced
-// 2- or 4-byte loads).
+// f16/f32 rows are not padded: warp w takes rows 8b + 2w and 8b + 2w + 1,
+// its lanes stride over the elements (coalesced) with x in f32.
 template <typename T>
 __device__ __forceinline__ void gemv_plain(const T* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
                                            u32 rows, u32 cols) {
-    __shared__ __align__(16) float xs[GEMV_KTILE];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 row0 = blockIdx.x * GEMV_ROWS + warp * GEMV_RPW;
-    float acc[GEMV_RPW] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (u32 k0 = 0; k0 < cols; k0 += GEMV_KTILE) {
-        __syncthreads();
-        load_x_tile(x, xs, k0, cols);
-        __syncthreads();
-        const u32 n = min((u32)GEMV_KTILE, cols - k0);
-        for (u32 i = lane; i < n; i += WARP) {
-            const float xv = xs[swz(i)];
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-            for (int r = 0; r < GEMV_RPW; r++) {
-                const u32 row = min(row0 + r, rows - 1);
-                acc[r] += (float)w[(size_t)row * cols + k0 + i] * xv;
-            }
-        }
+    for (u32 k = 0; k < 2; k++) {
+        const u32 row = blockIdx.x * GEMV_ROWS + 2 * warp + k;
+        if (row >= rows) break;
+        const T* wr = w + (size_t)row * cols;
+        float acc = 0.0f;
+        for (u32 i = lane; i < cols; i += WARP) acc += (float)wr[i] * __ldg(x + i);
+        acc = warp_sum(acc);
+        if (lane == 0) y[row] = acc;
     }
-    store_rows(acc, y, row0, rows);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
-gemv_f16(const __half* __restrict__ w, const void* unused, const float* __restrict__ x, float* __restrict__ y,
-         u32 rows, u32 cols) {
+gemv_f16(const __half* __restrict__ w, const void* scales, const float* __restrict__ x, const signed char* aq,
+         const float* ad, const int* asum, float* __restrict__ y, u32 rows, u32 cols) {
     gemv_plain(w, x, y, rows, cols);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
-gemv_f32(const float* __restrict__ w, const void* unused, const float* __restrict__ x, float* __restrict__ y,
-         u32 rows, u32 cols) {
+gemv_f32(const float* __restrict__ w, const void* scales, const float* __restrict__ x, const signed char* aq,
+         const float* ad, const int* asum, float* __restrict__ y, u32 rows, u32 cols) {
     gemv_plain(w, x, y, rows, cols);
 }

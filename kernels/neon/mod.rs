@@ -8,7 +8,9 @@
 //!   for pairs of tokens ([`i8mm`]).
 //!
 //! The float kernels (activation quantization, f32/f16 products, `dot`,
-//! `axpy`, RMSNorm) are plain NEON and shared by the three tables.
+//! `axpy`, RMSNorm) are plain NEON and shared by the three tables; RoPE and
+//! the f16 conversions of the KV cache are the reference's for now (scalar,
+//! bit-identical by definition).
 //!
 //! The integer matrix product works on the 8-row tiles of the file format
 //! (`ferrite_format::quant`): a 32-byte chunk holds four quants of each of
@@ -38,7 +40,7 @@ use core::ops::Range;
 
 use half::f16;
 
-use crate::reference::{Matrix, Weights};
+use crate::reference::{self, Matrix, Weights};
 use crate::{Acts, ActsMut, Kernels, Out, Tier};
 
 mod dotprod;
@@ -99,6 +101,9 @@ pub(crate) static NEON: Kernels = Kernels {
     dot_rows_f16: dot_rows_f16_neon,
     axpy_rows: axpy_rows_neon,
     axpy_rows_f16: axpy_rows_f16_neon,
+    rope: reference::rope_with,
+    to_f16: reference::to_f16,
+    round_f16: reference::round_f16,
 };
 
 pub(crate) static DOTPROD: Kernels = Kernels {
@@ -117,6 +122,9 @@ pub(crate) static DOTPROD: Kernels = Kernels {
     dot_rows_f16: dot_rows_f16_neon,
     axpy_rows: axpy_rows_neon,
     axpy_rows_f16: axpy_rows_f16_neon,
+    rope: reference::rope_with,
+    to_f16: reference::to_f16,
+    round_f16: reference::round_f16,
 };
 
 pub(crate) static I8MM: Kernels = Kernels {
@@ -135,6 +143,9 @@ pub(crate) static I8MM: Kernels = Kernels {
     dot_rows_f16: dot_rows_f16_neon,
     axpy_rows: axpy_rows_neon,
     axpy_rows_f16: axpy_rows_f16_neon,
+    rope: reference::rope_with,
+    to_f16: reference::to_f16,
+    round_f16: reference::round_f16,
 };
 
 // Safe entry points shared by the three tables. SAFETY (all of them): the

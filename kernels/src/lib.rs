@@ -282,6 +282,12 @@ pub struct Kernels {
     pub axpy_rows: fn(&[f32], &[f32], usize, &mut [f32]),
     /// [`reference::axpy_rows_f16`].
     pub axpy_rows_f16: fn(&[f32], &[f16], usize, &mut [f32]),
+    /// [`reference::rope_with`].
+    pub rope: fn(&mut [f32], &[f32]),
+    /// [`reference::to_f16`] (bit-identical in every tier).
+    pub to_f16: fn(&[f32], &mut [f16]),
+    /// [`reference::round_f16`] (bit-identical in every tier).
+    pub round_f16: fn(&mut [f32]),
 }
 
 /// [`Kernels::dot_rows`]: query, keys, key stride, scale, scores.
@@ -303,6 +309,9 @@ static REFERENCE: Kernels = Kernels {
     dot_rows_f16: reference::dot_rows_f16,
     axpy_rows: reference::axpy_rows,
     axpy_rows_f16: reference::axpy_rows_f16,
+    rope: reference::rope_with,
+    to_f16: reference::to_f16,
+    round_f16: reference::round_f16,
 };
 
 impl Kernels {

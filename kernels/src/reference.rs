@@ -371,6 +371,20 @@ pub fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
     }
 }
 
+/// `dst[i] = f16(src[i])` (round to nearest even).
+pub fn to_f16(src: &[f32], dst: &mut [f16]) {
+    for (o, &x) in dst.iter_mut().zip(src) {
+        *o = f16::from_f32(x);
+    }
+}
+
+/// Rounds every value to f16 precision in place: `x = f32(f16(x))`.
+pub fn round_f16(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = f16::from_f32(*v).to_f32();
+    }
+}
+
 /// `y += a * x`.
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (o, &v) in y.iter_mut().zip(x) {

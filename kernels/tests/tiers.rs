@@ -248,6 +248,32 @@ fn check_attention_ops(hd: usize, n: usize, seed: u64) {
     }
 }
 
+fn check_rope_and_f16(half: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let head = rng.vec(2 * half, 3.0);
+    let inv: Vec<f32> = (0..half).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / (2 * half) as f32)).collect();
+    let mut cs = vec![0f32; 2 * half];
+    reference::rope_table(17.0 + seed as f32 % 1000.0, &inv, &mut cs);
+    // Wide values, subnormals and overflow to inf for the f16 conversions.
+    let mut x = rng.vec(3 * half + 5, 70000.0);
+    x.extend([0.0, -0.0, 1e-8, 65504.0, 65520.0, -1e30, 6.1e-5]);
+    let r = Kernels::for_tier(Tier::Reference).unwrap();
+    for k in tiers() {
+        let (mut a, mut b) = (head.clone(), head.clone());
+        (k.rope)(&mut a, &cs);
+        (r.rope)(&mut b, &cs);
+        assert_eq!(bits(&a), bits(&b), "{} rope", k.tier);
+        let (mut ha, mut hb) = (vec![f16::ZERO; x.len()], vec![f16::ZERO; x.len()]);
+        (k.to_f16)(&x, &mut ha);
+        (r.to_f16)(&x, &mut hb);
+        assert!(ha.iter().zip(&hb).all(|(p, q)| p.to_bits() == q.to_bits()), "{} to_f16", k.tier);
+        let (mut ra, mut rb) = (x.clone(), x.clone());
+        (k.round_f16)(&mut ra);
+        (r.round_f16)(&mut rb);
+        assert_eq!(bits(&ra), bits(&rb), "{} round_f16", k.tier);
+    }
+}
+
 fn check_exp_ops(len: usize, scale: f32, seed: u64) {
     let mut rng = Rng(seed);
     let x = rng.vec(len, scale);
@@ -289,6 +315,11 @@ proptest! {
     #[test]
     fn softmax_and_swiglu_match_reference(len in 0usize..300, scale in 0.01f32..100.0, seed in any::<u64>()) {
         check_exp_ops(len, scale, seed);
+    }
+
+    #[test]
+    fn rope_and_f16_conversions_are_exact(half in 0usize..70, seed in any::<u64>()) {
+        check_rope_and_f16(half, seed);
     }
 
     #[test]
@@ -380,4 +411,9 @@ fn unsupported_or_unknown_tiers_are_errors_not_crashes() {
     assert_eq!(Tier::from_name("bogus"), None);
     assert!(KernelError::UnknownName.to_string().contains("reference"));
     assert!(Tier::best().supported());
+    // scripts/x86-tiers.sh (qemu with a given CPU) says which tier detection
+    // must pick there.
+    if let Ok(want) = std::env::var("FERRITE_EXPECT_TIER") {
+        assert_eq!(Tier::best().name(), want, "detected tier");
+    }
 }

@@ -90,14 +90,10 @@ impl KvStore<'_> {
     /// Rounds rows of fresh keys or values to the cache's precision in place,
     /// so a token attends to the same numbers whether its neighbours come
     /// from the cache or from the same batch.
-    pub fn round_trip(&self, rows: &mut [f32], s: KvShape) {
+    pub fn round_trip(&self, kern: &Kernels, rows: &mut [f32], s: KvShape) {
         match self {
             KvStore::F32 { .. } => {}
-            KvStore::F16 { .. } => {
-                for x in rows.iter_mut() {
-                    *x = f16::from_f32(*x).to_f32();
-                }
-            }
+            KvStore::F16 { .. } => (kern.round_f16)(rows),
             KvStore::Q8 { .. } => {
                 for head in rows.chunks_exact_mut(s.head_dim) {
                     // Exactly what `write` then a read back would give.
@@ -124,7 +120,7 @@ impl KvStore<'_> {
 
     /// Stores one token's keys and values (each `kv_dim` floats) in `row`
     /// (= layer × max_ctx + slot).
-    pub fn write(&mut self, row: usize, keys: &[f32], values: &[f32], s: KvShape) {
+    pub fn write(&mut self, kern: &Kernels, row: usize, keys: &[f32], values: &[f32], s: KvShape) {
         let at = row * s.kv_dim;
         match self {
             KvStore::F32 { k, v } => {
@@ -132,12 +128,8 @@ impl KvStore<'_> {
                 v[at..at + s.kv_dim].copy_from_slice(values);
             }
             KvStore::F16 { k, v } => {
-                for (o, &x) in k[at..at + s.kv_dim].iter_mut().zip(keys) {
-                    *o = f16::from_f32(x);
-                }
-                for (o, &x) in v[at..at + s.kv_dim].iter_mut().zip(values) {
-                    *o = f16::from_f32(x);
-                }
+                (kern.to_f16)(keys, &mut k[at..at + s.kv_dim]);
+                (kern.to_f16)(values, &mut v[at..at + s.kv_dim]);
             }
             KvStore::Q8 { k, v, ks, vs } => {
                 let heads = s.kv_dim / s.head_dim;

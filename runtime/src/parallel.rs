@@ -34,39 +34,81 @@ pub(crate) fn matmul(
     scratch: &mut [f32],
     row_len: usize,
 ) {
-    let out = Out::new(out, out_stride);
-    let run = |rows: core::ops::Range<usize>, mut out: Out<'_>, row: &mut [f32]| match (m.w.is_quantized(), input.acts)
-    {
-        (true, Some(acts)) => (k.matmul_q)(m, rows, &acts, n, &mut out),
-        _ => (k.matmul_f)(m, rows, input.x, input.stride, n, &mut out, row),
+    matmuls(threads, k, [(m, out, out_stride)], input, n, scratch, row_len);
+}
+
+/// Several products of the same input (q/k/v, gate/up) in one parallel
+/// region: each thread computes its share of the rows of every matrix, so
+/// the threads meet once instead of once per matrix.
+pub(crate) fn matmuls<const N: usize>(
+    threads: usize,
+    k: &Kernels,
+    jobs: [(&Matrix<'_>, &mut [f32], usize); N],
+    input: Input<'_>,
+    n: usize,
+    scratch: &mut [f32],
+    row_len: usize,
+) {
+    let ms: [&Matrix<'_>; N] = core::array::from_fn(|i| jobs[i].0);
+    // Writers for rows 0..rows of each matrix.
+    let outs = jobs.map(|(m, out, stride)| Out::new(out, stride).split_at_row(m.rows).0);
+    let run = |i: usize, rows: core::ops::Range<usize>, out: &mut Out<'_>, row: &mut [f32]| {
+        let m = ms[i];
+        match (m.w.is_quantized(), input.acts) {
+            (true, Some(acts)) => (k.matmul_q)(m, rows, &acts, n, out),
+            _ => (k.matmul_f)(m, rows, input.x, input.stride, n, out, row),
+        }
     };
     #[cfg(feature = "std")]
-    if threads > 1 && m.rows >= 16 {
-        split(0..m.rows, threads.min(m.rows / 8), out, scratch, row_len, &run);
-        return;
+    {
+        let min_rows = ms.iter().map(|m| m.rows).min().unwrap_or(0);
+        if threads > 1 && min_rows >= 16 {
+            split(threads.min(min_rows / 8), outs, scratch, row_len, &run);
+            return;
+        }
     }
     let _ = threads;
-    run(0..m.rows, out, &mut scratch[..row_len]);
+    for (i, mut out) in outs.into_iter().enumerate() {
+        let rows = out.rows();
+        run(i, rows, &mut out, &mut scratch[..row_len]);
+    }
 }
 
 #[cfg(feature = "std")]
-fn split<F>(rows: core::ops::Range<usize>, parts: usize, out: Out<'_>, scratch: &mut [f32], row_len: usize, f: &F)
+fn split<F, const N: usize>(parts: usize, outs: [Out<'_>; N], scratch: &mut [f32], row_len: usize, f: &F)
 where
-    F: Fn(core::ops::Range<usize>, Out<'_>, &mut [f32]) + Sync,
+    F: Fn(usize, core::ops::Range<usize>, &mut Out<'_>, &mut [f32]) + Sync,
 {
     if parts <= 1 {
-        f(rows, out, &mut scratch[..row_len]);
+        for (i, mut out) in outs.into_iter().enumerate() {
+            let rows = out.rows();
+            f(i, rows, &mut out, &mut scratch[..row_len]);
+        }
         return;
     }
     let left = parts / 2;
-    // Split on a tile boundary (8 rows), so no tile is computed twice.
-    let mid = (rows.start + rows.len() * left / parts).next_multiple_of(8).min(rows.end);
-    let (o1, o2) = out.split_at_row(mid);
+    // Each matrix splits on a tile boundary (8 rows), so no tile is
+    // computed twice.
+    let halves = outs.map(|out| {
+        let rows = out.rows();
+        let mid = (rows.start + rows.len() * left / parts).next_multiple_of(8).min(rows.end);
+        out.split_at_row(mid)
+    });
+    let mut lo: [Option<Out<'_>>; N] = [const { None }; N];
+    let mut hi: [Option<Out<'_>>; N] = [const { None }; N];
+    for (i, (a, b)) in halves.into_iter().enumerate() {
+        lo[i] = Some(a);
+        hi[i] = Some(b);
+    }
+    let (lo, hi) = (lo.map(take), hi.map(take));
     let (s1, s2) = scratch.split_at_mut(row_len * left);
-    rayon::join(
-        || split(rows.start..mid, left, o1, s1, row_len, f),
-        || split(mid..rows.end, parts - left, o2, s2, row_len, f),
-    );
+    rayon::join(|| split(left, lo, s1, row_len, f), || split(parts - left, hi, s2, row_len, f));
+}
+
+/// Unwraps a slot filled just before (never empty).
+#[cfg(feature = "std")]
+fn take(o: Option<Out<'_>>) -> Out<'_> {
+    o.unwrap_or_else(|| Out::new(&mut [], 0))
 }
 
 #[cfg(all(test, feature = "std"))]

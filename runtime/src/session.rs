@@ -396,6 +396,11 @@ impl<'m, 'a> Session<'m, 'a> {
         Ok(s)
     }
 
+    /// The kernel tier this session runs.
+    pub fn kernels(&self) -> Tier {
+        self.kern.tier
+    }
+
     /// Tokens in the KV cache.
     pub fn position(&self) -> usize {
         self.pos
@@ -643,9 +648,8 @@ impl<'m, 'a> Session<'m, 'a> {
             let wk = m.matrix(role(LayerRole::AttnK))?;
             let wv = m.matrix(role(LayerRole::AttnV))?;
             let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
-            parallel::matmul(threads, kern, &wq, input, n, self.q, q_dim, self.row, row_len);
-            parallel::matmul(threads, kern, &wk, input, n, self.k, kv_dim, self.row, row_len);
-            parallel::matmul(threads, kern, &wv, input, n, self.v, kv_dim, self.row, row_len);
+            let jobs = [(&wq, &mut self.q[..], q_dim), (&wk, &mut self.k[..], kv_dim), (&wv, &mut self.v[..], kv_dim)];
+            parallel::matmuls(threads, kern, jobs, input, n, self.row, row_len);
             if c.qkv_bias() {
                 let bq = m.vector(role(LayerRole::AttnQBias))?;
                 let bk = m.vector(role(LayerRole::AttnKBias))?;
@@ -661,10 +665,10 @@ impl<'m, 'a> Session<'m, 'a> {
             for t in 0..n {
                 let cs = &self.rope[t * hd..(t + 1) * hd];
                 for h in self.q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
-                    k::rope_with(h, cs);
+                    (kern.rope)(h, cs);
                 }
                 for h in self.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-                    k::rope_with(h, cs);
+                    (kern.rope)(h, cs);
                 }
             }
             // Attention. Keys and values of this batch come from `k`/`v`
@@ -674,8 +678,8 @@ impl<'m, 'a> Session<'m, 'a> {
             // afterwards, so a wrapping ring never overwrites a key a token
             // of the same batch still needs.
             let shape = KvShape { kv_dim, head_dim: hd };
-            self.kv.round_trip(&mut self.k[..n * kv_dim], shape);
-            self.kv.round_trip(&mut self.v[..n * kv_dim], shape);
+            self.kv.round_trip(kern, &mut self.k[..n * kv_dim], shape);
+            self.kv.round_trip(kern, &mut self.v[..n * kv_dim], shape);
             let layer_row = layer as usize * max_ctx;
             let n0 = self.pos;
             let attn = Attention {
@@ -700,7 +704,8 @@ impl<'m, 'a> Session<'m, 'a> {
             attn.run(0..n, &mut self.att[..n * q_dim], self.scores, per_thread, threads);
             for t in 0..n {
                 let row = layer_row + self.plan.slot(n0 + t);
-                self.kv.write(row, &self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim], shape);
+                let (keys, values) = (&self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim]);
+                self.kv.write(kern, row, keys, values, shape);
             }
             let wo = m.matrix(role(LayerRole::AttnO))?;
             let input = prepare(kern, &self.att[..n * q_dim], q_dim, n, &mut self.acts, f32_acts);
@@ -713,8 +718,8 @@ impl<'m, 'a> Session<'m, 'a> {
             let wu = m.matrix(role(LayerRole::FfnUp))?;
             let wd = m.matrix(role(LayerRole::FfnDown))?;
             let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
-            parallel::matmul(threads, kern, &wg, input, n, self.gate, ffn, self.row, row_len);
-            parallel::matmul(threads, kern, &wu, input, n, self.up, ffn, self.row, row_len);
+            let jobs = [(&wg, &mut self.gate[..], ffn), (&wu, &mut self.up[..], ffn)];
+            parallel::matmuls(threads, kern, jobs, input, n, self.row, row_len);
             (kern.swiglu)(&mut self.gate[..n * ffn], &self.up[..n * ffn]);
             let input = prepare(kern, &self.gate[..n * ffn], ffn, n, &mut self.acts, f32_acts);
             parallel::matmul(threads, kern, &wd, input, n, self.xn, d, self.row, row_len);
@@ -804,16 +809,41 @@ impl Attention<'_, '_> {
             );
             return;
         }
-        let _ = threads;
-        let scratch = &mut scratch[..per_thread];
+        let q_dim = self.n_heads * self.shape.head_dim;
         for (i, t) in tokens.enumerate() {
-            let q_dim = self.n_heads * self.shape.head_dim;
-            self.token(t, &mut att[i * q_dim..(i + 1) * q_dim], scratch);
+            self.heads(t, 0..self.n_heads, &mut att[i * q_dim..(i + 1) * q_dim], scratch, per_thread, threads);
         }
     }
 
-    /// All heads of batch token `t`.
-    fn token(&self, t: usize, att: &mut [f32], scratch: &mut [f32]) {
+    /// Heads `heads` of batch token `t` into `att` (their outputs), split
+    /// across up to `threads` threads (one token decoding).
+    fn heads(
+        &self,
+        t: usize,
+        heads: core::ops::Range<usize>,
+        att: &mut [f32],
+        scratch: &mut [f32],
+        per_thread: usize,
+        threads: usize,
+    ) {
+        #[cfg(feature = "std")]
+        if threads > 1 && heads.len() > 1 {
+            let left = threads / 2;
+            let mid = heads.start + heads.len() * left / threads;
+            let (a1, a2) = att.split_at_mut((mid - heads.start) * self.shape.head_dim);
+            let (s1, s2) = scratch.split_at_mut(per_thread * left);
+            rayon::join(
+                || self.heads(t, heads.start..mid, a1, s1, per_thread, left),
+                || self.heads(t, mid..heads.end, a2, s2, per_thread, threads - left),
+            );
+            return;
+        }
+        let _ = threads;
+        self.token(t, heads, att, &mut scratch[..per_thread]);
+    }
+
+    /// Heads `heads` of batch token `t` (`att` holds their outputs).
+    fn token(&self, t: usize, heads: core::ops::Range<usize>, att: &mut [f32], scratch: &mut [f32]) {
         let KvShape { kv_dim, head_dim: hd } = self.shape;
         let q_dim = self.n_heads * hd;
         let (kern, n0, shape, scale) = (self.kern, self.n0, self.shape, self.scale);
@@ -830,13 +860,14 @@ impl Attention<'_, '_> {
         let n_keys = n_sinks + keys.main.len();
         let cached = keys.main.start..keys.main.end.min(n0);
         let fresh = keys.main.start.max(n0)..keys.main.end;
-        for h in 0..self.n_heads {
+        let first = heads.start;
+        for h in heads {
             let kvh = h / self.group;
             let qh = &self.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
             let scores = &mut scores[..n_keys];
             if n_sinks > 0 {
                 q_head.copy_from_slice(qh);
-                k::rope_with(q_head, sink_cs);
+                (kern.rope)(q_head, sink_cs);
                 let row = self.layer_row + keys.sinks.start;
                 self.kv.dot_keys(kern, row, kvh, q_head, scale, &mut scores[..n_sinks], shape);
             }
@@ -851,7 +882,7 @@ impl Attention<'_, '_> {
                 (self.batch_dot)(qh, &self.k[r..end], kv_dim, scale, &mut scores[at..]);
             }
             (kern.softmax)(scores);
-            let out = &mut att[h * hd..(h + 1) * hd];
+            let out = &mut att[(h - first) * hd..(h - first + 1) * hd];
             out.fill(0.0);
             let scores = &scores[..n_keys];
             self.kv.add_values(kern, self.layer_row + keys.sinks.start, kvh, &scores[..n_sinks], out, shape);

@@ -1,21 +1,30 @@
-//! Byte-level BPE tokenizer (the GPT-2 family: SmolLM/SmolLM2, Qwen2, ...)
-//! over the tokenizer section of a Ferrite file.
+//! BPE tokenizers over the tokenizer section of a Ferrite file: byte-level
+//! BPE (the GPT-2 family: SmolLM/SmolLM2, Llama 3, Qwen2, ...) and
+//! SentencePiece-style BPE (Llama 2, TinyLlama, Mistral v0.1, Phi-3).
 //!
 //! Encoding follows Hugging Face `tokenizers` step by step, so that ids
 //! match `Tokenizer::encode(text, add_special_tokens = false)` exactly:
 //!
 //! 1. added tokens ([`TokenizerView::specials`]) are cut out of the text
 //!    verbatim, leftmost match first and the longest one at a position;
-//! 2. the text between them is split by the pre-tokenizer: `Digits
-//!    (individual_digits)` isolates every numeric character (Rust's
+//! 2. byte-level BPE: the text between them is split by the pre-tokenizer:
+//!    `Digits(individual_digits)` isolates every numeric character (Rust's
 //!    [`char::is_numeric`], as HF does), then GPT-2's regex
 //!    `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
 //!    cuts chunks, matched here by hand ([`gpt2_match_len`]) with Unicode 16
-//!    general categories, the version HF's bundled Oniguruma uses;
+//!    general categories, the version HF's bundled Oniguruma uses; Llama 3's
+//!    and Qwen2's regexes likewise ([`llama3_match_len`]);
 //! 3. each chunk's bytes become byte tokens (a byte without one becomes the
 //!    unknown token, or is dropped when there is none, as in HF) and the
 //!    adjacent pair with the lowest merge rank is merged (leftmost on ties)
 //!    until no pair merges.
+//!
+//! SentencePiece-style BPE has no pre-tokenizer: the whole text between
+//! added tokens (with a space prepended when the section says so) becomes
+//! one token per character (token strings hold spaces where SentencePiece
+//! writes `▁`), a character missing from the vocabulary becomes its UTF-8
+//! bytes' `<0xXX>` tokens (byte fallback), and the same ranked merging runs
+//! over the whole piece.
 //!
 //! Nothing allocates: BPE runs in place in the caller's output buffer, and
 //! decoding writes into a caller's byte buffer or streams through
@@ -92,7 +101,19 @@ impl fmt::Display for TokenizerError {
 #[cfg(feature = "std")]
 impl std::error::Error for TokenizerError {}
 
-/// A byte-level BPE tokenizer borrowing a validated tokenizer section.
+/// Each byte value, so a byte-fallback token can be handed out as a
+/// one-byte slice.
+static BYTE_VALUES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// A BPE tokenizer borrowing a validated tokenizer section.
 #[derive(Clone, Copy, Debug)]
 pub struct Tokenizer<'a> {
     view: TokenizerView<'a>,
@@ -100,18 +121,29 @@ pub struct Tokenizer<'a> {
 
 impl<'a> Tokenizer<'a> {
     /// Wraps a validated section. Refuses what the encoder does not
-    /// implement: SentencePiece tokenizers, byte fallback, a prefix space.
+    /// implement: byte fallback or a prefix space with byte-level BPE, a
+    /// pre-tokenizer with SentencePiece.
     pub fn new(view: TokenizerView<'a>) -> Result<Self, TokenizerError> {
-        if view.kind() != TokenizerKind::ByteLevelBpe {
-            return Err(TokenizerError::Unsupported { what: "SentencePiece tokenizers" });
-        }
-        if view.byte_fallback() {
-            return Err(TokenizerError::Unsupported { what: "byte fallback" });
-        }
-        if view.add_prefix_space() {
-            return Err(TokenizerError::Unsupported { what: "add_prefix_space" });
+        match view.kind() {
+            TokenizerKind::ByteLevelBpe => {
+                if view.byte_fallback() {
+                    return Err(TokenizerError::Unsupported { what: "byte fallback with byte-level BPE" });
+                }
+                if view.add_prefix_space() {
+                    return Err(TokenizerError::Unsupported { what: "add_prefix_space with byte-level BPE" });
+                }
+            }
+            TokenizerKind::SentencePiece => {
+                if view.pretokenizer() != PreTokenizer::None {
+                    return Err(TokenizerError::Unsupported { what: "a pre-tokenizer with SentencePiece" });
+                }
+            }
         }
         Ok(Self { view })
+    }
+
+    fn is_spm(&self) -> bool {
+        self.view.kind() == TokenizerKind::SentencePiece
     }
 
     /// The underlying section.
@@ -130,9 +162,13 @@ impl<'a> Tokenizer<'a> {
     }
 
     /// Output slots that always suffice for [`Tokenizer::encode`] of a text
-    /// of `text_len` bytes: every token covers at least one byte.
+    /// of `text_len` bytes: `2 * text_len + 2`. Byte-level BPE needs at most
+    /// one per byte; SentencePiece at most 1.5 per byte (a prefix space
+    /// before each piece between added tokens), and with this much room it
+    /// merges a piece with its pair ranks cached in the spare slots instead
+    /// of recomputing them every round.
     pub const fn max_tokens(text_len: usize) -> usize {
-        text_len
+        text_len.saturating_mul(2).saturating_add(2)
     }
 
     /// Encodes `text` into `out` and returns the number of ids written.
@@ -182,17 +218,21 @@ impl<'a> Tokenizer<'a> {
     }
 
     /// The bytes of token `id`: raw bytes for ordinary tokens (possibly an
-    /// incomplete UTF-8 character: see [`Utf8Stream`]), the text of an added
-    /// token.
+    /// incomplete UTF-8 character: see [`Utf8Stream`]), the one byte a
+    /// byte-fallback token `<0xXX>` stands for, the text of an added token.
     pub fn token_bytes(&self, id: u32) -> Result<&'a [u8], TokenizerError> {
+        if let Some(b) = self.view.byte_value(id) {
+            let b = b as usize;
+            return Ok(&BYTE_VALUES[b..b + 1]);
+        }
         self.view.token_bytes(id).ok_or(TokenizerError::BadToken { id, n_tokens: self.view.n_tokens() })
     }
 
-    /// Whether `id` is a special (control) token such as `<|im_end|>`, the
-    /// kind HF's `skip_special_tokens` hides. User-defined added tokens are
-    /// not special.
+    /// Whether `id` is a special (control) token such as `<|im_end|>` or
+    /// the unknown token `<unk>`, the kind HF's `skip_special_tokens` hides.
+    /// User-defined added tokens are not special.
     pub fn is_special(&self, id: u32) -> bool {
-        self.view.token_type(id) == Some(TokenType::Special)
+        matches!(self.view.token_type(id), Some(TokenType::Special | TokenType::Unknown))
     }
 
     /// Writes the bytes of `ids` into `out` and returns how many were
@@ -213,11 +253,19 @@ impl<'a> Tokenizer<'a> {
 
     fn decode_inner(&self, ids: &[u32], out: &mut [u8], skip_special: bool) -> Result<usize, TokenizerError> {
         let too_small = TokenizerError::BufferTooSmall { capacity: out.len() };
+        // SentencePiece prepends a space when encoding; decoding drops one
+        // leading space again (HF's `Strip` decoder).
+        let strip_space = self.is_spm() && self.view.add_prefix_space();
         let mut n = 0usize;
         for &id in ids {
-            let bytes = self.token_bytes(id)?;
+            let mut bytes = self.token_bytes(id)?;
             if skip_special && self.is_special(id) {
                 continue;
+            }
+            if n == 0 && strip_space {
+                if let Some(rest) = bytes.strip_prefix(b" ") {
+                    bytes = rest;
+                }
             }
             let dst = n.checked_add(bytes.len()).and_then(|end| out.get_mut(n..end)).ok_or(too_small)?;
             dst.copy_from_slice(bytes);
@@ -227,9 +275,9 @@ impl<'a> Tokenizer<'a> {
     }
 
     /// Whether added token `id` is matched in input: all are, except
-    /// special ones when `specials` is false.
+    /// special ones (control and unknown tokens) when `specials` is false.
     fn matched(&self, id: u32, specials: bool) -> bool {
-        specials || self.view.token_type(id) != Some(TokenType::Special)
+        specials || !self.is_special(id)
     }
 
     /// Which bytes start a matched added token, so that most positions of
@@ -275,6 +323,9 @@ impl<'a> Tokenizer<'a> {
     /// Pre-tokenizes `text` (no added tokens in it) and appends each chunk's
     /// BPE tokens at `out[*n..]`.
     fn encode_text_into(&self, text: &str, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
+        if self.is_spm() {
+            return self.encode_spm(text, out, n);
+        }
         match self.view.pretokenizer() {
             PreTokenizer::None => self.encode_chunk(text.as_bytes(), out, n),
             PreTokenizer::Gpt2 => {
@@ -291,6 +342,68 @@ impl<'a> Tokenizer<'a> {
                 }
                 Ok(())
             }
+            PreTokenizer::Llama3 | PreTokenizer::Qwen2 => {
+                let max_digits = if self.view.pretokenizer() == PreTokenizer::Llama3 { 3 } else { 1 };
+                let mut rest = text;
+                while !rest.is_empty() {
+                    let len = llama3_match_len(rest, max_digits);
+                    let Some((chunk, tail)) = rest.split_at_checked(len) else {
+                        break;
+                    };
+                    self.encode_chunk(chunk.as_bytes(), out, n)?;
+                    rest = tail;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// SentencePiece-style BPE of `text` (no added tokens in it), appended
+    /// at `out[*n..]`: a token per character (a space prepended when the
+    /// section says so), byte fallback for characters without one, then
+    /// ranked merging in place.
+    fn encode_spm(&self, text: &str, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let start = *n;
+        if self.view.add_prefix_space() {
+            self.push_spm_char(' ', out, n)?;
+        }
+        for c in text.chars() {
+            self.push_spm_char(c, out, n)?;
+        }
+        let (tokens, tail) = out[start..].split_at_mut(*n - start);
+        let merged = if tail.len() + 1 >= tokens.len() {
+            self.merge_all(tokens, tail)
+        } else if tokens.len() <= STACK_TOKENS {
+            self.merge_all(tokens, &mut [0u32; STACK_TOKENS])
+        } else {
+            self.merge_all(tokens, &mut [])
+        };
+        *n = start + merged;
+        Ok(())
+    }
+
+    /// The token of character `c`, or its bytes' byte-fallback tokens, or
+    /// the unknown token; nothing if there is neither (as HF's BPE).
+    fn push_spm_char(&self, c: char, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
+        let mut buf = [0u8; 4];
+        let bytes = c.encode_utf8(&mut buf).as_bytes();
+        if let Some(id) = self.view.find(bytes) {
+            return push(out, n, id);
+        }
+        if self.view.byte_fallback() {
+            for &b in bytes {
+                if let Some(id) = self.view.byte_token(b).or(self.view.unk()) {
+                    push(out, n, id)?;
+                }
+            }
+            return Ok(());
+        }
+        match self.view.unk() {
+            Some(id) => push(out, n, id),
+            None => Ok(()),
         }
     }
 
@@ -298,6 +411,11 @@ impl<'a> Tokenizer<'a> {
     fn encode_chunk(&self, chunk: &[u8], out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
         if chunk.is_empty() {
             return Ok(());
+        }
+        if self.view.ignore_merges() {
+            if let Some(id) = self.view.find(chunk) {
+                return push(out, n, id);
+            }
         }
         let too_small = TokenizerError::BufferTooSmall { capacity: out.len() };
         let free = out.get_mut(*n..).ok_or(too_small)?;
@@ -541,6 +659,72 @@ fn gpt2_match_len(s: &str) -> usize {
     }
 }
 
+/// Byte length of the match of Llama 3's regex
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+/// at the start of `s` (with `max_digits` = 3; Qwen2's regex is the same
+/// with 1); 0 only if `s` is empty. As with GPT-2's, some alternative
+/// always matches at the first character, so the chunks tile the text.
+fn llama3_match_len(s: &str, max_digits: usize) -> usize {
+    let Some(first) = s.chars().next() else {
+        return 0;
+    };
+    let is_newline = |c: char| c == '\r' || c == '\n';
+    // `(?i:'s|'t|'re|'ve|'m|'ll|'d)`.
+    if first == '\'' {
+        let after = s.as_bytes().get(1..).unwrap_or_default();
+        let hit = CONTRACTIONS
+            .iter()
+            .find(|suffix| after.get(..suffix.len()).is_some_and(|a| a.eq_ignore_ascii_case(suffix)));
+        if let Some(suffix) = hit {
+            return 1 + suffix.len();
+        }
+    }
+    let class = char_class(first);
+    let rest = s.get(first.len_utf8()..).unwrap_or_default();
+    // `[^\r\n\p{L}\p{N}]?\p{L}+`.
+    if class == CharClass::Letter {
+        return run_len(s, CharClass::Letter);
+    }
+    if class != CharClass::Number
+        && !is_newline(first)
+        && rest.chars().next().map(char_class) == Some(CharClass::Letter)
+    {
+        return first.len_utf8() + run_len(rest, CharClass::Letter);
+    }
+    // `\p{N}{1,3}`.
+    if class == CharClass::Number {
+        return s
+            .chars()
+            .take(max_digits)
+            .take_while(|&c| char_class(c) == CharClass::Number)
+            .map(char::len_utf8)
+            .sum();
+    }
+    // ` ?[^\s\p{L}\p{N}]+[\r\n]*`.
+    let (prefix, body) = if first == ' ' { (1, rest) } else { (0, s) };
+    if body.chars().next().map(char_class) == Some(CharClass::Other) {
+        let len = prefix + run_len(body, CharClass::Other);
+        let newlines = s.get(len..).unwrap_or_default().bytes().take_while(|&b| b == b'\r' || b == b'\n').count();
+        return len + newlines;
+    }
+    // Whitespace. `\s*[\r\n]+`: up to the run's last CR/LF.
+    let run = run_len(s, CharClass::Space);
+    let run_text = s.get(..run).unwrap_or_default();
+    if let Some(last) = run_text.rfind(is_newline) {
+        return last + 1;
+    }
+    // `\s+(?!\S)`, then `\s+`, as in GPT-2's regex.
+    if run == s.len() {
+        return run;
+    }
+    let last = run_text.chars().next_back().map_or(0, char::len_utf8);
+    if run > last {
+        run - last
+    } else {
+        run
+    }
+}
+
 /// The chunks of GPT-2's regex over a text.
 struct Gpt2Chunks<'t> {
     rest: &'t str,
@@ -739,6 +923,7 @@ mod tests {
             has_scores: false,
             byte_fallback: false,
             add_prefix_space: false,
+            ignore_merges: false,
         }
     }
 
@@ -753,7 +938,7 @@ mod tests {
     }
 
     fn encode(t: &Tokenizer<'_>, text: &str) -> Vec<u32> {
-        let mut out = vec![0u32; text.len()];
+        let mut out = vec![0u32; Tokenizer::max_tokens(text.len())];
         let n = t.encode(text, &mut out).unwrap();
         out.truncate(n);
         out
@@ -921,8 +1106,111 @@ mod tests {
         b.add_prefix_space = true;
         let bytes = AlignedBytes::new(&b.to_bytes().unwrap());
         let view = TokenizerView::parse(&bytes, 261).unwrap();
-        assert_eq!(Tokenizer::new(view).err(), Some(TokenizerError::Unsupported { what: "add_prefix_space" }));
+        assert_eq!(
+            Tokenizer::new(view).err(),
+            Some(TokenizerError::Unsupported { what: "add_prefix_space with byte-level BPE" })
+        );
+        let mut b = spm_builder();
+        b.pretokenizer = PreTokenizer::Gpt2;
+        let bytes = AlignedBytes::new(&b.to_bytes().unwrap());
+        let view = TokenizerView::parse(&bytes, 300).unwrap();
+        assert_eq!(
+            Tokenizer::new(view).err(),
+            Some(TokenizerError::Unsupported { what: "a pre-tokenizer with SentencePiece" })
+        );
         let msg = format!("{}", TokenizerError::Unsupported { what: "byte fallback" });
         assert!(msg.contains("byte fallback"));
+    }
+
+    #[test]
+    fn llama3_and_qwen2_chunks() {
+        fn chunks(s: &str, max_digits: usize) -> Vec<&str> {
+            let mut rest = s;
+            let mut v = Vec::new();
+            while !rest.is_empty() {
+                let len = llama3_match_len(rest, max_digits);
+                assert!(len > 0);
+                v.push(&rest[..len]);
+                rest = &rest[len..];
+            }
+            v
+        }
+        assert_eq!(chunks("Hello world", 3), ["Hello", " world"]);
+        assert_eq!(chunks("it's I'M we'LL", 3), ["it", "'s", " I", "'M", " we", "'LL"]);
+        assert_eq!(chunks("12345 x", 3), ["123", "45", " x"]);
+        assert_eq!(chunks("12345 x", 1), ["1", "2", "3", "4", "5", " x"]);
+        assert_eq!(chunks("a  \n\n  b\t\tc  ", 3), ["a", "  \n\n", " ", " b", "\t", "\tc", "  "]);
+        assert_eq!(chunks("!abc !!x ...\n\nd", 3), ["!abc", " !!", "x", " ...\n\n", "d"]);
+        assert_eq!(chunks(" 42", 3), [" ", "42"]);
+    }
+
+    /// A SentencePiece-style vocabulary: `<unk>` (0), `<s>` (1, special),
+    /// the 256 byte tokens `<0xXX>` (2..258), then " ", "a", "b", " a",
+    /// " ab", "ab" (258..264), merged " "+"a", "a"+"b", " a"+"b".
+    fn spm_builder() -> TokenizerBuilder {
+        let mut tokens = vec![
+            TokenEntry { bytes: b"<unk>".to_vec(), ty: TokenType::Unknown, score: 0.0 },
+            TokenEntry { bytes: b"<s>".to_vec(), ty: TokenType::Special, score: 0.0 },
+        ];
+        let mut byte_tokens = [0u32; 256];
+        for b in 0..=255u8 {
+            byte_tokens[b as usize] = tokens.len() as u32;
+            tokens.push(TokenEntry { bytes: format!("<0x{b:02X}>").into_bytes(), ty: TokenType::Byte, score: 0.0 });
+        }
+        for t in [" ", "a", "b", " a", " ab", "ab"] {
+            tokens.push(TokenEntry { bytes: t.as_bytes().to_vec(), ty: TokenType::Normal, score: 0.0 });
+        }
+        TokenizerBuilder {
+            kind: TokenizerKind::SentencePiece,
+            pretokenizer: PreTokenizer::None,
+            tokens,
+            merges: vec![(258, 259), (259, 260), (261, 260)],
+            byte_tokens,
+            specials: vec![0, 1],
+            chat_template: None,
+            eot: None,
+            unk: Some(0),
+            has_scores: false,
+            byte_fallback: true,
+            add_prefix_space: true,
+            ignore_merges: false,
+        }
+    }
+
+    #[test]
+    fn sentencepiece_prefix_byte_fallback_and_decode() {
+        let bytes = AlignedBytes::new(&spm_builder().to_bytes().unwrap());
+        let t = Tokenizer::new(TokenizerView::parse(&bytes, 300).unwrap()).unwrap();
+        // " ab" merges first (" "+"a" has the lowest rank, then " a"+"b").
+        assert_eq!(encode(&t, "ab"), [262]);
+        assert_eq!(encode(&t, "ab ab"), [262, 262]);
+        // "é" has no token: its two UTF-8 bytes' tokens.
+        assert_eq!(encode(&t, "aé"), [261, 2 + 0xC3, 2 + 0xA9]);
+        // A space is prepended after every added token, and only to non-empty pieces.
+        assert_eq!(encode(&t, "<s>a<s>"), [1, 261, 1]);
+        assert_eq!(encode(&t, ""), [] as [u32; 0]);
+        let mut out = [0u32; 8];
+        let n = t.encode_ordinary("<unk>", &mut out).unwrap();
+        assert_eq!(
+            &out[..n],
+            [258, 2 + b'<' as u32, 2 + b'u' as u32, 2 + b'n' as u32, 2 + b'k' as u32, 2 + b'>' as u32]
+        );
+        // Decoding: byte tokens become their bytes, one leading space is dropped.
+        assert_eq!(t.token_bytes(2 + 0x41).unwrap(), b"A");
+        let mut buf = [0u8; 16];
+        let n = t.decode(&[262, 2 + 0xC3, 2 + 0xA9, 261], &mut buf).unwrap();
+        assert_eq!(&buf[..n], "abé a".as_bytes());
+        let n = t.decode(&[1, 262], &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"<s> ab");
+        let n = t.decode_skip_special(&[1, 262], &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"ab");
+        // Every path of the merge agrees, with room for the rank cache or not.
+        let text = "ab a ab ba aab ".repeat(9);
+        let expected = encode(&t, &text);
+        for room in [expected.len(), text.len() + 1, Tokenizer::max_tokens(text.len())] {
+            let mut out = vec![0u32; room.max(text.len() + 1)];
+            let n = t.encode(&text, &mut out).unwrap();
+            assert_eq!(&out[..n], expected);
+        }
     }
 }

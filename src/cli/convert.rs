@@ -34,13 +34,18 @@ impl From<WeightType> for DType {
     }
 }
 
-/// Convert a Hugging Face checkpoint folder into a Ferrite file.
+/// Convert a Hugging Face checkpoint folder or a GGUF file into a Ferrite file.
 ///
-/// HF_DIR holds config.json, model.safetensors (or shards with
-/// model.safetensors.index.json), and optionally generation_config.json,
-/// tokenizer.json and tokenizer_config.json. Supported: LlamaForCausalLM
-/// (incl. llama3 RoPE scaling), MistralForCausalLM, Qwen2ForCausalLM;
-/// f32/f16/bf16 tensors. Norms and biases stay f32. The output is written to
+/// INPUT is either an HF folder holding config.json, model.safetensors (or
+/// shards with model.safetensors.index.json), and optionally
+/// generation_config.json, tokenizer.json and tokenizer_config.json
+/// (LlamaForCausalLM incl. llama3 RoPE scaling, MistralForCausalLM,
+/// Qwen2ForCausalLM; f32/f16/bf16 tensors), or a llama.cpp GGUF file (v3;
+/// architectures llama and qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors,
+/// dequantized and stored as --weights/--embed say; tokenizer and chat
+/// template from its metadata). Tokenizers: byte-level BPE (GPT-2, SmolLM,
+/// Llama 3, Qwen2 pre-tokenizers) and SentencePiece-style BPE (Llama 2,
+/// TinyLlama, Mistral v0.1: byte fallback, scores). Norms and biases stay f32. The output is written to
 /// a temporary file beside OUT (.OUT.PID.XXXXXX.ferrite-tmp) and renamed into
 /// place when complete; the temporary file of a conversion that was killed
 /// is removed by the next conversion to OUT. Weights holding NaN or infinity
@@ -48,8 +53,8 @@ impl From<WeightType> for DType {
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Hugging Face model folder.
-    #[arg(value_name = "HF_DIR")]
+    /// Hugging Face model folder, or a .gguf file.
+    #[arg(value_name = "INPUT")]
     input: PathBuf,
     /// Output file (.frt).
     #[arg(short, long, value_name = "OUT")]

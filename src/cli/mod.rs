@@ -27,7 +27,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Convert a Hugging Face safetensors folder into a Ferrite file.
+    /// Convert a Hugging Face safetensors folder or a GGUF file into a Ferrite file.
     Convert(convert::Args),
     /// Show a Ferrite file's config, tokenizer and tensors; verify checksums.
     Inspect(inspect::Args),

@@ -128,6 +128,7 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             let plan = model.plan(&cfg)?;
             let mut arena = vec![0u8; plan.arena_bytes()];
             let mut session = Session::new(&model, &plan, &mut arena)?;
+            eprintln!("[ferrite] kernels {}, {} thread(s)", session.kernels(), cfg.threads);
             let g = engine::generate(
                 &model,
                 &mut session,
