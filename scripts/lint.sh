@@ -11,6 +11,8 @@
 #    host build with default features.
 # 2. The no_std crates as a Cortex-M4F builds them (no default features),
 #    when that Rust target is installed (scripts/test.sh needs it anyway).
+# 3. The kernels crate for aarch64 (its NEON tiers), with and without std,
+#    when that Rust target is installed (.ci/run adds it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +32,13 @@ if rustup target list --installed 2>/dev/null | grep -qx thumbv7em-none-eabihf; 
         --target thumbv7em-none-eabihf --no-default-features -- -D warnings
 else
     echo "(thumbv7em-none-eabihf not installed: skipping the no_std lint)" >&2
+fi
+
+if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+    step "cargo clippy -p ferrite-kernels --lib for aarch64-unknown-linux-gnu (NEON tiers; std and no_std)"
+    cargo clippy -p ferrite-kernels --lib --no-deps --target aarch64-unknown-linux-gnu -- -D warnings
+    cargo clippy -p ferrite-kernels --lib --no-deps --target aarch64-unknown-linux-gnu --no-default-features \
+        -- -D warnings
+else
+    echo "(aarch64-unknown-linux-gnu not installed: skipping the aarch64 lint)" >&2
 fi

@@ -10,7 +10,11 @@
 #    `ferrite run` (scripts/c-example.sh).
 # 5. Runs the Cortex-M4F example under qemu-system-arm and compares its greedy
 #    ids with the host's (scripts/mcu-example.sh).
-# 6. Builds the CUDA backend with nvcc 13.0 from pip, checks a PTX for every
+# 6. Cross-builds for aarch64 and runs the kernel tests, the tiny golden
+#    tests and the SmolLM2 f32 check under qemu-aarch64 on an ARMv8.0 core
+#    (detection must pick NEON) and once per forced NEON/dotprod/i8mm tier
+#    (scripts/aarch64-qemu.sh).
+# 7. Builds the CUDA backend with nvcc 13.0 from pip, checks a PTX for every
 #    kernel and runs its host-side tests (scripts/cuda-build.sh; no GPU needed).
 # Kernel tiers: scripts/x86-tiers.sh runs the kernel and tiny golden tests
 # with each tier forced, and checks detection under qemu-x86_64 -cpu Haswell.
@@ -50,6 +54,9 @@ bash scripts/c-example.sh
 
 step "Cortex-M4F example under QEMU vs the host"
 bash scripts/mcu-example.sh
+
+step "aarch64 under qemu-aarch64: NEON, dotprod and i8mm tiers"
+bash scripts/aarch64-qemu.sh
 
 step "CUDA backend: nvcc from pip, --features cuda, PTX for every kernel"
 bash scripts/cuda-build.sh

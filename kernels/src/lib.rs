@@ -3,10 +3,11 @@
 //! [`reference`] is the scalar definition of every operation: always
 //! compiled, simple, and the yardstick every fast kernel is tested against.
 //! Hand-tuned versions live under `kernels/avx2/` (x86-64: AVX2 and
-//! AVX-512), `kernels/neon/` and `kernels/cuda/`. One [`Kernels`] table per
-//! tier holds them; [`select`] picks the best tier the CPU has, once, or
-//! the one `FERRITE_KERNELS` (or the caller) names, and refuses a tier the
-//! CPU lacks with an error (never an illegal instruction).
+//! AVX-512), `kernels/neon/` (aarch64: NEON, dotprod and i8mm) and
+//! `kernels/cuda/`. One [`Kernels`] table per tier holds them; [`select`]
+//! picks the best tier the CPU has, once, or the one `FERRITE_KERNELS` (or
+//! the caller) names, and refuses a tier the CPU lacks with an error (never
+//! an illegal instruction).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -35,6 +36,10 @@ pub mod reference;
 #[cfg(target_arch = "x86_64")]
 #[path = "../avx2/mod.rs"]
 mod x86;
+
+#[cfg(target_arch = "aarch64")]
+#[path = "../neon/mod.rs"]
+mod neon;
 
 pub use reference::{Matrix, Weights};
 
@@ -130,11 +135,21 @@ pub enum Tier {
     Avx2,
     /// x86-64 with AVX-512 F/BW/VL and VNNI (Ice Lake, Zen 4 and later).
     Avx512,
+    /// aarch64 with Advanced SIMD only (ARMv8.0: Cortex-A53/A72, Raspberry
+    /// Pi 3/4).
+    Neon,
+    /// aarch64 NEON plus the dot-product instructions (`SDOT`; ARMv8.2+
+    /// with FEAT_DotProd: Cortex-A55/A76, Raspberry Pi 5, Apple M1).
+    Dotprod,
+    /// aarch64 NEON plus the int8 matrix multiplies (`USDOT`, `USMMLA`;
+    /// FEAT_I8MM: Cortex-A510/A710/X2 and later, Graviton 3, Apple M2).
+    I8mm,
 }
 
 impl Tier {
-    /// Every tier, in order of preference (best last).
-    pub const ALL: [Tier; 3] = [Tier::Reference, Tier::Avx2, Tier::Avx512];
+    /// Every tier, in order of preference (best last; tiers of another
+    /// architecture are never supported, so their place does not matter).
+    pub const ALL: [Tier; 6] = [Tier::Reference, Tier::Avx2, Tier::Avx512, Tier::Neon, Tier::Dotprod, Tier::I8mm];
 
     /// The name `FERRITE_KERNELS` uses.
     pub fn name(self) -> &'static str {
@@ -142,6 +157,9 @@ impl Tier {
             Tier::Reference => "reference",
             Tier::Avx2 => "avx2",
             Tier::Avx512 => "avx512",
+            Tier::Neon => "neon",
+            Tier::Dotprod => "dotprod",
+            Tier::I8mm => "i8mm",
         }
     }
 
@@ -161,6 +179,14 @@ impl Tier {
             Tier::Avx512 => x86::has_avx512(),
             #[cfg(not(target_arch = "x86_64"))]
             Tier::Avx2 | Tier::Avx512 => false,
+            #[cfg(target_arch = "aarch64")]
+            Tier::Neon => neon::has_neon(),
+            #[cfg(target_arch = "aarch64")]
+            Tier::Dotprod => neon::has_dotprod(),
+            #[cfg(target_arch = "aarch64")]
+            Tier::I8mm => neon::has_i8mm(),
+            #[cfg(not(target_arch = "aarch64"))]
+            Tier::Neon | Tier::Dotprod | Tier::I8mm => false,
         }
     }
 
@@ -300,7 +326,13 @@ impl Kernels {
             Tier::Avx2 => &x86::AVX2,
             #[cfg(target_arch = "x86_64")]
             Tier::Avx512 => &x86::AVX512,
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Tier::Neon => &neon::NEON,
+            #[cfg(target_arch = "aarch64")]
+            Tier::Dotprod => &neon::DOTPROD,
+            #[cfg(target_arch = "aarch64")]
+            Tier::I8mm => &neon::I8MM,
+            // Another architecture's tiers: `supported()` said no above.
             _ => &REFERENCE,
         })
     }

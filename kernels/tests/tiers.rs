@@ -4,6 +4,11 @@
 //! splits give), 1..6 tokens. Integer paths (activation quantization and
 //! q8/q4 products) must agree bit for bit; float paths within the bound
 //! stated at each check.
+//!
+//! With `FERRITE_KERNELS` set, only that tier is checked (and it must be
+//! supported: forcing a tier the CPU lacks fails); with
+//! `FERRITE_EXPECT_TIER` set, the best tier detected must be that one
+//! (scripts/aarch64-qemu.sh uses both under qemu's CPU models).
 
 use ferrite_format::quant::{self, padded_rows, tile_rows};
 use ferrite_format::DType;
@@ -12,8 +17,12 @@ use ferrite_kernels::{ActsMut, KernelError, Kernels, Out, Tier};
 use half::f16;
 use proptest::prelude::*;
 
-/// The tiers this CPU can run (the reference always).
+/// The tiers to check: the one `FERRITE_KERNELS` forces, or every tier
+/// this CPU can run (the reference always).
 fn tiers() -> Vec<&'static Kernels> {
+    if let Some(forced) = ferrite_kernels::env_tier().expect("FERRITE_KERNELS names a tier") {
+        return vec![Kernels::for_tier(forced).unwrap_or_else(|e| panic!("FERRITE_KERNELS={forced}: {e}"))];
+    }
     let all: Vec<_> = Tier::ALL.into_iter().filter(|t| t.supported()).map(|t| Kernels::for_tier(t).unwrap()).collect();
     assert!(!all.is_empty());
     all
@@ -324,6 +333,71 @@ fn edge_shapes() {
     for (rows, cols, n) in [(1, 0, 1), (1, 1, 1), (8, 32, 1), (9, 33, 5), (16, 64, 4), (7, 31, 6), (24, 96, 9)] {
         check_case(rows, cols, n, 0, rows, rows as u64 * 31 + cols as u64);
     }
+}
+
+/// The largest integer sums a file can ask for: every stored byte at its
+/// extreme (q8 byte 0 is -128, which the converter never writes but a file
+/// may hold; q4 nibbles 0 and 15) against activations of ±127, so no tier's
+/// narrow intermediate (the 16-bit pair sums of plain NEON, `pmaddubsw`'s
+/// saturating 16 bits) may overflow: still bit-identical to the reference.
+#[test]
+fn extreme_quants_match_reference() {
+    let (rows, cols, n) = (16, 96, 5);
+    let groups = cols / 32;
+    let reference = Kernels::for_tier(Tier::Reference).unwrap();
+    // Activations: all +1, all -1, alternating, and two mixed patterns: quants ±127.
+    let x: Vec<f32> = (0..n * cols)
+        .map(|i| {
+            let (t, j) = (i / cols, i % cols);
+            match t {
+                0 => 1.0,
+                1 => -1.0,
+                2 => [1.0, -1.0][j % 2],
+                3 => [-1.0, -1.0, 1.0][j % 3],
+                _ => [1.0, 1.0, 1.0, -1.0][j % 4],
+            }
+        })
+        .collect();
+    let acts = quantize_acts(reference, &x, cols, n, cols);
+    assert!(acts.0.iter().all(|&q| q == 127 || q == -127));
+    let acts = ferrite_kernels::Acts { qs: &acts.0, d: &acts.1, sums: &acts.2 };
+    for (dtype, byte) in
+        [(DType::Q8, 0x00u8), (DType::Q8, 0xFF), (DType::Q4, 0x00), (DType::Q4, 0xFF), (DType::Q4, 0x0F)]
+    {
+        let tile = if dtype == DType::Q4 { 128 } else { 256 };
+        let qs: Vec<u8> = (0..rows / 8 * groups * tile).map(|i| if i % 7 == 3 { !byte } else { byte }).collect();
+        let scales = vec![f16::from_f32(0.01); rows * groups];
+        let w = if dtype == DType::Q4 {
+            Weights::Q4 { qs: &qs, scales: &scales }
+        } else {
+            Weights::Q8 { qs: &qs, scales: &scales }
+        };
+        let m = Matrix { w, rows, cols };
+        let run = |k: &Kernels| {
+            let mut out = vec![f32::NAN; n * rows];
+            (k.matmul_q)(&m, 0..rows, &acts, n, &mut Out::new(&mut out, rows));
+            out
+        };
+        let want = run(reference);
+        for k in tiers() {
+            assert_eq!(bits(&run(k)), bits(&want), "{} {dtype:?} byte {byte:#04x}", k.tier);
+        }
+    }
+}
+
+/// Detection picks the tier `FERRITE_EXPECT_TIER` names (when set), and
+/// `select` without a request follows `FERRITE_KERNELS` or detection.
+#[test]
+fn detected_tier_is_expected() {
+    let best = Tier::best();
+    let supported: Vec<_> = Tier::ALL.into_iter().filter(|t| t.supported()).map(Tier::name).collect();
+    eprintln!("best kernel tier: {best} (supported: {})", supported.join(", "));
+    if let Ok(want) = std::env::var("FERRITE_EXPECT_TIER") {
+        let want = Tier::from_name(&want).unwrap_or_else(|| panic!("FERRITE_EXPECT_TIER={want} names no tier"));
+        assert_eq!(best, want, "detected {best}, expected {want}");
+    }
+    let selected = ferrite_kernels::select(None).unwrap().tier;
+    assert_eq!(selected, ferrite_kernels::env_tier().unwrap().unwrap_or(best));
 }
 
 #[test]

@@ -1,0 +1,252 @@
+//! The i8mm tier's integer matrix product. Weights stay unsigned as
+//! stored (q4 `q + 8`, q8 `q + 128`) and multiply signed activations, like
+//! x86's `vpdpbusd`; each group's sums are corrected by
+//! `- offset * sum(activations)` (exact in 32 bits):
+//!
+//! - a lone token (decode) uses `USDOT` by element, as the dotprod tier
+//!   uses `SDOT`;
+//! - pairs of tokens (prefill) use `USMMLA`, a 2×8 by 8×2 integer matrix
+//!   product: zipping the 32-bit words of chunks `2s` and `2s + 1` of a
+//!   tile gives, for two rows, their eight quants `8s..8s + 8` in a row,
+//!   which is the instruction's left operand; the right one is the same
+//!   eight activation quants of two tokens. Its four lanes are
+//!   `[(row 0, token 0), (row 0, token 1), (row 1, token 0), (row 1, token 1)]`:
+//!   16 instructions per group for 8 rows × 2 tokens, where `USDOT` needs 32.
+
+use core::arch::aarch64::*;
+use core::arch::asm;
+use core::ops::Range;
+
+use half::f16;
+
+use super::{check_shapes, lanes, load_f16x8, offset, planes, store_rows, unpack_tile, GROUP, RB};
+use crate::{Acts, Matrix, Out};
+
+pub(super) fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
+    // SAFETY: the i8mm table is only reachable after `has_i8mm()`.
+    unsafe { matmul_q_i8mm(m, rows, acts, n, out) }
+}
+
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn matmul_q_i8mm(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
+    let Some((qs, scales, q4, tile)) = planes(m) else { return };
+    let groups = m.cols.div_ceil(GROUP);
+    check_shapes(qs, scales, tile, groups, &rows, acts, n);
+    // SAFETY: shapes checked above; features present (module invariant).
+    unsafe {
+        if q4 {
+            drive::<true>(&rows, n, out, qs, scales, groups, acts)
+        } else {
+            drive::<false>(&rows, n, out, qs, scales, groups, acts)
+        }
+    }
+}
+
+/// Every row block of `rows` × tokens in runs of 4 or 2 (`USMMLA`, the
+/// tile unpacked once per run) and a lone last token (`USDOT`).
+///
+/// # Safety
+/// Shapes checked by `check_shapes`; NEON and i8mm present.
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn drive<const Q4: bool>(
+    rows: &Range<usize>,
+    n: usize,
+    out: &mut Out<'_>,
+    qs: &[u8],
+    scales: &[f16],
+    groups: usize,
+    acts: &Acts<'_>,
+) {
+    for block in rows.start / RB..rows.end.div_ceil(RB) {
+        let mut t0 = 0;
+        while t0 < n {
+            // SAFETY (the three calls): forwarded from the caller; the
+            // tokens `t0 ..` used are below `n`.
+            let used = match n - t0 {
+                1 => {
+                    let l = unsafe { usdot_tile::<Q4>(block, t0, qs, scales, groups, acts) };
+                    store_rows(out, t0, block, &l);
+                    1
+                }
+                2 | 3 => {
+                    let [[a, b]] = unsafe { mmla_tiles::<1, Q4>(block, t0, qs, scales, groups, acts) };
+                    store_rows(out, t0, block, &a);
+                    store_rows(out, t0 + 1, block, &b);
+                    2
+                }
+                _ => {
+                    let pairs = unsafe { mmla_tiles::<2, Q4>(block, t0, qs, scales, groups, acts) };
+                    for (i, l) in pairs.iter().flatten().enumerate() {
+                        store_rows(out, t0 + i, block, l);
+                    }
+                    4
+                }
+            };
+            t0 += used;
+        }
+    }
+}
+
+/// `acc[i] += sum_k w[4i + k] * a[4L + k]`, `w` unsigned and `a` signed
+/// (`USDOT` by element).
+#[target_feature(enable = "neon,i8mm")]
+#[inline]
+fn usdot<const L: i32>(mut acc: int32x4_t, w: uint8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: one register-only instruction (no memory, stack or flags);
+    // this function enables `i8mm`, so it only runs where the table checked
+    // the CPU has it.
+    unsafe {
+        asm!(
+            "usdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{l}]",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
+            l = const L,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+    acc
+}
+
+/// `acc += W · Aᵀ` for `W` two rows of eight unsigned bytes and `A` two
+/// rows of eight signed bytes: lanes `[w0·a0, w0·a1, w1·a0, w1·a1]`
+/// (`USMMLA`).
+#[target_feature(enable = "neon,i8mm")]
+#[inline]
+fn usmmla(mut acc: int32x4_t, w: uint8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: as in `usdot`.
+    unsafe {
+        asm!(
+            "usmmla {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+    acc
+}
+
+/// Rows `8 * block ..+8` of token `t0` with `USDOT`.
+///
+/// # Safety
+/// As [`drive`], for token `t0`.
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn usdot_tile<const Q4: bool>(
+    block: usize,
+    t0: usize,
+    qs: &[u8],
+    scales: &[f16],
+    groups: usize,
+    acts: &Acts<'_>,
+) -> [f32; 8] {
+    let tile_bytes = if Q4 { 128 } else { 256 };
+    let off = offset(Q4) as i32;
+    let (mut acc_lo, mut acc_hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    for g in 0..groups {
+        let ti = block * groups + g;
+        let ag = t0 * groups + g;
+        // SAFETY (loads below): `check_shapes` covered every tile of the row
+        // blocks and every activation group of the tokens.
+        let w = unsafe { unpack_tile::<Q4>(qs.as_ptr().add(ti * tile_bytes)) };
+        let (wd_lo, wd_hi) = unsafe { load_f16x8(scales.as_ptr().add(ti * RB)) };
+        let a = unsafe { acts.qs.as_ptr().add(ag * GROUP) };
+        let (a0, a1) = unsafe { (vld1q_s8(a), vld1q_s8(a.add(16))) };
+        // Chunk c: `w[2c]` (rows 0..4), `w[2c + 1]` (rows 4..8) times lane
+        // c % 4 of a0 (c < 4) or a1.
+        let z = vdupq_n_s32(0);
+        let lo0 = usdot::<2>(usdot::<0>(z, w[0], a0), w[4], a0);
+        let lo1 = usdot::<3>(usdot::<1>(z, w[2], a0), w[6], a0);
+        let hi0 = usdot::<2>(usdot::<0>(z, w[1], a0), w[5], a0);
+        let hi1 = usdot::<3>(usdot::<1>(z, w[3], a0), w[7], a0);
+        let lo0 = usdot::<2>(usdot::<0>(lo0, w[8], a1), w[12], a1);
+        let lo1 = usdot::<3>(usdot::<1>(lo1, w[10], a1), w[14], a1);
+        let hi0 = usdot::<2>(usdot::<0>(hi0, w[9], a1), w[13], a1);
+        let hi1 = usdot::<3>(usdot::<1>(hi1, w[11], a1), w[15], a1);
+        let corr = vdupq_n_s32(off * acts.sums[ag]);
+        let lo = vsubq_s32(vaddq_s32(lo0, lo1), corr);
+        let hi = vsubq_s32(vaddq_s32(hi0, hi1), corr);
+        let ad = vdupq_n_f32(acts.d[ag]);
+        acc_lo = vaddq_f32(acc_lo, vmulq_f32(vcvtq_f32_s32(lo), vmulq_f32(wd_lo, ad)));
+        acc_hi = vaddq_f32(acc_hi, vmulq_f32(vcvtq_f32_s32(hi), vmulq_f32(wd_hi, ad)));
+    }
+    lanes(acc_lo, acc_hi)
+}
+
+/// Rows `8 * block ..+8` × tokens `t0 ..+2P` with `USMMLA`, as `P` pairs
+/// of tokens' lanes.
+///
+/// # Safety
+/// As [`drive`], for tokens `t0 .. t0 + 2P`.
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn mmla_tiles<const P: usize, const Q4: bool>(
+    block: usize,
+    t0: usize,
+    qs: &[u8],
+    scales: &[f16],
+    groups: usize,
+    acts: &Acts<'_>,
+) -> [[[f32; 8]; 2]; P] {
+    let tile_bytes = if Q4 { 128 } else { 256 };
+    let off = offset(Q4) as i32;
+    // acc[p][rp]: rows 2rp, 2rp + 1 × tokens t0 + 2p, t0 + 2p + 1.
+    let mut acc = [[vdupq_n_f32(0.0); 4]; P];
+    for g in 0..groups {
+        let ti = block * groups + g;
+        // SAFETY (loads below): `check_shapes` covered every tile of the row
+        // blocks and every activation group of the tokens.
+        let u = unsafe { unpack_tile::<Q4>(qs.as_ptr().add(ti * tile_bytes)) };
+        // m[s][rp]: rows 2rp, 2rp + 1, quants 8s..8s + 8 (chunks 2s, 2s + 1).
+        let mut m = [[vdupq_n_u8(0); 4]; 4];
+        for (s, m) in m.iter_mut().enumerate() {
+            let [r01, r23] = zip_words(u[4 * s], u[4 * s + 2]);
+            let [r45, r67] = zip_words(u[4 * s + 1], u[4 * s + 3]);
+            *m = [r01, r23, r45, r67];
+        }
+        let (wd_lo, wd_hi) = unsafe { load_f16x8(scales.as_ptr().add(ti * RB)) };
+        // Each row pair's scales, one per lane: [wd0, wd0, wd1, wd1], ...
+        let wd =
+            [vzip1q_f32(wd_lo, wd_lo), vzip2q_f32(wd_lo, wd_lo), vzip1q_f32(wd_hi, wd_hi), vzip2q_f32(wd_hi, wd_hi)];
+        for (p, acc) in acc.iter_mut().enumerate() {
+            let (ga, gb) = ((t0 + 2 * p) * groups + g, (t0 + 2 * p + 1) * groups + g);
+            let (pa, pb) = unsafe { (acts.qs.as_ptr().add(ga * GROUP), acts.qs.as_ptr().add(gb * GROUP)) };
+            let mut isum = [vdupq_n_s32(0); 4];
+            for (s, m) in m.iter().enumerate() {
+                let a = unsafe { vcombine_s8(vld1_s8(pa.add(8 * s)), vld1_s8(pb.add(8 * s))) };
+                for (isum, &w) in isum.iter_mut().zip(m) {
+                    *isum = usmmla(*isum, w, a);
+                }
+            }
+            let (sa, sb) = (off * acts.sums[ga], off * acts.sums[gb]);
+            let (corr, ad) = ([sa, sb, sa, sb], [acts.d[ga], acts.d[gb], acts.d[ga], acts.d[gb]]);
+            // SAFETY: both arrays have 4 elements.
+            let (corr, ad) = unsafe { (vld1q_s32(corr.as_ptr()), vld1q_f32(ad.as_ptr())) };
+            for ((acc, isum), wd) in acc.iter_mut().zip(isum).zip(wd) {
+                let isum = vsubq_s32(isum, corr);
+                *acc = vaddq_f32(*acc, vmulq_f32(vcvtq_f32_s32(isum), vmulq_f32(wd, ad)));
+            }
+        }
+    }
+    let mut out = [[[0f32; 8]; 2]; P];
+    for (l, acc) in out.iter_mut().zip(&acc) {
+        for (rp, v) in acc.iter().enumerate() {
+            let mut x = [0f32; 4];
+            // SAFETY: `x` has 4 floats.
+            unsafe { vst1q_f32(x.as_mut_ptr(), *v) };
+            l[0][2 * rp] = x[0];
+            l[1][2 * rp] = x[1];
+            l[0][2 * rp + 1] = x[2];
+            l[1][2 * rp + 1] = x[3];
+        }
+    }
+    out
+}
+
+/// The 32-bit words of `x` and `y` interleaved: `[x0, y0, x1, y1]` and
+/// `[x2, y2, x3, y3]`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn zip_words(x: uint8x16_t, y: uint8x16_t) -> [uint8x16_t; 2] {
+    let (x, y) = (vreinterpretq_u32_u8(x), vreinterpretq_u32_u8(y));
+    [vreinterpretq_u8_u32(vzip1q_u32(x, y)), vreinterpretq_u8_u32(vzip2q_u32(x, y))]
+}
