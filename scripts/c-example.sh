@@ -76,6 +76,8 @@ cases=(
     "--prompt-ids 1,2,3,4 -n 24 --ignore-eos"
     "--prompt-ids 5 -n 24"
     "--prompt-ids 5 -n 24 --ignore-eos"
+    "--prompt-ids 48,1 -n 24"
+    "--prompt-ids 48,1 -n 24 --ignore-eos"
     "--prompt-ids 3,1 -n 40 --ctx 16 --kv q8"
     "--prompt-ids 3,1 -n 40 --ctx 16 --kv f32 --no-streaming"
     "--prompt-ids 7 -n 0"
