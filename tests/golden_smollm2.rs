@@ -106,3 +106,92 @@ fn smollm2_perplexity() {
     let q4_ppl = perplexity_of(DType::Q4, &tokens);
     assert!(q4_ppl / f32_ppl < 1.5, "q4 perplexity {q4_ppl} vs f32 {f32_ppl}");
 }
+
+/// `ferrite perplexity --kl-divergence-base / --kl-divergence` on SmolLM2
+/// (the first 1 200 characters of apache-2.0.txt, 64-token windows, second
+/// halves scored): a model against itself has KL divergence 0 and top-1
+/// agreement 1; q8, q4 and q4a diverge, q4a (which reproduces the source's
+/// Q4_1 groups) far less than q4; a base made from another text or window
+/// size is refused with a clear message.
+#[test]
+fn smollm2_kl_divergence_cli() {
+    let bin = env!("CARGO_BIN_EXE_ferrite");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text: String = std::fs::read_to_string(root().join("tests/fixtures/smollm2-135m/apache-2.0.txt"))
+        .expect("text")
+        .chars()
+        .take(1200)
+        .collect();
+    let text_path = dir.path().join("text.txt");
+    std::fs::write(&text_path, &text).expect("write text");
+    let other_path = dir.path().join("other.txt");
+    std::fs::write(&other_path, text.replace("License", "Licence")).expect("write text");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).args(args).output().expect("run ferrite");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let model = |w: &str| {
+        let path = dir.path().join(format!("{w}.frt"));
+        let (ok, _, err) =
+            run(&["convert", smollm2_dir().to_str().unwrap(), "-o", path.to_str().unwrap(), "-q", "--weights", w]);
+        assert!(ok, "convert {w}: {err}");
+        path.to_str().unwrap().to_owned()
+    };
+    let base = dir.path().join("base.kld");
+    let base = base.to_str().unwrap();
+    let text_arg = text_path.to_str().unwrap();
+    let ppl = |m: &str, extra: &[&str]| {
+        let mut args =
+            vec!["perplexity", "-m", m, "-f", text_arg, "--ctx", "64", "--score", "second-half", "--json", "-t", "2"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let f32_model = model("f32");
+    let (ok, out, err) = ppl(&f32_model, &["--kl-divergence-base", base]);
+    assert!(ok, "{err}");
+    let plain: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let n_tokens = plain["tokens"].as_u64().unwrap() as usize;
+    assert_eq!(plain["predicted"].as_u64().unwrap() as usize, (n_tokens / 64) * 31, "second-half count");
+    let compare = |m: &str| -> serde_json::Value {
+        let (ok, out, err) = ppl(m, &["--kl-divergence", base]);
+        assert!(ok, "{m}: {err}");
+        let j: serde_json::Value = serde_json::from_str(&out).expect("json");
+        eprintln!("{m}: {j}");
+        j
+    };
+    let same = compare(&f32_model);
+    assert!(same["kld_mean"].as_f64().unwrap().abs() < 1e-6, "{same}");
+    assert!(same["kld_p99"].as_f64().unwrap().abs() < 1e-5, "{same}");
+    assert_eq!(same["top1_agreement"].as_f64(), Some(1.0));
+    assert!((same["ppl_ratio"].as_f64().unwrap() - 1.0).abs() < 1e-6, "{same}");
+    assert_eq!(same["perplexity"], plain["perplexity"]);
+    let kld = |w: &str| compare(&model(w))["kld_mean"].as_f64().unwrap();
+    let (q8, q4, q4a) = (kld("q8"), kld("q4"), kld("q4a"));
+    assert!(q8 > 1e-5 && q8 < 0.01, "q8 KLD {q8}");
+    assert!(q4 > 0.02 && q4 < 1.0, "q4 KLD {q4}");
+    assert!(q4a > 0.0 && q4a * 5.0 < q4, "q4a KLD {q4a} vs q4 {q4}");
+
+    // Mismatches.
+    let (ok, _, err) = ppl(&f32_model, &["--kl-divergence", base, "--ctx", "32"]);
+    assert!(!ok && err.contains("--ctx 64") && err.contains("--ctx 32"), "{err}");
+    let (ok, _, err) = run(&["perplexity", "-m", &f32_model, "-f", text_arg, "--ctx", "64", "--kl-divergence", base]);
+    assert!(!ok && err.contains("--score second-half"), "{err}");
+    let (ok, _, err) = run(&[
+        "perplexity",
+        "-m",
+        &f32_model,
+        "-f",
+        other_path.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "--score",
+        "second-half",
+        "--kl-divergence",
+        base,
+    ]);
+    assert!(!ok && err.contains("different text or tokenizer"), "{err}");
+}

@@ -3,7 +3,7 @@ use bytemuck::{Pod, Zeroable};
 /// The eight magic bytes every Ferrite file starts with.
 pub const MAGIC: [u8; 8] = *b"FERRITE\0";
 /// The format version this crate reads and writes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Written as a native `u32`; reads back as this value only on a matching
 /// (little-endian) machine.
 pub const ENDIAN_CHECK: u32 = 0x0102_0304;
@@ -46,7 +46,7 @@ pub struct Header {
     pub data_offset: u64,
     /// Size of the tensor data section.
     pub data_size: u64,
-    /// Quantization group size (elements per scale): 32 in version 1.
+    /// Quantization group size (elements per scale): 32, the only value so far.
     pub group_size: u32,
     /// CRC-32 of the tokenizer section; 0 if absent.
     pub tok_crc: u32,
