@@ -37,29 +37,44 @@ ROWS="$WORK/rows.tsv"
 : >"$ROWS"
 
 # --- Ferrite ---------------------------------------------------------------
+# Results are reused while newer than the ferrite binary (a rebuild redoes them).
+fresh() { [[ -s "$1" && "$1" -nt "$FERRITE" ]]; }
 ferrite_model() { # NAME CONVERT-ARGS...
     local name=$1
     shift
     local out="$WORK/ferrite-$name.frt"
+    if fresh "$out" && fresh "$WORK/ferrite-$name.bpw" && [[ "$(cat "$WORK/ferrite-$name.args" 2>/dev/null)" == "$*" ]]; then
+        return 0
+    fi
+    rm -f "$WORK/ferrite-$name.json"
     log "ferrite convert $*"
     "$FERRITE" convert "$HF" -o "$out" "$@" 2>"$WORK/ferrite-$name.convert.log" \
         || die "convert $name failed: $(tail -3 "$WORK/ferrite-$name.convert.log")"
     # "(… M parameters, X bits/weight overall)"
     sed -n 's/.* \([0-9.]*\) bits\/weight overall.*/\1/p' "$WORK/ferrite-$name.convert.log" >"$WORK/ferrite-$name.bpw"
+    echo "$*" >"$WORK/ferrite-$name.args"
 }
 ferrite_ppl() { "$FERRITE" perplexity -f "$TEXT" --ctx $CTX --score second-half -t "$THREADS" --json "$@" 2>/dev/null; }
 
 ferrite_model f32 --weights f32
-ferrite_ppl -m "$WORK/ferrite-f32.frt" --kl-divergence-base "$WORK/ferrite-base.kld" >"$WORK/ferrite-f32.json"
-for spec in "f16:--weights f16" "q8:--weights q8" "q4:--weights q4 --embed q4" "q4a:--weights q4a --embed q4a" \
-    "q4-mix:--weights q4-mix --embed q4" "q4 (q8 table):--weights q4"; do
+if ! fresh "$WORK/ferrite-f32.json" || ! [[ "$WORK/ferrite-base.kld" -nt "$WORK/ferrite-f32.frt" ]]; then
+    log "ferrite perplexity f32 (base)"
+    ferrite_ppl -m "$WORK/ferrite-f32.frt" --kl-divergence-base "$WORK/ferrite-base.kld" >"$WORK/ferrite-f32.json"
+fi
+# q4, q4a and q4-mix keep the default q8 embedding table (llama.cpp keeps
+# SmolLM2's tied table at 8 bits too, see the BPW column); the last two rows
+# put it in 4 bits as well.
+for spec in "f16:--weights f16" "q8:--weights q8" "q4:--weights q4" "q4a:--weights q4a" "q4-mix:--weights q4-mix" \
+    "q4, q4 table:--weights q4 --embed q4" "q4a, q4a table:--weights q4a --embed q4a"; do
     name=${spec%%:*}
     args=${spec#*:}
     file=$(echo "$name" | tr -c 'a-z0-9-\n' '_')
     # shellcheck disable=SC2086
     ferrite_model "$file" $args
-    log "ferrite perplexity $name"
-    ferrite_ppl -m "$WORK/ferrite-$file.frt" --kl-divergence "$WORK/ferrite-base.kld" >"$WORK/ferrite-$file.json"
+    if ! fresh "$WORK/ferrite-$file.json" || ! [[ "$WORK/ferrite-$file.json" -nt "$WORK/ferrite-base.kld" ]]; then
+        log "ferrite perplexity $name"
+        ferrite_ppl -m "$WORK/ferrite-$file.frt" --kl-divergence "$WORK/ferrite-base.kld" >"$WORK/ferrite-$file.json"
+    fi
     python3 - "$name" "$args" "$WORK/ferrite-$file.json" "$(cat "$WORK/ferrite-$file.bpw")" >>"$ROWS" <<'EOF'
 import json, sys
 name, args, path, bpw = sys.argv[1:5]
@@ -83,24 +98,31 @@ quantize() { # TYPE FROM
 quantize F32 "$GGUF"
 for t in F16 Q8_0 Q4_0 Q4_1; do quantize $t "$WORK/llama-F32.gguf"; done
 
-log "llama-perplexity F32 (base)"
-"$BIN/llama-perplexity" -m "$WORK/llama-F32.gguf" -f "$TEXT" -c $CTX -t "$THREADS" \
-    --kl-divergence-base "$WORK/llama-base.kld" >"$WORK/llama-F32.log" 2>&1 || die "llama-perplexity F32 failed"
+# Logs are reused while newer than their model and the base.
+if ! [[ -s "$WORK/llama-base.kld" && "$WORK/llama-base.kld" -nt "$WORK/llama-F32.gguf" ]]; then
+    log "llama-perplexity F32 (base)"
+    "$BIN/llama-perplexity" -m "$WORK/llama-F32.gguf" -f "$TEXT" -c $CTX -t "$THREADS" \
+        --kl-divergence-base "$WORK/llama-base.kld" >"$WORK/llama-F32.log" 2>&1 || die "llama-perplexity F32 failed"
+fi
 for t in F16 Q8_0 Q4_0 Q4_1; do
-    log "llama-perplexity $t"
-    "$BIN/llama-perplexity" -m "$WORK/llama-$t.gguf" -f "$TEXT" -c $CTX -t "$THREADS" \
-        --kl-divergence-base "$WORK/llama-base.kld" --kl-divergence >"$WORK/llama-$t.log" 2>&1 \
-        || die "llama-perplexity $t failed: $(tail -3 "$WORK/llama-$t.log")"
-    python3 - "$t" "$WORK/llama-$t.log" >>"$ROWS" <<'EOF'
+    if ! [[ -s "$WORK/llama-$t.log" && "$WORK/llama-$t.log" -nt "$WORK/llama-base.kld" \
+        && "$WORK/llama-$t.log" -nt "$WORK/llama-$t.gguf" ]] || ! grep -q "Same top p" "$WORK/llama-$t.log"; then
+        log "llama-perplexity $t"
+        "$BIN/llama-perplexity" -m "$WORK/llama-$t.gguf" -f "$TEXT" -c $CTX -t "$THREADS" \
+            --kl-divergence-base "$WORK/llama-base.kld" --kl-divergence >"$WORK/llama-$t.log" 2>&1 \
+            || die "llama-perplexity $t failed: $(tail -3 "$WORK/llama-$t.log")"
+    fi
+    python3 - "$t" "$WORK/llama-$t.log" "$WORK/llama-$t.quantize.log" >>"$ROWS" <<'EOF'
 import re, sys
-t, path = sys.argv[1:3]
+t, path, qpath = sys.argv[1:4]
 log = open(path, errors="replace").read()
-def num(pattern):
-    m = re.search(pattern, log)
+qlog = open(qpath, errors="replace").read()
+def num(pattern, text=log, where=path):
+    m = re.search(pattern, text)
     if not m:
-        sys.exit(f"kld-vs-llama-cpp: {path}: no match for {pattern!r}")
+        sys.exit(f"kld-vs-llama-cpp: {where}: no match for {pattern!r}")
     return float(m.group(1))
-bpw = num(r"file size\s*=\s*[0-9.]+ [MG]iB \(([0-9.]+) BPW\)")
+bpw = num(r"quant size\s*=\s*[0-9.]+ [MG]iB \(([0-9.]+) BPW\)", qlog, qpath)
 ppl = num(r"Mean PPL\(Q\)\s*:\s*([0-9.]+)")
 ratio = num(r"Mean PPL\(Q\)/PPL\(base\)\s*:\s*([0-9.]+)")
 kld = num(r"Mean\s+KLD:\s*(-?[0-9.]+)")
@@ -112,8 +134,8 @@ EOF
 done
 
 # --- table -----------------------------------------------------------------
-fbase=$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["perplexity"]:.4f}")' "$WORK/ferrite-f32.json")
-lbase=$(sed -n 's/.*Mean PPL(base)\s*:\s*\([0-9.]*\).*/\1/p' "$WORK/llama-F16.log" | head -1)
+fbase=$(python3 -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["perplexity"])' "$WORK/ferrite-f32.json")
+lbase=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$WORK/llama-F32.log" | head -1)
 echo "Base perplexity (f32): Ferrite $fbase, llama.cpp $lbase; $(date -u +%Y-%m-%d), $(nproc) CPUs, $THREADS threads."
 echo
 echo "| model | how | bits/weight | PPL | PPL ratio | mean KLD | 99 % KLD | top-1 |"

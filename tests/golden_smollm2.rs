@@ -75,7 +75,7 @@ fn perplexity_with(weights: DType, kv: KvType, tokens: &[u32]) -> f64 {
 /// Perplexity on apache-2.0.txt (the golden's own token ids, ctx 512, f32 KV):
 /// f32 weights within 0.1 % of transformers' 16.5223; q8 within 1 % of f32;
 /// q4 within 50 % of f32 (a sanity bound that a broken q4 path fails by
-/// orders of magnitude; measured 1.35x, tracked in README: symmetric q4 on
+/// orders of magnitude; measured 1.27x, tracked in README: symmetric q4 on
 /// weights that were asymmetric Q4_1 in the source GGUF).
 fn golden_perplexity() -> (Vec<u32>, f64) {
     let json: serde_json::Value = serde_json::from_slice(
