@@ -13,10 +13,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ferrite_converter::{convert, temp_prefix, ErrorKind, Options, Progress, Summary, TEMP_SUFFIX};
+use ferrite_converter::{convert, temp_prefix, ErrorKind, Options, Progress, Summary, TensorType, TEMP_SUFFIX};
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::{quant, Arch, DType, File, LayerRole, ModelConfig, Role, RopeScaling};
-use ferrite_kernels::reference::{dequantize_row_q4, dequantize_row_q8, quantize_row_q4, quantize_row_q8};
+use ferrite_kernels::reference::{
+    dequantize_row_q4, dequantize_row_q4a, dequantize_row_q8, quantize_row_q4, quantize_row_q4a, quantize_row_q8,
+};
 use half::{bf16, f16};
 use safetensors::tensor::TensorView as StView;
 use safetensors::{Dtype, SafeTensors};
@@ -24,7 +26,7 @@ use tempfile::TempDir;
 
 const FIXTURES: [&str; 6] =
     ["llama-gqa", "llama-tied-bf16", "qwen2-bias-f16", "llama3-ropescaled", "mistral-sharded", "llama-odd"];
-const TYPES: [DType; 4] = [DType::F32, DType::F16, DType::Q8, DType::Q4];
+const TYPES: [DType; 5] = [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q4A];
 const BIN: &str = env!("CARGO_BIN_EXE_ferrite");
 
 // ---------------------------------------------------------------------------
@@ -153,7 +155,7 @@ fn expected_dtype(role: Role, weights: DType) -> DType {
     if role.is_vector() {
         DType::F32
     } else if matches!(role, Role::Embedding | Role::Output) {
-        if weights == DType::Q4 {
+        if matches!(weights, DType::Q4 | DType::Q4A) {
             DType::Q8
         } else {
             weights
@@ -179,7 +181,7 @@ fn tensor<'a>(file: &File<'a>, role: Role) -> ferrite_format::TensorView<'a> {
 /// The quant planes of a q8/q4 tensor in logical row-major form (the file
 /// stores 8-row tiles, `ferrite_format::quant`), after checking the tiled
 /// planes' sizes and that the padding rows of the last tile are zero.
-fn logical_planes(view: &ferrite_format::TensorView<'_>) -> (Vec<u8>, Vec<f16>) {
+fn logical_planes(view: &ferrite_format::TensorView<'_>) -> (Vec<u8>, Vec<f16>, Vec<f16>) {
     let (rows, cols) = (view.rows as usize, view.cols as usize);
     let (tiles, tile_scales) = view.quant_planes().expect("quant planes");
     let row_q = quant::row_quant_bytes(view.dtype, cols);
@@ -199,12 +201,24 @@ fn logical_planes(view: &ferrite_format::TensorView<'_>) -> (Vec<u8>, Vec<f16>) 
             &mut scales[r * groups..(r + 1) * groups],
         );
     }
+    // q4a: the minimums, tiled like the scales.
+    let mut mins = vec![f16::ZERO; padded * groups];
+    if let Some(tile_mins) = view.mins() {
+        assert_eq!(tile_mins.len(), padded * groups, "{}: mins plane size", view.role);
+        let mut scratch = vec![0u8; row_q];
+        for r in 0..padded {
+            let m = &mut mins[r * groups..(r + 1) * groups];
+            quant::untile_row(view.dtype, tiles, tile_mins, r, groups, &mut scratch, m);
+        }
+        assert!(mins[rows * groups..].iter().all(|s| s.to_bits() == 0), "{}: padding rows have mins", view.role);
+    }
     let zero = if view.dtype == DType::Q4 { 0x88 } else { 0 };
     assert!(qs[rows * row_q..].iter().all(|&b| b == zero), "{}: padding rows hold non-zero quants", view.role);
     assert!(scales[rows * groups..].iter().all(|s| s.to_bits() == 0), "{}: padding rows have scales", view.role);
     qs.truncate(rows * row_q);
     scales.truncate(rows * groups);
-    (qs, scales)
+    mins.truncate(if view.mins().is_some() { rows * groups } else { 0 });
+    (qs, scales, mins)
 }
 
 /// Dequantizes (or upcasts) a stored tensor to f32, row by row, with the
@@ -214,21 +228,25 @@ fn dequantize(view: &ferrite_format::TensorView<'_>) -> Vec<f32> {
     match view.dtype {
         DType::F32 => view.as_f32().expect("f32 data").to_vec(),
         DType::F16 => view.as_f16().expect("f16 data").iter().map(|h| h.to_f32()).collect(),
-        DType::Q8 | DType::Q4 => {
-            let (qs, scales) = logical_planes(view);
+        DType::Q8 | DType::Q4 | DType::Q4A => {
+            let (qs, scales, mins) = logical_planes(view);
             let row_q = quant::row_quant_bytes(view.dtype, cols);
             let groups = cols.div_ceil(quant::GROUP);
             assert_eq!(qs.len(), rows * row_q, "{}: quant plane size", view.role);
             assert_eq!(scales.len(), rows * groups, "{}: scale plane size", view.role);
+            assert_eq!(view.mins().is_some(), view.dtype == DType::Q4A, "{}: mins plane", view.role);
             let mut out = vec![0f32; rows * cols];
             for r in 0..rows {
                 let q = &qs[r * row_q..(r + 1) * row_q];
                 let s = &scales[r * groups..(r + 1) * groups];
                 let dst = &mut out[r * cols..(r + 1) * cols];
-                if view.dtype == DType::Q8 {
-                    dequantize_row_q8(q, s, dst);
-                } else {
-                    dequantize_row_q4(q, s, dst);
+                match view.dtype {
+                    DType::Q8 => dequantize_row_q8(q, s, dst),
+                    DType::Q4 => dequantize_row_q4(q, s, dst),
+                    _ => {
+                        assert_eq!(mins.len(), rows * groups, "{}: mins plane size", view.role);
+                        dequantize_row_q4a(q, s, &mins[r * groups..(r + 1) * groups], dst)
+                    }
                 }
             }
             out
@@ -241,6 +259,7 @@ fn quant_at(dtype: DType, row: &[u8], g: usize, j: usize) -> i8 {
     match dtype {
         DType::Q8 => row[g * quant::Q8_GROUP_BYTES + j] as i8,
         DType::Q4 => quant::q4_get(&row[g * quant::Q4_GROUP_BYTES..(g + 1) * quant::Q4_GROUP_BYTES], j),
+        DType::Q4A => quant::q4a_get(&row[g * quant::Q4_GROUP_BYTES..(g + 1) * quant::Q4_GROUP_BYTES], j) as i8,
         _ => unreachable!(),
     }
 }
@@ -256,42 +275,58 @@ fn slack(scale: f32, x: f32) -> f32 {
 
 /// Checks a quantized tensor against its source, row by row:
 ///
-/// - the stored quants and scales are bit-identical to what the reference
-///   quantizer (`ferrite_kernels::reference::quantize_row_*`) makes of the
-///   source row;
-/// - each group's scale is non-degenerate: `max|x| / qneg <= |scale| <=
-///   max|x| / qpos` (up to f16 rounding), with (qpos, qneg) = (127, 128) for
-///   q8 and (7, 8) for q4 (without this a huge scale would pass any bound);
+/// - the stored quants, scales (and q4a minimums) are bit-identical to what
+///   the reference quantizer (`ferrite_kernels::reference::quantize_row_*`)
+///   makes of the source row;
+/// - each group's scale is non-degenerate (without this a huge scale would
+///   pass any bound): symmetric types search steps that map the value of
+///   largest magnitude to within 1.5 levels inside or half a level outside
+///   the end of the range, then refit by least squares (which moves it a
+///   little), so `max|x| / (qneg + 2) <= |scale| <= max|x| / (0.8 qpos)`,
+///   with (qpos, qneg) = (127, 127) for q8 and (7, 8) for q4; q4a:
+///   `(max - min) / 20 <= scale <= (max - min) / 12`;
 /// - each element, dequantized with the reference dequantizer, is within
-///   `|scale| / 2` (+ [`slack`]) of the source. The one documented exception
-///   (reference q4 with a signed `m / -8` scale): a value beyond +7.5 steps
-///   clamps to q = +7 and may be off by up to `|scale|`, plus up to 8 times
-///   the f16 rounding of the scale (seen: 1.0005 |scale|);
+///   `|scale| / 2` (+ [`slack`]) of the source when it lies inside the range
+///   of levels (±half a level); one clipped at the end of the range (the
+///   search trades such clipping for finer steps) within `3 |scale|`;
 /// - padding quants (beyond `cols` in the last group) are zero.
 ///
-/// Returns (padding quants checked, elements that used the clamp exception).
+/// Returns (padding quants checked, elements clipped at the range's end).
 fn check_quantized(what: &str, src: &[f32], view: &ferrite_format::TensorView<'_>) -> (usize, usize) {
     let dtype = view.dtype;
     assert!(dtype.is_quantized(), "{what}: {dtype:?} is not quantized");
     let (rows, cols) = (view.rows as usize, view.cols as usize);
     assert_eq!(src.len(), rows * cols, "{what}: element count");
-    let (qpos, qneg) = if dtype == DType::Q8 { (127.0f32, 128.0f32) } else { (7.0, 8.0) };
+    let (lo, hi) = match dtype {
+        DType::Q8 => (-127.0f32, 127.0f32),
+        DType::Q4 => (-8.0, 7.0),
+        _ => (0.0, 15.0),
+    };
+    let (qpos, qneg) = (hi, -lo);
     let f16_rel = 1.0 / 1024.0; // f16 rounding (2^-11), doubled
     let deq = dequantize(view);
-    let (qs, scales) = logical_planes(view);
+    let (qs, scales, mins) = logical_planes(view);
     let row_q = quant::row_quant_bytes(dtype, cols);
     let groups = cols.div_ceil(quant::GROUP);
     let (mut padding, mut clamped) = (0, 0);
     let mut ref_q = vec![0u8; row_q];
     let mut ref_s = vec![f16::ZERO; groups];
+    let mut ref_m = vec![f16::ZERO; groups];
     for r in 0..rows {
         let qrow = &qs[r * row_q..(r + 1) * row_q];
         let srow = &scales[r * groups..(r + 1) * groups];
+        let mrow = if dtype == DType::Q4A { &mins[r * groups..(r + 1) * groups] } else { &[][..] };
         let xrow = &src[r * cols..(r + 1) * cols];
-        if dtype == DType::Q8 {
-            quantize_row_q8(xrow, &mut ref_q, &mut ref_s);
-        } else {
-            quantize_row_q4(xrow, &mut ref_q, &mut ref_s);
+        match dtype {
+            DType::Q8 => quantize_row_q8(xrow, &mut ref_q, &mut ref_s),
+            DType::Q4 => quantize_row_q4(xrow, &mut ref_q, &mut ref_s),
+            _ => {
+                quantize_row_q4a(xrow, &mut ref_q, &mut ref_s, &mut ref_m);
+                assert!(
+                    mrow.iter().map(|s| s.to_bits()).eq(ref_m.iter().map(|s| s.to_bits())),
+                    "{what}: row {r}: minimums differ from the reference quantizer"
+                );
+            }
         }
         assert!(qrow == ref_q.as_slice(), "{what}: row {r}: quants differ from the reference quantizer");
         assert!(
@@ -299,34 +334,43 @@ fn check_quantized(what: &str, src: &[f32], view: &ferrite_format::TensorView<'_
             "{what}: row {r}: scales differ from the reference quantizer"
         );
         for g in 0..groups {
-            let lo = g * quant::GROUP;
-            let hi = (lo + quant::GROUP).min(cols);
-            let xs = &xrow[lo..hi];
+            let lo_col = g * quant::GROUP;
+            let hi_col = (lo_col + quant::GROUP).min(cols);
+            let xs = &xrow[lo_col..hi_col];
             let d = srow[g].to_f32();
-            let amax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
-            assert!(
-                d.abs() >= amax / qneg * (1.0 - f16_rel) && d.abs() <= amax / qpos * (1.0 + f16_rel),
-                "{what}: row {r} group {g}: scale {d} for max|x| {amax}"
-            );
+            let m = mrow.get(g).map_or(0.0, |m| m.to_f32());
+            if dtype == DType::Q4A {
+                let (min, max) = xs.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+                let range = max - min;
+                assert!(
+                    d >= range / 20.0 * (1.0 - f16_rel) && d <= range / 12.0 * (1.0 + f16_rel),
+                    "{what}: row {r} group {g}: scale {d} for range {range}"
+                );
+            } else {
+                let amax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+                assert!(
+                    d.abs() >= amax / (qneg + 2.0) && d.abs() <= amax / (0.8 * qpos),
+                    "{what}: row {r} group {g}: scale {d} for max|x| {amax}"
+                );
+            }
             for (j, &x) in xs.iter().enumerate() {
-                let y = deq[r * cols + lo + j];
+                let y = deq[r * cols + lo_col + j];
                 let err = (x - y).abs();
                 let q = quant_at(dtype, qrow, g, j);
-                let bound = if dtype == DType::Q4 && q == 7 && x / d > 7.5 {
-                    // |x| <= max|x| <= 8 |scale| (1 + f16 rounding): the
-                    // clamp costs at most one step plus the scale's rounding.
+                let level = if d != 0.0 { (x - m) / d } else { 0.0 };
+                let bound = if level < lo - 0.5 || level > hi + 0.5 {
                     clamped += 1;
-                    d.abs() * (1.0 + qneg * f16_rel)
+                    d.abs() * 3.0
                 } else {
                     d.abs() / 2.0
                 };
                 assert!(
-                    err <= bound + slack(d, x),
-                    "{what}: row {r} col {}: source {x}, q {q}, scale {d}, dequantized {y}, error {err} > {bound}",
-                    lo + j,
+                    err <= bound + slack(d, x) + 1e-6 * m.abs(),
+                    "{what}: row {r} col {}: source {x}, q {q}, scale {d}, min {m}, dequantized {y}, error {err} > {bound}",
+                    lo_col + j,
                 );
             }
-            for j in hi - lo..quant::GROUP {
+            for j in hi_col - lo_col..quant::GROUP {
                 assert_eq!(quant_at(dtype, qrow, g, j), 0, "{what}: row {r}: padding quant {j} of group {g} is not 0");
                 padding += 1;
             }
@@ -654,11 +698,12 @@ fn norms_and_biases_are_exact_f32_in_every_mode() {
 
 #[test]
 fn quantized_elements_are_within_half_a_step_of_the_source() {
-    let (mut clamped, mut elements) = ([0usize; 2], [0usize; 2]);
+    // Per type (q8, q4, q4a): elements clipped at the end of the range, elements.
+    let (mut clamped, mut elements) = ([0usize; 3], [0usize; 3]);
     for name in FIXTURES {
         let src = load_source(&fixture(name));
         let out_dir = tempfile::tempdir().expect("tempdir");
-        for w in [DType::Q8, DType::Q4] {
+        for w in [DType::Q8, DType::Q4, DType::Q4A] {
             let output = out_dir.path().join(format!("{}.frt", w.name()));
             convert_ok(&fixture(name), &output, w);
             let bytes = read_frt(&output);
@@ -673,19 +718,24 @@ fn quantized_elements_are_within_half_a_step_of_the_source() {
                 assert_eq!(t.dtype, expected_dtype(role, w));
                 let what = format!("{name} {} {hf}", w.name());
                 let (_, c) = check_quantized(&what, &s.values, &t);
-                clamped[usize::from(t.dtype == DType::Q4)] += c;
-                elements[usize::from(t.dtype == DType::Q4)] += s.values.len();
+                let k = [DType::Q8, DType::Q4, DType::Q4A].iter().position(|&d| d == t.dtype).unwrap();
+                clamped[k] += c;
+                elements[k] += s.values.len();
                 quantized += 1;
             }
             assert!(quantized >= 14, "{name}: only {quantized} quantized tensors checked");
         }
     }
-    // Only q4 has the clamp exception (and only with a signed m/-8 scale).
-    assert_eq!(clamped[0], 0, "q8 elements outside scale/2");
-    eprintln!(
-        "q8: {} elements, q4: {} elements of which {} clamped at +7 (error up to |scale|)",
-        elements[0], elements[1], clamped[1]
-    );
+    // The search clips only a few values (it trades them for finer steps).
+    for k in 0..3 {
+        assert!(
+            elements[k] > 0 && clamped[k] * 100 < elements[k],
+            "type {k}: {} of {} clipped",
+            clamped[k],
+            elements[k]
+        );
+    }
+    eprintln!("q8 / q4 / q4a: {elements:?} elements, of which {clamped:?} clipped at the end of the range");
 }
 
 #[test]
@@ -712,7 +762,7 @@ fn odd_widths_pad_rows_with_zero_quants() {
             padded_tensors += 1;
             padding += check_quantized(&format!("{name} {} {hf}", w.name()), &s.values, &t).0;
             // Dequantizing whole padded rows gives exact zeros in the padding.
-            let (qs, scales) = logical_planes(&t);
+            let (qs, scales, _) = logical_planes(&t);
             let row_q = quant::row_quant_bytes(t.dtype, cols);
             let groups = cols.div_ceil(32);
             let mut dst = vec![f32::NAN; quant::padded_cols(cols)];
@@ -1419,8 +1469,12 @@ fn summary_stats_are_consistent_with_the_file() {
                 match dt {
                     DType::F32 => assert_eq!(bpw, 32.0, "{what}"),
                     DType::F16 => assert_eq!(bpw, 16.0, "{what}"),
-                    DType::Q8 | DType::Q4 => {
-                        let nominal = if *dt == DType::Q8 { 8.5 } else { 4.5 };
+                    DType::Q8 | DType::Q4 | DType::Q4A => {
+                        let nominal = match dt {
+                            DType::Q8 => 8.5,
+                            DType::Q4 => 4.5,
+                            _ => 5.0,
+                        };
                         let (padded, aligned_dt) = padded_params[dt];
                         if aligned_dt {
                             assert_eq!(bpw, nominal, "{what} {}: bits/weight", dt.name());
@@ -1441,6 +1495,7 @@ fn summary_stats_are_consistent_with_the_file() {
                     DType::F16 => assert!(rmse < 1e-3, "{what}: f16 rel. RMSE {rmse}"),
                     DType::Q8 => assert!(rmse > 0.0 && rmse < 0.01, "{what}: q8 rel. RMSE {rmse}"),
                     DType::Q4 => assert!(rmse > 0.01 && rmse < 0.2, "{what}: q4 rel. RMSE {rmse}"),
+                    DType::Q4A => assert!(rmse > 0.01 && rmse < 0.2, "{what}: q4a rel. RMSE {rmse}"),
                 }
             }
             assert_eq!(summary.by_type.values().map(|s| s.tensors).sum::<usize>(), n_tensors, "{what}");
@@ -1578,4 +1633,97 @@ fn tensors_larger_than_a_slab_convert_correctly() {
     }
     assert!(!output.exists());
     assert!(dir_names(out_dir.path()).iter().all(|n| !is_temp_of(n, "nan.frt")));
+}
+
+// ---------------------------------------------------------------------------
+// per-tensor types
+// ---------------------------------------------------------------------------
+
+/// `--tensor-type` rules (library and CLI, incl. the q4-mix preset): the
+/// named tensors get their type, later rules win, others keep the default;
+/// a rule that matches nothing, or does not parse, is refused.
+#[test]
+fn tensor_type_rules_choose_per_tensor_types() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let output = out_dir.path().join("mix.frt");
+    let rules: Vec<TensorType> = ["attn_v=q8", "ffn_down=q4a", "blk.1.ffn_down=f16", "embedding=q4"]
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
+    let opts = Options { weights: DType::Q4, tensor_types: rules, ..Default::default() };
+    convert(&fixture("llama-gqa"), &output, &opts, &mut |_| {}).unwrap();
+    let bytes = read_frt(&output);
+    let file = parse(&bytes);
+    file.verify_tensors().unwrap();
+    for l in 0..file.config().n_layers {
+        let ty = |r| tensor(&file, Role::Layer(l, r)).dtype;
+        assert_eq!(ty(LayerRole::AttnV), DType::Q8);
+        assert_eq!(ty(LayerRole::AttnQ), DType::Q4);
+        assert_eq!(ty(LayerRole::FfnDown), if l == 1 { DType::F16 } else { DType::Q4A });
+    }
+    assert_eq!(tensor(&file, Role::Embedding).dtype, DType::Q4);
+
+    // The CLI: the preset plus a rule, then run the file.
+    let out = run_cli(&[
+        "convert".as_ref(),
+        fixture("llama-gqa").as_os_str(),
+        "-o".as_ref(),
+        output.as_os_str(),
+        "-q".as_ref(),
+        "--weights".as_ref(),
+        "q4-mix".as_ref(),
+        "--tensor-type".as_ref(),
+        "attn_q=q4a,attn_k=q4a".as_ref(),
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    let bytes = read_frt(&output);
+    let file = parse(&bytes);
+    for (r, want) in [
+        (LayerRole::AttnV, DType::Q8),
+        (LayerRole::FfnDown, DType::Q8),
+        (LayerRole::AttnQ, DType::Q4A),
+        (LayerRole::AttnK, DType::Q4A),
+        (LayerRole::FfnUp, DType::Q4),
+    ] {
+        assert_eq!(tensor(&file, Role::Layer(0, r)).dtype, want, "{r:?}");
+    }
+    assert_eq!(tensor(&file, Role::Embedding).dtype, DType::Q8);
+    let out = run_cli(&[
+        "run".as_ref(),
+        "-m".as_ref(),
+        output.as_os_str(),
+        "--prompt-ids".as_ref(),
+        "1,2,3".as_ref(),
+        "-n".as_ref(),
+        "4".as_ref(),
+        "--temp".as_ref(),
+        "0".as_ref(),
+        "--output".as_ref(),
+        "ids".as_ref(),
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+
+    for (bad, msg) in [
+        ("attn_x=q8", "unknown tensor"),
+        ("attn_v=q5", "unknown type"),
+        ("attn_v", "ROLE=TYPE"),
+        ("blk.x.attn_v=q8", "bad layer"),
+        ("blk.0.embedding=q8", "not a per-layer tensor"),
+        ("attn_norm=q8", "unknown tensor"),
+    ] {
+        let e = bad.parse::<TensorType>().unwrap_err();
+        assert!(e.contains(msg), "{bad}: {e}");
+    }
+    let opts = Options { tensor_types: vec!["blk.7.attn_v=q8".parse().unwrap()], ..Default::default() };
+    let e = convert(&fixture("llama-gqa"), &output, &opts, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("blk.7.attn_v=q8") && e.to_string().contains("no such tensor"), "{e}");
+    let out = run_cli(&[
+        "convert".as_ref(),
+        fixture("llama-gqa").as_os_str(),
+        "-o".as_ref(),
+        output.as_os_str(),
+        "--tensor-type".as_ref(),
+        "ffn_up=q3".as_ref(),
+    ]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown type"), "{}", show(&out));
 }

@@ -169,12 +169,15 @@ pub struct Options {
     /// values that would *become* non-finite (beyond f16's range, or a q8/q4
     /// scale beyond it) are refused either way.
     pub allow_nonfinite: bool,
+    /// Per-tensor types that override `weights` and `embed`, applied in
+    /// order (a later rule wins). Every rule must match some tensor.
+    pub tensor_types: Vec<TensorType>,
 }
 
 impl Default for Options {
     /// q4 weights, the default embedding type, non-finite weights refused.
     fn default() -> Self {
-        Options { weights: DType::Q4, embed: None, allow_nonfinite: false }
+        Options { weights: DType::Q4, embed: None, allow_nonfinite: false, tensor_types: Vec::new() }
     }
 }
 
@@ -182,9 +185,94 @@ impl Options {
     /// The embedding table's type.
     pub fn embed_dtype(&self) -> DType {
         self.embed.unwrap_or(match self.weights {
-            DType::Q4 => DType::Q8,
+            DType::Q4 | DType::Q4A => DType::Q8,
             other => other,
         })
+    }
+
+    /// The type of matrix `role`: the last matching [`TensorType`] rule,
+    /// else `embed_dtype()` for the embedding/output table, else `weights`.
+    pub fn dtype_of(&self, role: Role) -> DType {
+        let default = if matches!(role, Role::Embedding | Role::Output) { self.embed_dtype() } else { self.weights };
+        self.tensor_types.iter().rev().find(|t| t.matches(role)).map_or(default, |t| t.dtype)
+    }
+}
+
+/// A per-tensor type rule, `ROLE=TYPE` or `blk.N.ROLE=TYPE`: `ROLE` is
+/// `embedding`, `output` or a layer matrix (`attn_q`, `attn_k`, `attn_v`,
+/// `attn_o`, `ffn_gate`, `ffn_up`, `ffn_down`), for every layer or layer `N`
+/// only; `TYPE` is `f32`, `f16`, `q8`, `q4` or `q4a`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorType {
+    /// `None`: a global role, or every layer.
+    pub layer: Option<u32>,
+    target: RuleTarget,
+    /// The type to store it as.
+    pub dtype: DType,
+}
+
+/// The tensors a [`TensorType`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RuleTarget {
+    Embedding,
+    Output,
+    Layer(LayerRole),
+}
+
+impl TensorType {
+    /// Whether the rule applies to `role`.
+    pub fn matches(&self, role: Role) -> bool {
+        match (role, self.target) {
+            (Role::Embedding, RuleTarget::Embedding) | (Role::Output, RuleTarget::Output) => true,
+            (Role::Layer(l, r), RuleTarget::Layer(want)) => r == want && self.layer.is_none_or(|n| n == l),
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for TensorType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (key, ty) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ROLE=TYPE, e.g. attn_v=q8"))?;
+        let dtype = [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q4A]
+            .into_iter()
+            .find(|d| d.name() == ty.trim())
+            .ok_or_else(|| format!("{s:?}: unknown type {ty:?} (f32, f16, q8, q4, q4a)"))?;
+        let key = key.trim();
+        let (layer, name) = match key.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            Some((n, name)) => (Some(n.parse::<u32>().map_err(|_| format!("{s:?}: bad layer number {n:?}"))?), name),
+            None => (None, key),
+        };
+        let target = match name {
+            "embedding" | "output" if layer.is_some() => {
+                return Err(format!("{s:?}: {name} is not a per-layer tensor"));
+            }
+            "embedding" => RuleTarget::Embedding,
+            "output" => RuleTarget::Output,
+            _ => RuleTarget::Layer(
+                LayerRole::ALL.into_iter().find(|r| !r.is_vector() && r.name() == name).ok_or_else(|| {
+                    format!(
+                        "{s:?}: unknown tensor {name:?} (embedding, output, attn_q, attn_k, attn_v, attn_o, \
+                     ffn_gate, ffn_up, ffn_down, optionally as blk.N.NAME)"
+                    )
+                })?,
+            ),
+        };
+        Ok(TensorType { layer, target, dtype })
+    }
+}
+
+impl std::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(l) = self.layer {
+            write!(f, "blk.{l}.")?;
+        }
+        let name = match self.target {
+            RuleTarget::Embedding => "embedding",
+            RuleTarget::Output => "output",
+            RuleTarget::Layer(r) => r.name(),
+        };
+        write!(f, "{name}={}", self.dtype.name())
     }
 }
 
@@ -589,14 +677,16 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                 format!("{}: the checkpoint has no tensor {} (required by the config)", input.display(), hf_name(role)),
             ));
         }
-        let dtype = if role.is_vector() {
-            DType::F32
-        } else if matches!(role, Role::Embedding | Role::Output) {
-            opts.embed_dtype()
-        } else {
-            opts.weights
-        };
+        let dtype = if role.is_vector() { DType::F32 } else { opts.dtype_of(role) };
         specs.push(TensorSpec { role, dtype, shape: role.expected_shape(&config) });
+    }
+    for rule in &opts.tensor_types {
+        if !specs.iter().any(|s| rule.matches(s.role)) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("--tensor-type {rule}: {} has no such tensor", input.join("config.json").display()),
+            ));
+        }
     }
 
     // Write to a temp file beside the target, rename on success.
@@ -625,6 +715,8 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
     let mut scales: Vec<f16> = Vec::new();
     let mut slab_scales: Vec<f16> = Vec::new();
     let mut tbuf = Vec::new();
+    let mut mins: Vec<f16> = Vec::new();
+    let mut slab_mins: Vec<f16> = Vec::new();
     while let Some(spec) = writer.next_spec() {
         let name = &plan[&spec.role];
         progress(Progress::Tensor { name, role: spec.role });
@@ -636,6 +728,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
         stats.params += (rows * cols) as u64;
         stats.bytes += spec.bytes();
         scales.clear();
+        mins.clear();
         // Non-finite source values let through (`allow_nonfinite`): how
         // many, and the first one's element index and value.
         let mut nonfinite: Option<(u64, usize, f32)> = None;
@@ -662,7 +755,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                 let seen = nonfinite.get_or_insert((0, at, values[i]));
                 seen.0 += count;
                 if spec.dtype.is_quantized() {
-                    // A q8/q4 group cannot hold them: 0, and the group's
+                    // A quantized group cannot hold them: 0, and the group's
                     // scale comes from its finite elements.
                     for v in values[i..].iter_mut().filter(|v| !v.is_finite()) {
                         *v = 0.0;
@@ -693,7 +786,7 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                     writer.write_chunk(bytemuck::cast_slice(&h)).map_err(out_err)?;
                     back.extend(h.iter().map(|v| v.to_f32()));
                 }
-                DType::Q8 | DType::Q4 => {
+                DType::Q8 | DType::Q4 | DType::Q4A => {
                     let row_q = quant::row_quant_bytes(spec.dtype, cols);
                     let groups = cols.div_ceil(quant::GROUP);
                     qbuf.clear();
@@ -701,24 +794,35 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                     back.resize(n_rows * cols, 0.0);
                     slab_scales.clear();
                     slab_scales.resize(n_rows * groups, f16::ZERO);
+                    slab_mins.clear();
+                    slab_mins.resize(n_rows * groups, f16::ZERO);
                     for r in 0..n_rows {
                         let src = &values[r * cols..(r + 1) * cols];
                         let qs = &mut qbuf[r * row_q..(r + 1) * row_q];
                         let sc = &mut slab_scales[r * groups..(r + 1) * groups];
                         let dst = &mut back[r * cols..(r + 1) * cols];
-                        if spec.dtype == DType::Q8 {
-                            reference::quantize_row_q8(src, qs, sc);
-                            reference::dequantize_row_q8(qs, sc, dst);
-                        } else {
-                            reference::quantize_row_q4(src, qs, sc);
-                            reference::dequantize_row_q4(qs, sc, dst);
+                        match spec.dtype {
+                            DType::Q8 => {
+                                reference::quantize_row_q8(src, qs, sc);
+                                reference::dequantize_row_q8(qs, sc, dst);
+                            }
+                            DType::Q4 => {
+                                reference::quantize_row_q4(src, qs, sc);
+                                reference::dequantize_row_q4(qs, sc, dst);
+                            }
+                            _ => {
+                                let mn = &mut slab_mins[r * groups..(r + 1) * groups];
+                                reference::quantize_row_q4a(src, qs, sc, mn);
+                                reference::dequantize_row_q4a(qs, sc, mn, dst);
+                            }
                         }
                     }
-                    if let Some(i) = slab_scales.iter().position(|s| !s.is_finite()) {
+                    let bad = |v: &[f16]| v.iter().position(|s| !s.is_finite());
+                    if let Some(i) = bad(&slab_scales).or(bad(&slab_mins)) {
                         return Err(Error::new(
                             ErrorKind::NonFinite,
                             format!(
-                                "{}: tensor {name}: row {} group {} scale overflows f16",
+                                "{}: tensor {name}: row {} group {} scale or minimum overflows f16",
                                 ckpt.path_of(name).display(),
                                 row + i / groups,
                                 i % groups
@@ -740,6 +844,20 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
                         &mut tbuf,
                         &mut scales[first_scale..],
                     );
+                    if spec.dtype == DType::Q4A {
+                        // The minimums tile like the scales (the quants
+                        // written by this call are the same again).
+                        mins.resize(first_scale + padded * groups, f16::ZERO);
+                        quant::tile_rows(
+                            spec.dtype,
+                            &qbuf,
+                            &slab_mins,
+                            n_rows,
+                            groups,
+                            &mut tbuf,
+                            &mut mins[first_scale..],
+                        );
+                    }
                     writer.write_chunk(&tbuf).map_err(out_err)?;
                 }
             }
@@ -753,6 +871,9 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
         }
         if spec.dtype.is_quantized() {
             writer.write_chunk(bytemuck::cast_slice(&scales)).map_err(out_err)?;
+        }
+        if spec.dtype == DType::Q4A {
+            writer.write_chunk(bytemuck::cast_slice(&mins)).map_err(out_err)?;
         }
         writer.end_tensor().map_err(out_err)?;
         if let Some((count, at, value)) = nonfinite {

@@ -33,7 +33,14 @@
 //! 2. **scales**: for row block `b`, for group `g`: the 8 rows' `f16`
 //!    scales (16 bytes), in row order.
 //!
-//! Padding rows hold q4 byte `0x88` / q8 byte `0x80` (value 0) and scale 0.
+//! 3. q4a only, **mins**: laid out like the scales, right after them.
+//!
+//! **q4a** (asymmetric): element `j` dequantizes to `u[j] * scale + min`
+//! with the unsigned `u[j]` in 0..=15, stored in the q4 nibble positions as
+//! `u` itself (no offset); its tiles are laid out like q4's.
+//!
+//! Padding rows hold q4 byte `0x88` / q8 byte `0x80` (value 0) / q4a byte
+//! `0x00`, and scale (and minimum) 0.
 
 use crate::DType;
 
@@ -62,11 +69,12 @@ pub fn padded_rows(rows: usize) -> usize {
     rows.div_ceil(ROW_BLOCK) * ROW_BLOCK
 }
 
-/// Quant bytes plus scale bytes per group of one row.
+/// Quant bytes plus scale (and, for q4a, minimum) bytes per group of one row.
 pub fn group_bytes(dtype: DType) -> usize {
     match dtype {
         DType::Q8 => Q8_GROUP_BYTES + 2,
         DType::Q4 => Q4_GROUP_BYTES + 2,
+        DType::Q4A => Q4_GROUP_BYTES + 4,
         DType::F32 => GROUP * 4,
         DType::F16 => GROUP * 2,
     }
@@ -76,7 +84,7 @@ pub fn group_bytes(dtype: DType) -> usize {
 pub fn row_quant_bytes(dtype: DType, cols: usize) -> usize {
     let g = cols.div_ceil(GROUP);
     match dtype {
-        DType::Q4 => g * Q4_GROUP_BYTES,
+        DType::Q4 | DType::Q4A => g * Q4_GROUP_BYTES,
         _ => g * Q8_GROUP_BYTES,
     }
 }
@@ -84,7 +92,7 @@ pub fn row_quant_bytes(dtype: DType, cols: usize) -> usize {
 /// Bytes of one tile (8 rows × one group of quants).
 pub fn tile_bytes(dtype: DType) -> usize {
     match dtype {
-        DType::Q4 => ROW_BLOCK * Q4_GROUP_BYTES,
+        DType::Q4 | DType::Q4A => ROW_BLOCK * Q4_GROUP_BYTES,
         _ => ROW_BLOCK * Q8_GROUP_BYTES,
     }
 }
@@ -93,6 +101,12 @@ pub fn tile_bytes(dtype: DType) -> usize {
 /// (the size of its quants plane).
 pub fn scales_offset(dtype: DType, rows: usize, cols: usize) -> usize {
     padded_rows(rows) * row_quant_bytes(dtype, cols)
+}
+
+/// Byte offset of the minimums plane of a q4a `[rows, cols]` tensor (right
+/// after the scales plane).
+pub fn mins_offset(rows: usize, cols: usize) -> usize {
+    scales_offset(DType::Q4A, rows, cols) + padded_rows(rows) * cols.div_ceil(GROUP) * 2
 }
 
 /// Converts whole row blocks from the logical row-major form to tiles.
@@ -116,6 +130,7 @@ pub fn tile_rows<S: Copy + Default>(
 ) {
     let (lg, zero, flip) = match dtype {
         DType::Q4 => (Q4_GROUP_BYTES, 0x88u8, 0u8),
+        DType::Q4A => (Q4_GROUP_BYTES, 0u8, 0u8),
         _ => (Q8_GROUP_BYTES, 0x80u8, 0x80u8),
     };
     let tb = ROW_BLOCK * lg;
@@ -152,7 +167,7 @@ pub fn untile_row<S: Copy>(
     scales: &mut [S],
 ) {
     let (lg, flip) = match dtype {
-        DType::Q4 => (Q4_GROUP_BYTES, 0u8),
+        DType::Q4 | DType::Q4A => (Q4_GROUP_BYTES, 0u8),
         _ => (Q8_GROUP_BYTES, 0x80u8),
     };
     let tb = ROW_BLOCK * lg;
@@ -183,5 +198,24 @@ pub fn q4_pack(values: &[i8; GROUP], out: &mut [u8]) {
         let lo = (values[j] + 8) as u8 & 0x0F;
         let hi = (values[j + 16] + 8) as u8 & 0x0F;
         out[j] = lo | (hi << 4);
+    }
+}
+
+/// Unsigned value (0..=15) of element `j` (0..32) of a logical q4a group.
+#[inline]
+pub fn q4a_get(group: &[u8], j: usize) -> u8 {
+    let byte = group[j % 16];
+    if j < 16 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
+/// Packs 32 unsigned values (each in 0..=15) into a 16-byte logical q4a group.
+#[inline]
+pub fn q4a_pack(values: &[u8; GROUP], out: &mut [u8]) {
+    for j in 0..16 {
+        out[j] = (values[j] & 0x0F) | ((values[j + 16] & 0x0F) << 4);
     }
 }

@@ -55,14 +55,25 @@ impl<'a> TensorView<'a> {
         }
         bytemuck::try_cast_slice(self.data).ok()
     }
-    /// For q8/q4: `(quants, scales)` planes (see [`crate::quant`]).
+    /// For q8/q4/q4a: `(quants, scales)` planes (see [`crate::quant`]); a
+    /// q4a tensor's minimums are [`TensorView::mins`].
     pub fn quant_planes(&self) -> Option<(&'a [u8], &'a [f16])> {
         if !self.dtype.is_quantized() {
             return None;
         }
-        let split = quant::scales_offset(self.dtype, self.rows as usize, self.cols as usize);
-        let (qs, scales) = self.data.split_at_checked(split)?;
+        let (rows, cols) = (self.rows as usize, self.cols as usize);
+        let split = quant::scales_offset(self.dtype, rows, cols);
+        let (qs, rest) = self.data.split_at_checked(split)?;
+        let scales = rest.get(..quant::padded_rows(rows).checked_mul(cols.div_ceil(quant::GROUP))?.checked_mul(2)?)?;
         Some((qs, bytemuck::try_cast_slice(scales).ok()?))
+    }
+    /// For q4a: the minimums plane, one f16 per group (see [`crate::quant`]).
+    pub fn mins(&self) -> Option<&'a [f16]> {
+        if self.dtype != DType::Q4A {
+            return None;
+        }
+        let mins = self.data.get(quant::mins_offset(self.rows as usize, self.cols as usize)..)?;
+        bytemuck::try_cast_slice(mins).ok()
     }
     /// Number of elements.
     pub fn len(&self) -> usize {

@@ -17,6 +17,8 @@ pub enum DType {
     Q8 = 2,
     /// 4-bit symmetric, groups of 32 with an f16 scale.
     Q4 = 3,
+    /// 4-bit asymmetric, groups of 32 with an f16 scale and an f16 minimum.
+    Q4A = 4,
 }
 
 impl DType {
@@ -27,6 +29,7 @@ impl DType {
             1 => DType::F16,
             2 => DType::Q8,
             3 => DType::Q4,
+            4 => DType::Q4A,
             _ => return Err(Error::BadEnum { what: "tensor dtype", value }),
         })
     }
@@ -37,11 +40,12 @@ impl DType {
             DType::F16 => "f16",
             DType::Q8 => "q8",
             DType::Q4 => "q4",
+            DType::Q4A => "q4a",
         }
     }
     /// Whether the type is grouped-quantized.
     pub fn is_quantized(self) -> bool {
-        matches!(self, DType::Q8 | DType::Q4)
+        matches!(self, DType::Q8 | DType::Q4 | DType::Q4A)
     }
     /// Bytes one row of `cols` elements occupies, or `None` on overflow.
     /// Quantized rows are padded to whole groups (see [`crate::quant`]).
@@ -49,7 +53,7 @@ impl DType {
         match self {
             DType::F32 => cols.checked_mul(4),
             DType::F16 => cols.checked_mul(2),
-            DType::Q8 | DType::Q4 => {
+            DType::Q8 | DType::Q4 | DType::Q4A => {
                 let groups = quant::groups(cols)?;
                 groups.checked_mul(quant::group_bytes(self) as u64)
             }

@@ -191,7 +191,7 @@ enum Mix {
     Cycle,
 }
 
-const CYCLE: [DType; 4] = [DType::F32, DType::F16, DType::Q8, DType::Q4];
+const CYCLE: [DType; 5] = [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q4A];
 
 fn specs_for(c: &ModelConfig, mix: Mix) -> Vec<TensorSpec> {
     let mut matrix = 0;
@@ -204,7 +204,7 @@ fn specs_for(c: &ModelConfig, mix: Mix) -> Vec<TensorSpec> {
                 matrix += 1;
                 match mix {
                     Mix::All(d) => d,
-                    Mix::Cycle => CYCLE[(matrix - 1) % 4],
+                    Mix::Cycle => CYCLE[(matrix - 1) % CYCLE.len()],
                 }
             };
             TensorSpec { role, dtype, shape: shape_of(role, c) }
@@ -247,6 +247,36 @@ fn tensor_data(dtype: DType, rows: u32, cols: u32, rng: &mut Rng) -> Vec<u8> {
                 out.extend_from_slice(&f16::from_f32(rng.unit()).to_le_bytes());
             }
             repeat_rows(&mut out, rows, drawn, cols * 2);
+        }
+        DType::Q4A => {
+            let groups = cols.div_ceil(GROUP);
+            for _ in 0..drawn {
+                for g in 0..groups {
+                    let mut vals = [0u8; GROUP];
+                    for (j, v) in vals.iter_mut().enumerate() {
+                        if g * GROUP + j < cols {
+                            *v = rng.below(16) as u8;
+                        }
+                    }
+                    let mut packed = [0u8; quant::Q4_GROUP_BYTES];
+                    quant::q4a_pack(&vals, &mut packed);
+                    out.extend_from_slice(&packed);
+                }
+            }
+            repeat_rows(&mut out, rows, drawn, groups * quant::Q4_GROUP_BYTES);
+            let scales: Vec<f16> =
+                (0..rows * groups).map(|_| f16::from_f32(0.001 + 0.05 * (rng.unit() + 1.0) / 2.0)).collect();
+            let mins: Vec<f16> = (0..rows * groups).map(|_| f16::from_f32(-0.4 * (rng.unit() + 1.0))).collect();
+            // 8-row tiles; the minimums tile like the scales.
+            let padded = quant::padded_rows(rows);
+            let mut tiles = vec![0u8; padded * groups * quant::Q4_GROUP_BYTES];
+            let mut tile_scales = vec![f16::ZERO; padded * groups];
+            let mut tile_mins = vec![f16::ZERO; padded * groups];
+            quant::tile_rows(dtype, &out, &scales, rows, groups, &mut tiles, &mut tile_scales);
+            quant::tile_rows(dtype, &out, &mins, rows, groups, &mut tiles, &mut tile_mins);
+            out = tiles;
+            out.extend(tile_scales.iter().flat_map(|s| s.to_le_bytes()));
+            out.extend(tile_mins.iter().flat_map(|s| s.to_le_bytes()));
         }
         DType::Q8 | DType::Q4 => {
             let groups = cols.div_ceil(GROUP);
@@ -665,7 +695,53 @@ fn check_fixture(fx: &Fixture) {
                 assert!(v.iter().all(|x| x.is_finite()));
                 assert!(t.as_f32().is_none() && t.quant_planes().is_none());
             }
+            DType::Q4A => {
+                assert!(t.as_f32().is_none() && t.as_f16().is_none());
+                let (qs, scales) = t.quant_planes().expect("quant planes");
+                let mins = t.mins().expect("mins plane");
+                let (rows, cols) = (t.rows as usize, t.cols as usize);
+                let groups = cols.div_ceil(GROUP);
+                let padded = quant::padded_rows(rows);
+                assert_eq!(qs.len(), padded * groups * quant::Q4_GROUP_BYTES);
+                assert_eq!(qs.len(), quant::scales_offset(spec.dtype, rows, cols));
+                assert_eq!((scales.len(), mins.len()), (padded * groups, padded * groups));
+                assert_eq!(quant::mins_offset(rows, cols), qs.len() + 2 * padded * groups);
+                assert_eq!(qs, &data[..qs.len()]);
+                assert_eq!(bytemuck::cast_slice::<f16, u8>(scales), &data[qs.len()..quant::mins_offset(rows, cols)]);
+                assert_eq!(bytemuck::cast_slice::<f16, u8>(mins), &data[quant::mins_offset(rows, cols)..]);
+                // Back to logical rows.
+                let gq = quant::Q4_GROUP_BYTES;
+                let mut logical = vec![0u8; padded * groups * gq];
+                let (mut ls, mut lm) = (vec![f16::ZERO; padded * groups], vec![f16::ZERO; padded * groups]);
+                let mut scratch = vec![0u8; groups * gq];
+                for r in 0..padded {
+                    let row = &mut logical[r * groups * gq..(r + 1) * groups * gq];
+                    quant::untile_row(spec.dtype, qs, scales, r, groups, row, &mut ls[r * groups..(r + 1) * groups]);
+                    quant::untile_row(
+                        spec.dtype,
+                        qs,
+                        mins,
+                        r,
+                        groups,
+                        &mut scratch,
+                        &mut lm[r * groups..(r + 1) * groups],
+                    );
+                }
+                assert!(ls[..rows * groups].iter().all(|s| s.is_finite() && s.to_f32() > 0.0));
+                assert!(lm[..rows * groups].iter().all(|m| m.is_finite() && m.to_f32() <= 0.0));
+                assert!(ls[rows * groups..].iter().chain(&lm[rows * groups..]).all(|s| s.to_bits() == 0));
+                assert!(logical[rows * groups * gq..].iter().all(|&b| b == 0));
+                if cols % GROUP != 0 {
+                    for r in 0..rows {
+                        let last = &logical[(r * groups + groups - 1) * gq..][..gq];
+                        for j in cols % GROUP..GROUP {
+                            assert_eq!(quant::q4a_get(last, j), 0, "{} row {r} pad {j}", spec.role);
+                        }
+                    }
+                }
+            }
             DType::Q8 | DType::Q4 => {
+                assert!(t.mins().is_none());
                 assert!(t.as_f32().is_none() && t.as_f16().is_none());
                 let (qs, scales) = t.quant_planes().expect("quant planes");
                 let (rows, cols) = (t.rows as usize, t.cols as usize);
@@ -761,16 +837,39 @@ fn valid_qwen2_with_biases() {
     assert_eq!((kb.rows, kb.cols, kb.dtype), (32, 1, DType::F32));
 }
 
+/// A q4a tensor read with the size of a q4 one (its mins plane missing)
+/// or of a larger type is refused: the size follows the type exactly.
+#[test]
+fn err_q4a_tensor_size_follows_its_type() {
+    let fx = build(llama_config(), Mix::All(DType::Q4A), None, 21);
+    check_fixture(&fx);
+    let i = fx.index_of(Role::Layer(0, LayerRole::AttnQ));
+    let entry = fx.specs[i];
+    let [rows, cols] = [entry.shape[0] as u64, entry.shape[1] as u64];
+    let q4a = DType::Q4A.tensor_bytes(rows, cols).unwrap();
+    assert_eq!(q4a, rows * cols.div_ceil(32) * 20);
+    // Another type id on the same bytes: the size no longer matches.
+    for other in [DType::Q4, DType::Q8] {
+        let b = fx.mutated(|b| edit_entry(b, i, |e| e.dtype = other as u32));
+        let want = other.tensor_bytes(rows, cols).unwrap();
+        assert_err!(b, Error::BadLayout { what: "tensor size", found, expected } if found == q4a && expected == want);
+    }
+}
+
 #[test]
 fn valid_odd_widths_pad_quantized_rows() {
-    for d in [DType::Q8, DType::Q4] {
+    for d in [DType::Q8, DType::Q4, DType::Q4A] {
         let fx = build(odd_config(), Mix::All(d), None, 5);
         check_fixture(&fx);
         let a = fx.aligned();
         let file = File::parse(&a).unwrap();
         let down = file.tensor(Role::Layer(0, LayerRole::FfnDown)).unwrap();
         assert_eq!([down.rows, down.cols], [48, 100]);
-        let gb = if d == DType::Q8 { 34 } else { 18 };
+        let gb = match d {
+            DType::Q8 => 34,
+            DType::Q4 => 18,
+            _ => 20,
+        };
         assert_eq!(down.data.len(), 48 * 4 * gb); // 100 cols -> 4 groups
         let q = file.tensor(Role::Layer(1, LayerRole::AttnQ)).unwrap();
         assert_eq!(q.data.len(), 48 * 2 * gb); // 48 cols -> 2 groups
@@ -1130,7 +1229,7 @@ fn err_bad_enum() {
     let q = fx.index_of(Role::Layer(0, LayerRole::AttnQ));
     let l1 = fx.index_of(Role::Layer(1, LayerRole::AttnNorm));
     // Directory fields.
-    for v in [4, 255, u32::MAX] {
+    for v in [5, 255, u32::MAX] {
         let b = fx.mutated(|b| edit_entry(b, q, |e| e.dtype = v));
         assert_err!(b, Error::BadEnum { what: "tensor dtype", value } if value == v);
     }
@@ -1280,6 +1379,7 @@ fn err_bad_dtype() {
         (Role::Layer(1, LayerRole::FfnNorm), DType::Q4),
         (Role::Layer(0, LayerRole::AttnQBias), DType::Q8),
         (Role::Layer(1, LayerRole::AttnVBias), DType::F16),
+        (Role::Layer(1, LayerRole::AttnNorm), DType::Q4A),
     ] {
         let i = fx.index_of(role);
         let b = fx.mutated(|b| edit_entry(b, i, |e| e.dtype = dtype as u32));
@@ -1638,7 +1738,9 @@ fn exercise(file: &File<'_>) {
         let _ = (t.as_f32(), t.as_f16(), t.len(), t.verify());
         if t.dtype.is_quantized() {
             let (qs, scales) = t.quant_planes().expect("quant planes");
-            assert_eq!(qs.len() + 2 * scales.len(), t.data.len());
+            let mins = t.mins().map_or(0, |m| m.len());
+            assert_eq!(mins, if t.dtype == DType::Q4A { scales.len() } else { 0 });
+            assert_eq!(qs.len() + 2 * scales.len() + 2 * mins, t.data.len());
         }
     }
     for role in roles_for(&c).into_iter().take(20_000) {

@@ -374,7 +374,7 @@ pub fn converter_ingest(data: &[u8]) {
     st.extend_from_slice(tensor_data);
     std::fs::write(dir.path().join("model.safetensors"), st).expect("write safetensors");
     let out = dir.path().join("out.frt");
-    let opts = Options { weights, embed: None, allow_nonfinite };
+    let opts = Options { weights, embed: None, allow_nonfinite, ..Default::default() };
     if convert(dir.path(), &out, &opts, &mut |_| {}).is_ok() {
         // What the converter accepted must parse.
         let bytes = AlignedBytes::read(&out).expect("read the output");

@@ -101,6 +101,10 @@ pub(crate) fn matrix_of<'t>(t: &TensorView<'t>) -> Result<Matrix<'t>, Error> {
             let (qs, scales) = t.quant_planes().ok_or_else(bad)?;
             Weights::Q4 { qs, scales }
         }
+        DType::Q4A => {
+            let (qs, scales) = t.quant_planes().ok_or_else(bad)?;
+            Weights::Q4A { qs, scales, mins: t.mins().ok_or_else(bad)? }
+        }
     };
     Ok(Matrix { w, rows: t.rows as usize, cols: t.cols as usize })
 }

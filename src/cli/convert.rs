@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
-use ferrite_converter::{convert, Options, Progress};
+use ferrite_converter::{convert, Options, Progress, TensorType};
 use ferrite_format::DType;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -13,8 +13,11 @@ use super::CliResult;
 /// Storage types selectable on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum WeightType {
-    /// 4-bit, groups of 32 with an f16 scale (4.5 bits/weight).
+    /// 4-bit symmetric, groups of 32 with an f16 scale (4.5 bits/weight).
     Q4,
+    /// 4-bit asymmetric, groups of 32 with an f16 scale and an f16 minimum
+    /// (5.0 bits/weight).
+    Q4a,
     /// 8-bit, groups of 32 with an f16 scale (8.5 bits/weight).
     Q8,
     /// IEEE half precision.
@@ -27,10 +30,52 @@ impl From<WeightType> for DType {
     fn from(w: WeightType) -> DType {
         match w {
             WeightType::Q4 => DType::Q4,
+            WeightType::Q4a => DType::Q4A,
             WeightType::Q8 => DType::Q8,
             WeightType::F16 => DType::F16,
             WeightType::F32 => DType::F32,
         }
+    }
+}
+
+/// What --weights accepts: a storage type, or a preset mix of them.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum WeightsArg {
+    /// 4-bit symmetric, groups of 32 with an f16 scale (4.5 bits/weight).
+    Q4,
+    /// 4-bit asymmetric, groups of 32 with an f16 scale and an f16 minimum
+    /// (5.0 bits/weight).
+    Q4a,
+    /// q4, with attn_v and ffn_down at q8 (the tensors whose errors cost
+    /// most).
+    #[value(name = "q4-mix")]
+    Q4Mix,
+    /// 8-bit, groups of 32 with an f16 scale (8.5 bits/weight).
+    Q8,
+    /// IEEE half precision.
+    F16,
+    /// IEEE single precision (exact).
+    F32,
+}
+
+/// The per-tensor rules of the `q4-mix` preset.
+pub const Q4_MIX: [&str; 2] = ["attn_v=q8", "ffn_down=q8"];
+
+impl WeightsArg {
+    /// The base type and the preset's rules.
+    fn resolve(self) -> CliResult<(DType, Vec<TensorType>)> {
+        let base = match self {
+            WeightsArg::Q4 | WeightsArg::Q4Mix => DType::Q4,
+            WeightsArg::Q4a => DType::Q4A,
+            WeightsArg::Q8 => DType::Q8,
+            WeightsArg::F16 => DType::F16,
+            WeightsArg::F32 => DType::F32,
+        };
+        let rules = match self {
+            WeightsArg::Q4Mix => Q4_MIX.iter().map(|r| r.parse()).collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        };
+        Ok((base, rules))
     }
 }
 
@@ -59,13 +104,21 @@ pub struct Args {
     /// Output file (.frt).
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
-    /// Type of the linear layers' weights.
+    /// Type of the linear layers' weights (q4-mix: q4 with attn_v and
+    /// ffn_down at q8).
     #[arg(long, value_enum, default_value = "q4")]
-    weights: WeightType,
+    weights: WeightsArg,
     /// Type of the embedding/output table [default: q8 with --weights q4,
-    /// else the weights' type].
+    /// q4a or q4-mix, else the weights' type].
     #[arg(long, value_enum)]
     embed: Option<WeightType>,
+    /// Store some tensors as another type, ROLE=TYPE or blk.N.ROLE=TYPE
+    /// (repeatable, or comma-separated; later rules win): ROLE is embedding,
+    /// output, attn_q, attn_k, attn_v, attn_o, ffn_gate, ffn_up or
+    /// ffn_down; TYPE is f32, f16, q8, q4 or q4a. Example:
+    /// --tensor-type attn_v=q8,ffn_down=q8 --tensor-type blk.0.ffn_down=f16
+    #[arg(long, value_name = "ROLE=TYPE", value_delimiter = ',')]
+    tensor_type: Vec<TensorType>,
     /// Convert weights holding NaN or infinity instead of refusing them:
     /// f32/f16 store them as they are, q8/q4 quantize them as 0; each such
     /// tensor is reported as a warning.
@@ -77,11 +130,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
-    let opts = Options {
-        weights: args.weights.into(),
-        embed: args.embed.map(Into::into),
-        allow_nonfinite: args.allow_nonfinite,
-    };
+    let (weights, mut tensor_types) = args.weights.resolve()?;
+    tensor_types.extend(args.tensor_type);
+    let opts =
+        Options { weights, embed: args.embed.map(Into::into), allow_nonfinite: args.allow_nonfinite, tensor_types };
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     if args.quiet {
         bar.set_draw_target(ProgressDrawTarget::hidden());

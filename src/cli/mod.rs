@@ -4,6 +4,7 @@ mod chat;
 mod convert;
 mod engine;
 mod inspect;
+mod kld;
 mod perplexity;
 mod run;
 
