@@ -84,6 +84,24 @@ print("\t".join(["Ferrite " + name, f"`{args}`", f"{float(bpw):.2f}", f"{j['perp
 EOF
 done
 
+# The same q8 and q4 files with f32 activations (the int8 activations'
+# share of the divergence).
+for name in q8 q4; do
+    out="$WORK/ferrite-$name-f32acts.json"
+    if ! fresh "$out" || ! [[ "$out" -nt "$WORK/ferrite-base.kld" && "$out" -nt "$WORK/ferrite-$name.frt" ]]; then
+        log "ferrite perplexity $name --f32-activations"
+        ferrite_ppl -m "$WORK/ferrite-$name.frt" --f32-activations --kl-divergence "$WORK/ferrite-base.kld" >"$out"
+    fi
+    python3 - "$name" "$out" "$(cat "$WORK/ferrite-$name.bpw")" >>"$ROWS" <<'EOF'
+import json, sys
+name, path, bpw = sys.argv[1:4]
+j = json.load(open(path))
+print("\t".join(["Ferrite " + name + ", f32 activations", f"`--weights {name} --f32-activations`", f"{float(bpw):.2f}",
+                 f"{j['perplexity']:.4f}", f"{j['ppl_ratio']:.4f}", f"{j['kld_mean']:.5f}", f"{j['kld_p99']:.4f}",
+                 f"{100 * j['top1_agreement']:.1f} %"]))
+EOF
+done
+
 # --- llama.cpp -------------------------------------------------------------
 export LD_LIBRARY_PATH="$BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 quantize() { # TYPE FROM

@@ -71,6 +71,10 @@ pub struct Args {
     /// KV cache element type.
     #[arg(long, value_enum, default_value = "f16")]
     kv: KvArg,
+    /// Multiply q8/q4 weights with f32 activations instead of int8 ones
+    /// (slower; what the int8 activations cost shows against it).
+    #[arg(long)]
+    f32_activations: bool,
     /// Scored positions.
     #[arg(long, value_enum, default_value = "all", conflicts_with = "streaming")]
     score: ScoreArg,
@@ -108,6 +112,7 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     }
     cfg.max_ctx = args.ctx;
     cfg.logits_all = true;
+    cfg.f32_activations = args.f32_activations;
     cfg.streaming = args.streaming;
     cfg.sinks = args.sinks;
     let plan = model.plan(&cfg)?;
