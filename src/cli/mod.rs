@@ -1,5 +1,6 @@
 //! Subcommands of the `ferrite` tool.
 
+mod bench;
 mod chat;
 mod convert;
 mod engine;
@@ -37,6 +38,8 @@ enum Command {
     Chat(chat::Args),
     /// Measure perplexity on a text file.
     Perplexity(perplexity::Args),
+    /// Measure prefill and decode speed (tokens/s), like llama-bench.
+    Bench(bench::Args),
 }
 
 /// Runs the parsed command.
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
