@@ -12,23 +12,26 @@ use serde_json::json;
 use super::engine::{self, KvArg};
 use super::CliResult;
 
-/// Measure prefill and decode speed (tokens per second).
-///
-/// Like llama-bench: test ppP prefills P token ids (pseudo-random, fixed
-/// seed) into an empty KV cache as one prompt; test tgN decodes N tokens one
-/// step at a time from an empty cache (the first is BOS when the model adds
-/// one, the others pseudo-random ids; no sampling). Each test runs once to
-/// warm up, then -r times; the table gives the mean ± sample standard
-/// deviation of the tokens per second of the repetitions, for each thread
-/// count. Peak RSS is the process's high-water mark (VmHWM) when the test
-/// ended; the mapped model file counts once its pages are read.
-///
-/// The table goes to stdout; with --json, stdout is one JSON array with an
-/// object per test: test, threads, tok_s_mean, tok_s_sd, peak_rss_bytes,
-/// samples_tok_s, n_prompt, n_gen, kernels, kv, batch, repetitions, model,
-/// model_bytes, model_params.
+/// `ferrite bench --help`.
+pub const LONG_ABOUT: &str = "\
+Measure prefill and decode speed (tokens per second), like llama-bench.
+
+Test ppP prefills P token ids (pseudo-random, fixed seed) into an empty KV
+cache as one prompt; test tgN decodes N tokens one step at a time from an
+empty cache (the first is BOS when the model adds one, the others
+pseudo-random ids; no sampling). Each test runs once to warm up, then -r
+times; the table gives the mean ± sample standard deviation of the tokens
+per second of the repetitions, for each thread count. Peak RSS is the
+process's high-water mark (VmHWM) when the test ended; the mapped model file
+counts once its pages are read.
+
+The table goes to stdout; with --json, stdout is one JSON array with an
+object per test: test, threads, tok_s_mean, tok_s_sd, peak_rss_bytes,
+samples_tok_s, n_prompt, n_gen, kernels, kv, batch, repetitions, model,
+model_bytes, model_params.";
+
+/// Options of `ferrite bench` (see [`LONG_ABOUT`]).
 #[derive(clap::Args, Debug)]
-#[command(verbatim_doc_comment)]
 pub struct Args {
     /// The .frt model file.
     #[arg(short, long, value_name = "FILE")]

@@ -39,6 +39,7 @@ enum Command {
     /// Measure perplexity on a text file.
     Perplexity(perplexity::Args),
     /// Measure prefill and decode speed (tokens/s), like llama-bench.
+    #[command(long_about = bench::LONG_ABOUT)]
     Bench(bench::Args),
 }
 
