@@ -4,7 +4,7 @@
 #
 # Usage: bash scripts/bench-vs-llama-cpp.sh [--rounds N] [-r R] [-t 1,2] [-p 512] [-n 128]
 #                                           [--quants q4,q8] [--no-build] [--out FILE.md]
-#                                           [--idle PCT] [--idle-wait S]
+#                                           [--idle PCT] [--idle-wait S] [--report-only DIR]
 #
 #   --rounds N   rounds (default 3, at least 3 for a median worth reading); in
 #                every round each configuration runs llama-bench and ferrite
@@ -18,6 +18,8 @@
 #                most PCT % busy (measured over 2 s from /proc/stat; default 15),
 #   --idle-wait S  but at most S seconds (default 120; 0: never wait); the
 #                busy share seen before each call is reported
+#   --report-only DIR  only print the report of the runs kept in DIR (e.g. an
+#                interrupted session: give --rounds as many as it completed)
 #
 # What it does (everything cached under ${FERRITE_CACHE:-~/.cache/ferrite}):
 #  1. builds `ferrite` (cargo build --release) and llama.cpp
@@ -31,8 +33,9 @@
 #     per weight as Q4_0 / Q8_0) and smollm2-135m.q8.frt (again whenever the
 #     ferrite binary is newer than the file);
 #  4. runs the rounds; each call is wrapped to record its peak RSS
-#     (getrusage of the child, ru_maxrss); before each call it waits for the
-#     machine to be quiet (--idle) and records how busy it was;
+#     (getrusage of the child, ru_maxrss) and the CPU time other processes
+#     took meanwhile; before each call it waits for the machine to be quiet
+#     (--idle) and records how busy it was;
 #  5. prints (stdout) a markdown report: per configuration the median over
 #     rounds of each tool's mean tok/s, the spread (min-max over rounds),
 #     the ratio Ferrite / llama.cpp, and the median peak RSS of each.
@@ -58,6 +61,7 @@ BUILD=1
 OUT=
 IDLE=15
 IDLE_WAIT=120
+REPORT_ONLY=
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -71,6 +75,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=$2; shift 2 ;;
         --idle) IDLE=$2; shift 2 ;;
         --idle-wait) IDLE_WAIT=$2; shift 2 ;;
+        --report-only) REPORT_ONLY=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -82,6 +87,10 @@ command -v python3 >/dev/null || die "python3 is needed (JSON and medians)"
 (( ROUNDS >= 3 )) || log "warning: fewer than 3 rounds: medians are weak"
 
 cd "$REPO_ROOT"
+if [[ -n $REPORT_ONLY ]]; then
+    [[ -d $REPORT_ONLY ]] || die "--report-only: $REPORT_ONLY is not a folder"
+    BUILD=0
+fi
 TARGET="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 FERRITE="$TARGET/release/ferrite"
 if (( BUILD )); then
@@ -89,6 +98,7 @@ if (( BUILD )); then
     cargo build --release --bin ferrite >&2 || die "cargo build failed"
 fi
 [[ -x $FERRITE ]] || die "$FERRITE not found (drop --no-build)"
+if [[ -z $REPORT_ONLY ]]; then
 LLAMA_BIN=$(bash "$SCRIPT_DIR/build-llama-cpp.sh" | tail -1)
 HF=$(bash "$SCRIPT_DIR/fetch-models.sh" | tail -1)
 SRC_GGUF="$CACHE/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -120,22 +130,35 @@ for q in "${QLIST[@]}"; do
     fi
 done
 
+fi
+
 # --- rounds ----------------------------------------------------------------
-RUNS="$BENCH/runs-$(date -u +%Y%m%dT%H%M%SZ)"
+RUNS="${REPORT_ONLY:-$BENCH/runs-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$RUNS"
 IFS=, read -r -a TLIST <<<"$THREADS"
 
-# measured OUT.json OUT.rss CMD...: runs CMD with stdout into OUT.json and
-# writes the child's peak RSS in bytes into OUT.rss.
+# measured BASE CMD...: runs CMD with stdout into BASE.json; writes the
+# child's peak RSS in bytes into BASE.rss and into BASE.other the share (%)
+# of the machine's CPU time that other processes used while it ran (all
+# CPUs' busy time from /proc/stat minus the child's own user+system time).
 measured() {
-    local json=$1 rss=$2; shift 2
-    python3 - "$json" "$rss" "$@" <<'EOF'
-import resource, subprocess, sys
-json_path, rss_path, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
-with open(json_path, "wb") as out:
+    local base=$1; shift
+    python3 - "$base" "$@" <<'EOF'
+import os, resource, subprocess, sys, time
+base, cmd = sys.argv[1], sys.argv[2:]
+def busy():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+b0, t0 = busy(), time.monotonic()
+with open(base + ".json", "wb") as out:
     rc = subprocess.run(cmd, stdout=out).returncode
-with open(rss_path, "w") as f:
-    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
+b1, wall = busy(), time.monotonic() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(base + ".rss", "w") as f:
+    f.write(str(ru.ru_maxrss * 1024))
+others = max(0.0, (b1 - b0) - (ru.ru_utime + ru.ru_stime))
+with open(base + ".other", "w") as f:
+    f.write(f"{100 * others / (wall * (os.cpu_count() or 1)):.1f}")
 sys.exit(rc)
 EOF
 }
@@ -170,17 +193,17 @@ quiet() {
 run_llama() { # quant threads round
     local base="$RUNS/llama-$1-t$2-r$3"
     quiet "$base"
-    measured "$base.json" "$base.rss" "$LLAMA_BIN/llama-bench" -m "$(gguf_of "$1")" -p "$PP" -n "$TG" \
+    measured "$base" "$LLAMA_BIN/llama-bench" -m "$(gguf_of "$1")" -p "$PP" -n "$TG" \
         -t "$2" -r "$REPS" -o json 2>"$base.err" || { tail "$base.err" >&2; die "llama-bench failed"; }
 }
 run_ferrite() {
     local base="$RUNS/ferrite-$1-t$2-r$3"
     quiet "$base"
-    measured "$base.json" "$base.rss" "$FERRITE" bench -m "$(frt_of "$1")" -p "$PP" -n "$TG" \
+    measured "$base" "$FERRITE" bench -m "$(frt_of "$1")" -p "$PP" -n "$TG" \
         -t "$2" -r "$REPS" --json 2>"$base.err" || { tail "$base.err" >&2; die "ferrite bench failed"; }
 }
 
-for ((round = 1; round <= ROUNDS; round++)); do
+for ((round = 1; round <= ROUNDS && ${#REPORT_ONLY} == 0; round++)); do
     for q in "${QLIST[@]}"; do
         for t in "${TLIST[@]}"; do
             log "round $round/$ROUNDS: $q, $t thread(s)"
@@ -209,6 +232,9 @@ def load(tool, q, t, r):
         rss = int(f.read())
     with open(base + ".load") as f:
         load = float(f.read())
+    if os.path.exists(base + ".other"):
+        with open(base + ".other") as f:
+            others.append(float(f.read()))
     out = {}
     for o in data:
         if tool == "llama":
@@ -231,7 +257,7 @@ def med(v):
     return statistics.median(v)
 
 mib = lambda b: b / (1 << 20)
-rows, sizes, loads, kernels = [], {}, [], set()
+rows, sizes, loads, kernels, others = [], {}, [], set(), []
 for q in quants:
     for t in threads:
         cell = {}
@@ -277,7 +303,9 @@ for q in quants:
               f"| {8 * weights / params:.3f} |")
 print()
 print(f"Noise: other processes kept the CPUs {min(loads):.0f}–{max(loads):.0f} % busy (median {med(loads):.0f} %) "
-      f"in the 2 s before each call (--idle {idle}). Raw results: {runs}.")
+      f"in the 2 s before each call (--idle {idle})"
+      + (f"; during the calls they used {min(others):.0f}–{max(others):.0f} % of the CPU time "
+         f"(median {med(others):.0f} %)" if others else "") + f". Raw results: {runs}.")
 EOF
 )
 printf '%s\n' "$REPORT"
