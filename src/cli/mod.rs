@@ -1,5 +1,6 @@
 //! Subcommands of the `ferrite` tool.
 
+mod bench;
 mod chat;
 mod convert;
 mod engine;
@@ -38,6 +39,9 @@ enum Command {
     Chat(chat::Args),
     /// Measure perplexity on a text file.
     Perplexity(perplexity::Args),
+    /// Measure prefill and decode speed (tokens/s), like llama-bench.
+    #[command(long_about = bench::LONG_ABOUT)]
+    Bench(bench::Args),
 }
 
 /// Runs the parsed command.
@@ -48,6 +52,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

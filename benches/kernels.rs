@@ -1,0 +1,295 @@
+//! Criterion benchmarks of every kernel of the table, for every tier this
+//! CPU supports (`Kernels::for_tier`), at the shapes of SmolLM2-135M
+//! (d_model 576, FFN 1536, vocab 49152, head_dim 64).
+//!
+//! Run: `cargo bench --bench kernels` (all), or filter by name, e.g.
+//! `cargo bench --bench kernels -- 'matmul_q/q4/decode'` or `-- avx512`.
+//! Benchmark ids read `<kernel>/<type>/<phase>/<tier>/<rows>x<cols>`.
+//!
+//! Throughput, as criterion reports it:
+//! - decode (one token, n = 1): `Throughput::Bytes` = bytes of weights
+//!   streamed (quants + scales), so "GiB/s" is weight bandwidth;
+//! - prefill (n = 32 tokens): `Throughput::Elements` = floating-point
+//!   operations (2 · rows · cols · n), so "Gelem/s" reads as GFLOP/s;
+//! - quantize_acts, rmsnorm: elements of input per second;
+//! - dot/dot_f16/axpy/axpy_f16 (attention over a KV cache of `ctx` keys
+//!   of head_dim 64): bytes of keys/values read.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use ferrite_format::quant::{self, padded_rows, tile_rows};
+use ferrite_format::DType;
+use ferrite_kernels::reference::{self, Matrix, Weights};
+use ferrite_kernels::{Acts, ActsMut, Kernels, Out, Tier};
+use half::f16;
+
+/// `[rows, cols]` of SmolLM2-135M's matrices: attention q/o, FFN gate/up,
+/// FFN down, output head (the tied embedding table).
+const SHAPES: [(usize, usize); 4] = [(576, 576), (1536, 576), (576, 1536), (49152, 576)];
+/// Tokens per prefill batch (the runtime's default `max_batch`).
+const PREFILL_N: usize = 32;
+/// Context lengths for the attention vector ops.
+const CONTEXTS: [usize; 3] = [128, 512, 2048];
+const HEAD_DIM: usize = 64;
+
+/// Every tier this CPU can run.
+fn tiers() -> Vec<&'static Kernels> {
+    Tier::ALL.into_iter().filter_map(|t| Kernels::for_tier(t).ok()).collect()
+}
+
+/// A small deterministic generator (benchmarks need data, not quality).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+    fn f32(&mut self) -> f32 {
+        ((self.next() >> 29) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// A random q4/q8 `[rows, cols]` matrix in the file's tiled layout
+/// (quants, scales).
+fn quantized(dtype: DType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f16>) {
+    let groups = cols.div_ceil(quant::GROUP);
+    let row_q = quant::row_quant_bytes(dtype, cols);
+    let mut logical = vec![0u8; rows * row_q];
+    let mut scales = vec![f16::ZERO; rows * groups];
+    let mut src = vec![0f32; cols];
+    for r in 0..rows {
+        src.iter_mut().for_each(|x| *x = rng.f32());
+        let (q, s) = (&mut logical[r * row_q..(r + 1) * row_q], &mut scales[r * groups..(r + 1) * groups]);
+        match dtype {
+            DType::Q4 => reference::quantize_row_q4(&src, q, s),
+            _ => reference::quantize_row_q8(&src, q, s),
+        }
+    }
+    let mut tiles = vec![0u8; padded_rows(rows) * row_q];
+    let mut tile_scales = vec![f16::ZERO; padded_rows(rows) * groups];
+    tile_rows(dtype, &logical, &scales, rows, groups, &mut tiles, &mut tile_scales);
+    (tiles, tile_scales)
+}
+
+/// `n` rows of `cols` activations quantized to int8 (reference kernel;
+/// every tier computes the same values).
+struct QuantActs {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl QuantActs {
+    fn new(x: &[f32], n: usize, cols: usize) -> Self {
+        let g = cols.div_ceil(quant::GROUP);
+        let mut a = QuantActs { qs: vec![0; n * g * quant::GROUP], d: vec![0.0; n * g], sums: vec![0; n * g] };
+        reference::quantize_acts(x, cols, n, cols, &mut ActsMut { qs: &mut a.qs, d: &mut a.d, sums: &mut a.sums });
+        a
+    }
+    fn acts(&self) -> Acts<'_> {
+        Acts { qs: &self.qs, d: &self.d, sums: &self.sums }
+    }
+}
+
+/// Phases of a matrix product: (name, tokens).
+const PHASES: [(&str, usize); 2] = [("decode", 1), ("prefill", PREFILL_N)];
+
+fn throughput(phase_n: usize, weight_bytes: usize, rows: usize, cols: usize) -> Throughput {
+    if phase_n == 1 {
+        Throughput::Bytes(weight_bytes as u64)
+    } else {
+        Throughput::Elements((2 * rows * cols * phase_n) as u64)
+    }
+}
+
+fn bench_matmul_q(c: &mut Criterion) {
+    let mut rng = Rng(1);
+    for (dtype, name) in [(DType::Q4, "q4"), (DType::Q8, "q8")] {
+        for &(rows, cols) in &SHAPES {
+            let (qs, scales) = quantized(dtype, rows, cols, &mut rng);
+            let weight_bytes = qs.len() + 2 * scales.len();
+            let w = match dtype {
+                DType::Q4 => Weights::Q4 { qs: &qs, scales: &scales },
+                _ => Weights::Q8 { qs: &qs, scales: &scales },
+            };
+            let m = Matrix { w, rows, cols };
+            for (phase, n) in PHASES {
+                let x = rng.vec(n * cols);
+                let acts = QuantActs::new(&x, n, cols);
+                let mut out = vec![0f32; n * rows];
+                let mut g = c.benchmark_group(format!("matmul_q/{name}/{phase}"));
+                g.throughput(throughput(n, weight_bytes, rows, cols));
+                if n > 1 {
+                    // The scalar reference takes seconds per 49152-row batch.
+                    g.sampling_mode(SamplingMode::Flat).sample_size(10);
+                }
+                for k in tiers() {
+                    g.bench_function(BenchmarkId::new(k.tier.name(), format!("{rows}x{cols}")), |b| {
+                        b.iter(|| {
+                            let mut o = Out::new(&mut out, rows);
+                            (k.matmul_q)(black_box(&m), 0..rows, &acts.acts(), n, &mut o);
+                        })
+                    });
+                }
+                g.finish();
+                black_box(&out);
+            }
+        }
+    }
+}
+
+fn bench_matmul_f(c: &mut Criterion) {
+    let mut rng = Rng(2);
+    for (name, elem) in [("f32", 4usize), ("f16", 2)] {
+        for &(rows, cols) in &SHAPES {
+            let w32 = rng.vec(rows * cols);
+            let w16: Vec<f16> = if elem == 2 { w32.iter().map(|&v| f16::from_f32(v)).collect() } else { vec![] };
+            let w = if elem == 4 { Weights::F32(&w32) } else { Weights::F16(&w16) };
+            let m = Matrix { w, rows, cols };
+            let mut scratch = vec![0f32; cols];
+            for (phase, n) in PHASES {
+                let x = rng.vec(n * cols);
+                let mut out = vec![0f32; n * rows];
+                let mut g = c.benchmark_group(format!("matmul_f/{name}/{phase}"));
+                g.throughput(throughput(n, rows * cols * elem, rows, cols));
+                if n > 1 {
+                    g.sampling_mode(SamplingMode::Flat).sample_size(10);
+                }
+                for k in tiers() {
+                    g.bench_function(BenchmarkId::new(k.tier.name(), format!("{rows}x{cols}")), |b| {
+                        b.iter(|| {
+                            let mut o = Out::new(&mut out, rows);
+                            (k.matmul_f)(black_box(&m), 0..rows, &x, cols, n, &mut o, &mut scratch);
+                        })
+                    });
+                }
+                g.finish();
+            }
+        }
+    }
+}
+
+fn bench_quantize_acts(c: &mut Criterion) {
+    let mut rng = Rng(3);
+    for cols in [576usize, 1536] {
+        for (phase, n) in PHASES {
+            let x = rng.vec(n * cols);
+            let g_cols = cols.div_ceil(quant::GROUP);
+            let (mut qs, mut d, mut sums) =
+                (vec![0i8; n * g_cols * 32], vec![0f32; n * g_cols], vec![0i32; n * g_cols]);
+            let mut g = c.benchmark_group(format!("quantize_acts/{phase}"));
+            g.throughput(Throughput::Elements((n * cols) as u64));
+            for k in tiers() {
+                g.bench_function(BenchmarkId::new(k.tier.name(), format!("{n}x{cols}")), |b| {
+                    b.iter(|| {
+                        let mut a = ActsMut { qs: &mut qs, d: &mut d, sums: &mut sums };
+                        (k.quantize_acts)(black_box(&x), cols, n, cols, &mut a);
+                    })
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+fn bench_rmsnorm(c: &mut Criterion) {
+    let mut rng = Rng(4);
+    let cols = 576;
+    let (x, w) = (rng.vec(cols), rng.vec(cols));
+    let mut out = vec![0f32; cols];
+    let mut g = c.benchmark_group("rmsnorm");
+    g.throughput(Throughput::Elements(cols as u64));
+    for k in tiers() {
+        g.bench_function(BenchmarkId::new(k.tier.name(), cols), |b| {
+            b.iter(|| (k.rmsnorm)(black_box(&x), &w, 1e-5, &mut out))
+        });
+    }
+    g.finish();
+}
+
+/// Attention's vector ops over a KV cache of `ctx` rows of head_dim 64:
+/// `dot`/`dot_f16` score a query against every key, `axpy`/`axpy_f16`
+/// accumulate every value row weighted by its probability.
+fn bench_vector_ops(c: &mut Criterion) {
+    let mut rng = Rng(5);
+    let q = rng.vec(HEAD_DIM);
+    for ctx in CONTEXTS {
+        let keys = rng.vec(ctx * HEAD_DIM);
+        let keys16: Vec<f16> = keys.iter().map(|&v| f16::from_f32(v)).collect();
+        let probs = rng.vec(ctx);
+        let mut scores = vec![0f32; ctx];
+        let mut acc = vec![0f32; HEAD_DIM];
+        let id = |k: &Kernels| BenchmarkId::new(k.tier.name(), format!("{HEAD_DIM}x{ctx}"));
+
+        let mut g = c.benchmark_group("dot/f32");
+        g.throughput(Throughput::Bytes((ctx * HEAD_DIM * 4) as u64));
+        for k in tiers() {
+            g.bench_function(id(k), |b| {
+                b.iter(|| {
+                    for (s, key) in scores.iter_mut().zip(keys.chunks_exact(HEAD_DIM)) {
+                        *s = (k.dot)(black_box(&q), key);
+                    }
+                })
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group("dot/f16");
+        g.throughput(Throughput::Bytes((ctx * HEAD_DIM * 2) as u64));
+        for k in tiers() {
+            g.bench_function(id(k), |b| {
+                b.iter(|| {
+                    for (s, key) in scores.iter_mut().zip(keys16.chunks_exact(HEAD_DIM)) {
+                        *s = (k.dot_f16)(black_box(&q), key);
+                    }
+                })
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group("axpy/f32");
+        g.throughput(Throughput::Bytes((ctx * HEAD_DIM * 4) as u64));
+        for k in tiers() {
+            g.bench_function(id(k), |b| {
+                b.iter(|| {
+                    acc.fill(0.0);
+                    for (&p, v) in probs.iter().zip(keys.chunks_exact(HEAD_DIM)) {
+                        (k.axpy)(p, black_box(v), &mut acc);
+                    }
+                })
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group("axpy/f16");
+        g.throughput(Throughput::Bytes((ctx * HEAD_DIM * 2) as u64));
+        for k in tiers() {
+            g.bench_function(id(k), |b| {
+                b.iter(|| {
+                    acc.fill(0.0);
+                    for (&p, v) in probs.iter().zip(keys16.chunks_exact(HEAD_DIM)) {
+                        (k.axpy_f16)(p, black_box(v), &mut acc);
+                    }
+                })
+            });
+        }
+        g.finish();
+        black_box((&scores, &acc));
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_matmul_q, bench_matmul_f, bench_quantize_acts, bench_rmsnorm, bench_vector_ops
+}
+criterion_main!(benches);
