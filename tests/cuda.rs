@@ -81,6 +81,7 @@ fn matrix_bytes(src: &[f32], rows: usize, cols: usize, dtype: DType) -> Vec<u8> 
     match dtype {
         DType::F32 => f32_bytes(src),
         DType::F16 => src.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+        DType::Q4A => panic!("the CUDA kernels do not read q4a"),
         DType::Q4 | DType::Q8 => {
             let gb = if dtype == DType::Q4 { quant::Q4_GROUP_BYTES } else { quant::Q8_GROUP_BYTES };
             let mut logical = vec![0u8; rows * groups * gb];
@@ -111,6 +112,7 @@ fn reference_matrix<'a>(bytes: &'a [u8], rows: usize, cols: usize, dtype: DType)
         DType::F16 => k::Weights::F16(bytemuck::cast_slice(bytes)),
         DType::Q8 => k::Weights::Q8 { qs: &bytes[..at], scales: bytemuck::cast_slice(&bytes[at..]) },
         DType::Q4 => k::Weights::Q4 { qs: &bytes[..at], scales: bytemuck::cast_slice(&bytes[at..]) },
+        DType::Q4A => panic!("the CUDA kernels do not read q4a"),
     };
     k::Matrix { w, rows, cols }
 }

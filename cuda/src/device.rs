@@ -217,6 +217,8 @@ fn suffix(dtype: DType) -> &'static str {
         DType::Q8 => "q8",
         DType::F16 => "f16",
         DType::F32 => "f32",
+        // Refused when the model is uploaded (`CudaModel::new`).
+        DType::Q4A => "q4a",
     }
 }
 
@@ -313,6 +315,11 @@ impl CudaModel {
             let t: TensorView<'_> = file.tensor(role)?;
             if let Some(m) = by_index.get(&t.index) {
                 return Ok(*m);
+            }
+            if t.dtype == DType::Q4A {
+                return Err(CudaError::Unsupported(format!(
+                    "{role:?} is q4a, which the CUDA kernels do not read yet; convert with --weights q4 or q8"
+                )));
             }
             let buf = gpu.upload(t.data)?;
             let scales = match t.dtype {

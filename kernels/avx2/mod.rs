@@ -455,6 +455,12 @@ unsafe fn matmul_f(
 ) {
     let cols = m.cols;
     for r in rows {
+        // Quantized weights (f32 activations asked for): each row is
+        // dequantized once for all the tokens.
+        let quantized = !matches!(m.w, Weights::F32(_) | Weights::F16(_));
+        if quantized {
+            m.dequantize_row(r, row);
+        }
         for t in 0..n {
             let xt = &x[t * x_stride..t * x_stride + cols];
             // SAFETY: AVX2/FMA/F16C present (module invariant).
@@ -462,10 +468,7 @@ unsafe fn matmul_f(
                 match m.w {
                     Weights::F32(w) => dot(&w[r * cols..(r + 1) * cols], xt),
                     Weights::F16(w) => dot_f16(xt, &w[r * cols..(r + 1) * cols]),
-                    _ => {
-                        m.dequantize_row(r, row);
-                        dot(&row[..cols], xt)
-                    }
+                    _ => dot(&row[..cols], xt),
                 }
             };
             out.set(t, r, v);
