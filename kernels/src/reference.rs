@@ -802,7 +802,7 @@ mod tests {
     /// every case is interpreted about a thousand times slower, and no
     /// failure file (Miri's isolation forbids file access; a failing case
     /// is printed either way).
-    fn proptest_config() -> ProptestConfig {
+    pub(super) fn proptest_config() -> ProptestConfig {
         let mut config = ProptestConfig::default();
         if cfg!(miri) {
             config.cases = 24;
@@ -1020,6 +1020,8 @@ mod search_tests {
     }
 
     proptest! {
+        #![proptest_config(super::tests::proptest_config())]
+
         /// The searched q4 and q8 scales are never worse (squared error)
         /// than the closed-form ones, on groups of every shape; and on
         /// normal-like groups the q4 search gains on average.
