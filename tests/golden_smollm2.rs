@@ -156,13 +156,16 @@ fn smollm2_kl_divergence_cli() {
     let plain: serde_json::Value = serde_json::from_str(&out).expect("json");
     let n_tokens = plain["tokens"].as_u64().unwrap() as usize;
     assert_eq!(plain["predicted"].as_u64().unwrap() as usize, (n_tokens / 64) * 31, "second-half count");
-    let compare = |m: &str| -> serde_json::Value {
-        let (ok, out, err) = ppl(m, &["--kl-divergence", base]);
+    let compare_with = |m: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--kl-divergence", base];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = ppl(m, &args);
         assert!(ok, "{m}: {err}");
         let j: serde_json::Value = serde_json::from_str(&out).expect("json");
         eprintln!("{m}: {j}");
         j
     };
+    let compare = |m: &str| compare_with(m, &[]);
     let same = compare(&f32_model);
     assert!(same["kld_mean"].as_f64().unwrap().abs() < 1e-6, "{same}");
     assert!(same["kld_p99"].as_f64().unwrap().abs() < 1e-5, "{same}");
@@ -174,8 +177,12 @@ fn smollm2_kl_divergence_cli() {
     assert!(q8 > 1e-5 && q8 < 0.01, "q8 KLD {q8}");
     assert!(q4 > 0.02 && q4 < 1.0, "q4 KLD {q4}");
     // q4a on the source's own Q4_1 groups (and the default q8 table on its
-    // Q8_0 one) reproduces the weights: divergence at f32 rounding level.
-    assert!(q4a.abs() < 1e-4, "q4a KLD {q4a} vs q4 {q4}");
+    // Q8_0 one) reproduces the weights: with f32 activations the divergence
+    // is at f32 rounding level; by default the table's product uses int8
+    // activations, which leaves a small one.
+    assert!(q4a.abs() < 2e-3 && q4a < q8, "q4a KLD {q4a} vs q8 {q8} and q4 {q4}");
+    let q4a_exact = compare_with(&model("q4a"), &["--f32-activations"])["kld_mean"].as_f64().unwrap();
+    assert!(q4a_exact.abs() < 1e-4, "q4a KLD with f32 activations {q4a_exact}");
 
     // Mismatches.
     let (ok, _, err) = run(&[
