@@ -71,13 +71,21 @@ compare() {
 }
 
 step "comparing the C program with ferrite run --temp 0 (tiny fixture)"
+# A prompt whose greedy continuation ends on the stop id (2), found with
+# ferrite run, so the stop path is exercised whatever the kernels compute.
+stop_prompt=""
+for a in $(seq 1 400); do
+    out=$("$ferrite" run -m "$model" --prompt-ids "$a,1" -n 24 --temp 0 --output ids 2>/dev/null || true)
+    if [[ "$out" == *,2 ]]; then stop_prompt="$a,1"; break; fi
+done
+[[ -n "$stop_prompt" ]] || { echo "no prompt a,1 (a <= 400) ends on the stop id within 24 tokens" >&2; exit 1; }
 cases=(
+    "--prompt-ids $stop_prompt -n 24"
+    "--prompt-ids $stop_prompt -n 24 --ignore-eos"
     "--prompt-ids 1,2,3,4 -n 24"
     "--prompt-ids 1,2,3,4 -n 24 --ignore-eos"
     "--prompt-ids 5 -n 24"
     "--prompt-ids 5 -n 24 --ignore-eos"
-    "--prompt-ids 48,1 -n 24"
-    "--prompt-ids 48,1 -n 24 --ignore-eos"
     "--prompt-ids 3,1 -n 40 --ctx 16 --kv q8"
     "--prompt-ids 3,1 -n 40 --ctx 16 --kv f32 --no-streaming"
     "--prompt-ids 7 -n 0"
