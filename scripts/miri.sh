@@ -13,7 +13,8 @@
 # truncations and a few dozen of the random mutations (`iters`, `sample`);
 # its fixtures repeat their first rows' data and are built once per config;
 # the kernels' property tests run 24 cases instead of 256. Every test still
-# runs. The runtime's only unsafe code (parallel.rs: threads writing disjoint
+# runs except the quantizer searches of reference.rs (`search_tests`: safe
+# float code, far too slow interpreted). The runtime's only unsafe code (parallel.rs: threads writing disjoint
 # rows of one output through a raw pointer) is checked too.
 #
 # Takes about 10 minutes on 2 cores (the first run also builds Miri's
