@@ -762,7 +762,8 @@ mod tests {
             // The searched scale is never worse than the closed-form one.
             let sse: f64 = chunk.iter().zip(got).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
             let base = baseline_sse(chunk, q4);
-            assert!(sse <= base, "group {g}: searched SSE {sse} > closed-form {base}");
+            // (1e-12 relative: Miri perturbs float results by an ulp.)
+            assert!(sse <= base * (1.0 + 1e-12), "group {g}: searched SSE {sse} > closed-form {base}");
             for (j, (&x, &y)) in chunk.iter().zip(got).enumerate() {
                 // Values inside the scale's range are within half a step
                 // (plus the f32 product's rounding); clipped ones within the
@@ -1061,7 +1062,7 @@ mod search_tests {
                 prop_assert!(d >= 0.0 && d.is_finite() && m.is_finite());
                 let got = &back[g * GROUP..g * GROUP + chunk.len()];
                 let base = minmax_sse(chunk);
-                prop_assert!(sse(chunk, got) <= base, "group {}: {} > {}", g, sse(chunk, got), base);
+                prop_assert!(sse(chunk, got) <= base * (1.0 + 1e-12), "group {}: {} > {}", g, sse(chunk, got), base);
                 for (&x, &y) in chunk.iter().zip(got) {
                     let level = if d > 0.0 { (x - m) / d } else { 0.0 };
                     let bound = if d == 0.0 {
