@@ -250,7 +250,7 @@ unsafe fn quantize_acts(x: &[f32], x_stride: usize, n: usize, cols: usize, acts:
             let mut sum = 0i32;
             let dst = &mut acts.qs[(t * groups + g) * GROUP..(t * groups + g + 1) * GROUP];
             for (j, o) in dst.iter_mut().enumerate() {
-                let v = row.get(g * GROUP + j).map_or(0, |&x| libm::roundevenf(x * id).clamp(-127.0, 127.0) as i8);
+                let v = row.get(g * GROUP + j).map_or(0, |&x| reference::quant_act(x, id));
                 *o = v;
                 sum += v as i32;
             }

@@ -275,8 +275,9 @@ pub fn act_scale(src: &[f32]) -> (f32, f32) {
     (d, if d > 0.0 { 1.0 / d } else { 0.0 })
 }
 
+/// One activation quantized with inverse scale `id` (see [`quantize_acts`]).
 #[inline]
-fn quant_act(x: f32, id: f32) -> i8 {
+pub fn quant_act(x: f32, id: f32) -> i8 {
     libm::roundevenf(x * id).clamp(-127.0, 127.0) as i8
 }
 

@@ -595,7 +595,8 @@ impl<'m, 'a> Session<'m, 'a> {
         let out = m.matrix(Role::Output)?;
         let kern = self.kern;
         norm_rows(kern, &self.x[first * d..(first + n) * d], norm, c.norm_eps, &mut self.xn[..n * d]);
-        let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, self.plan.cfg.f32_activations);
+        let f32_acts = self.plan.cfg.f32_activations || !out.w.is_quantized();
+        let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
         parallel::matmul(
             self.plan.cfg.threads,
             kern,
@@ -646,7 +647,8 @@ impl<'m, 'a> Session<'m, 'a> {
             let wq = m.matrix(role(LayerRole::AttnQ))?;
             let wk = m.matrix(role(LayerRole::AttnK))?;
             let wv = m.matrix(role(LayerRole::AttnV))?;
-            let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
+            let float = f32_acts || ![&wq, &wk, &wv].iter().any(|m| m.w.is_quantized());
+            let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, float);
             let jobs = [(&wq, &mut self.q[..], q_dim), (&wk, &mut self.k[..], kv_dim), (&wv, &mut self.v[..], kv_dim)];
             parallel::matmuls(threads, kern, jobs, input, n, self.row, row_len);
             if c.qkv_bias() {
@@ -707,7 +709,8 @@ impl<'m, 'a> Session<'m, 'a> {
                 self.kv.write(kern, row, keys, values, shape);
             }
             let wo = m.matrix(role(LayerRole::AttnO))?;
-            let input = prepare(kern, &self.att[..n * q_dim], q_dim, n, &mut self.acts, f32_acts);
+            let float = f32_acts || !wo.w.is_quantized();
+            let input = prepare(kern, &self.att[..n * q_dim], q_dim, n, &mut self.acts, float);
             parallel::matmul(threads, kern, &wo, input, n, self.xn, d, self.row, row_len);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
 
@@ -716,11 +719,13 @@ impl<'m, 'a> Session<'m, 'a> {
             let wg = m.matrix(role(LayerRole::FfnGate))?;
             let wu = m.matrix(role(LayerRole::FfnUp))?;
             let wd = m.matrix(role(LayerRole::FfnDown))?;
-            let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
+            let float = f32_acts || !(wg.w.is_quantized() || wu.w.is_quantized());
+            let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, float);
             let jobs = [(&wg, &mut self.gate[..], ffn), (&wu, &mut self.up[..], ffn)];
             parallel::matmuls(threads, kern, jobs, input, n, self.row, row_len);
             (kern.swiglu)(&mut self.gate[..n * ffn], &self.up[..n * ffn]);
-            let input = prepare(kern, &self.gate[..n * ffn], ffn, n, &mut self.acts, f32_acts);
+            let float = f32_acts || !wd.w.is_quantized();
+            let input = prepare(kern, &self.gate[..n * ffn], ffn, n, &mut self.acts, float);
             parallel::matmul(threads, kern, &wd, input, n, self.xn, d, self.row, row_len);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
         }
@@ -738,9 +743,8 @@ fn norm_rows(kern: &Kernels, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32
 }
 
 /// The input of the matrix products over `x` (`n` rows of `cols`): `x`
-/// itself, and its int8 quantization in `acts` unless f32 activations are
-/// asked for. (Float weights ignore the int8 copy; quantizing once per
-/// input costs little next to the products.)
+/// itself, and its int8 quantization in `acts` unless `f32_acts` (asked
+/// for, or no matrix reading this input is q8/q4).
 fn prepare<'x>(
     kern: &Kernels,
     x: &'x [f32],
