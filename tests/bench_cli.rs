@@ -101,6 +101,13 @@ fn zero_skips_a_test_and_options_are_honoured() {
     // Past the fixture's trained context (256): speed is still measured.
     let arr = bench_json(&model, &["-p", "300", "-n", "0", "-t", "1", "-r", "1"]);
     assert_eq!(arr[0]["test"].as_str(), Some("pp300"));
+
+    // -d: every test runs on top of DEPTH cached tokens, per depth; the
+    // cache holds depth + test tokens (200 + 100 > 256 trained).
+    let arr = bench_json(&model, &["-p", "16", "-n", "100", "-d", "0,200", "-t", "1", "-r", "1"]);
+    let got: Vec<(&str, u64)> =
+        arr.iter().map(|o| (o["test"].as_str().expect("test"), o["n_depth"].as_u64().expect("n_depth"))).collect();
+    assert_eq!(got, [("pp16", 0), ("tg100", 0), ("pp16 @ d200", 200), ("tg100 @ d200", 200)]);
 }
 
 #[test]

@@ -19,15 +19,18 @@ Measure prefill and decode speed (tokens per second), like llama-bench.
 Test ppP prefills P token ids (pseudo-random, fixed seed) into an empty KV
 cache as one prompt; test tgN decodes N tokens one step at a time from an
 empty cache (the first is BOS when the model adds one, the others
-pseudo-random ids; no sampling). Each test runs once to warm up, then -r
-times; the table gives the mean ± sample standard deviation of the tokens
+pseudo-random ids; no sampling). With -d DEPTH, each run first fills the
+cache with DEPTH pseudo-random tokens (not timed; batched like a prompt) and
+the test then runs on top of them, as llama-bench's -d: `tg128 @ d1920` is
+decode speed with 1920 tokens already in the cache. Each test runs once to
+warm up, then -r times; the table gives the mean ± sample standard deviation of the tokens
 per second of the repetitions, for each thread count. Peak RSS is the
 process's high-water mark (VmHWM) when the test ended; the mapped model file
 counts once its pages are read.
 
 The table goes to stdout; with --json, stdout is one JSON array with an
 object per test: test, threads, tok_s_mean, tok_s_sd, peak_rss_bytes,
-samples_tok_s, n_prompt, n_gen, kernels, kv, batch, repetitions, model,
+samples_tok_s, n_prompt, n_gen, n_depth, kernels, kv, batch, repetitions, model,
 model_bytes, model_params.";
 
 /// Options of `ferrite bench` (see [`LONG_ABOUT`]).
@@ -45,6 +48,10 @@ pub struct Args {
     /// Thread counts, comma-separated [default: all available CPUs].
     #[arg(short = 't', long, value_delimiter = ',', value_name = "T")]
     pub threads: Vec<usize>,
+    /// Tokens already in the KV cache when each test starts (filled, not
+    /// timed, before every run), comma-separated.
+    #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0", value_name = "DEPTH")]
+    pub n_depth: Vec<usize>,
     /// Timed repetitions of each test (after one warm-up run).
     #[arg(short = 'r', long, default_value_t = 5, value_name = "R")]
     pub repetitions: usize,
@@ -71,25 +78,37 @@ fn parse_tier(s: &str) -> Result<Tier, String> {
     })
 }
 
-/// One test to run.
+/// What one test times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Test {
+enum Kind {
     /// Prefill of this many tokens.
     Prompt(usize),
     /// This many single decode steps.
     Gen(usize),
 }
 
+/// One test to run: what it times, on top of `depth` tokens in the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Test {
+    kind: Kind,
+    depth: usize,
+}
+
 impl Test {
     fn name(self) -> String {
-        match self {
-            Test::Prompt(p) => format!("pp{p}"),
-            Test::Gen(n) => format!("tg{n}"),
+        let base = match self.kind {
+            Kind::Prompt(p) => format!("pp{p}"),
+            Kind::Gen(n) => format!("tg{n}"),
+        };
+        if self.depth > 0 {
+            format!("{base} @ d{}", self.depth)
+        } else {
+            base
         }
     }
     fn tokens(self) -> usize {
-        match self {
-            Test::Prompt(n) | Test::Gen(n) => n,
+        match self.kind {
+            Kind::Prompt(n) | Kind::Gen(n) => n,
         }
     }
 }
@@ -149,8 +168,10 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
     if threads.contains(&0) {
         return Err("thread counts must be at least 1".into());
     }
-    let mut tests: Vec<Test> = args.n_prompt.iter().filter(|&&p| p > 0).map(|&p| Test::Prompt(p)).collect();
-    tests.extend(args.n_gen.iter().filter(|&&n| n > 0).map(|&n| Test::Gen(n)));
+    let mut kinds: Vec<Kind> = args.n_prompt.iter().filter(|&&p| p > 0).map(|&p| Kind::Prompt(p)).collect();
+    kinds.extend(args.n_gen.iter().filter(|&&n| n > 0).map(|&n| Kind::Gen(n)));
+    let depths = if args.n_depth.is_empty() { vec![0] } else { args.n_depth.clone() };
+    let tests: Vec<Test> = depths.iter().flat_map(|&depth| kinds.iter().map(move |&kind| Test { kind, depth })).collect();
     if tests.is_empty() {
         return Err("nothing to measure: both -p and -n are 0".into());
     }
@@ -163,7 +184,11 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
     let model_bytes = std::fs::metadata(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?.len();
     let params = n_params(&model, &args.model)?;
     let name = args.model.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ctx = tests.iter().map(|t| t.tokens()).max().unwrap_or(1);
+    let ctx = tests
+        .iter()
+        .map(|t| t.tokens().checked_add(t.depth))
+        .try_fold(1usize, |m, n| n.map(|n| m.max(n)))
+        .ok_or("-d plus the test length overflows")?;
 
     let mut table = String::new();
     if !args.json {
@@ -216,8 +241,9 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
                     "tok_s_sd": sd,
                     "peak_rss_bytes": m.peak_rss,
                     "samples_tok_s": m.samples,
-                    "n_prompt": if let Test::Prompt(p) = m.test { p } else { 0 },
-                    "n_gen": if let Test::Gen(n) = m.test { n } else { 0 },
+                    "n_prompt": if let Kind::Prompt(p) = m.test.kind { p } else { 0 },
+                    "n_gen": if let Kind::Gen(n) = m.test.kind { n } else { 0 },
+                    "n_depth": m.test.depth,
                     "kernels": tier.name(),
                     "kv": format!("{:?}", args.kv).to_lowercase(),
                     "batch": args.batch.unwrap_or(ferrite_runtime::SessionConfig::default().max_batch),
@@ -260,14 +286,21 @@ fn measure(model: &Model<'_>, session: &mut Session<'_, '_>, test: Test, reps: u
         // Different ids each repetition, the same every run of the tool.
         let mut ids = token_ids(test.tokens(), vocab, 0x5EED + rep as u64);
         session.reset();
-        let secs = match test {
-            Test::Prompt(_) => {
+        if test.depth > 0 {
+            let mut fill = token_ids(test.depth, vocab, 0xDE97 + rep as u64);
+            if let (true, Some(bos)) = (model.config().add_bos(), model.config().bos()) {
+                fill[0] = bos;
+            }
+            session.prefill(&fill)?;
+        }
+        let secs = match test.kind {
+            Kind::Prompt(_) => {
                 let start = Instant::now();
                 session.prefill(&ids)?;
                 start.elapsed().as_secs_f64()
             }
-            Test::Gen(_) => {
-                if let (true, Some(bos)) = (model.config().add_bos(), model.config().bos()) {
+            Kind::Gen(_) => {
+                if let (0, true, Some(bos)) = (test.depth, model.config().add_bos(), model.config().bos()) {
                     ids[0] = bos;
                 }
                 let start = Instant::now();
