@@ -21,6 +21,7 @@
 pub use ferrite_format as format;
 pub use ferrite_kernels as kernels;
 
+pub mod backend;
 mod error;
 pub mod eval;
 mod kv;
@@ -30,6 +31,7 @@ pub mod sampler;
 mod session;
 pub mod tokenizer;
 
+pub use backend::Backend;
 pub use error::Error;
 pub use kv::KvType;
 pub use model::Model;

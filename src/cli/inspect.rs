@@ -63,7 +63,7 @@ fn render_plan(args: &Args, file: &File<'_>, text: &mut String) -> CliResult<Exi
             "ctx": args.ctx, "kv": format!("{:?}", args.kv).to_lowercase(), "sinks": args.sinks,
             "threads": args.threads, "batch": args.batch,
             "kv_cache_bytes": p.kv_cache, "activation_bytes": p.activations, "scratch_bytes": p.scratch,
-            "arena_bytes": plan.arena_bytes(), "weights_bytes_mapped": file.bytes().len(),
+            "views_bytes": p.views, "arena_bytes": plan.arena_bytes(), "weights_bytes_mapped": file.bytes().len(),
         });
         writeln!(text, "{out}")?;
     } else {
@@ -75,6 +75,7 @@ fn render_plan(args: &Args, file: &File<'_>, text: &mut String) -> CliResult<Exi
         writeln!(text, "  kv cache     {:>12} bytes", p.kv_cache)?;
         writeln!(text, "  activations  {:>12} bytes", p.activations)?;
         writeln!(text, "  scratch      {:>12} bytes", p.scratch)?;
+        writeln!(text, "  tensor views {:>12} bytes (each layer's tensors, resolved once)", p.views)?;
         writeln!(text, "  arena total  {:>12} bytes (parts + 64 bytes of alignment slack)", plan.arena_bytes())?;
         writeln!(text, "  weights      {:>12} bytes, mapped from the file (not in the arena)", file.bytes().len())?;
     }

@@ -1,0 +1,264 @@
+//! Attention over the streaming KV cache: the ring's geometry (which slot a
+//! position lands in, which keys a query sees) and one layer's attention
+//! over a batch.
+
+use core::ops::Range;
+
+use ferrite_format::ModelConfig;
+use ferrite_kernels::reference as k;
+use ferrite_kernels::Kernels;
+
+use super::Plan;
+use crate::kv::{KvShape, KvStore};
+
+/// The cache as a ring of `max_ctx` slots with `sinks` pinned at the start.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ring {
+    max_ctx: usize,
+    /// Sinks in effect (0 without streaming).
+    sinks: usize,
+}
+
+/// Keys attended by one query: sink slots, and a run of absolute positions.
+pub(super) struct KeySet {
+    pub sinks: Range<usize>,
+    pub main: Range<usize>,
+    /// The query's position within the cache.
+    pub cache_pos: usize,
+}
+
+impl Ring {
+    pub(super) fn of(plan: &Plan) -> Self {
+        Ring { max_ctx: plan.cfg.max_ctx, sinks: plan.sinks() }
+    }
+
+    /// The cache slot of the token at absolute position `abs`: sinks keep
+    /// their slots; the others go round a ring of `max_ctx - sinks` slots.
+    /// (Without streaming `abs < max_ctx`, so the slot is `abs`.)
+    pub(super) fn slot(&self, abs: usize) -> usize {
+        if abs < self.sinks {
+            abs
+        } else {
+            self.sinks + (abs - self.sinks) % (self.max_ctx - self.sinks)
+        }
+    }
+
+    /// Calls `f(first_slot, len)` for the runs of consecutive cache slots
+    /// that the absolute positions `abs` occupy, in order.
+    pub(super) fn for_runs(&self, abs: Range<usize>, mut f: impl FnMut(usize, usize)) {
+        // Slots run on consecutively until the end of the cache (then the
+        // ring wraps to the first slot after the sinks).
+        let mut a = abs.start;
+        while a < abs.end {
+            let first = self.slot(a);
+            let len = (abs.end - a).min(self.max_ctx - first);
+            f(first, len);
+            a += len;
+        }
+    }
+
+    /// The keys a query at absolute position `abs` attends to.
+    ///
+    /// Until the cache is full that is every earlier token. Once tokens have
+    /// been evicted it is the `sinks` first tokens plus the most recent
+    /// `max_ctx - sinks` (the query's own included), and the query's
+    /// position within the cache is `max_ctx - 1`. A model's own sliding
+    /// window (Mistral) narrows either set.
+    pub(super) fn key_set(&self, abs: usize, window: Option<usize>) -> KeySet {
+        let (max_ctx, sinks) = (self.max_ctx, self.sinks);
+        let lowest = window.map_or(0, |w| (abs + 1).saturating_sub(w));
+        if abs < max_ctx {
+            return KeySet { sinks: 0..0, main: lowest..abs + 1, cache_pos: abs };
+        }
+        let ring = max_ctx - sinks;
+        KeySet { sinks: lowest.min(sinks)..sinks, main: (abs + 1 - ring).max(lowest)..abs + 1, cache_pos: max_ctx - 1 }
+    }
+}
+
+/// One layer's attention over a batch, shared by the threads that split the
+/// batch's tokens (each writes only its tokens' rows of the output).
+pub(super) struct Attention<'s, 'a> {
+    kern: &'static Kernels,
+    kv: &'s KvStore<'a>,
+    pub ring: Ring,
+    /// Queries `[n, q_dim]`, rotated.
+    q: &'s [f32],
+    /// Keys of the batch `[n, kv_dim]`, rotated and rounded to the cache's precision.
+    k: &'s [f32],
+    /// Values of the batch `[n, kv_dim]`, rounded likewise.
+    v: &'s [f32],
+    /// RoPE inverse frequencies `[head_dim / 2]`.
+    inv_freq: &'s [f32],
+    /// Cache row of this layer's slot 0.
+    layer_row: usize,
+    /// Absolute position of the batch's first token.
+    n0: usize,
+    window: Option<usize>,
+    shape: KvShape,
+    n_heads: usize,
+    /// Query heads per KV head.
+    group: usize,
+    scale: f32,
+    /// Floats of `scratch` per thread: scores, a query head, a RoPE row.
+    per_thread: usize,
+    batch_dot: fn(&[f32], &[f32], usize, f32, &mut [f32]),
+    batch_axpy: fn(&[f32], &[f32], usize, &mut [f32]),
+}
+
+impl<'s, 'a> Attention<'s, 'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        c: &ModelConfig,
+        kern: &'static Kernels,
+        kv: &'s KvStore<'a>,
+        plan: &Plan,
+        [q, k, v]: [&'s [f32]; 3],
+        inv_freq: &'s [f32],
+        layer_row: usize,
+        n0: usize,
+    ) -> Self {
+        let hd = c.head_dim as usize;
+        let (batch_dot, batch_axpy) = kv.batch_ops(kern);
+        Attention {
+            kern,
+            kv,
+            ring: Ring::of(plan),
+            q,
+            k,
+            v,
+            inv_freq,
+            layer_row,
+            n0,
+            window: c.sliding_window().map(|w| w as usize),
+            shape: KvShape { kv_dim: c.kv_dim() as usize, head_dim: hd },
+            n_heads: c.n_heads as usize,
+            group: (c.n_heads / c.n_kv_heads) as usize,
+            scale: 1.0 / libm::sqrtf(hd as f32),
+            per_thread: plan.cfg.max_ctx + 2 * hd,
+            batch_dot,
+            batch_axpy,
+        }
+    }
+
+    /// Attention of the batch tokens `tokens` into `att` (their rows),
+    /// split across up to `threads` threads; `scratch` holds `per_thread`
+    /// floats per thread.
+    pub(super) fn run(&self, tokens: Range<usize>, att: &mut [f32], scratch: &mut [f32], threads: usize) {
+        let q_dim = self.n_heads * self.shape.head_dim;
+        #[cfg(feature = "std")]
+        if threads > 1 && tokens.len() > 1 {
+            let left = threads / 2;
+            let mid = tokens.start + tokens.len() * left / threads;
+            let (a1, a2) = att.split_at_mut((mid - tokens.start) * q_dim);
+            let (s1, s2) = scratch.split_at_mut(self.per_thread * left);
+            rayon::join(|| self.run(tokens.start..mid, a1, s1, left), || self.run(mid..tokens.end, a2, s2, threads - left));
+            return;
+        }
+        for (i, t) in tokens.enumerate() {
+            self.heads(t, 0..self.n_heads, &mut att[i * q_dim..(i + 1) * q_dim], scratch, threads);
+        }
+    }
+
+    /// Heads `heads` of batch token `t` into `att` (their outputs), split
+    /// across up to `threads` threads (one token decoding).
+    fn heads(&self, t: usize, heads: Range<usize>, att: &mut [f32], scratch: &mut [f32], threads: usize) {
+        #[cfg(feature = "std")]
+        if threads > 1 && heads.len() > 1 {
+            let left = threads / 2;
+            let mid = heads.start + heads.len() * left / threads;
+            let (a1, a2) = att.split_at_mut((mid - heads.start) * self.shape.head_dim);
+            let (s1, s2) = scratch.split_at_mut(self.per_thread * left);
+            rayon::join(
+                || self.heads(t, heads.start..mid, a1, s1, left),
+                || self.heads(t, mid..heads.end, a2, s2, threads - left),
+            );
+            return;
+        }
+        let _ = threads;
+        self.token(t, heads, att, &mut scratch[..self.per_thread]);
+    }
+
+    /// Heads `heads` of batch token `t` (`att` holds their outputs).
+    fn token(&self, t: usize, heads: Range<usize>, att: &mut [f32], scratch: &mut [f32]) {
+        let KvShape { kv_dim, head_dim: hd } = self.shape;
+        let q_dim = self.n_heads * hd;
+        let (kern, n0, shape, scale) = (self.kern, self.n0, self.shape, self.scale);
+        let abs = n0 + t;
+        let keys = self.ring.key_set(abs, self.window);
+        let (scores, rest) = scratch.split_at_mut(scratch.len() - 2 * hd);
+        let (q_head, sink_cs) = rest.split_at_mut(hd);
+        // Sink keys sit at their own positions: the query meets them rotated
+        // at its position within the cache, not in the text.
+        if !keys.sinks.is_empty() {
+            k::rope_table(keys.cache_pos as f32 - abs as f32, self.inv_freq, sink_cs);
+        }
+        let n_sinks = keys.sinks.len();
+        let n_keys = n_sinks + keys.main.len();
+        let cached = keys.main.start..keys.main.end.min(n0);
+        let fresh = keys.main.start.max(n0)..keys.main.end;
+        // The batch's own keys and values of KV head `kvh`, rows `fresh`.
+        let fresh_rows = |kvh: usize| {
+            let r = (fresh.start - n0) * kv_dim + kvh * hd;
+            r..(fresh.end - 1 - n0) * kv_dim + kvh * hd + hd
+        };
+        let first = heads.start;
+        for h in heads {
+            let kvh = h / self.group;
+            let qh = &self.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+            let scores = &mut scores[..n_keys];
+            if n_sinks > 0 {
+                q_head.copy_from_slice(qh);
+                (kern.rope)(q_head, sink_cs);
+                let row = self.layer_row + keys.sinks.start;
+                self.kv.dot_keys(kern, row, kvh, q_head, scale, &mut scores[..n_sinks], shape);
+            }
+            let mut at = n_sinks;
+            self.ring.for_runs(cached.clone(), |slot, len| {
+                self.kv.dot_keys(kern, self.layer_row + slot, kvh, qh, scale, &mut scores[at..at + len], shape);
+                at += len;
+            });
+            if !fresh.is_empty() {
+                (self.batch_dot)(qh, &self.k[fresh_rows(kvh)], kv_dim, scale, &mut scores[at..]);
+            }
+            (kern.softmax)(scores);
+            let out = &mut att[(h - first) * hd..(h - first + 1) * hd];
+            out.fill(0.0);
+            let scores = &scores[..n_keys];
+            self.kv.add_values(kern, self.layer_row + keys.sinks.start, kvh, &scores[..n_sinks], out, shape);
+            let mut at = n_sinks;
+            self.ring.for_runs(cached.clone(), |slot, len| {
+                self.kv.add_values(kern, self.layer_row + slot, kvh, &scores[at..at + len], out, shape);
+                at += len;
+            });
+            if !fresh.is_empty() {
+                (self.batch_axpy)(&scores[at..], &self.v[fresh_rows(kvh)], kv_dim, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `for_runs` covers exactly the slots `slot` gives, in order, in runs of
+    /// consecutive slots, for every kind of key range a query sees.
+    #[test]
+    fn runs_of_slots_match_slot_by_slot() {
+        for (max_ctx, streaming, sinks) in [(16, true, 4), (16, true, 0), (9, true, 8), (16, false, 4), (1, true, 0)] {
+            let ring = Ring { max_ctx, sinks: if streaming { sinks } else { 0 } };
+            let limit = if streaming { 5 * max_ctx } else { max_ctx };
+            for start in 0..limit {
+                for end in start..=limit.min(start + max_ctx) {
+                    let mut got = Vec::new();
+                    ring.for_runs(start..end, |first, len| {
+                        assert!(len > 0);
+                        got.extend(first..first + len);
+                    });
+                    let want: Vec<usize> = (start..end).map(|a| ring.slot(a)).collect();
+                    assert_eq!(got, want, "max_ctx {max_ctx} sinks {sinks} streaming {streaming}: {start}..{end}");
+                }
+            }
+        }
+    }
+}
