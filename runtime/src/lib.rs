@@ -24,6 +24,7 @@ pub use ferrite_kernels as kernels;
 pub mod backend;
 mod error;
 pub mod eval;
+pub mod generate;
 mod kv;
 mod model;
 mod parallel;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use ferrite_kernels::Tier;
+use ferrite_runtime::generate::{generate, End, GenBuffers, GenOptions, History};
+use ferrite_runtime::sampler::{Sampler, SamplerConfig};
 use ferrite_runtime::{Model, Session};
 use serde_json::json;
 
@@ -17,14 +19,15 @@ pub const LONG_ABOUT: &str = "\
 Measure prefill and decode speed (tokens per second), like llama-bench.
 
 Test ppP prefills P token ids (pseudo-random, fixed seed) into an empty KV
-cache as one prompt; test tgN decodes N tokens one step at a time from an
-empty cache (the first is BOS when the model adds one, the others
-pseudo-random ids; no sampling). With -d DEPTH, each run first fills the
-cache with DEPTH pseudo-random tokens (not timed; batched like a prompt) and
-the test then runs on top of them, as llama-bench's -d: `tg128 @ d1920` is
-decode speed with 1920 tokens already in the cache. Each test runs once to
-warm up, then -r times; the table gives the mean ± sample standard deviation of the tokens
-per second of the repetitions, for each thread count. Peak RSS is the
+cache as one prompt; test tgN generates N tokens one step at a time from an
+empty cache through the runtime's generation loop (the first id fed is BOS
+when the model adds one, else a pseudo-random id; then each greedy choice is
+fed back, so the time includes sampling). With -d DEPTH, each run first
+fills the cache with DEPTH pseudo-random tokens (not timed; batched like a
+prompt) and the test then runs on top of them, as llama-bench's -d:
+`tg128 @ d1920` is decode speed with 1920 tokens already in the cache. Each
+test runs once to warm up, then -r times; the table gives the mean ± sample
+standard deviation of the tokens per second of the repetitions, for each thread count. Peak RSS is the
 process's high-water mark (VmHWM) when the test ended; the mapped model file
 counts once its pages are read.
 
@@ -282,6 +285,8 @@ fn row(name: &str, bytes: u64, params: u64, tier: Tier, m: &Measured) -> String 
 fn measure(model: &Model<'_>, session: &mut Session<'_, '_>, test: Test, reps: usize) -> CliResult<Vec<f64>> {
     let vocab = model.config().vocab_size;
     let mut samples = Vec::with_capacity(reps);
+    let mut sampler = Sampler::new(SamplerConfig::greedy())?;
+    let mut bufs = (vec![0f32; vocab as usize], vec![0u32; vocab as usize], vec![0u32; 256]);
     for rep in 0..=reps {
         // Different ids each repetition, the same every run of the tool.
         let mut ids = token_ids(test.tokens(), vocab, 0x5EED + rep as u64);
@@ -299,15 +304,23 @@ fn measure(model: &Model<'_>, session: &mut Session<'_, '_>, test: Test, reps: u
                 session.prefill(&ids)?;
                 start.elapsed().as_secs_f64()
             }
-            Kind::Gen(_) => {
+            Kind::Gen(n) => {
                 if let (0, true, Some(bos)) = (test.depth, model.config().add_bos(), model.config().bos()) {
                     ids[0] = bos;
                 }
+                // The runtime's generation loop, greedy: the first id is fed
+                // as a one-token prompt, then n - 1 sampled ids are fed back.
+                let opts = GenOptions { max_new: n, ignore_eos: true };
+                let buffers = GenBuffers { logits: &mut bufs.0, scratch: &mut bufs.1 };
+                let mut history = History::new(&mut bufs.2);
                 let start = Instant::now();
-                for &id in &ids {
-                    session.step(id)?;
+                let done = generate(session, model.config(), None, &mut sampler, &ids[..1], &opts, buffers, &mut history, &mut ())
+                    .map_err(|e| e.to_string())?;
+                let secs = start.elapsed().as_secs_f64();
+                if let End::Backend(e) = done.end {
+                    return Err(e.into());
                 }
-                start.elapsed().as_secs_f64()
+                secs
             }
         };
         if rep > 0 {

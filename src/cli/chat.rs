@@ -4,9 +4,11 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use ferrite_runtime::generate::{GenOptions, History};
 use ferrite_runtime::Session;
 
-use super::engine::{self, GenOptions, KvArg, Message};
+use super::engine::{self, KvArg, Message};
+use super::generate::{self, Output};
 use super::CliResult;
 
 /// Chat with a model: each line you type is a user turn; the model's reply
@@ -59,6 +61,7 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let mut messages = initial.clone();
     // Tokens whose keys/values are in the cache, in order.
     let mut fed: Vec<u32> = Vec::new();
+    let mut history_buf = generate::history_buffer(&sampler);
     eprintln!("[ferrite] chat with {} — /reset starts over, /quit exits", args.model.display());
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -91,15 +94,21 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             fed.clear();
             &ids[..]
         };
-        let opts = GenOptions {
-            max_new: args.n_predict,
-            ignore_eos: false,
-            stream_text: true,
-            stream_ids: false,
-            collect_ids: true,
-        };
-        let mut history = Vec::new();
-        let g = match engine::generate(&model, &mut session, Some(&tok), &mut sampler, new, &opts, None, &mut history) {
+        let opts = GenOptions { max_new: args.n_predict, ignore_eos: false };
+        let output = Output { text: true, ids: false, collect_ids: true };
+        // A fresh repetition history each turn.
+        let mut history = History::new(&mut history_buf);
+        let g = match generate::generate(
+            model.config(),
+            &mut session,
+            Some(&tok),
+            &mut sampler,
+            new,
+            &opts,
+            output,
+            None,
+            &mut history,
+        ) {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("\n[ferrite] {e}; use /reset to start a new conversation");

@@ -1,13 +1,13 @@
-//! What `run`, `chat` and `perplexity` share: loading a model, its
-//! tokenizer, the chat template, and a generation loop.
+//! What `run`, `chat`, `bench` and `perplexity` share: loading a model, its
+//! tokenizer, the chat template, options, and the logits dump.
 
 use std::io::Write;
 use std::path::Path;
 
 use clap::ValueEnum;
 use ferrite_runtime::sampler::{Sampler, SamplerConfig};
-use ferrite_runtime::tokenizer::{Tokenizer, Utf8Stream};
-use ferrite_runtime::{KvType, Model, Session, SessionConfig};
+use ferrite_runtime::tokenizer::Tokenizer;
+use ferrite_runtime::{KvType, Model, SessionConfig};
 
 use super::CliResult;
 
@@ -57,13 +57,9 @@ pub fn encode(tok: &Tokenizer<'_>, text: &str) -> CliResult<Vec<u32>> {
 
 /// Encodes a prompt with the model's BOS rule.
 pub fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, text: &str) -> CliResult<Vec<u32>> {
-    let mut ids = Vec::new();
-    if model.config().add_bos() {
-        if let Some(bos) = model.config().bos() {
-            ids.push(bos);
-        }
-    }
-    ids.extend(encode(tok, text)?);
+    let mut ids = vec![0u32; Tokenizer::max_tokens(text.len()) + 1];
+    let n = ferrite_runtime::generate::encode_prompt(model.config(), tok, text, &mut ids)?;
+    ids.truncate(n);
     Ok(ids)
 }
 
@@ -259,213 +255,4 @@ impl NpyWriter {
         f.write_all(&Self::header(self.rows, self.cols))?;
         Ok(self.rows)
     }
-}
-
-/// A forward pass that `generate` drives: the CPU [`Session`] or, with
-/// feature `cuda`, a `ferrite_cuda::CudaSession`.
-pub trait Forward {
-    /// Feeds the prompt; the logits of its last token are then in `logits()`.
-    fn prefill(&mut self, tokens: &[u32]) -> CliResult<()>;
-    /// Feeds the prompt, passing the logits of every position to `each`.
-    fn prefill_all(&mut self, tokens: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> CliResult<()>;
-    /// Feeds one token.
-    fn step(&mut self, token: u32) -> CliResult<()>;
-    /// The logits of the last token fed.
-    fn logits(&self) -> &[f32];
-}
-
-impl Forward for Session<'_, '_> {
-    fn prefill(&mut self, tokens: &[u32]) -> CliResult<()> {
-        Session::prefill(self, tokens)?;
-        Ok(())
-    }
-    fn prefill_all(&mut self, tokens: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> CliResult<()> {
-        Ok(Session::prefill_all(self, tokens, each)?)
-    }
-    fn step(&mut self, token: u32) -> CliResult<()> {
-        Session::step(self, token)?;
-        Ok(())
-    }
-    fn logits(&self) -> &[f32] {
-        Session::logits(self)
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl Forward for ferrite_cuda::CudaSession<'_> {
-    fn prefill(&mut self, tokens: &[u32]) -> CliResult<()> {
-        ferrite_cuda::CudaSession::prefill(self, tokens)?;
-        Ok(())
-    }
-    fn prefill_all(&mut self, tokens: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> CliResult<()> {
-        Ok(ferrite_cuda::CudaSession::prefill_all(self, tokens, each)?)
-    }
-    fn step(&mut self, token: u32) -> CliResult<()> {
-        ferrite_cuda::CudaSession::step(self, token)?;
-        Ok(())
-    }
-    fn logits(&self) -> &[f32] {
-        ferrite_cuda::CudaSession::logits(self)
-    }
-}
-
-/// Options of the generation loop.
-pub struct GenOptions {
-    /// Most new tokens.
-    pub max_new: usize,
-    /// Keep going after a stop id.
-    pub ignore_eos: bool,
-    /// Print decoded text as it is generated (else nothing is printed).
-    pub stream_text: bool,
-    /// Print the new ids to stdout as they are generated, comma-separated.
-    pub stream_ids: bool,
-    /// Keep every new id in [`Generation::ids`] (else only the count grows:
-    /// memory stays flat however long generation runs).
-    pub collect_ids: bool,
-}
-
-/// What a generation produced.
-pub struct Generation {
-    /// New ids (including the stop id if generation ended on one), when
-    /// collected.
-    pub ids: Vec<u32>,
-    /// Number of new ids.
-    pub generated: usize,
-    /// Whether generation ended on a stop id.
-    pub stopped: bool,
-    /// Seconds spent in prefill.
-    pub prefill_s: f64,
-    /// Seconds spent in decode steps.
-    pub decode_s: f64,
-    /// Tokens fed in decode steps.
-    pub decode_steps: usize,
-    /// Why generation ended early (e.g. a full context), after `ids`.
-    pub error: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-/// Feeds `prompt`, then samples up to `max_new` tokens. `logits_sink`
-/// receives the raw logits of every prompt position (when given) and of
-/// every generated token fed back.
-#[allow(clippy::too_many_arguments)]
-pub fn generate(
-    model: &Model<'_>,
-    session: &mut dyn Forward,
-    tok: Option<&Tokenizer<'_>>,
-    sampler: &mut Sampler,
-    prompt: &[u32],
-    opts: &GenOptions,
-    mut logits_sink: Option<&mut NpyWriter>,
-    history: &mut Vec<u32>,
-) -> CliResult<Generation> {
-    let vocab = model.config().vocab_size as usize;
-    let mut logits = vec![0f32; vocab];
-    let mut scratch = vec![0u32; vocab];
-    let started = std::time::Instant::now();
-    match logits_sink.as_deref_mut() {
-        Some(sink) => {
-            let mut err = None;
-            session.prefill_all(prompt, &mut |_, l| {
-                if err.is_none() {
-                    err = sink.push(l).err();
-                }
-            })?;
-            if let Some(e) = err {
-                return Err(e);
-            }
-        }
-        None => {
-            session.prefill(prompt)?;
-        }
-    }
-    logits.copy_from_slice(session.logits());
-    let prefill_s = started.elapsed().as_secs_f64();
-    history.extend_from_slice(prompt);
-
-    let mut out = Generation {
-        ids: vec![],
-        stopped: false,
-        prefill_s,
-        decode_s: 0.0,
-        decode_steps: 0,
-        error: None,
-        generated: 0,
-    };
-    let mut utf8 = Utf8Stream::new();
-    let stdout = std::io::stdout();
-    let decode_start = std::time::Instant::now();
-    for i in 0..opts.max_new {
-        let recent_from = history.len().saturating_sub(sampler.config().repeat_last_n);
-        let id = sampler.sample(&mut logits, &history[recent_from..], &mut scratch)?;
-        out.generated += 1;
-        if opts.collect_ids {
-            out.ids.push(id);
-        }
-        history.push(id);
-        // Only the last `repeat_last_n` ids matter: keep the history bounded.
-        let keep = sampler.config().repeat_last_n.max(1);
-        if history.len() >= 2 * keep + 64 {
-            history.drain(..history.len() - keep);
-        }
-        if opts.stream_ids {
-            let mut lock = stdout.lock();
-            let sep = if out.generated > 1 { "," } else { "" };
-            let _ = write!(lock, "{sep}{id}");
-        }
-        let is_stop = model.config().is_stop(id);
-        if opts.stream_text && !(is_stop && !opts.ignore_eos) {
-            if let Some(t) = tok {
-                let bytes = t.token_bytes(id)?;
-                let mut lock = stdout.lock();
-                utf8.push(bytes, |s| {
-                    let _ = lock.write_all(s.as_bytes());
-                });
-                let _ = lock.flush();
-            }
-        }
-        if is_stop && !opts.ignore_eos {
-            out.stopped = true;
-            break;
-        }
-        if i + 1 == opts.max_new {
-            break;
-        }
-        if let Err(e) = session.step(id) {
-            // Keep what was generated; the caller reports the error after it.
-            out.error = Some(e);
-            break;
-        }
-        out.decode_steps += 1;
-        logits.copy_from_slice(session.logits());
-        if let Some(sink) = logits_sink.as_deref_mut() {
-            sink.push(&logits)?;
-        }
-    }
-    if opts.stream_ids {
-        let mut lock = stdout.lock();
-        let _ = lock.flush();
-    }
-    if opts.stream_text {
-        let mut lock = stdout.lock();
-        utf8.finish(|s| {
-            let _ = lock.write_all(s.as_bytes());
-        });
-        let _ = lock.flush();
-    }
-    out.decode_s = decode_start.elapsed().as_secs_f64();
-    Ok(out)
-}
-
-/// Prints timing and memory figures to stderr.
-pub fn report(prompt_len: usize, g: &Generation, memory: &str, memory_bytes: usize) {
-    let pp = prompt_len as f64 / g.prefill_s.max(1e-9);
-    let tg = if g.decode_steps > 0 { g.decode_steps as f64 / g.decode_s.max(1e-9) } else { 0.0 };
-    eprintln!(
-        "\n[ferrite] prompt {prompt_len} tokens in {:.3} s ({pp:.1} tok/s); generated {} tokens, {} decode steps in {:.3} s ({tg:.1} tok/s); {memory} {:.1} MiB; peak RSS {:.1} MiB",
-        g.prefill_s,
-        g.generated,
-        g.decode_steps,
-        g.decode_s,
-        memory_bytes as f64 / (1 << 20) as f64,
-        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
-    );
 }

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
+use ferrite_runtime::generate::{GenOptions, History};
 use ferrite_runtime::Session;
 
-use super::engine::{self, GenOptions, KvArg, Message, NpyWriter};
+use super::engine::{self, KvArg, Message, NpyWriter};
+use super::generate::{self, Generation, Output};
 use super::CliResult;
 
 /// What stdout carries.
@@ -112,36 +114,25 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
         Some(p) => Some(NpyWriter::create(p, model.config().vocab_size as usize)?),
         None => None,
     };
-    let opts = GenOptions {
-        max_new: args.n_predict,
-        ignore_eos: args.ignore_eos,
-        stream_text: args.output == OutputKind::Text,
-        stream_ids: args.output == OutputKind::Ids,
-        collect_ids: false,
-    };
-    if opts.stream_text && tok.is_none() {
+    let opts = GenOptions { max_new: args.n_predict, ignore_eos: args.ignore_eos };
+    let output =
+        Output { text: args.output == OutputKind::Text, ids: args.output == OutputKind::Ids, collect_ids: false };
+    if output.text && tok.is_none() {
         return Err(format!("{}: this file has no tokenizer: use --output ids", args.model.display()).into());
     }
-    let mut history = Vec::new();
+    let mut history_buf = generate::history_buffer(&sampler);
+    let mut history = History::new(&mut history_buf);
+    let job = Job { tok: tok.as_ref(), prompt: &prompt, opts: &opts, output };
     let (g, memory, memory_bytes) = match args.device {
         Device::Cpu => {
             let plan = model.plan(&cfg)?;
             let mut arena = vec![0u8; plan.arena_bytes()];
             let mut session = Session::new(&model, &plan, &mut arena)?;
             eprintln!("[ferrite] kernels {}, {} thread(s)", session.kernels(), cfg.threads);
-            let g = engine::generate(
-                &model,
-                &mut session,
-                tok.as_ref(),
-                &mut sampler,
-                &prompt,
-                &opts,
-                sink.as_mut(),
-                &mut history,
-            )?;
+            let g = job.run(model.config(), &mut session, &mut sampler, sink.as_mut(), &mut history)?;
             (g, "arena", plan.arena_bytes())
         }
-        Device::Cuda => cuda_generate(&model, &cfg, tok.as_ref(), &mut sampler, &prompt, &opts, sink.as_mut())?,
+        Device::Cuda => cuda_generate(&model, &cfg, &job, &mut sampler, sink.as_mut(), &mut history)?,
     };
     super::print_stdout("\n")?;
     if let Some(sink) = sink {
@@ -151,11 +142,36 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             args.dump_logits.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
         );
     }
-    engine::report(prompt.len(), &g, memory, memory_bytes);
+    generate::report(prompt.len(), &g, memory, memory_bytes);
     if let Some(e) = g.error {
         return Err(format!("generation stopped after {} tokens: {e}", g.generated).into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What to generate, whatever runs the forward pass.
+struct Job<'j> {
+    tok: Option<&'j ferrite_runtime::tokenizer::Tokenizer<'j>>,
+    prompt: &'j [u32],
+    opts: &'j GenOptions,
+    output: Output,
+}
+
+impl Job<'_> {
+    fn run<B>(
+        &self,
+        config: &ferrite_runtime::format::ModelConfig,
+        backend: &mut B,
+        sampler: &mut ferrite_runtime::sampler::Sampler,
+        sink: Option<&mut NpyWriter>,
+        history: &mut History<'_>,
+    ) -> CliResult<Generation>
+    where
+        B: ferrite_runtime::Backend,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        generate::generate(config, backend, self.tok, sampler, self.prompt, self.opts, self.output, sink, history)
+    }
 }
 
 /// Generation on the GPU: the weights are uploaded, then the same loop as
@@ -164,12 +180,11 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
 fn cuda_generate(
     model: &ferrite_runtime::Model<'_>,
     cfg: &ferrite_runtime::SessionConfig,
-    tok: Option<&ferrite_runtime::tokenizer::Tokenizer<'_>>,
+    job: &Job<'_>,
     sampler: &mut ferrite_runtime::sampler::Sampler,
-    prompt: &[u32],
-    opts: &GenOptions,
     sink: Option<&mut NpyWriter>,
-) -> CliResult<(engine::Generation, &'static str, usize)> {
+    history: &mut History<'_>,
+) -> CliResult<(Generation, &'static str, usize)> {
     use ferrite_cuda::{CudaConfig, CudaModel, CudaSession, Gpu};
     let gpu = Gpu::new(0)?;
     let started = std::time::Instant::now();
@@ -183,8 +198,7 @@ fn cuda_generate(
         cuda_model.weight_bytes() as f64 / (1 << 20) as f64,
         started.elapsed().as_secs_f64()
     );
-    let mut history = Vec::new();
-    let g = engine::generate(model, &mut session, tok, sampler, prompt, opts, sink, &mut history)?;
+    let g = job.run(model.config(), &mut session, sampler, sink, history)?;
     let bytes = cuda_model.weight_bytes() + session.plan().total_bytes();
     Ok((g, "GPU memory", bytes))
 }
@@ -193,12 +207,11 @@ fn cuda_generate(
 fn cuda_generate(
     _: &ferrite_runtime::Model<'_>,
     _: &ferrite_runtime::SessionConfig,
-    _: Option<&ferrite_runtime::tokenizer::Tokenizer<'_>>,
+    _: &Job<'_>,
     _: &mut ferrite_runtime::sampler::Sampler,
-    _: &[u32],
-    _: &GenOptions,
     _: Option<&mut NpyWriter>,
-) -> CliResult<(engine::Generation, &'static str, usize)> {
+    _: &mut History<'_>,
+) -> CliResult<(Generation, &'static str, usize)> {
     Err("this ferrite was built without CUDA: rebuild with `cargo build --release --features cuda` \
          (nvcc 13.0 needed at build time: bash scripts/cuda-toolchain.sh)"
         .into())
