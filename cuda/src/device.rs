@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use ferrite_format::{quant, DType, LayerRole, ModelConfig, Role, TensorView};
+use ferrite_runtime::backend::{Backend, Limits, RowSink};
 use ferrite_runtime::{KvType, Model};
 
 use crate::launch::{self, Arg, Launch};
@@ -388,9 +389,6 @@ impl CudaModel {
     }
 }
 
-/// Receives `(index_in_prompt, logits)` for every prompt position.
-type LogitsSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
-
 /// A session on the GPU: KV cache and activations in device memory; only
 /// token ids go up and the logits of one position come back. Products with
 /// q4/q8 weights read int8 activations (one `quantize_acts` per product
@@ -479,56 +477,23 @@ impl<'m> CudaSession<'m> {
 
     /// Processes a prompt in batches and returns the logits after its last token.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], CudaError> {
-        self.run(tokens, None)?;
-        Ok(&self.logits)
+        Backend::prefill(self, tokens)
     }
 
     /// Like [`CudaSession::prefill`], passing the logits of every prompt
     /// position to `each(index_in_prompt, logits)`.
     pub fn prefill_all(&mut self, tokens: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> Result<(), CudaError> {
-        self.run(tokens, Some(each))
+        Backend::prefill_all(self, tokens, each)
     }
 
     /// Feeds one token and returns the logits for the next.
     pub fn step(&mut self, token: u32) -> Result<&[f32], CudaError> {
-        self.run(core::slice::from_ref(&token), None)?;
-        Ok(&self.logits)
+        Backend::step(self, token)
     }
 
     /// The logits of the last processed token.
     pub fn logits(&self) -> &[f32] {
         &self.logits
-    }
-
-    fn run(&mut self, tokens: &[u32], mut each: Option<LogitsSink<'_>>) -> Result<(), CudaError> {
-        use ferrite_runtime::Error as E;
-        if tokens.is_empty() {
-            return Err(E::EmptyPrompt.into());
-        }
-        let vocab = self.model.config.vocab_size;
-        if let Some(&id) = tokens.iter().find(|&&id| id >= vocab) {
-            return Err(E::BadToken { id, vocab }.into());
-        }
-        let max_ctx = self.cfg.max_ctx;
-        if self.pos.checked_add(tokens.len()).is_none_or(|end| end > max_ctx) {
-            return Err(E::ContextFull { used: self.pos, adding: tokens.len(), max_ctx }.into());
-        }
-        let mut done = 0;
-        for chunk in tokens.chunks(self.cfg.max_batch) {
-            self.forward(chunk)?;
-            match each.as_mut() {
-                Some(f) => {
-                    for t in 0..chunk.len() {
-                        self.head(t)?;
-                        f(done + t, &self.logits);
-                    }
-                }
-                None if done + chunk.len() == tokens.len() => self.head(chunk.len() - 1)?,
-                None => {}
-            }
-            done += chunk.len();
-        }
-        Ok(())
     }
 
     /// The int8 activation buffers.
@@ -537,7 +502,7 @@ impl<'m> CudaSession<'m> {
     }
 
     /// Final norm and output projection of batch row `t` into the host logits.
-    fn head(&mut self, t: usize) -> Result<(), CudaError> {
+    fn head_row(&mut self, t: usize) -> Result<(), CudaError> {
         let m = self.model;
         let gpu = &*m.gpu;
         let d = m.config.d_model;
@@ -695,5 +660,47 @@ impl<'m> CudaSession<'m> {
         }
         self.pos += tokens.len();
         Ok(())
+    }
+}
+
+/// The checks and batching of a forward call are the runtime's
+/// ([`Backend::run`]); the session provides the layers and the head. The
+/// device cache does not stream: a full context is an error.
+impl Backend for CudaSession<'_> {
+    type Error = CudaError;
+
+    fn limits(&self) -> Limits {
+        Limits {
+            vocab: self.model.config.vocab_size,
+            max_ctx: self.cfg.max_ctx,
+            max_batch: self.cfg.max_batch,
+            streaming: false,
+        }
+    }
+
+    fn position(&self) -> usize {
+        self.pos
+    }
+
+    fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    fn forward_batch(&mut self, batch: &[u32]) -> Result<(), CudaError> {
+        self.forward(batch)
+    }
+
+    fn head(&mut self, rows: core::ops::Range<usize>, mut sink: Option<RowSink<'_>>) -> Result<(), CudaError> {
+        for t in rows {
+            self.head_row(t)?;
+            if let Some(f) = sink.as_mut() {
+                f(t, &self.logits);
+            }
+        }
+        Ok(())
+    }
+
+    fn logits(&self) -> &[f32] {
+        &self.logits
     }
 }

@@ -174,7 +174,8 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
     let mut kinds: Vec<Kind> = args.n_prompt.iter().filter(|&&p| p > 0).map(|&p| Kind::Prompt(p)).collect();
     kinds.extend(args.n_gen.iter().filter(|&&n| n > 0).map(|&n| Kind::Gen(n)));
     let depths = if args.n_depth.is_empty() { vec![0] } else { args.n_depth.clone() };
-    let tests: Vec<Test> = depths.iter().flat_map(|&depth| kinds.iter().map(move |&kind| Test { kind, depth })).collect();
+    let tests: Vec<Test> =
+        depths.iter().flat_map(|&depth| kinds.iter().map(move |&kind| Test { kind, depth })).collect();
     if tests.is_empty() {
         return Err("nothing to measure: both -p and -n are 0".into());
     }
@@ -314,8 +315,18 @@ fn measure(model: &Model<'_>, session: &mut Session<'_, '_>, test: Test, reps: u
                 let buffers = GenBuffers { logits: &mut bufs.0, scratch: &mut bufs.1 };
                 let mut history = History::new(&mut bufs.2);
                 let start = Instant::now();
-                let done = generate(session, model.config(), None, &mut sampler, &ids[..1], &opts, buffers, &mut history, &mut ())
-                    .map_err(|e| e.to_string())?;
+                let done = generate(
+                    session,
+                    model.config(),
+                    None,
+                    &mut sampler,
+                    &ids[..1],
+                    &opts,
+                    buffers,
+                    &mut history,
+                    &mut (),
+                )
+                .map_err(|e| e.to_string())?;
                 let secs = start.elapsed().as_secs_f64();
                 if let End::Backend(e) = done.end {
                     return Err(e.into());

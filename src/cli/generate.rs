@@ -145,13 +145,14 @@ where
     };
     let buffers = GenBuffers { logits: &mut logits, scratch: &mut scratch };
     let tok = if output.text { tok } else { None };
-    let done = generate::generate(backend, config, tok, sampler, prompt, options, buffers, history, &mut cli)
-        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> {
+    let done = generate::generate(backend, config, tok, sampler, prompt, options, buffers, history, &mut cli).map_err(
+        |e| -> Box<dyn std::error::Error + Send + Sync> {
             match e {
                 generate::GenError::Backend(e) => Box::new(e),
                 e => e.to_string().into(),
             }
-        })?;
+        },
+    )?;
     let decode_s = cli.decode_start.elapsed().as_secs_f64();
     let _ = cli.stdout.lock().flush();
     if let Some(e) = cli.sink_error {

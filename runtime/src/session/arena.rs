@@ -132,10 +132,21 @@ impl<'a> Region<'a> for Carver<'a> {
 
 /// The KV cache buffers of each element type.
 pub(super) enum KvBufs<'a, R: Region<'a>> {
-    F32 { k: R::Slice<f32>, v: R::Slice<f32> },
-    F16 { k: R::Slice<half::f16>, v: R::Slice<half::f16> },
+    F32 {
+        k: R::Slice<f32>,
+        v: R::Slice<f32>,
+    },
+    F16 {
+        k: R::Slice<half::f16>,
+        v: R::Slice<half::f16>,
+    },
     /// Quants and one f32 scale per head row.
-    Q8 { k: R::Slice<i8>, v: R::Slice<i8>, ks: R::Slice<f32>, vs: R::Slice<f32> },
+    Q8 {
+        k: R::Slice<i8>,
+        v: R::Slice<i8>,
+        ks: R::Slice<f32>,
+        vs: R::Slice<f32>,
+    },
 }
 
 /// Every buffer of a session (shapes in tokens; `b` is `max_batch`).

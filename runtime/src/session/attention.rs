@@ -151,7 +151,10 @@ impl<'s, 'a> Attention<'s, 'a> {
             let mid = tokens.start + tokens.len() * left / threads;
             let (a1, a2) = att.split_at_mut((mid - tokens.start) * q_dim);
             let (s1, s2) = scratch.split_at_mut(self.per_thread * left);
-            rayon::join(|| self.run(tokens.start..mid, a1, s1, left), || self.run(mid..tokens.end, a2, s2, threads - left));
+            rayon::join(
+                || self.run(tokens.start..mid, a1, s1, left),
+                || self.run(mid..tokens.end, a2, s2, threads - left),
+            );
             return;
         }
         for (i, t) in tokens.enumerate() {

@@ -56,7 +56,11 @@ impl<'m> LayerWeights<'m> {
         let matrix = |r, rows, cols| shaped(model, role(r), rows, cols);
         let vector = |r, len| vector(model, role(r), len);
         let qkv_bias = if c.qkv_bias() {
-            Some([vector(LayerRole::AttnQBias, q)?, vector(LayerRole::AttnKBias, kv)?, vector(LayerRole::AttnVBias, kv)?])
+            Some([
+                vector(LayerRole::AttnQBias, q)?,
+                vector(LayerRole::AttnKBias, kv)?,
+                vector(LayerRole::AttnVBias, kv)?,
+            ])
         } else {
             None
         };
