@@ -88,8 +88,10 @@ ctx=$(sed -E 's/.*max_ctx=([0-9]+).*/\1/' <<<"$config")
 kv=$(sed -E 's/.*kv=([a-z0-9]+).*/\1/' <<<"$config")
 n=$(tr ',' '\n' <<<"$mcu_ids" | wc -l)
 
-step "host: ferrite run --prompt-ids $prompt -n $n --ctx $ctx --kv $kv --temp 0"
-host=("$ferrite" run -m "$out/model.frt" --prompt-ids "$prompt" -n "$n" --temp 0 --ignore-eos
+step "host: FERRITE_KERNELS=reference ferrite run --prompt-ids $prompt -n $n --ctx $ctx --kv $kv --temp 0"
+# The device runs the scalar reference kernels; so does the host here, and
+# then every logits row must be bit-identical.
+host=(env FERRITE_KERNELS=reference "$ferrite" run -m "$out/model.frt" --prompt-ids "$prompt" -n "$n" --temp 0 --ignore-eos
       --ctx "$ctx" --kv "$kv" --threads 1 --output ids)
 host_ids=$("${host[@]}" 2>"$out/host.log") || { cat "$out/host.log" >&2; die "the host run failed"; }
 "${host[@]}" --dump-logits "$out/host-logits.npy" >/dev/null 2>>"$out/host.log" \
@@ -144,11 +146,15 @@ else:
         print(f"  logit margin at that step: mcu {margins[step]:.6f}"
               + (f", host {margin(host_rows[step]):.6f}" if step < len(host_rows) else ""))
 diff = next((i for i, (a, b) in enumerate(zip(mcu_hashes, host_hashes)) if a != b), None)
-if diff is None and len(mcu_hashes) <= len(host_hashes):
+if diff is None and len(mcu_hashes) == len(host_hashes):
     print(f"logits bit-identical on all {len(mcu_hashes)} rows (FNV-1a of the f32 bits)")
 else:
-    print(f"note: logits rows differ in their bits from step {diff} "
-          f"(margin there: mcu {margins[diff]:.6f}, host {margin(host_rows[diff]):.6f})")
+    ok = False
+    if diff is None:
+        print(f"MISMATCH: {len(mcu_hashes)} logits rows on the device, {len(host_hashes)} on the host")
+    else:
+        print(f"MISMATCH: logits rows differ in their bits from step {diff} "
+              f"(margin there: mcu {margins[diff]:.6f}, host {margin(host_rows[diff]):.6f})")
 sys.exit(0 if ok else 1)
 EOF
 

@@ -9,12 +9,12 @@
 //! ```text
 //! model: 172736 bytes, 2 layers, d_model 64, 4 heads (2 kv), ffn 176, vocab 512, weights Q8
 //! config: max_ctx=64 kv=f16 max_batch=8
-//! plan: 41088 bytes (kv 16384, activations 21504, scratch 3136), arena 49152
+//! plan: 44224 bytes (kv 16384, activations 23424, scratch 3712, views 640), arena 49152
 //! prompt: 1,57,311,92,4,480,230,17
 //! ids: 339,390,403,...          the greedy ids
 //! margins: 0.6946,0.3954,...    top-1 minus top-2 logit before each choice
 //! logits-fnv: b8ceca43,...      FNV-1a of the f32 bits of each logits row
-//! stack: 9344 bytes peak
+//! stack: 10248 bytes peak
 //! ```
 #![no_std]
 #![no_main]
@@ -22,11 +22,13 @@
 
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write as _};
+use core::ops::ControlFlow;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::debug::{self, ExitStatus, EXIT_FAILURE, EXIT_SUCCESS};
 use ferrite_runtime::format::{LayerRole, Role};
+use ferrite_runtime::generate::{generate, End, GenBuffers, GenOptions, History, Observer};
 use ferrite_runtime::sampler::{Sampler, SamplerConfig};
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
 use heapless::{String, Vec};
@@ -55,12 +57,16 @@ const ARENA_BYTES: usize = 48 * 1024;
 /// Largest vocabulary the logits copy and the sampler scratch can hold.
 const MAX_VOCAB: usize = 512;
 
-/// Prompt and generated ids: the sampler's history.
+/// Prompt and generated ids.
 const HISTORY: usize = PROMPT.len() + N_NEW;
 const _: () = assert!(
     HISTORY <= MAX_CTX,
     "prompt + generated tokens must fit in the KV cache"
 );
+
+/// Room for the repetition penalty's history: more than the sampler's window
+/// (greedy's `repeat_last_n` is 64).
+const RECENT: usize = 128;
 
 // ---------------------------------------------------------------------------
 // The model, in flash.
@@ -222,11 +228,12 @@ fn main() -> ! {
         MAX_BATCH
     );
     report!(
-        "plan: {} bytes (kv {}, activations {}, scratch {}), arena {}",
+        "plan: {} bytes (kv {}, activations {}, scratch {}, views {}), arena {}",
         plan.arena_bytes(),
         parts.kv_cache,
         parts.activations,
         parts.scratch,
+        parts.views,
         ARENA_BYTES
     );
     if plan.arena_bytes() > ARENA_BYTES {
@@ -255,47 +262,48 @@ fn main() -> ! {
     );
 
     // Fixed-capacity buffers: nothing here allocates.
-    let mut history: Vec<u32, HISTORY> = Vec::new();
-    let mut ids: Vec<u32, N_NEW> = Vec::new();
-    let mut margins: Vec<f32, N_NEW> = Vec::new();
-    let mut row_hashes: Vec<u32, N_NEW> = Vec::new();
-    let mut logits: Vec<f32, MAX_VOCAB> = Vec::new();
-    let mut scratch: Vec<u32, MAX_VOCAB> = Vec::new();
-    let capacity = || fail("buffers", &"capacity exceeded");
-    if history.extend_from_slice(&PROMPT).is_err() || scratch.resize(vocab, 0).is_err() {
-        capacity();
+    let mut logits = [0f32; MAX_VOCAB];
+    let mut scratch = [0u32; MAX_VOCAB];
+    let mut recent = [0u32; RECENT];
+    let mut history = History::new(&mut recent);
+    let mut seen = Seen {
+        ids: Vec::new(),
+        margins: Vec::new(),
+        row_hashes: Vec::new(),
+    };
+    // The runtime's generation loop: as the host's, the last id is
+    // reported, not fed back.
+    let options = GenOptions {
+        max_new: N_NEW,
+        ignore_eos: true,
+    };
+    let buffers = GenBuffers {
+        logits: &mut logits[..vocab],
+        scratch: &mut scratch[..vocab],
+    };
+    let done = generate(
+        &mut session,
+        model.config(),
+        None,
+        &mut sampler,
+        &PROMPT,
+        &options,
+        buffers,
+        &mut history,
+        &mut seen,
+    )
+    .unwrap_or_else(|e| fail("generate", &e));
+    if let End::Backend(e) = done.end {
+        fail("step", &e);
     }
-
-    let first = session
-        .prefill(&PROMPT)
-        .unwrap_or_else(|e| fail("prefill", &e));
-    if logits.extend_from_slice(first).is_err() {
-        capacity();
+    if done.generated != N_NEW || seen.ids.len() != N_NEW {
+        fail("buffers", &"capacity exceeded");
     }
-    info!("prefill: {=usize} tokens", PROMPT.len());
-    for i in 0..N_NEW {
-        // Before the sampler overwrites the row.
-        if margins.push(greedy_margin(&logits)).is_err() || row_hashes.push(fnv1a(&logits)).is_err()
-        {
-            capacity();
-        }
-        let id = sampler
-            .sample(&mut logits, &history, &mut scratch)
-            .unwrap_or_else(|e| fail("sample", &e));
-        if ids.push(id).is_err() || history.push(id).is_err() {
-            capacity();
-        }
-        info!("step {=usize}: id {=u32}", i, id);
-        // As the host's loop: the last id is reported, not fed back.
-        if i + 1 == N_NEW {
-            break;
-        }
-        let next = session.step(id).unwrap_or_else(|e| fail("step", &e));
-        logits.clear();
-        if logits.extend_from_slice(next).is_err() {
-            capacity();
-        }
-    }
+    let Seen {
+        ids,
+        margins,
+        row_hashes,
+    } = seen;
 
     report!("ids: {}", Csv(&ids, |v, f| write!(f, "{v}")));
     report!("margins: {}", Csv(&margins, |v, f| write!(f, "{v:.4}")));
@@ -305,6 +313,29 @@ fn main() -> ! {
     );
     report!("stack: {} bytes peak", stack_peak_bytes());
     exit(EXIT_SUCCESS)
+}
+
+/// What the report shows of the generation.
+struct Seen {
+    ids: Vec<u32, N_NEW>,
+    margins: Vec<f32, N_NEW>,
+    row_hashes: Vec<u32, N_NEW>,
+}
+
+impl Observer for Seen {
+    fn next_logits(&mut self, index: usize, logits: &[f32]) {
+        info!("step {=usize}", index);
+        // Before the sampler overwrites the row; a full buffer is reported
+        // after the loop (the count check).
+        let _ = self.margins.push(greedy_margin(logits));
+        let _ = self.row_hashes.push(fnv1a(logits));
+    }
+    fn token(&mut self, id: u32) -> ControlFlow<()> {
+        match self.ids.push(id) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    }
 }
 
 /// Top-1 minus top-2 logit: how far the greedy choice is from a tie.
