@@ -1,6 +1,6 @@
 //! Evaluation helpers: negative log-likelihood and perplexity windows.
 
-use crate::{Error, Session};
+use crate::{Backend, Error};
 
 /// `-log softmax(logits)[target]`, computed in f64.
 pub fn token_nll(logits: &[f32], target: u32) -> f64 {
@@ -13,7 +13,7 @@ pub fn token_nll(logits: &[f32], target: u32) -> f64 {
 /// Runs `window` through a fresh context (the session is reset) and returns
 /// the summed NLL of `window[1..]`, each token predicted from its prefix,
 /// and the number of predicted tokens.
-pub fn window_nll(session: &mut Session<'_, '_>, window: &[u32]) -> Result<(f64, usize), Error> {
+pub fn window_nll<B: Backend + ?Sized>(session: &mut B, window: &[u32]) -> Result<(f64, usize), B::Error> {
     session.reset();
     let mut sum = 0.0f64;
     session.prefill_all(window, &mut |pos, logits| {
@@ -95,12 +95,12 @@ impl Score {
 /// fresh context, the first token of each window not predicted, a final
 /// partial window included. `on_window(index, nll_sum, predicted)` reports
 /// progress.
-pub fn perplexity(
-    session: &mut Session<'_, '_>,
+pub fn perplexity<B: Backend + ?Sized>(
+    session: &mut B,
     tokens: &[u32],
     ctx: usize,
     on_window: &mut dyn FnMut(usize, f64, usize),
-) -> Result<Perplexity, Error> {
+) -> Result<Perplexity, B::Error> {
     scored_perplexity(session, tokens, ctx, Score::All, on_window, &mut |_, _| {})
 }
 
@@ -109,16 +109,16 @@ pub fn perplexity(
 /// nll_sum, predicted)` reports progress; `on_position(logits, target)` is
 /// called for every scored position in order, with the logits that predict
 /// `target` (for KL divergence against a reference model).
-pub fn scored_perplexity(
-    session: &mut Session<'_, '_>,
+pub fn scored_perplexity<B: Backend + ?Sized>(
+    session: &mut B,
     tokens: &[u32],
     ctx: usize,
     score: Score,
     on_window: &mut dyn FnMut(usize, f64, usize),
     on_position: &mut dyn FnMut(&[f32], u32),
-) -> Result<Perplexity, Error> {
+) -> Result<Perplexity, B::Error> {
     if ctx < 2 {
-        return Err(Error::BadSessionConfig { what: "ctx", why: "perplexity windows need at least 2 tokens" });
+        return Err(Error::BadSessionConfig { what: "ctx", why: "perplexity windows need at least 2 tokens" }.into());
     }
     let mut total = Perplexity { tokens: tokens.len(), ..Default::default() };
     for (i, (start, len, first)) in score.windows(tokens.len(), ctx).enumerate() {
@@ -185,11 +185,11 @@ pub fn divergence(base_log_probs: &[f32], logits: &[f32]) -> Divergence {
 /// Perplexity of the whole of `tokens` through one session (no window
 /// resets): with a streaming cache smaller than the text, old tokens are
 /// evicted as it goes. The first token is not predicted.
-pub fn streaming_perplexity(
-    session: &mut Session<'_, '_>,
+pub fn streaming_perplexity<B: Backend + ?Sized>(
+    session: &mut B,
     tokens: &[u32],
     on_chunk: &mut dyn FnMut(usize, f64, usize),
-) -> Result<Perplexity, Error> {
+) -> Result<Perplexity, B::Error> {
     session.reset();
     let mut total = Perplexity { tokens: tokens.len(), ..Default::default() };
     let chunk = 256;
