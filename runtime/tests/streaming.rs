@@ -102,6 +102,38 @@ fn logits_trace(model: &Model<'_>, cfg: SessionConfig, tokens: &[u32], batch_spl
     out
 }
 
+/// A first batch that holds the sink positions and runs past the cache
+/// (batch > max_ctx - sinks): its later queries must see the sinks of the
+/// batch itself, not cache rows not written yet (zero in a fresh arena,
+/// stale after a reset). Logits equal feeding the tokens one at a time.
+#[test]
+fn a_batch_longer_than_the_ring_sees_its_own_sinks() {
+    let bytes = converted("qwen2-bias-f16", DType::F32);
+    let model = Model::from_bytes(&bytes).expect("model");
+    let tokens = prompt(40, model.config().vocab_size);
+    let other = prompt(40, model.config().vocab_size - 3);
+    for kv in [KvType::F32, KvType::F16, KvType::Q8] {
+        for max_ctx in [12, 16] {
+            for max_batch in [16, 32] {
+                let cfg = SessionConfig { max_ctx, kv, sinks: 4, max_batch, ..Default::default() };
+                let one = logits_trace(&model, cfg, &tokens, 1);
+                let batched = logits_trace(&model, cfg, &tokens, 40);
+                let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same(&one, &batched), "{kv:?} ctx {max_ctx} batch {max_batch}: fresh arena");
+                // After a reset the cache holds another text's sinks.
+                let plan = model.plan(&cfg).expect("plan");
+                let mut arena = vec![0u8; plan.arena_bytes()];
+                let mut session = Session::new(&model, &plan, &mut arena).expect("session");
+                session.prefill(&other).expect("prefill");
+                session.reset();
+                let mut again = Vec::new();
+                session.prefill_all(&tokens, &mut |_, l| again.extend_from_slice(l)).expect("prefill");
+                assert!(same(&one, &again), "{kv:?} ctx {max_ctx} batch {max_batch}: after reset");
+            }
+        }
+    }
+}
+
 /// Streaming gives the same logits however the tokens are batched, across
 /// many evictions, for every KV type.
 #[test]

@@ -197,12 +197,17 @@ impl<'s, 'a> Attention<'s, 'a> {
         }
         let n_sinks = keys.sinks.len();
         let n_keys = n_sinks + keys.main.len();
+        // Sinks and other keys from before the batch are in the cache; those
+        // of the batch itself (a first batch can hold the sinks and run past
+        // the cache) only in its buffers, written to the cache afterwards.
+        let cached_sinks = keys.sinks.start..keys.sinks.end.min(n0);
+        let fresh_sinks = keys.sinks.start.max(n0)..keys.sinks.end;
         let cached = keys.main.start..keys.main.end.min(n0);
         let fresh = keys.main.start.max(n0)..keys.main.end;
-        // The batch's own keys and values of KV head `kvh`, rows `fresh`.
-        let fresh_rows = |kvh: usize| {
-            let r = (fresh.start - n0) * kv_dim + kvh * hd;
-            r..(fresh.end - 1 - n0) * kv_dim + kvh * hd + hd
+        // The batch's own keys or values of KV head `kvh`, positions `abs`.
+        let batch_rows = |abs: &Range<usize>, kvh: usize| {
+            let r = (abs.start - n0) * kv_dim + kvh * hd;
+            r..(abs.end - 1 - n0) * kv_dim + kvh * hd + hd
         };
         let first = heads.start;
         for h in heads {
@@ -212,8 +217,13 @@ impl<'s, 'a> Attention<'s, 'a> {
             if n_sinks > 0 {
                 q_head.copy_from_slice(qh);
                 (kern.rope)(q_head, sink_cs);
-                let row = self.layer_row + keys.sinks.start;
-                self.kv.dot_keys(kern, row, kvh, q_head, scale, &mut scores[..n_sinks], shape);
+                let n_cached = cached_sinks.len();
+                let row = self.layer_row + cached_sinks.start;
+                self.kv.dot_keys(kern, row, kvh, q_head, scale, &mut scores[..n_cached], shape);
+                if !fresh_sinks.is_empty() {
+                    let keys = &self.k[batch_rows(&fresh_sinks, kvh)];
+                    (self.batch_dot)(q_head, keys, kv_dim, scale, &mut scores[n_cached..n_sinks]);
+                }
             }
             let mut at = n_sinks;
             self.ring.for_runs(cached.clone(), |slot, len| {
@@ -221,20 +231,25 @@ impl<'s, 'a> Attention<'s, 'a> {
                 at += len;
             });
             if !fresh.is_empty() {
-                (self.batch_dot)(qh, &self.k[fresh_rows(kvh)], kv_dim, scale, &mut scores[at..]);
+                (self.batch_dot)(qh, &self.k[batch_rows(&fresh, kvh)], kv_dim, scale, &mut scores[at..]);
             }
             (kern.softmax)(scores);
             let out = &mut att[(h - first) * hd..(h - first + 1) * hd];
             out.fill(0.0);
             let scores = &scores[..n_keys];
-            self.kv.add_values(kern, self.layer_row + keys.sinks.start, kvh, &scores[..n_sinks], out, shape);
+            let n_cached = cached_sinks.len();
+            let row = self.layer_row + cached_sinks.start;
+            self.kv.add_values(kern, row, kvh, &scores[..n_cached], out, shape);
+            if !fresh_sinks.is_empty() {
+                (self.batch_axpy)(&scores[n_cached..n_sinks], &self.v[batch_rows(&fresh_sinks, kvh)], kv_dim, out);
+            }
             let mut at = n_sinks;
             self.ring.for_runs(cached.clone(), |slot, len| {
                 self.kv.add_values(kern, self.layer_row + slot, kvh, &scores[at..at + len], out, shape);
                 at += len;
             });
             if !fresh.is_empty() {
-                (self.batch_axpy)(&scores[at..], &self.v[fresh_rows(kvh)], kv_dim, out);
+                (self.batch_axpy)(&scores[at..], &self.v[batch_rows(&fresh, kvh)], kv_dim, out);
             }
         }
     }
