@@ -28,7 +28,8 @@ pub struct Args {
     /// scratch; the weights are mapped, not counted) instead of the tables.
     #[arg(long)]
     plan: bool,
-    /// Context size for --plan.
+    /// Context size for --plan (capped at the model's trained context, as
+    /// `ferrite run` does).
     #[arg(long, default_value_t = 4096, requires = "plan")]
     ctx: usize,
     /// KV cache type for --plan.
@@ -37,31 +38,32 @@ pub struct Args {
     /// Streaming sinks for --plan (the count does not change the size).
     #[arg(long, default_value_t = 4, requires = "plan")]
     sinks: usize,
-    /// Threads for --plan (each needs its own scratch row).
-    #[arg(short = 't', long, default_value_t = 1, requires = "plan")]
-    threads: usize,
-    /// Most prompt tokens per prefill batch for --plan.
-    #[arg(long, default_value_t = 32, requires = "plan")]
-    batch: usize,
+    /// Threads for --plan (each needs its own scratch row) [default: all
+    /// available CPUs, as `ferrite run`].
+    #[arg(short = 't', long, requires = "plan")]
+    threads: Option<usize>,
+    /// Most prompt tokens per prefill batch for --plan [default: the
+    /// runtime's, as `ferrite run` uses].
+    #[arg(long, requires = "plan")]
+    batch: Option<usize>,
 }
 
 fn render_plan(args: &Args, file: &File<'_>, text: &mut String) -> CliResult<ExitCode> {
     use std::fmt::Write as _;
     let model = ferrite_runtime::Model::from_bytes(file.bytes())?;
-    let cfg = ferrite_runtime::SessionConfig {
-        max_ctx: args.ctx,
-        kv: args.kv.into(),
-        max_batch: args.batch,
-        threads: args.threads,
-        sinks: args.sinks,
-        ..Default::default()
-    };
+    // The config `ferrite run` would use with the same options.
+    let threads = args.threads.unwrap_or_else(super::engine::default_threads);
+    let mut cfg = super::engine::session_config(&model, args.ctx, args.kv, threads);
+    cfg.sinks = args.sinks;
+    if let Some(b) = args.batch {
+        cfg.max_batch = b;
+    }
     let plan = model.plan(&cfg)?;
     let p = plan.parts();
     if args.json {
         let out = json!({
-            "ctx": args.ctx, "kv": format!("{:?}", args.kv).to_lowercase(), "sinks": args.sinks,
-            "threads": args.threads, "batch": args.batch,
+            "ctx": cfg.max_ctx, "kv": format!("{:?}", args.kv).to_lowercase(), "sinks": cfg.sinks,
+            "threads": cfg.threads, "batch": cfg.max_batch,
             "kv_cache_bytes": p.kv_cache, "activation_bytes": p.activations, "scratch_bytes": p.scratch,
             "views_bytes": p.views, "arena_bytes": plan.arena_bytes(), "weights_bytes_mapped": file.bytes().len(),
         });
@@ -70,7 +72,7 @@ fn render_plan(args: &Args, file: &File<'_>, text: &mut String) -> CliResult<Exi
         writeln!(
             text,
             "session plan: ctx {}, kv {:?}, sinks {}, batch {}, threads {}",
-            args.ctx, args.kv, args.sinks, args.batch, args.threads
+            cfg.max_ctx, args.kv, cfg.sinks, cfg.max_batch, cfg.threads
         )?;
         writeln!(text, "  kv cache     {:>12} bytes", p.kv_cache)?;
         writeln!(text, "  activations  {:>12} bytes", p.activations)?;

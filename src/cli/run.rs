@@ -63,6 +63,9 @@ pub struct Args {
     /// Threads for the matrix products [default: all available CPUs].
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Most prompt tokens per prefill batch [default: the runtime's, 32].
+    #[arg(short = 'b', long, value_name = "TOKENS")]
+    pub batch: Option<usize>,
     #[command(flatten)]
     pub stream: engine::StreamArgs,
     /// KV cache element type.
@@ -109,6 +112,9 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let mut sampler = args.sampling.sampler()?;
     let mut cfg = engine::session_config(&model, args.ctx, args.kv, threads);
     cfg.logits_all = args.dump_logits.is_some();
+    if let Some(b) = args.batch {
+        cfg.max_batch = b;
+    }
     args.stream.apply(&mut cfg);
     let mut sink = match &args.dump_logits {
         Some(p) => Some(NpyWriter::create(p, model.config().vocab_size as usize)?),
@@ -128,7 +134,14 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             let plan = model.plan(&cfg)?;
             let mut arena = vec![0u8; plan.arena_bytes()];
             let mut session = Session::new(&model, &plan, &mut arena)?;
-            eprintln!("[ferrite] kernels {}, {} thread(s)", session.kernels(), cfg.threads);
+            eprintln!(
+                "[ferrite] kernels {}, {} thread(s), ctx {}, batch {}, arena {} bytes",
+                session.kernels(),
+                cfg.threads,
+                cfg.max_ctx,
+                cfg.max_batch,
+                plan.arena_bytes()
+            );
             let g = job.run(model.config(), &mut session, &mut sampler, sink.as_mut(), &mut history)?;
             (g, "arena", plan.arena_bytes())
         }
