@@ -161,16 +161,16 @@ pub struct StreamArgs {
     /// others are evicted, and generation can go on forever).
     #[arg(long)]
     pub no_streaming: bool,
-    /// Attention-sink tokens kept at the start of a streaming cache.
-    #[arg(long, default_value_t = 4)]
-    pub sinks: usize,
+    /// Attention-sink tokens kept at the start of a streaming cache [default: 4].
+    #[arg(long)]
+    pub sinks: Option<usize>,
 }
 
 impl StreamArgs {
     /// Applies these options to a session config.
     pub fn apply(self, cfg: &mut SessionConfig) {
         cfg.streaming = !self.no_streaming;
-        cfg.sinks = self.sinks;
+        cfg.sinks = self.sinks.unwrap_or(SessionConfig::default().sinks);
     }
 }
 

@@ -26,7 +26,8 @@ pub enum Device {
     /// The CPU (threads: -t).
     Cpu,
     /// The first NVIDIA GPU (a build with `--features cuda`; f16 or f32 KV
-    /// cache, no streaming: a full context ends generation).
+    /// cache, no streaming: a full context ends generation, so --sinks and
+    /// -t are refused).
     Cuda,
 }
 
@@ -51,8 +52,9 @@ pub struct Args {
     pub n_predict: usize,
     #[command(flatten)]
     pub sampling: engine::SamplingArgs,
-    /// Wrap the prompt as one user turn with the model's chat template.
-    #[arg(long)]
+    /// Wrap the prompt (text, not --prompt-ids) as one user turn with the
+    /// model's chat template.
+    #[arg(long, conflicts_with = "prompt_ids")]
     pub chat: bool,
     /// Do not stop at stop tokens.
     #[arg(long)]
@@ -89,6 +91,15 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
 }
 
 fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
+    if args.device == Device::Cuda {
+        // The CUDA session runs on the GPU with a cache that does not stream.
+        if args.threads.is_some() {
+            return Err("-t/--threads sets CPU threads: it has no effect with --device cuda".into());
+        }
+        if args.stream.sinks.is_some() {
+            return Err("--sinks: the CUDA cache does not stream (a full context ends generation)".into());
+        }
+    }
     let model = engine::open_model(&args.model)?;
     let tok = model.file().tokenizer().is_some().then(|| engine::tokenizer(&model, &args.model)).transpose()?;
     let prompt: Vec<u32> = match (&args.prompt, &args.prompt_ids) {
