@@ -147,15 +147,23 @@ fn thread_count_does_not_change_logits() {
 /// top-1 agreement. Random weights are near-Gaussian, where q4a's extra
 /// minimum buys less than on real (skewed) groups, and these small random
 /// models are far more sensitive than trained ones (their logits are nearly
-/// flat): q8 must stay below 0.1 and 8 times below the 4-bit types, which
-/// must stay below 5 (a broken path gives far more). The printed table is the
-/// one in README.
+/// flat): q8 must stay 8 times below the 4-bit types, and each type within
+/// 15 % above the KLD measured for it on each fixture (2026-12-02). The
+/// printed table is the one in README.
 #[test]
 fn quantized_models_track_the_f32_logits() {
     use ferrite_runtime::eval;
     let mut table = String::new();
-    for name in ["llama-gqa", "llama-tied-bf16", "qwen2-bias-f16", "llama3-ropescaled", "mistral-sharded", "llama-odd"]
-    {
+    // Measured mean KLD of q8, q4, q4a per fixture.
+    let measured = [
+        ("llama-gqa", [0.00795, 0.41671, 0.40427]),
+        ("llama-tied-bf16", [0.05805, 1.97230, 1.80814]),
+        ("qwen2-bias-f16", [0.00531, 0.51397, 0.37689]),
+        ("llama3-ropescaled", [0.00651, 0.54349, 0.45565]),
+        ("mistral-sharded", [0.02290, 0.96464, 0.64581]),
+        ("llama-odd", [0.00618, 0.53190, 0.33787]),
+    ];
+    for (name, bound) in measured {
         let dir = tiny(name);
         let golden_bytes = std::fs::read(dir.join("golden.safetensors")).expect("golden");
         let golden = SafeTensors::deserialize(&golden_bytes).expect("golden parse");
@@ -188,8 +196,10 @@ fn quantized_models_track_the_f32_logits() {
             table.push_str(&row);
             kld.push(mean);
         }
-        assert!(kld[0] < 0.1 && kld[0] * 8.0 < kld[1].min(kld[2]), "{name}: q8/q4/q4a KLD {kld:?}");
-        assert!(kld[1] < 5.0 && kld[2] < 5.0, "{name}: q4/q4a KLD {kld:?}");
+        assert!(kld[0] * 8.0 < kld[1].min(kld[2]), "{name}: q8/q4/q4a KLD {kld:?}");
+        for (got, want) in kld.iter().zip(bound) {
+            assert!(*got <= want * 1.15, "{name}: q8/q4/q4a KLD {kld:?}, measured {bound:?}");
+        }
     }
     eprintln!("| fixture | type | mean KLD | top-1 |\n|---|---|---|---|\n{table}");
 }

@@ -264,6 +264,8 @@ fn q8_kv_close_to_f16() {
     let q8 = logits_trace(&model, SessionConfig { kv: KvType::Q8, ..base }, &tokens, 60);
     let max_diff = f16.iter().zip(&q8).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     let max_abs = f16.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    eprintln!("q8 vs f16 KV: max |logit diff| {max_diff} = {:.4} of max |logit| {max_abs}", max_diff / max_abs);
     assert!(max_diff > 0.0, "q8 KV must actually quantize");
-    assert!(max_diff < 0.1 * max_abs, "q8 KV drifts too far: {max_diff} (max |logit| {max_abs})");
+    // Measured 0.0674 of the largest logit (2026-12-02).
+    assert!(max_diff < 0.08 * max_abs, "q8 KV drifts too far: {max_diff} (max |logit| {max_abs})");
 }
