@@ -446,25 +446,37 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 
 /// Rotates one head in place (HF "rotate half" pairing: element `i` with
 /// `i + head_dim/2`) by angles `pos * inv_freq[i]`.
-pub fn rope(head: &mut [f32], pos: f32, inv_freq: &[f32]) {
+pub fn rope(head: &mut [f32], pos: i64, inv_freq: &[f32]) {
     let half = inv_freq.len();
     for (i, &f) in inv_freq.iter().enumerate() {
-        let angle = pos * f;
-        let (sin, cos) = (libm::sinf(angle), libm::cosf(angle));
+        let (sin, cos) = rope_angle(pos, f);
         let (a, b) = (head[i], head[i + half]);
         head[i] = a * cos - b * sin;
         head[i + half] = b * cos + a * sin;
     }
 }
 
-/// The cosines and sines [`rope`] uses at position `pos`: `cs[i] = cos`,
-/// `cs[half + i] = sin` of `pos * inv_freq[i]` (`cs` has `2 * half`).
-pub fn rope_table(pos: f32, inv_freq: &[f32], cs: &mut [f32]) {
+/// The sine and cosine of `pos * inv_freq`, exact to f32 at every position:
+/// the product is formed in f64 (exact while `|pos| < 2^29`: `inv_freq` has
+/// 24 significant bits) and `libm`'s f64 `sin`/`cos` reduce the argument
+/// exactly, so precision does not decay as positions grow (in f32, by
+/// position 10^6 the angle itself is off by ~0.06 rad, and near 2^24
+/// neighbouring positions get the same angle).
+#[inline]
+pub fn rope_angle(pos: i64, inv_freq: f32) -> (f32, f32) {
+    let angle = pos as f64 * inv_freq as f64;
+    (libm::sin(angle) as f32, libm::cos(angle) as f32)
+}
+
+/// The cosines and sines [`rope`] uses at position `pos` (negative: a
+/// rotation back): `cs[i] = cos`, `cs[half + i] = sin` of
+/// `pos * inv_freq[i]` ([`rope_angle`]; `cs` has `2 * half`).
+pub fn rope_table(pos: i64, inv_freq: &[f32], cs: &mut [f32]) {
     let half = inv_freq.len();
     for (i, &f) in inv_freq.iter().enumerate() {
-        let angle = pos * f;
-        cs[i] = libm::cosf(angle);
-        cs[half + i] = libm::sinf(angle);
+        let (sin, cos) = rope_angle(pos, f);
+        cs[i] = cos;
+        cs[half + i] = sin;
     }
 }
 
@@ -946,7 +958,7 @@ mod tests {
             if n % 2 == 0 {
                 let inv_freq: Vec<f32> = (0..n / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / n as f32)).collect();
                 let mut h = x.clone();
-                let pos = 5.0;
+                let pos = 5;
                 rope(&mut h, pos, &inv_freq);
                 for (i, &f) in inv_freq.iter().enumerate() {
                     let angle = pos as f64 * f as f64;

@@ -193,7 +193,7 @@ impl<'s, 'a> Attention<'s, 'a> {
         // Sink keys sit at their own positions: the query meets them rotated
         // at its position within the cache, not in the text.
         if !keys.sinks.is_empty() {
-            k::rope_table(keys.cache_pos as f32 - abs as f32, self.inv_freq, sink_cs);
+            k::rope_table(keys.cache_pos as i64 - abs as i64, self.inv_freq, sink_cs);
         }
         let n_sinks = keys.sinks.len();
         let n_keys = n_sinks + keys.main.len();

@@ -41,7 +41,7 @@ impl Session<'_, '_> {
         let f32_acts = self.plan.cfg.f32_activations;
         let shape = KvShape { kv_dim, head_dim: hd };
         for t in 0..n {
-            k::rope_table((self.pos + t) as f32, self.inv_freq, &mut self.rope[t * hd..(t + 1) * hd]);
+            k::rope_table((self.pos + t) as i64, self.inv_freq, &mut self.rope[t * hd..(t + 1) * hd]);
         }
         for (t, &id) in tokens.iter().enumerate() {
             self.weights.embed.dequantize_row(id as usize, &mut self.x[t * d..(t + 1) * d]);
