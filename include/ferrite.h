@@ -73,7 +73,7 @@
  * created; failing calls allocate their error message.
  *
  * This header is C99 and C++ compatible. tests/ffi.rs checks it against the
- * Rust definitions (src/ffi.rs): every prototype, constant, struct size and
+ * Rust definitions (src/ffi/): every prototype, constant, struct size and
  * field offset.
  */
 #ifndef FERRITE_H

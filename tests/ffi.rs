@@ -1,4 +1,4 @@
-//! The C API (`src/ffi.rs`, feature `ffi`) and its header `include/ferrite.h`.
+//! The C API (`src/ffi/`, feature `ffi`) and its header `include/ferrite.h`.
 //!
 //! 1. The header against the Rust definitions, by a C compiler: a generated
 //!    C file includes the header and redeclares every exported function with
@@ -32,10 +32,23 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The Rust source of the C API: every file of `src/ffi/`, in name order.
+fn ffi_source() -> String {
+    let dir = root().join("src/ffi");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{}: expected the module's files, found {files:?}", dir.display());
+    files.iter().map(|p| read(p)).collect::<Vec<_>>().join("\n")
+}
+
 // ---------------------------------------------------------------------------
 // 1. The header against the Rust definitions
 
-/// An `extern "C" fn` of `src/ffi.rs`: name, `(name, type)` parameters and
+/// An `extern "C" fn` of `src/ffi/`: name, `(name, type)` parameters and
 /// the return type (`None` for `()`), as Rust source text.
 #[derive(Debug)]
 struct RustFn {
@@ -223,7 +236,7 @@ fn header_struct_fields(code: &str, name: &str) -> Vec<String> {
 /// Field names of `pub struct NAME { ... }` in the Rust source.
 fn rust_struct_fields(src: &str, name: &str) -> Vec<String> {
     let open = format!("pub struct {name} {{");
-    let at = src.find(&open).unwrap_or_else(|| panic!("src/ffi.rs: no `{open}`"));
+    let at = src.find(&open).unwrap_or_else(|| panic!("src/ffi/: no `{open}`"));
     let body = &src[at + open.len()..];
     let body = &body[..body.find('}').expect("}")];
     body.lines()
@@ -308,16 +321,16 @@ fn compile(cc: &str, lang_args: &[&str], file: &str, source: &str) {
 
 #[test]
 fn header_declares_exactly_the_rust_functions_and_constants() {
-    let src = read(&root().join("src/ffi.rs"));
+    let src = ffi_source();
     let header = strip_comments(&read(&root().join("include/ferrite.h")));
 
     let rust: BTreeSet<String> = rust_functions(&src).into_iter().map(|f| f.name).collect();
     let c = header_functions(&header);
-    assert!(rust.len() >= 20, "parsed only {} functions from src/ffi.rs", rust.len());
+    assert!(rust.len() >= 20, "parsed only {} functions from src/ffi/", rust.len());
     assert_eq!(
         c,
         rust,
-        "\nonly in the header: {:?}\nonly in src/ffi.rs: {:?}",
+        "\nonly in the header: {:?}\nonly in src/ffi/: {:?}",
         c.difference(&rust).collect::<Vec<_>>(),
         rust.difference(&c).collect::<Vec<_>>()
     );
@@ -327,7 +340,7 @@ fn header_declares_exactly_the_rust_functions_and_constants() {
     assert_eq!(
         c,
         rust,
-        "\nonly in the header: {:?}\nonly in src/ffi.rs: {:?}",
+        "\nonly in the header: {:?}\nonly in src/ffi/: {:?}",
         c.difference(&rust).collect::<Vec<_>>(),
         rust.difference(&c).collect::<Vec<_>>()
     );
@@ -341,9 +354,9 @@ fn header_declares_exactly_the_rust_functions_and_constants() {
 
 #[test]
 fn header_prototypes_constants_and_layouts_match_rust() {
-    let src = read(&root().join("src/ffi.rs"));
+    let src = ffi_source();
     let mut c =
-        String::from("#include <stddef.h>\n#include \"ferrite.h\"\n\n/* Prototypes derived from src/ffi.rs. */\n");
+        String::from("#include <stddef.h>\n#include \"ferrite.h\"\n\n/* Prototypes derived from src/ffi/. */\n");
     for f in rust_functions(&src) {
         let ret = f.ret.as_deref().map_or("void".to_string(), c_type);
         let params = if f.params.is_empty() {

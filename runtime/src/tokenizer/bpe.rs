@@ -1,0 +1,244 @@
+//! BPE: the pre-tokenizer's chunks (byte-level) or the whole text between
+//! added tokens (SentencePiece) become tokens, and the adjacent pair with
+//! the lowest merge rank is merged, leftmost on ties, until none merges.
+//! Merging runs in place in the caller's output buffer, with the pair
+//! ranks cached in its spare slots or on the stack when there is room.
+
+use ferrite_format::tokenizer::PreTokenizer;
+
+use super::pretokenize::{llama3_match_len, DigitPieces, Gpt2Chunks};
+use super::{push, Tokenizer, TokenizerError};
+
+/// Tokens of a chunk merged on the stack (with their pair ranks) when the
+/// caller's buffer has no room to merge in place: 2 × 64 × 4 = 512 bytes.
+pub(super) const STACK_TOKENS: usize = 64;
+
+/// Rank of a pair that has no merge rule (validated ranks are below
+/// `n_merges`, hence below this).
+const NO_MERGE: u32 = u32::MAX;
+
+impl<'a> Tokenizer<'a> {
+    /// Pre-tokenizes `text` (no added tokens in it) and appends each chunk's
+    /// BPE tokens at `out[*n..]`.
+    pub(super) fn encode_text_into(&self, text: &str, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
+        if self.is_spm() {
+            return self.encode_spm(text, out, n);
+        }
+        match self.view.pretokenizer() {
+            PreTokenizer::None => self.encode_chunk(text.as_bytes(), out, n),
+            PreTokenizer::Gpt2 => {
+                for chunk in Gpt2Chunks::new(text) {
+                    self.encode_chunk(chunk.as_bytes(), out, n)?;
+                }
+                Ok(())
+            }
+            PreTokenizer::Gpt2Digits => {
+                for piece in DigitPieces::new(text) {
+                    for chunk in Gpt2Chunks::new(piece) {
+                        self.encode_chunk(chunk.as_bytes(), out, n)?;
+                    }
+                }
+                Ok(())
+            }
+            PreTokenizer::Llama3 | PreTokenizer::Qwen2 => {
+                let max_digits = if self.view.pretokenizer() == PreTokenizer::Llama3 { 3 } else { 1 };
+                let mut rest = text;
+                while !rest.is_empty() {
+                    let len = llama3_match_len(rest, max_digits);
+                    let Some((chunk, tail)) = rest.split_at_checked(len) else {
+                        break;
+                    };
+                    self.encode_chunk(chunk.as_bytes(), out, n)?;
+                    rest = tail;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// SentencePiece-style BPE of `text` (no added tokens in it), appended
+    /// at `out[*n..]`: a token per character (a space prepended when the
+    /// section says so), byte fallback for characters without one, then
+    /// ranked merging in place.
+    fn encode_spm(&self, text: &str, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let start = *n;
+        if self.view.add_prefix_space() {
+            self.push_spm_char(' ', out, n)?;
+        }
+        for c in text.chars() {
+            self.push_spm_char(c, out, n)?;
+        }
+        let (tokens, tail) = out[start..].split_at_mut(*n - start);
+        let merged = if tail.len() + 1 >= tokens.len() {
+            self.merge_all(tokens, tail)
+        } else if tokens.len() <= STACK_TOKENS {
+            self.merge_all(tokens, &mut [0u32; STACK_TOKENS])
+        } else {
+            self.merge_all(tokens, &mut [])
+        };
+        *n = start + merged;
+        Ok(())
+    }
+
+    /// The token of character `c`, or its bytes' byte-fallback tokens, or
+    /// the unknown token; nothing if there is neither (as HF's BPE).
+    fn push_spm_char(&self, c: char, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
+        let mut buf = [0u8; 4];
+        let bytes = c.encode_utf8(&mut buf).as_bytes();
+        if let Some(id) = self.view.find(bytes) {
+            return push(out, n, id);
+        }
+        if self.view.byte_fallback() {
+            for &b in bytes {
+                if let Some(id) = self.view.byte_token(b).or(self.view.unk()) {
+                    push(out, n, id)?;
+                }
+            }
+            return Ok(());
+        }
+        match self.view.unk() {
+            Some(id) => push(out, n, id),
+            None => Ok(()),
+        }
+    }
+
+    /// BPE of one pre-tokenized chunk, appended at `out[*n..]`.
+    fn encode_chunk(&self, chunk: &[u8], out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if self.view.ignore_merges() {
+            if let Some(id) = self.view.find(chunk) {
+                return push(out, n, id);
+            }
+        }
+        let too_small = TokenizerError::BufferTooSmall { capacity: out.len() };
+        let free = out.get_mut(*n..).ok_or(too_small)?;
+        if free.len() >= chunk.len() {
+            // In place; the pair ranks live past the chunk when there is
+            // room there, else on the stack, else they are recomputed.
+            let (tokens, tail) = free.split_at_mut(chunk.len());
+            let len = self.byte_tokens(chunk, tokens);
+            let tokens = &mut tokens[..len];
+            let merged = if tail.len() + 1 >= len {
+                self.merge_all(tokens, tail)
+            } else {
+                self.merge_all(tokens, &mut [0u32; STACK_TOKENS])
+            };
+            *n += merged;
+            return Ok(());
+        }
+        if chunk.len() > STACK_TOKENS {
+            return Err(too_small);
+        }
+        let mut tokens = [0u32; STACK_TOKENS];
+        let len = self.byte_tokens(chunk, &mut tokens);
+        let merged = self.merge_all(&mut tokens[..len], &mut [0u32; STACK_TOKENS]);
+        let dst = free.get_mut(..merged).ok_or(too_small)?;
+        dst.copy_from_slice(&tokens[..merged]);
+        *n += merged;
+        Ok(())
+    }
+
+    /// The token of each byte of `chunk`, written to the front of `tokens`
+    /// (as long as `chunk`); returns how many. A byte without a token
+    /// becomes the unknown token, or is dropped if there is none, as HF's
+    /// BPE does (without `fuse_unk`).
+    fn byte_tokens(&self, chunk: &[u8], tokens: &mut [u32]) -> usize {
+        let unk = self.view.unk();
+        let mut len = 0;
+        for &b in chunk {
+            if let Some(id) = self.view.byte_token(b).or(unk) {
+                if let Some(slot) = tokens.get_mut(len) {
+                    *slot = id;
+                    len += 1;
+                }
+            }
+        }
+        len
+    }
+
+    /// Rank of merging `left` then `right`, or [`NO_MERGE`].
+    fn rank(&self, left: u32, right: u32) -> u32 {
+        self.view.merge(left, right).map_or(NO_MERGE, |(rank, _)| rank)
+    }
+
+    /// Merges `tokens` in place: the adjacent pair with the lowest rank
+    /// first, the leftmost of equal ones, until no pair has a rule. Returns
+    /// the new length. `ranks` caches the rank of each pair when it holds
+    /// `tokens.len() - 1` entries; otherwise ranks are recomputed each round.
+    pub(super) fn merge_all(&self, tokens: &mut [u32], ranks: &mut [u32]) -> usize {
+        let mut len = tokens.len();
+        if len < 2 {
+            return len;
+        }
+        match ranks.get_mut(..len - 1) {
+            Some(ranks) => {
+                for (i, rank) in ranks.iter_mut().enumerate() {
+                    *rank = self.rank(tokens[i], tokens[i + 1]);
+                }
+                while len >= 2 {
+                    let (at, best) = lowest(&ranks[..len - 1]);
+                    if best == NO_MERGE {
+                        break;
+                    }
+                    let Some((_, result)) = self.view.merge(tokens[at], tokens[at + 1]) else {
+                        break;
+                    };
+                    tokens[at] = result;
+                    tokens.copy_within(at + 2..len, at + 1);
+                    // Pair `at + 1` is gone; pairs after it move down by one.
+                    if at + 2 < len {
+                        ranks.copy_within(at + 2..len - 1, at + 1);
+                    }
+                    len -= 1;
+                    if at > 0 {
+                        ranks[at - 1] = self.rank(tokens[at - 1], tokens[at]);
+                    }
+                    if at + 1 < len {
+                        ranks[at] = self.rank(tokens[at], tokens[at + 1]);
+                    }
+                }
+            }
+            None => {
+                while len >= 2 {
+                    let mut best = NO_MERGE;
+                    let mut at = 0;
+                    for i in 0..len - 1 {
+                        let rank = self.rank(tokens[i], tokens[i + 1]);
+                        if rank < best {
+                            best = rank;
+                            at = i;
+                        }
+                    }
+                    if best == NO_MERGE {
+                        break;
+                    }
+                    let Some((_, result)) = self.view.merge(tokens[at], tokens[at + 1]) else {
+                        break;
+                    };
+                    tokens[at] = result;
+                    tokens.copy_within(at + 2..len, at + 1);
+                    len -= 1;
+                }
+            }
+        }
+        len
+    }
+}
+
+/// Index and value of the smallest rank, the first of equal ones.
+fn lowest(ranks: &[u32]) -> (usize, u32) {
+    let mut best = NO_MERGE;
+    let mut at = 0;
+    for (i, &rank) in ranks.iter().enumerate() {
+        if rank < best {
+            best = rank;
+            at = i;
+        }
+    }
+    (at, best)
+}
