@@ -375,7 +375,7 @@ ferrite_status ferrite_sampler_config_default(ferrite_sampler_config *out);
 
 /**
  * Creates a sampler for rows of up to `vocab_size` logits; it allocates its
- * two buffers here and never while sampling. On success *out is a new
+ * buffers here (ferrite_generate's too) and never while sampling. On success *out is a new
  * sampler, freed with ferrite_sampler_free; on failure NULL. Returns
  * FERRITE_BAD_CONFIG for settings out of range.
  */
@@ -397,6 +397,78 @@ ferrite_status ferrite_sampler_reseed(ferrite_sampler *sampler, uint64_t seed);
  */
 ferrite_status ferrite_sampler_sample(ferrite_sampler *sampler, const float *logits, size_t n,
                                       const uint32_t *recent, size_t n_recent, uint32_t *out);
+
+/* ------------------------------------------------------------------------
+ * Generation: the runtime's loop (prefill, sample, feed back, stop ids,
+ * streamed text), the same one `ferrite run` drives
+ */
+
+/** How long to generate. */
+typedef struct ferrite_generate_options {
+    /** Most new tokens (a stop id that ends generation counts). */
+    size_t max_new;
+    /** Keep going after a stop id. */
+    bool ignore_eos;
+} ferrite_generate_options;
+
+/** Called for each new token, the stop id included; a non-zero return
+ *  ends the generation. */
+typedef int32_t (*ferrite_token_fn)(void *user, uint32_t id);
+
+/** Called with the decoded text of the new tokens in whole UTF-8
+ *  characters: len bytes at text, not NUL-terminated, valid only during
+ *  the call; after the token callback of the token it completes. A stop
+ *  id that ends generation is not decoded. */
+typedef void (*ferrite_text_fn)(void *user, const char *text, size_t len);
+
+/** What ferrite_generate calls back. Either function may be NULL; a text
+ *  callback needs a model with a tokenizer (else FERRITE_NO_TOKENIZER). */
+typedef struct ferrite_generate_callbacks {
+    ferrite_token_fn token;
+    ferrite_text_fn text;
+    /** Passed to both. */
+    void *user;
+} ferrite_generate_callbacks;
+
+/** Values of ferrite_generate_result.end. */
+enum ferrite_end {
+    /** On a stop id of the model (the last new token). */
+    FERRITE_END_STOP_TOKEN = 0,
+    /** After max_new tokens. */
+    FERRITE_END_MAX_TOKENS = 1,
+    /** The token callback returned non-zero. */
+    FERRITE_END_CALLBACK = 2,
+    /** Feeding a new token back failed: ferrite_generate returns why
+     *  (e.g. FERRITE_CONTEXT_FULL with streaming off); the tokens before
+     *  it stand. */
+    FERRITE_END_ERROR = 3
+};
+
+/** What a generation produced. */
+typedef struct ferrite_generate_result {
+    /** New tokens (the stop id included when generation ended on one). */
+    size_t generated;
+    /** Tokens fed back through single decode steps. */
+    size_t decode_steps;
+    /** Why it ended: a FERRITE_END_* value. */
+    uint32_t end;
+} ferrite_generate_result;
+
+/**
+ * Feeds prompt[0..n_prompt] to the session, then samples with `sampler`
+ * and feeds back up to opts->max_new tokens, stopping after a stop id of
+ * the model (unless opts->ignore_eos) or when the token callback returns
+ * non-zero. The prompt and the new ids make up the repetition history
+ * (fresh for each call). callbacks may be NULL. *result (result may be
+ * NULL) is written whenever the prompt was processed, also when a later
+ * step fails: then that step's status is returned and result->end is
+ * FERRITE_END_ERROR. Allocates nothing: the sampler's buffers were made by
+ * ferrite_sampler_new (for at least the model's vocab_size, else
+ * FERRITE_INVALID_ARGUMENT).
+ */
+ferrite_status ferrite_generate(ferrite_session *sess, ferrite_sampler *sampler, const uint32_t *prompt,
+                                size_t n_prompt, const ferrite_generate_options *opts,
+                                const ferrite_generate_callbacks *callbacks, ferrite_generate_result *result);
 
 /* ------------------------------------------------------------------------
  * Tokenizer (files converted from a checkpoint with tokenizer.json)

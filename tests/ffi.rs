@@ -283,6 +283,9 @@ fn layouts() -> Vec<Layout> {
         }),
         layout!(FerriteSessionConfig { max_ctx, max_batch, sinks, threads, kv_type, streaming }),
         layout!(FerriteSamplerConfig { temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed }),
+        layout!(FerriteGenerateOptions { max_new, ignore_eos }),
+        layout!(FerriteGenerateCallbacks { token, text, user }),
+        layout!(FerriteGenerateResult { generated, decode_steps, end }),
     ]
 }
 
@@ -291,6 +294,7 @@ fn rust_constants() -> BTreeSet<(String, i64)> {
     let mut all: BTreeSet<(String, i64)> =
         STATUSES.iter().map(|(s, name, _)| (name.to_string(), i64::from(s.0))).collect();
     all.extend(KV_TYPES.iter().map(|&(v, name)| (name.to_string(), i64::from(v))));
+    all.extend(END_REASONS.iter().map(|&(v, name)| (name.to_string(), i64::from(v))));
     all
 }
 
@@ -582,6 +586,21 @@ mod with_models {
         unsafe { cfg.assume_init() }
     }
 
+    fn sampler_default() -> FerriteSamplerConfig {
+        let mut cfg = FerriteSamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 0.0,
+            min_p: 0.0,
+            repeat_penalty: 0.0,
+            repeat_last_n: 0,
+            seed: 0,
+        };
+        // SAFETY: a valid output.
+        assert_eq!(unsafe { ferrite_sampler_config_default(&mut cfg) }, FerriteStatus::OK);
+        cfg
+    }
+
     fn info(model: *const FerriteModel) -> FerriteModelInfo {
         let mut info = FerriteModelInfo::default();
         // SAFETY: a live model and a valid output.
@@ -698,6 +717,87 @@ mod with_models {
         }
         // SAFETY: no session is alive.
         assert_eq!(unsafe { ferrite_model_free(model) }, FerriteStatus::OK);
+    }
+
+    /// Collects what `ferrite_generate` calls back.
+    #[derive(Default)]
+    struct Seen {
+        ids: Vec<u32>,
+        stop_after: usize,
+    }
+
+    unsafe extern "C" fn on_token(user: *mut core::ffi::c_void, id: u32) -> i32 {
+        // SAFETY: `user` is the `Seen` the test passes, alive for the call.
+        let seen = unsafe { &mut *user.cast::<Seen>() };
+        seen.ids.push(id);
+        i32::from(seen.ids.len() == seen.stop_after)
+    }
+
+    unsafe extern "C" fn on_text(_: *mut core::ffi::c_void, _: *const core::ffi::c_char, _: usize) {}
+
+    /// `ferrite_generate` gives the ids of the step-by-step C loop above
+    /// (greedy), says why it ended, stops when the callback says so, keeps
+    /// the ids before a full context, and refuses a text callback without a
+    /// tokenizer.
+    #[test]
+    fn ferrite_generate_equals_the_step_by_step_loop() {
+        let (_tmp, path) = converted(&common::tiny("llama-gqa"), DType::Q8);
+        let model = open(&path);
+        let vocab = info(model).vocab_size as usize;
+        let prompt = [1u32, 2, 3, 4];
+        let mut sampler = null_mut();
+        let greedy = FerriteSamplerConfig { temperature: 0.0, ..sampler_default() };
+        // SAFETY: valid pointers.
+        assert_eq!(unsafe { ferrite_sampler_new(&greedy, vocab, &mut sampler) }, FerriteStatus::OK, "{}", last_error());
+        for (max_ctx, streaming, n) in [(64, true, 40), (16, true, 40), (16, false, 24)] {
+            let cfg = FerriteSessionConfig { max_ctx, streaming, max_batch: 3, ..default_config() };
+            let mut arena = vec![0u8; arena_bytes(model, &cfg)];
+            let sess = session(model, &cfg, &mut arena);
+            let mut run = |max_new: usize, stop_after: usize, text: bool| {
+                let mut seen = Seen { stop_after, ..Seen::default() };
+                let callbacks = FerriteGenerateCallbacks {
+                    token: Some(on_token),
+                    text: if text { Some(on_text) } else { None },
+                    user: (&mut seen as *mut Seen).cast(),
+                };
+                let opts = FerriteGenerateOptions { max_new, ignore_eos: true };
+                let mut result = FerriteGenerateResult { generated: 99, decode_steps: 99, end: 99 };
+                // SAFETY: live handles, valid pointers; `seen` outlives the call.
+                let status = unsafe {
+                    assert_eq!(ferrite_session_reset(sess), FerriteStatus::OK);
+                    ferrite_generate(sess, sampler, prompt.as_ptr(), prompt.len(), &opts, &callbacks, &mut result)
+                };
+                (status, result, seen.ids)
+            };
+            // SAFETY: a live session.
+            assert_eq!(unsafe { ferrite_session_reset(sess) }, FerriteStatus::OK);
+            let want = generate_c(sess, model, &prompt, n.min(12), true);
+            let (status, result, ids) = run(n.min(12), 0, false);
+            assert_eq!(status, FerriteStatus::OK, "{}", last_error());
+            assert_eq!(ids, want, "max_ctx {max_ctx} streaming {streaming}");
+            assert_eq!((result.generated, result.decode_steps, result.end), (12, 11, FERRITE_END_MAX_TOKENS));
+            let (status, result, ids) = run(n, 5, false);
+            assert_eq!(status, FerriteStatus::OK);
+            assert_eq!((ids.len(), result.generated, result.end), (5, 5, FERRITE_END_CALLBACK));
+            let (status, result, ids) = run(n, 0, false);
+            if streaming {
+                assert_eq!((status, result.generated, result.end), (FerriteStatus::OK, n, FERRITE_END_MAX_TOKENS));
+            } else {
+                // 4 + 12 tokens fill the 16 slots: the 13th new id cannot be fed.
+                assert_eq!(status, FerriteStatus::CONTEXT_FULL, "{}", last_error());
+                assert_eq!((result.generated, result.decode_steps, result.end), (13, 12, FERRITE_END_ERROR));
+                assert_eq!(ids.len(), 13);
+            }
+            let (status, ..) = run(4, 0, true);
+            assert_eq!(status, FerriteStatus::NO_TOKENIZER);
+            // SAFETY: freed once; the arena outlives it.
+            assert_eq!(unsafe { ferrite_session_free(sess) }, FerriteStatus::OK);
+        }
+        // SAFETY: live handles, freed once; no session is alive.
+        unsafe {
+            assert_eq!(ferrite_sampler_free(sampler), FerriteStatus::OK);
+            assert_eq!(ferrite_model_free(model), FerriteStatus::OK);
+        }
     }
 
     #[test]

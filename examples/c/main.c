@@ -2,7 +2,9 @@
  * ferrite-generate: greedy generation from C through libferrite.a.
  *
  * Opens a .frt file, asks how much memory a session needs, allocates that
- * arena itself, feeds a prompt and generates greedily. With the same
+ * arena itself, and generates greedily with the runtime's generation loop
+ * (ferrite_generate: prefill, sample, feed back, stop ids, streamed text).
+ * With the same
  * arguments it prints exactly what `ferrite run --temp 0` prints:
  *
  *     ferrite-generate -m model.frt --prompt-ids 1,2,3,4 -n 24 --output ids
@@ -13,8 +15,8 @@
  *            [--sinks N] [-t THREADS] [--output ids|text]
  *
  * --output ids prints the new ids comma-separated on one line (the stop id
- * included when generation ended on one); --output text prints their bytes
- * (the stop token left out). Exit status 0 on success, 1 on an error
+ * included when generation ended on one); --output text prints their text
+ * as it streams, in whole UTF-8 characters (the stop token left out). Exit status 0 on success, 1 on an error
  * (after printing what was generated before it), 2 on a usage error.
  */
 #include <errno.h>
@@ -90,6 +92,24 @@ static int parse_ids(const char *s, uint32_t **ids, size_t *n) {
     return 0;
 }
 
+/* The new ids, as ferrite_generate reports them. */
+struct collected {
+    uint32_t *ids;
+    size_t n, cap;
+};
+
+static int32_t on_token(void *user, uint32_t id) {
+    struct collected *c = user;
+    if (c->n < c->cap) c->ids[c->n++] = id;
+    return 0;
+}
+
+static void on_text(void *user, const char *text, size_t len) {
+    (void)user;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     const char *model_path = NULL, *prompt_ids = NULL, *prompt_text = NULL;
     size_t n_predict = 128, ctx = 4096, sinks = 4, threads = 1;
@@ -101,9 +121,14 @@ int main(int argc, char **argv) {
     ferrite_session *session = NULL;
     ferrite_status st;
     void *arena = NULL;
-    size_t arena_len = 0, n_prompt = 0, n_new = 0, i;
+    size_t arena_len = 0, n_prompt = 0, i;
+    ferrite_sampler_config sampler_cfg;
+    ferrite_sampler *sampler = NULL;
+    ferrite_generate_options opts;
+    ferrite_generate_callbacks callbacks;
+    ferrite_generate_result result = {0, 0, 0};
+    struct collected out = {NULL, 0, 0};
     uint32_t *prompt = NULL, *generated = NULL;
-    const float *logits = NULL;
     int rc = 1, a;
 
     for (a = 1; a < argc; a++) {
@@ -201,43 +226,47 @@ int main(int argc, char **argv) {
     fprintf(stderr, "[ferrite-generate] ferrite %s; arena %zu bytes; prompt %zu tokens\n", ferrite_version(),
             arena_len, n_prompt);
 
-    /* Greedy generation: stop after a stop id (unless --ignore-eos), and
-     * after n_predict tokens. */
+    /* Greedy generation through the runtime's loop (ferrite_generate): stop
+     * after a stop id (unless --ignore-eos), and after n_predict tokens. */
     generated = malloc((n_predict ? n_predict : 1) * sizeof *generated);
     if (generated == NULL) { fprintf(stderr, "error: out of memory\n"); goto done; }
-    st = ferrite_session_prefill(session, prompt, n_prompt, &logits);
-    if (st != FERRITE_OK) { report("prefill", st); goto done; }
-    rc = 0;
-    for (i = 0; i < n_predict; i++) {
-        uint32_t id;
-        bool stop = false;
-        st = ferrite_argmax(logits, info.vocab_size, &id);
-        if (st != FERRITE_OK) { rc = report("argmax", st); break; }
-        generated[n_new++] = id;
-        st = ferrite_model_is_stop(model, id, &stop);
-        if (st != FERRITE_OK) { rc = report("is_stop", st); break; }
-        if (output_text && !(stop && !ignore_eos)) {
-            const uint8_t *bytes;
-            size_t len;
-            st = ferrite_token_bytes(model, id, &bytes, &len);
-            if (st != FERRITE_OK) { rc = report("token bytes", st); break; }
-            fwrite(bytes, 1, len, stdout);
-            fflush(stdout);
+    st = ferrite_sampler_config_default(&sampler_cfg);
+    if (st != FERRITE_OK) { report("sampler config", st); goto done; }
+    sampler_cfg.temperature = 0.0f;
+    st = ferrite_sampler_new(&sampler_cfg, info.vocab_size, &sampler);
+    if (st != FERRITE_OK) { report("sampler", st); goto done; }
+    out.ids = generated;
+    out.cap = n_predict;
+    out.n = 0;
+    callbacks.token = on_token;
+    callbacks.text = output_text ? on_text : NULL;
+    callbacks.user = &out;
+    opts.max_new = n_predict;
+    opts.ignore_eos = ignore_eos != 0;
+    if (n_predict == 0) {
+        rc = 0;
+    } else {
+        st = ferrite_generate(session, sampler, prompt, n_prompt, &opts, &callbacks, &result);
+        if (st == FERRITE_OK) {
+            rc = 0;
+        } else if (result.end == FERRITE_END_ERROR) {
+            rc = report("step", st); /* keep what was generated */
+        } else {
+            report("generate", st);
+            goto done;
         }
-        if ((stop && !ignore_eos) || i + 1 == n_predict) break;
-        st = ferrite_session_step(session, id, &logits);
-        if (st != FERRITE_OK) { rc = report("step", st); break; } /* keep what was generated */
     }
     if (output_text) {
         putchar('\n');
     } else {
-        for (i = 0; i < n_new; i++) printf(i ? ",%u" : "%u", (unsigned)generated[i]);
+        for (i = 0; i < out.n; i++) printf(i ? ",%u" : "%u", (unsigned)generated[i]);
         putchar('\n');
     }
 
 done:
     /* Free the session before its arena and the model. */
     if (session != NULL && (st = ferrite_session_free(session)) != FERRITE_OK) rc = report("session free", st);
+    if (sampler != NULL && (st = ferrite_sampler_free(sampler)) != FERRITE_OK) rc = report("sampler free", st);
     free(arena);
     if (model != NULL && (st = ferrite_model_free(model)) != FERRITE_OK) rc = report("model free", st);
     free(prompt);

@@ -8,7 +8,8 @@
 //! program.
 //!
 //! One file per handle — [`model`](FerriteModel), [`session`](FerriteSession),
-//! [`sampler`](FerriteSampler) and the tokenizer functions — and `boundary.rs`
+//! [`sampler`](FerriteSampler) and the tokenizer functions — one for the
+//! generation loop ([`ferrite_generate`]), and `boundary.rs`
 //! for what they all share: the status codes and the last error message,
 //! [`std::panic::catch_unwind`] around every body, the NULL, alignment and
 //! length checks, and the conversion of the caller's pointers into
@@ -42,12 +43,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod boundary;
+mod generate;
 mod model;
 mod sampler;
 mod session;
 mod tokenizer;
 
 pub use boundary::{ferrite_last_error_message, ferrite_status_string, ferrite_version, FerriteStatus, STATUSES};
+pub use generate::*;
 pub use model::*;
 pub use sampler::*;
 pub use session::*;

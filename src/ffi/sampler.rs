@@ -55,9 +55,14 @@ impl FerriteSamplerConfig {
 /// A sampler (`ferrite_sampler` in C): the runtime's sampler and the
 /// buffers it works in, allocated once for a vocabulary size.
 pub struct FerriteSampler {
-    sampler: Sampler,
-    logits: Vec<f32>,
-    scratch: Vec<u32>,
+    pub(super) sampler: Sampler,
+    /// The copy of a logits row the sampler modifies `[vocab_size]`.
+    pub(super) logits: Vec<f32>,
+    /// The sampler's scratch `[vocab_size]`.
+    pub(super) scratch: Vec<u32>,
+    /// Room for `ferrite_generate`'s repetition history: twice the
+    /// sampler's window, plus a margin.
+    pub(super) recent: Vec<u32>,
 }
 
 /// Fills `*out` with the default sampling settings (temperature 0.8,
@@ -77,7 +82,8 @@ pub unsafe extern "C" fn ferrite_sampler_config_default(out: *mut FerriteSampler
 }
 
 /// Creates a sampler for rows of up to `vocab_size` logits (it allocates
-/// its buffers here, never while sampling). On failure `*out` is NULL.
+/// its buffers here, `ferrite_generate`'s included, never while sampling).
+/// On failure `*out` is NULL.
 ///
 /// # Safety
 ///
@@ -98,7 +104,9 @@ pub unsafe extern "C" fn ferrite_sampler_new(
             return Err(invalid(format!("vocab_size {vocab_size} (must be 1..=2^32-1)")));
         }
         let sampler = Sampler::new(cfg.to_rust())?;
-        let handle = Box::new(FerriteSampler { sampler, logits: vec![0.0; vocab_size], scratch: vec![0; vocab_size] });
+        let recent = vec![0; sampler.config().repeat_last_n.saturating_mul(2).saturating_add(64)];
+        let handle =
+            Box::new(FerriteSampler { sampler, logits: vec![0.0; vocab_size], scratch: vec![0; vocab_size], recent });
         // SAFETY: as above.
         unsafe { put(out, Box::into_raw(handle)) };
         Ok(())

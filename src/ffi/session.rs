@@ -132,8 +132,8 @@ pub unsafe extern "C" fn ferrite_plan_arena_bytes(
 /// caller's arena, and the model it counts itself against.
 pub struct FerriteSession {
     // Declared first: dropped before the model count is released.
-    session: Session<'static, 'static>,
-    model: &'static FerriteModel,
+    pub(super) session: Session<'static, 'static>,
+    pub(super) model: &'static FerriteModel,
     /// Set while a call runs: still set afterwards only if it panicked.
     poisoned: bool,
 }
@@ -143,9 +143,9 @@ pub struct FerriteSession {
 /// # Safety
 ///
 /// `sess` must be NULL or a live session, used by no other thread now.
-unsafe fn with_session(
+pub(super) unsafe fn with_session(
     sess: *mut FerriteSession,
-    f: impl FnOnce(&mut Session<'static, 'static>) -> FfiResult,
+    f: impl FnOnce(&mut Session<'static, 'static>, &'static FerriteModel) -> FfiResult,
 ) -> FerriteStatus {
     guard(|| {
         // SAFETY: the caller's contract.
@@ -157,7 +157,7 @@ unsafe fn with_session(
             ));
         }
         s.poisoned = true;
-        let result = f(&mut s.session);
+        let result = f(&mut s.session, s.model);
         s.poisoned = false;
         result
     })
@@ -244,7 +244,7 @@ pub unsafe extern "C" fn ferrite_session_free(sess: *mut FerriteSession) -> Ferr
 pub unsafe extern "C" fn ferrite_session_reset(sess: *mut FerriteSession) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
-        with_session(sess, |s| {
+        with_session(sess, |s, _| {
             s.reset();
             Ok(())
         })
@@ -261,7 +261,7 @@ pub unsafe extern "C" fn ferrite_session_reset(sess: *mut FerriteSession) -> Fer
 pub unsafe extern "C" fn ferrite_session_position(sess: *mut FerriteSession, out: *mut usize) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
-        with_session(sess, |s| {
+        with_session(sess, |s, _| {
             check_ptr(out, "out")?;
             // SAFETY: `out` is valid for a write (the caller's contract).
             put(out, s.position());
@@ -280,7 +280,7 @@ pub unsafe extern "C" fn ferrite_session_position(sess: *mut FerriteSession, out
 pub unsafe extern "C" fn ferrite_session_state_len(sess: *mut FerriteSession, out: *mut usize) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
-        with_session(sess, |s| {
+        with_session(sess, |s, _| {
             check_ptr(out, "out")?;
             // SAFETY: `out` is valid for a write (the caller's contract).
             put(out, s.state_len());
@@ -306,7 +306,7 @@ pub unsafe extern "C" fn ferrite_session_save(
 ) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
-        with_session(sess, |s| {
+        with_session(sess, |s, _| {
             check_ptr(n_out, "n_out")?;
             let needed = s.state_len();
             if cap < needed {
@@ -343,7 +343,7 @@ pub unsafe extern "C" fn ferrite_session_restore(
 ) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
-        with_session(sess, |s| {
+        with_session(sess, |s, _| {
             // SAFETY: `len` readable bytes (the caller's contract).
             let bytes = slice_in(bytes.cast::<u8>(), len, "bytes")?;
             s.restore_state(bytes)?;
@@ -369,7 +369,7 @@ pub unsafe extern "C" fn ferrite_session_prefill(
 ) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
-        with_session(sess, |s| {
+        with_session(sess, |s, _| {
             // SAFETY: `n` readable ids (the caller's contract).
             let ids = slice_in(ids, n, "ids")?;
             if !logits_out.is_null() {
@@ -399,7 +399,7 @@ pub unsafe extern "C" fn ferrite_session_step(
 ) -> FerriteStatus {
     // SAFETY: the caller's contract.
     unsafe {
-        with_session(sess, |s| {
+        with_session(sess, |s, _| {
             if !logits_out.is_null() {
                 check_ptr(logits_out, "logits_out")?;
             }
