@@ -16,10 +16,10 @@ pub struct Options {
     /// and the weights' type otherwise.
     pub embed: Option<DType>,
     /// Accept NaN and ±infinity in the source weights (default: refuse them,
-    /// [`ErrorKind::NonFinite`], naming the file, tensor and element). When
+    /// [`ErrorKind::NonFinite`](crate::ErrorKind::NonFinite), naming the file, tensor and element). When
     /// set, f32 and f16 tensors store them as they are, and q8/q4 tensors
     /// quantize them as 0 (a group's scale comes from its finite elements);
-    /// each affected tensor is reported in [`Summary::warnings`]. Finite
+    /// each affected tensor is reported in [`Summary::warnings`](super::Summary::warnings). Finite
     /// values that would *become* non-finite (beyond f16's range, or a q8/q4
     /// scale beyond it) are refused either way.
     pub allow_nonfinite: bool,
