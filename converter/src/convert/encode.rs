@@ -1,0 +1,301 @@
+//! The encoder: each tensor read from the source a slab of rows at a time,
+//! checked for non-finite values, stored as f32, f16 or q8/q4/q4a tiles,
+//! and read back for the error statistics. It owns the buffers this takes
+//! and reuses them from slab to slab and tensor to tensor, so memory stays
+//! bounded by the slab size (and, for the scales, by the largest tensor's
+//! rows).
+
+use std::io::{Seek, Write};
+use std::path::Path;
+
+use ferrite_format::writer::{FileWriter, TensorSpec};
+use ferrite_format::{quant, DType};
+use ferrite_kernels::reference;
+use half::f16;
+
+use super::source::Source;
+use super::{Options, Progress, TypeStats};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Source elements converted per slab (bounds memory for large tensors).
+const SLAB_ELEMS: usize = 1 << 18;
+
+/// Non-finite source values let through (`allow_nonfinite`) in one tensor.
+struct NonFinite {
+    /// How many.
+    count: u64,
+    /// The first one's element index.
+    at: usize,
+    /// Its value.
+    value: f32,
+}
+
+/// Turns the source's f32 values into the bytes the file stores.
+pub(super) struct Encoder<'a> {
+    source: &'a Source,
+    /// The output, named in write errors.
+    output: &'a Path,
+    allow_nonfinite: bool,
+    /// One slab of the source tensor as the source stores it.
+    raw: Vec<u8>,
+    /// The slab as f32: `[n_rows * cols]`.
+    values: Vec<f32>,
+    /// What the file gives back for `values` (for the error statistics):
+    /// `[n_rows * cols]`.
+    back: Vec<f32>,
+    /// The slab as f16: `[n_rows * cols]`.
+    halves: Vec<f16>,
+    /// The slab's quants, row after row: `[n_rows * row_bytes]`.
+    quants: Vec<u8>,
+    /// The slab's scales, row after row: `[n_rows * groups]`.
+    slab_scales: Vec<f16>,
+    /// The slab's minimums (q4a), row after row: `[n_rows * groups]`.
+    slab_mins: Vec<f16>,
+    /// The slab's quants in tiles of 8 rows: `[padded_rows(n_rows) * row_bytes]`.
+    tiles: Vec<u8>,
+    /// The whole tensor's scales in tile order, written after its quants:
+    /// `[padded rows * groups]`.
+    scales: Vec<f16>,
+    /// The whole tensor's minimums (q4a) in tile order, written after its
+    /// scales: `[padded rows * groups]`.
+    mins: Vec<f16>,
+}
+
+impl<'a> Encoder<'a> {
+    /// An encoder reading from `source`, for a conversion to `output`.
+    pub(super) fn new(source: &'a Source, output: &'a Path, opts: &Options) -> Self {
+        Encoder {
+            source,
+            output,
+            allow_nonfinite: opts.allow_nonfinite,
+            raw: Vec::new(),
+            values: Vec::new(),
+            back: Vec::new(),
+            halves: Vec::new(),
+            quants: Vec::new(),
+            slab_scales: Vec::new(),
+            slab_mins: Vec::new(),
+            tiles: Vec::new(),
+            scales: Vec::new(),
+            mins: Vec::new(),
+        }
+    }
+
+    fn out_err(&self, e: std::io::Error) -> Error {
+        Error::io(self.output, e)
+    }
+
+    /// Converts source tensor `name` into `spec` and writes it whole to
+    /// `writer`, slab by slab; counts it in `stats` and reports progress.
+    /// Returns the warning about the non-finite values it let through, if
+    /// any.
+    pub(super) fn tensor<W: Write + Seek>(
+        &mut self,
+        writer: &mut FileWriter<W>,
+        spec: &TensorSpec,
+        name: &str,
+        stats: &mut TypeStats,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<Option<String>> {
+        let [rows, cols] = [spec.shape[0] as usize, spec.shape[1] as usize];
+        // Whole row blocks per slab, so quantized slabs tile independently.
+        let rows_per_slab = (SLAB_ELEMS / cols / quant::ROW_BLOCK).max(1) * quant::ROW_BLOCK;
+        stats.tensors += 1;
+        stats.params += (rows * cols) as u64;
+        stats.bytes += spec.bytes();
+        self.scales.clear();
+        self.mins.clear();
+        let mut nonfinite: Option<NonFinite> = None;
+        let mut row = 0;
+        while row < rows {
+            let n_rows = rows_per_slab.min(rows - row);
+            self.source.read_f32(name, cols, row * cols, n_rows * cols, &mut self.raw, &mut self.values)?;
+            self.check_finite(name, spec.dtype, row * cols, cols, &mut nonfinite)?;
+            self.back.clear();
+            match spec.dtype {
+                DType::F32 => {
+                    writer.write_chunk(bytemuck::cast_slice(&self.values)).map_err(|e| self.out_err(e))?;
+                    self.back.extend_from_slice(&self.values);
+                }
+                DType::F16 => self.f16_slab(writer, name, row * cols)?,
+                DType::Q8 | DType::Q4 | DType::Q4A => {
+                    self.quantized_slab(writer, spec.dtype, name, row, n_rows, cols)?
+                }
+            }
+            for (x, y) in self.values.iter().zip(&self.back).filter(|(x, _)| x.is_finite()) {
+                let (x, y) = (*x as f64, *y as f64);
+                stats.sum_sq_err += (x - y) * (x - y);
+                stats.sum_sq += x * x;
+            }
+            progress(Progress::Advance(self.source.source_bytes(name, (n_rows * cols) as u64)));
+            row += n_rows;
+        }
+        if spec.dtype.is_quantized() {
+            writer.write_chunk(bytemuck::cast_slice(&self.scales)).map_err(|e| self.out_err(e))?;
+        }
+        if spec.dtype == DType::Q4A {
+            writer.write_chunk(bytemuck::cast_slice(&self.mins)).map_err(|e| self.out_err(e))?;
+        }
+        writer.end_tensor().map_err(|e| self.out_err(e))?;
+        Ok(nonfinite.map(|NonFinite { count, at, value }| {
+            format!(
+                "{}: tensor {name} holds {count} non-finite value(s), the first {value} at element {at} (row {}, column {}): {}",
+                self.source.path_of(name).display(),
+                at / cols,
+                at % cols,
+                if spec.dtype.is_quantized() { "quantized as 0" } else { "stored as they are" }
+            )
+        }))
+    }
+
+    /// Refuses a non-finite value in the slab starting at element `first`
+    /// unless `allow_nonfinite`; then counts them in `seen`, and replaces
+    /// them by 0 for a quantized `dtype` (a group's scale then comes from
+    /// its finite elements).
+    fn check_finite(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        first: usize,
+        cols: usize,
+        seen: &mut Option<NonFinite>,
+    ) -> Result<()> {
+        let values = &mut self.values;
+        let Some(i) = values.iter().position(|v| !v.is_finite()) else {
+            return Ok(());
+        };
+        let at = first + i;
+        if !self.allow_nonfinite {
+            return Err(Error::new(
+                ErrorKind::NonFinite,
+                format!(
+                    "{}: tensor {name} holds {} at element {at} (row {}, column {}); \
+                     --allow-nonfinite converts it anyway",
+                    self.source.path_of(name).display(),
+                    values[i],
+                    at / cols,
+                    at % cols
+                ),
+            ));
+        }
+        let count = values[i..].iter().filter(|v| !v.is_finite()).count() as u64;
+        seen.get_or_insert(NonFinite { count: 0, at, value: values[i] }).count += count;
+        if dtype.is_quantized() {
+            // A quantized group cannot hold them: 0, and the group's
+            // scale comes from its finite elements.
+            for v in values[i..].iter_mut().filter(|v| !v.is_finite()) {
+                *v = 0.0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the slab starting at element `first` as f16.
+    fn f16_slab<W: Write + Seek>(&mut self, writer: &mut FileWriter<W>, name: &str, first: usize) -> Result<()> {
+        self.halves.clear();
+        self.halves.extend(self.values.iter().map(|&v| f16::from_f32(v)));
+        // Source NaN/inf were refused above unless allowed; a finite value
+        // that overflows f16 is refused either way.
+        if let Some(i) = self.halves.iter().zip(&self.values).position(|(h, v)| !h.is_finite() && v.is_finite()) {
+            return Err(Error::new(
+                ErrorKind::NonFinite,
+                format!(
+                    "{}: tensor {name} element {} ({}) overflows f16",
+                    self.source.path_of(name).display(),
+                    first + i,
+                    self.values[i]
+                ),
+            ));
+        }
+        writer.write_chunk(bytemuck::cast_slice(&self.halves)).map_err(|e| self.out_err(e))?;
+        self.back.extend(self.halves.iter().map(|v| v.to_f32()));
+        Ok(())
+    }
+
+    /// Quantizes the slab of `n_rows` rows starting at row `row` as `dtype`
+    /// (q8, q4 or q4a), writes its quants in tiles of 8 rows and appends
+    /// its tiled scales (and minimums) to the tensor's.
+    fn quantized_slab<W: Write + Seek>(
+        &mut self,
+        writer: &mut FileWriter<W>,
+        dtype: DType,
+        name: &str,
+        row: usize,
+        n_rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let row_q = quant::row_quant_bytes(dtype, cols);
+        let groups = cols.div_ceil(quant::GROUP);
+        self.quants.clear();
+        self.quants.resize(n_rows * row_q, 0);
+        self.back.resize(n_rows * cols, 0.0);
+        self.slab_scales.clear();
+        self.slab_scales.resize(n_rows * groups, f16::ZERO);
+        self.slab_mins.clear();
+        self.slab_mins.resize(n_rows * groups, f16::ZERO);
+        for r in 0..n_rows {
+            let src = &self.values[r * cols..(r + 1) * cols];
+            let qs = &mut self.quants[r * row_q..(r + 1) * row_q];
+            let sc = &mut self.slab_scales[r * groups..(r + 1) * groups];
+            let dst = &mut self.back[r * cols..(r + 1) * cols];
+            match dtype {
+                DType::Q8 => {
+                    reference::quantize_row_q8(src, qs, sc);
+                    reference::dequantize_row_q8(qs, sc, dst);
+                }
+                DType::Q4 => {
+                    reference::quantize_row_q4(src, qs, sc);
+                    reference::dequantize_row_q4(qs, sc, dst);
+                }
+                _ => {
+                    let mn = &mut self.slab_mins[r * groups..(r + 1) * groups];
+                    reference::quantize_row_q4a(src, qs, sc, mn);
+                    reference::dequantize_row_q4a(qs, sc, mn, dst);
+                }
+            }
+        }
+        let bad = |v: &[f16]| v.iter().position(|s| !s.is_finite());
+        if let Some(i) = bad(&self.slab_scales).or(bad(&self.slab_mins)) {
+            return Err(Error::new(
+                ErrorKind::NonFinite,
+                format!(
+                    "{}: tensor {name}: row {} group {} scale or minimum overflows f16",
+                    self.source.path_of(name).display(),
+                    row + i / groups,
+                    i % groups
+                ),
+            ));
+        }
+        // On disk: tiles of 8 rows (format/src/quant.rs).
+        let padded = quant::padded_rows(n_rows);
+        self.tiles.clear();
+        self.tiles.resize(padded * row_q, 0);
+        let first_scale = self.scales.len();
+        self.scales.resize(first_scale + padded * groups, f16::ZERO);
+        quant::tile_rows(
+            dtype,
+            &self.quants,
+            &self.slab_scales,
+            n_rows,
+            groups,
+            &mut self.tiles,
+            &mut self.scales[first_scale..],
+        );
+        if dtype == DType::Q4A {
+            // The minimums tile like the scales (the quants written by this
+            // call are the same again).
+            self.mins.resize(first_scale + padded * groups, f16::ZERO);
+            quant::tile_rows(
+                dtype,
+                &self.quants,
+                &self.slab_mins,
+                n_rows,
+                groups,
+                &mut self.tiles,
+                &mut self.mins[first_scale..],
+            );
+        }
+        writer.write_chunk(&self.tiles).map_err(|e| self.out_err(e))?;
+        Ok(())
+    }
+}

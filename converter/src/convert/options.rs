@@ -1,0 +1,131 @@
+//! What to convert and how: [`Options`] and the per-tensor type rules
+//! ([`TensorType`], `--tensor-type`).
+
+use ferrite_format::{DType, LayerRole, Role};
+
+/// What to convert and how.
+///
+/// Construct it with [`Default`] and change what differs, so that new
+/// options do not break callers:
+/// `Options { weights: DType::Q8, ..Default::default() }`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Type of the linear layers' weights.
+    pub weights: DType,
+    /// Type of the embedding/output table; `None` picks q8 for q4 weights
+    /// and the weights' type otherwise.
+    pub embed: Option<DType>,
+    /// Accept NaN and ±infinity in the source weights (default: refuse them,
+    /// [`ErrorKind::NonFinite`](crate::ErrorKind::NonFinite), naming the file, tensor and element). When
+    /// set, f32 and f16 tensors store them as they are, and q8/q4 tensors
+    /// quantize them as 0 (a group's scale comes from its finite elements);
+    /// each affected tensor is reported in [`Summary::warnings`](super::Summary::warnings). Finite
+    /// values that would *become* non-finite (beyond f16's range, or a q8/q4
+    /// scale beyond it) are refused either way.
+    pub allow_nonfinite: bool,
+    /// Per-tensor types that override `weights` and `embed`, applied in
+    /// order (a later rule wins). Every rule must match some tensor.
+    pub tensor_types: Vec<TensorType>,
+}
+
+impl Default for Options {
+    /// q4 weights, the default embedding type, non-finite weights refused.
+    fn default() -> Self {
+        Options { weights: DType::Q4, embed: None, allow_nonfinite: false, tensor_types: Vec::new() }
+    }
+}
+
+impl Options {
+    /// The embedding table's type.
+    pub fn embed_dtype(&self) -> DType {
+        self.embed.unwrap_or(match self.weights {
+            DType::Q4 | DType::Q4A => DType::Q8,
+            other => other,
+        })
+    }
+
+    /// The type of matrix `role`: the last matching [`TensorType`] rule,
+    /// else `embed_dtype()` for the embedding/output table, else `weights`.
+    pub fn dtype_of(&self, role: Role) -> DType {
+        let default = if matches!(role, Role::Embedding | Role::Output) { self.embed_dtype() } else { self.weights };
+        self.tensor_types.iter().rev().find(|t| t.matches(role)).map_or(default, |t| t.dtype)
+    }
+}
+
+/// A per-tensor type rule, `ROLE=TYPE` or `blk.N.ROLE=TYPE`: `ROLE` is
+/// `embedding`, `output` or a layer matrix (`attn_q`, `attn_k`, `attn_v`,
+/// `attn_o`, `ffn_gate`, `ffn_up`, `ffn_down`), for every layer or layer `N`
+/// only; `TYPE` is `f32`, `f16`, `q8`, `q4` or `q4a`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorType {
+    /// `None`: a global role, or every layer.
+    pub layer: Option<u32>,
+    target: RuleTarget,
+    /// The type to store it as.
+    pub dtype: DType,
+}
+
+/// The tensors a [`TensorType`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RuleTarget {
+    Embedding,
+    Output,
+    Layer(LayerRole),
+}
+
+impl TensorType {
+    /// Whether the rule applies to `role`.
+    pub fn matches(&self, role: Role) -> bool {
+        match (role, self.target) {
+            (Role::Embedding, RuleTarget::Embedding) | (Role::Output, RuleTarget::Output) => true,
+            (Role::Layer(l, r), RuleTarget::Layer(want)) => r == want && self.layer.is_none_or(|n| n == l),
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for TensorType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (key, ty) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ROLE=TYPE, e.g. attn_v=q8"))?;
+        let dtype = [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q4A]
+            .into_iter()
+            .find(|d| d.name() == ty.trim())
+            .ok_or_else(|| format!("{s:?}: unknown type {ty:?} (f32, f16, q8, q4, q4a)"))?;
+        let key = key.trim();
+        let (layer, name) = match key.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            Some((n, name)) => (Some(n.parse::<u32>().map_err(|_| format!("{s:?}: bad layer number {n:?}"))?), name),
+            None => (None, key),
+        };
+        let target = match name {
+            "embedding" | "output" if layer.is_some() => {
+                return Err(format!("{s:?}: {name} is not a per-layer tensor"));
+            }
+            "embedding" => RuleTarget::Embedding,
+            "output" => RuleTarget::Output,
+            _ => RuleTarget::Layer(
+                LayerRole::ALL.into_iter().find(|r| !r.is_vector() && r.name() == name).ok_or_else(|| {
+                    format!(
+                        "{s:?}: unknown tensor {name:?} (embedding, output, attn_q, attn_k, attn_v, attn_o, \
+                     ffn_gate, ffn_up, ffn_down, optionally as blk.N.NAME)"
+                    )
+                })?,
+            ),
+        };
+        Ok(TensorType { layer, target, dtype })
+    }
+}
+
+impl std::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(l) = self.layer {
+            write!(f, "blk.{l}.")?;
+        }
+        let name = match self.target {
+            RuleTarget::Embedding => "embedding",
+            RuleTarget::Output => "output",
+            RuleTarget::Layer(r) => r.name(),
+        };
+        write!(f, "{name}={}", self.dtype.name())
+    }
+}

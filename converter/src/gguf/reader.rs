@@ -1,0 +1,291 @@
+//! Parsing and validating a GGUF header, and reading tensor data (one slab
+//! at a time, with positioned reads) as f32.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use half::f16;
+
+use super::{bad, ggml_type_name, GgmlType, GgufFile, GgufTensor, Value, MAGIC};
+use crate::error::{Error, Result};
+
+/// Most bytes of metadata and tensor infos read (the tokenizer of a 256k
+/// vocabulary with its merges takes about 10 MiB).
+const MAX_HEADER_BYTES: u64 = 1 << 30;
+
+/// Deepest nesting of arrays accepted in metadata.
+const MAX_ARRAY_DEPTH: u32 = 3;
+
+/// A bounds-checked little-endian cursor over the header bytes.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+    /// The file's full length (the header buffer may be shorter).
+    file_len: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        let end = (self.pos as u64).checked_add(n).filter(|&e| e <= self.bytes.len() as u64).ok_or_else(|| {
+            bad(
+                self.path,
+                format!(
+                    "truncated GGUF: {what} at byte {} needs {n} bytes, the file has {} (or the header exceeds {} MiB)",
+                    self.pos,
+                    self.file_len,
+                    MAX_HEADER_BYTES >> 20
+                ),
+            )
+        })?;
+        let s = &self.bytes[self.pos..end as usize];
+        self.pos = end as usize;
+        Ok(s)
+    }
+    fn remaining(&self) -> u64 {
+        (self.bytes.len() - self.pos) as u64
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn string(&mut self, what: &str) -> Result<&'a [u8]> {
+        let len = self.u64(what)?;
+        self.take(len, what)
+    }
+    fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value> {
+        let int = |b: &[u8], signed: bool| -> i128 {
+            let mut a = [0u8; 16];
+            a[..b.len()].copy_from_slice(b);
+            if signed && b.last().is_some_and(|&x| x & 0x80 != 0) {
+                for x in &mut a[b.len()..] {
+                    *x = 0xff;
+                }
+            }
+            i128::from_le_bytes(a)
+        };
+        Ok(match ty {
+            0 | 1 => Value::Int(int(self.take(1, key)?, ty == 1)),
+            2 | 3 => Value::Int(int(self.take(2, key)?, ty == 3)),
+            4 | 5 => Value::Int(int(self.take(4, key)?, ty == 5)),
+            10 | 11 => Value::Int(int(self.take(8, key)?, ty == 11)),
+            6 => Value::Float(f32::from_bits(self.u32(key)?) as f64),
+            12 => Value::Float(f64::from_bits(self.u64(key)?)),
+            7 => match self.take(1, key)?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                other => return Err(bad(self.path, format!("metadata {key}: bool value {other} is not 0 or 1"))),
+            },
+            8 => Value::Str(self.string(key)?.to_vec()),
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(bad(self.path, format!("metadata {key}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                }
+                let elem = self.u32(key)?;
+                let len = self.u64(key)?;
+                // Every element takes at least one byte: a count beyond what
+                // is left is corrupt (and must not size an allocation).
+                if len > self.remaining() {
+                    return Err(bad(
+                        self.path,
+                        format!("truncated or corrupt GGUF: metadata {key} claims {len} array elements"),
+                    ));
+                }
+                let mut items = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    items.push(self.value(elem, key, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            other => return Err(bad(self.path, format!("metadata {key}: unknown value type {other}"))),
+        })
+    }
+}
+
+impl GgufFile {
+    /// Opens and validates `path`: magic, version, metadata, tensor infos,
+    /// and that every tensor of a known type lies inside the file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let head_len = file_len.min(MAX_HEADER_BYTES);
+        let mut head = vec![0u8; head_len as usize];
+        file.read_exact_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
+        let mut c = Cursor { bytes: &head, pos: 0, path, file_len };
+        let magic = c.take(4, "magic")?;
+        if magic != MAGIC {
+            return Err(bad(path, format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")));
+        }
+        let version = c.u32("version")?;
+        if version != 3 && version != 2 {
+            let hint = if version.swap_bytes() == 3 { " (a big-endian GGUF? only little-endian is read)" } else { "" };
+            return Err(bad(path, format!("GGUF version {version} is not supported (only 2 and 3){hint}")));
+        }
+        let n_tensors = c.u64("tensor count")?;
+        let n_kv = c.u64("metadata count")?;
+        if n_kv > c.remaining() / 13 || n_tensors > c.remaining() / 24 {
+            return Err(bad(
+                path,
+                format!("truncated or corrupt GGUF: {n_kv} metadata entries and {n_tensors} tensors cannot fit"),
+            ));
+        }
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = c.string("metadata key")?;
+            let key =
+                String::from_utf8(key.to_vec()).map_err(|_| bad(path, format!("metadata key #{i} is not UTF-8")))?;
+            let ty = c.u32(&key)?;
+            let value = c.value(ty, &key, 0)?;
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(bad(path, format!("metadata key {key} appears twice")));
+            }
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => 32,
+            Some(v) => match v.as_u32() {
+                Some(a) if a.is_power_of_two() => a as u64,
+                _ => return Err(bad(path, format!("general.alignment {v:?} is not a power of two"))),
+            },
+        };
+        let mut infos = Vec::new();
+        for i in 0..n_tensors {
+            let name = c.string("tensor name")?;
+            let name =
+                String::from_utf8(name.to_vec()).map_err(|_| bad(path, format!("tensor name #{i} is not UTF-8")))?;
+            let n_dims = c.u32(&name)?;
+            if !(1..=4).contains(&n_dims) {
+                return Err(bad(path, format!("tensor {name}: {n_dims} dimensions (1 to 4 allowed)")));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(c.u64(&name)?);
+            }
+            let type_id = c.u32(&name)?;
+            let offset = c.u64(&name)?;
+            infos.push((name, dims, type_id, offset));
+        }
+        let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+        let mut tensors = BTreeMap::new();
+        for (name, dims, type_id, offset) in infos {
+            let elems = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+            let elems = elems
+                .filter(|&e| e > 0)
+                .ok_or_else(|| bad(path, format!("tensor {name}: dimensions {dims:?} are zero or overflow")))?;
+            if offset % alignment != 0 {
+                return Err(bad(path, format!("tensor {name}: offset {offset} is not a multiple of {alignment}")));
+            }
+            let ty = GgmlType::from_u32(type_id);
+            let start =
+                data_start.checked_add(offset).ok_or_else(|| bad(path, format!("tensor {name}: offset overflows")))?;
+            if let Some(t) = ty {
+                let (block, block_bytes) = t.block();
+                if dims[0] % block != 0 {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "tensor {name}: row length {} is not a multiple of {}'s block of {block}",
+                            dims[0],
+                            t.name()
+                        ),
+                    ));
+                }
+                let size = (elems / block).checked_mul(block_bytes);
+                let end = size.and_then(|s| start.checked_add(s));
+                match end {
+                    Some(end) if end <= file_len => {}
+                    _ => {
+                        return Err(bad(
+                            path,
+                            format!(
+                                "truncated GGUF: tensor {name} ({} {dims:?}) runs past the end of the file ({file_len} bytes)",
+                                t.name()
+                            ),
+                        ))
+                    }
+                }
+            }
+            let tensor = GgufTensor { dims, type_id, ty, start };
+            if tensors.insert(name.clone(), tensor).is_some() {
+                return Err(bad(path, format!("tensor {name} appears twice")));
+            }
+        }
+        Ok(GgufFile { path: path.to_path_buf(), file, version, metadata, tensors })
+    }
+
+    /// Reads elements `[first, first + count)` of tensor `name` (row-major,
+    /// rows of `dims[0]` elements; `first` and `count` whole rows) as f32
+    /// into `out` (cleared first), dequantizing; `scratch` holds the raw
+    /// bytes.
+    pub fn read_f32(
+        &self,
+        name: &str,
+        first: usize,
+        count: usize,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let t = self.tensors.get(name).ok_or_else(|| self.err(format!("no tensor {name}")))?;
+        let ty =
+            t.ty.ok_or_else(|| self.err(format!("tensor {name} has unsupported type {}", ggml_type_name(t.type_id))))?;
+        let (block, block_bytes) = ty.block();
+        let (first, count) = (first as u64, count as u64);
+        if first % block != 0 || count % block != 0 || first + count > t.elems() {
+            return Err(self.err(format!("tensor {name}: read of {count} elements at {first} is out of its bounds")));
+        }
+        let offset = first / block * block_bytes;
+        let bytes = count / block * block_bytes;
+        scratch.clear();
+        scratch.resize(bytes as usize, 0);
+        self.file
+            .read_exact_at(scratch, t.start + offset)
+            .map_err(|e| self.err(format!("reading tensor {name}: {e}")))?;
+        out.clear();
+        out.reserve(count as usize);
+        dequantize(ty, scratch, out);
+        Ok(())
+    }
+}
+
+fn half_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Appends the values of `raw` (whole blocks of `ty`) to `out`, as
+/// llama.cpp's reference dequantization computes them in f32.
+fn dequantize(ty: GgmlType, raw: &[u8], out: &mut Vec<f32>) {
+    match ty {
+        GgmlType::F32 => out.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        GgmlType::F16 => out.extend(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        GgmlType::BF16 => out.extend(raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        GgmlType::Q8_0 => {
+            for b in raw.chunks_exact(34) {
+                let d = half_at(b, 0);
+                out.extend(b[2..].iter().map(|&q| d * (q as i8) as f32));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for b in raw.chunks_exact(18) {
+                let d = half_at(b, 0);
+                let qs = &b[2..];
+                out.extend(qs.iter().map(|&q| d * ((q & 0x0f) as i32 - 8) as f32));
+                out.extend(qs.iter().map(|&q| d * ((q >> 4) as i32 - 8) as f32));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for b in raw.chunks_exact(20) {
+                let (d, m) = (half_at(b, 0), half_at(b, 2));
+                let qs = &b[4..];
+                out.extend(qs.iter().map(|&q| d * (q & 0x0f) as f32 + m));
+                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+        }
+    }
+}
