@@ -216,3 +216,83 @@ fn smollm2_kl_divergence_cli() {
     ]);
     assert!(!ok && err.contains("different text or tokenizer"), "{err}");
 }
+
+/// For a model that adds BOS, `ferrite perplexity` follows llama-perplexity:
+/// the text is tokenized once with BOS first and every window starts with
+/// BOS in place of its own first token. SmolLM2 with `add_bos_token: true`
+/// (its BOS is `<|im_start|>`, id 1): the CLI's mean NLL equals windows
+/// built that way by hand and scored position by position.
+#[test]
+fn perplexity_starts_every_window_with_bos_when_the_model_adds_it() {
+    use ferrite_runtime::tokenizer::Tokenizer;
+    let src = smollm2_dir();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("smollm2-bos");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).expect("copy");
+    }
+    std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors")).expect("symlink");
+    edit_json(&dir.join("tokenizer_config.json"), |t| {
+        t.insert("add_bos_token".into(), serde_json::Value::Bool(true));
+    });
+    let frt = tmp.path().join("m.frt");
+    let ferrite = env!("CARGO_BIN_EXE_ferrite");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(ferrite).args(args).output().expect("spawn");
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    run(&["convert", dir.to_str().expect("utf8"), "-o", frt.to_str().expect("utf8"), "--weights", "q8", "-q"]);
+    let text: String = std::fs::read_to_string(root().join("tests/fixtures/smollm2-135m/apache-2.0.txt"))
+        .expect("text")
+        .chars()
+        .take(1200)
+        .collect();
+    let text_path = tmp.path().join("t.txt");
+    std::fs::write(&text_path, &text).expect("write");
+    let out = run(&[
+        "perplexity",
+        "-m",
+        frt.to_str().expect("utf8"),
+        "-f",
+        text_path.to_str().expect("utf8"),
+        "--ctx",
+        "64",
+        "--kv",
+        "f32",
+        "-t",
+        "1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let cli_nll = v["mean_nll"].as_f64().expect("mean_nll");
+
+    let bytes = ferrite_format::writer::AlignedBytes::read(&frt).expect("read");
+    let model = Model::from_bytes(&bytes).expect("model");
+    assert!(model.config().add_bos());
+    let bos = model.config().bos().expect("bos");
+    let tok = Tokenizer::new(*model.file().tokenizer().expect("tokenizer")).expect("tokenizer");
+    let mut ids = vec![0u32; Tokenizer::max_tokens(text.len())];
+    let n = tok.encode(&text, &mut ids).expect("encode");
+    let tokens: Vec<u32> = std::iter::once(bos).chain(ids[..n].iter().copied()).collect();
+    assert_eq!(v["tokens"].as_u64(), Some(tokens.len() as u64));
+    let plan = model.plan(&SessionConfig { max_ctx: 64, kv: KvType::F32, ..Default::default() }).expect("plan");
+    let mut arena = vec![0u8; plan.arena_bytes()];
+    let mut session = Session::new(&model, &plan, &mut arena).expect("session");
+    let (mut sum, mut predicted) = (0.0f64, 0usize);
+    for chunk in tokens.chunks(64).filter(|c| c.len() >= 2) {
+        let mut window = chunk.to_vec();
+        window[0] = bos;
+        session.reset();
+        let mut next = vec![];
+        session.prefill_all(&window, &mut |pos, l| next.push((pos, l.to_vec()))).expect("prefill");
+        for (pos, logits) in next.iter().filter(|(pos, _)| pos + 1 < window.len()) {
+            sum += ferrite_runtime::eval::token_nll(logits, chunk[pos + 1]);
+            predicted += 1;
+        }
+    }
+    assert_eq!(v["predicted"].as_u64(), Some(predicted as u64));
+    let by_hand = sum / predicted as f64;
+    assert!((cli_nll - by_hand).abs() < 1e-9, "CLI mean NLL {cli_nll} vs windows with BOS {by_hand}");
+}

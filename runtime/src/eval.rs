@@ -101,11 +101,14 @@ pub fn perplexity<B: Backend + ?Sized>(
     ctx: usize,
     on_window: &mut dyn FnMut(usize, f64, usize),
 ) -> Result<Perplexity, B::Error> {
-    scored_perplexity(session, tokens, ctx, Score::All, on_window, &mut |_, _| {})
+    scored_perplexity(session, tokens, ctx, Score::All, None, on_window, &mut |_, _| {})
 }
 
 /// Perplexity over the windows and positions `score` selects (see
-/// [`Score`]), each window from a fresh context. `on_window(index,
+/// [`Score`]), each window from a fresh context. With `bos`, each window's
+/// first token is fed as BOS instead (llama-perplexity's rule for models
+/// that add BOS: the text is tokenized once, BOS first, and every chunk
+/// starts with BOS; that token is never a target). `on_window(index,
 /// nll_sum, predicted)` reports progress; `on_position(logits, target)` is
 /// called for every scored position in order, with the logits that predict
 /// `target` (for KL divergence against a reference model).
@@ -114,6 +117,7 @@ pub fn scored_perplexity<B: Backend + ?Sized>(
     tokens: &[u32],
     ctx: usize,
     score: Score,
+    bos: Option<u32>,
     on_window: &mut dyn FnMut(usize, f64, usize),
     on_position: &mut dyn FnMut(&[f32], u32),
 ) -> Result<Perplexity, B::Error> {
@@ -125,14 +129,25 @@ pub fn scored_perplexity<B: Backend + ?Sized>(
         let window = &tokens[start..start + len];
         session.reset();
         let mut sum = 0.0f64;
-        session.prefill_all(window, &mut |pos, logits| {
+        let mut each = |pos: usize, logits: &[f32]| {
             if pos >= first {
                 if let Some(&next) = window.get(pos + 1) {
                     sum += token_nll(logits, next);
                     on_position(logits, next);
                 }
             }
-        })?;
+        };
+        match bos {
+            // BOS in place of the window's first token (the logits are
+            // those of the whole window: batching never changes them).
+            Some(bos) => {
+                session.prefill_all(&[bos], &mut each)?;
+                if window.len() > 1 {
+                    session.prefill_all(&window[1..], &mut |pos, l| each(pos + 1, l))?;
+                }
+            }
+            None => session.prefill_all(window, &mut each)?,
+        }
         let n = len - 1 - first;
         total.nll_sum += sum;
         total.predicted += n;

@@ -35,9 +35,11 @@ impl From<ScoreArg> for Score {
 /// Perplexity of a model on a text file, and its KL divergence from a
 /// reference model.
 ///
-/// The whole file is tokenized (no BOS) and cut into non-overlapping
-/// windows of --ctx tokens, each evaluated from a fresh context; --score
-/// chooses the predicted tokens.
+/// The whole file is tokenized once and cut into non-overlapping windows of
+/// --ctx tokens, each evaluated from a fresh context; --score chooses the
+/// predicted tokens. For a model that adds BOS, the tokens start with BOS and
+/// every window's first token is fed as BOS (llama-perplexity's rule, so
+/// numbers compare directly with it for every model).
 ///
 /// KL divergence: run the reference model (e.g. f32) once with
 /// --kl-divergence-base BASE, which saves the log-probabilities of every
@@ -102,7 +104,13 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let model = engine::open_model(&args.model)?;
     let tok = engine::tokenizer(&model, &args.model)?;
     let text = std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    let tokens = engine::encode(&tok, &text)?;
+    // llama-perplexity's rule: BOS first when the model adds one, and each
+    // window starts with BOS.
+    let bos = if model.config().add_bos() { model.config().bos() } else { None };
+    let tokens = match bos {
+        Some(_) => engine::encode_prompt(&model, &tok, &text)?,
+        None => engine::encode(&tok, &text)?,
+    };
     if tokens.len() < 2 {
         return Err(format!("{}: fewer than 2 tokens", args.file.display()).into());
     }
@@ -178,7 +186,7 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     let result = if args.streaming {
         eval::streaming_perplexity(&mut session, &tokens, &mut report)?
     } else {
-        eval::scored_perplexity(&mut session, &tokens, args.ctx, score, &mut report, &mut on_position)?
+        eval::scored_perplexity(&mut session, &tokens, args.ctx, score, bos, &mut report, &mut on_position)?
     };
     if let Some(e) = io_error {
         let path = args.kl_divergence_base.as_ref().or(args.kl_divergence.as_ref());
