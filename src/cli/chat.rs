@@ -62,6 +62,8 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
     // Tokens whose keys/values are in the cache, in order.
     let mut fed: Vec<u32> = Vec::new();
     let mut history_buf = generate::history_buffer(&sampler);
+    // The repetition penalty looks back across the whole conversation.
+    let mut history = History::new(&mut history_buf);
     eprintln!("[ferrite] chat with {} — /reset starts over, /quit exits", args.model.display());
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -77,6 +79,7 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             "/reset" => {
                 messages = initial.clone();
                 fed.clear();
+                history.clear();
                 session.reset();
                 eprintln!("[ferrite] conversation reset");
                 continue;
@@ -85,19 +88,19 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
         }
         messages.push(Message { role: "user".into(), content: input.to_string() });
         let text = engine::render_chat(&model, &tok, &messages, true)?;
-        let ids = engine::encode_prompt(&model, &tok, &text)?;
+        let ids = engine::encode_chat(&tok, &text)?;
         // Reuse the cache when the conversation so far is a prefix.
         let new = if ids.starts_with(&fed) && ids.len() > fed.len() {
             &ids[fed.len()..]
         } else {
+            // The whole conversation is fed again: it is the history too.
             session.reset();
             fed.clear();
+            history.clear();
             &ids[..]
         };
         let opts = GenOptions { max_new: args.n_predict, ignore_eos: false };
         let output = Output { text: true, ids: false, collect_ids: true };
-        // A fresh repetition history each turn.
-        let mut history = History::new(&mut history_buf);
         let g = match generate::generate(
             model.config(),
             &mut session,

@@ -63,6 +63,13 @@ pub fn encode_prompt(model: &Model<'_>, tok: &Tokenizer<'_>, text: &str) -> CliR
     Ok(ids)
 }
 
+/// Encodes rendered chat text as transformers'
+/// `apply_chat_template(tokenize=True)` does: special tokens parsed, no BOS
+/// added (a template that wants BOS writes `{{ bos_token }}` itself).
+pub fn encode_chat(tok: &Tokenizer<'_>, rendered: &str) -> CliResult<Vec<u32>> {
+    encode(tok, rendered)
+}
+
 /// One chat message.
 #[derive(Clone, Debug)]
 pub struct Message {

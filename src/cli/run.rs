@@ -53,12 +53,16 @@ pub struct Args {
     #[command(flatten)]
     pub sampling: engine::SamplingArgs,
     /// Wrap the prompt (text, not --prompt-ids) as one user turn with the
-    /// model's chat template.
+    /// model's chat template; the rendered text is tokenized as is (no BOS
+    /// added: a template that wants one writes it).
     #[arg(long, conflicts_with = "prompt_ids")]
     pub chat: bool,
     /// Do not stop at stop tokens.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Print the prompt's token ids to stderr before generating.
+    #[arg(long)]
+    pub verbose_prompt: bool,
     /// Context size in tokens (capped at the model's trained context).
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
@@ -108,17 +112,21 @@ fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
             let tok = tok.as_ref().ok_or_else(|| {
                 format!("{}: this file has no tokenizer: give the prompt as --prompt-ids", args.model.display())
             })?;
-            let text = if args.chat {
-                engine::render_chat(&model, tok, &[Message { role: "user".into(), content: text.clone() }], true)?
+            if args.chat {
+                let user = Message { role: "user".into(), content: text.clone() };
+                engine::encode_chat(tok, &engine::render_chat(&model, tok, &[user], true)?)?
             } else {
-                text.clone()
-            };
-            engine::encode_prompt(&model, tok, &text)?
+                engine::encode_prompt(&model, tok, text)?
+            }
         }
         (None, None) => return Err("give a prompt with -p or --prompt-ids".into()),
     };
     if prompt.is_empty() {
         return Err("the prompt is empty".into());
+    }
+    if args.verbose_prompt {
+        let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
+        eprintln!("[ferrite] prompt ids ({}): {}", prompt.len(), ids.join(","));
     }
     let mut sampler = args.sampling.sampler()?;
     let mut cfg = engine::session_config(&model, args.ctx, args.kv, threads);
