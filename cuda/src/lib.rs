@@ -34,7 +34,11 @@ pub mod tiles;
 #[cfg(feature = "device")]
 mod device;
 #[cfg(feature = "device")]
-pub use device::{Buf, CudaModel, CudaSession, DevActs, DevMatrix, Gpu, PTX};
+mod session;
+#[cfg(feature = "device")]
+pub use device::{Buf, CudaModel, DevActs, DevMatrix, Gpu, PTX};
+#[cfg(feature = "device")]
+pub use session::CudaSession;
 
 pub use plan::{CudaConfig, DevicePlan};
 
