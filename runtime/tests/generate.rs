@@ -175,62 +175,36 @@ fn buffers_and_errors() {
     let plan = model.plan(&cfg).expect("plan");
     let vocab = model.config().vocab_size as usize;
     let mut arena = vec![0u8; plan.arena_bytes()];
-    let mut session = Session::new(&model, &plan, &mut arena).expect("session");
-    let mut sampler = Sampler::new(SamplerConfig::greedy()).expect("sampler");
-    let opts = GenOptions { max_new: 10, ignore_eos: true };
     let (mut logits, mut scratch) = (vec![0f32; vocab], vec![0u32; vocab]);
-    let mut small = vec![0u32; 64];
+    // One generation from a fresh session: `logits_len` of the logits
+    // buffer, a history of `recent` ids.
+    let mut run = |prompt: &[u32], logits_len: usize, recent: usize| {
+        let mut session = Session::new(&model, &plan, &mut arena).expect("session");
+        let mut history = vec![0u32; recent];
+        let buffers = GenBuffers { logits: &mut logits[..logits_len], scratch: &mut scratch };
+        let mut sampler = Sampler::new(SamplerConfig::greedy()).expect("sampler");
+        let opts = GenOptions { max_new: 10, ignore_eos: true };
+        generate(
+            &mut session,
+            model.config(),
+            None,
+            &mut sampler,
+            prompt,
+            &opts,
+            buffers,
+            &mut History::new(&mut history),
+            &mut (),
+        )
+    };
     // Greedy's window is 64 ids: a history of 64 cannot hold it and one more.
-    let r = generate(
-        &mut session,
-        model.config(),
-        None,
-        &mut sampler,
-        &[1, 2],
-        &opts,
-        GenBuffers { logits: &mut logits, scratch: &mut scratch },
-        &mut History::new(&mut small),
-        &mut (),
-    );
+    let r = run(&[1, 2], vocab, 64);
     assert!(matches!(r, Err(GenError::HistoryTooSmall { window: 64, given: 64 })), "{r:?}");
-    let mut recent = vec![0u32; 65];
-    let r = generate(
-        &mut session,
-        model.config(),
-        None,
-        &mut sampler,
-        &[1, 2],
-        &opts,
-        GenBuffers { logits: &mut logits[..vocab - 1], scratch: &mut scratch },
-        &mut History::new(&mut recent),
-        &mut (),
-    );
+    let r = run(&[1, 2], vocab - 1, 65);
     assert!(matches!(r, Err(GenError::BufferTooSmall { .. })), "{r:?}");
-    let r = generate(
-        &mut session,
-        model.config(),
-        None,
-        &mut sampler,
-        &[vocab as u32],
-        &opts,
-        GenBuffers { logits: &mut logits, scratch: &mut scratch },
-        &mut History::new(&mut recent),
-        &mut (),
-    );
+    let r = run(&[vocab as u32], vocab, 65);
     assert!(matches!(r, Err(GenError::Backend(Error::BadToken { .. }))), "{r:?}");
     // A full cache mid-way (streaming off, 8 slots): the tokens before stand.
-    let r = generate(
-        &mut session,
-        model.config(),
-        None,
-        &mut sampler,
-        &[1, 2, 3],
-        &opts,
-        GenBuffers { logits: &mut logits, scratch: &mut scratch },
-        &mut History::new(&mut recent),
-        &mut (),
-    )
-    .expect("generate");
+    let r = run(&[1, 2, 3], vocab, 65).expect("generate");
     assert!(matches!(r.end, End::Backend(Error::ContextFull { .. })), "{r:?}");
     assert_eq!((r.generated, r.decode_steps), (6, 5));
 }

@@ -40,8 +40,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
-    let threads = args.threads.unwrap_or_else(engine::default_threads);
-    engine::with_pool(threads, move || run_inner(args, threads))?
+    engine::with_threads(args.threads, move |threads| run_inner(args, threads))
 }
 
 fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {

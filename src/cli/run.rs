@@ -90,8 +90,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
-    let threads = args.threads.unwrap_or_else(engine::default_threads);
-    engine::with_pool(threads, move || run_inner(args, threads))?
+    engine::with_threads(args.threads, move |threads| run_inner(args, threads))
 }
 
 fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
@@ -208,7 +207,6 @@ impl Job<'_> {
 
 /// Generation on the GPU: the weights are uploaded, then the same loop as
 /// on the CPU runs over a CUDA session.
-#[cfg(feature = "cuda")]
 fn cuda_generate(
     model: &ferrite_runtime::Model<'_>,
     cfg: &ferrite_runtime::SessionConfig,
@@ -217,34 +215,30 @@ fn cuda_generate(
     sink: Option<&mut NpyWriter>,
     history: &mut History<'_>,
 ) -> CliResult<(Generation, &'static str, usize)> {
-    use ferrite_cuda::{CudaConfig, CudaModel, CudaSession, Gpu};
-    let gpu = Gpu::new(0)?;
-    let started = std::time::Instant::now();
-    let cuda_model = CudaModel::new(gpu.clone(), model)?;
-    let cuda_cfg = CudaConfig { max_ctx: cfg.max_ctx, max_batch: cfg.max_batch, kv: cfg.kv };
-    let mut session = CudaSession::new(&cuda_model, &cuda_cfg)?;
-    eprintln!(
-        "[ferrite] CUDA: {} (PTX sm_{}); {:.1} MiB of weights uploaded in {:.2} s",
-        gpu.name(),
-        gpu.arch(),
-        cuda_model.weight_bytes() as f64 / (1 << 20) as f64,
-        started.elapsed().as_secs_f64()
-    );
-    let g = job.run(model.config(), &mut session, sampler, sink, history)?;
-    let bytes = cuda_model.weight_bytes() + session.plan().total_bytes();
-    Ok((g, "GPU memory", bytes))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_generate(
-    _: &ferrite_runtime::Model<'_>,
-    _: &ferrite_runtime::SessionConfig,
-    _: &Job<'_>,
-    _: &mut ferrite_runtime::sampler::Sampler,
-    _: Option<&mut NpyWriter>,
-    _: &mut History<'_>,
-) -> CliResult<(Generation, &'static str, usize)> {
-    Err("this ferrite was built without CUDA: rebuild with `cargo build --release --features cuda` \
-         (nvcc 13.0 needed at build time: bash scripts/cuda-toolchain.sh)"
-        .into())
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (model, cfg, job, sampler, sink, history);
+        Err("this ferrite was built without CUDA: rebuild with `cargo build --release --features cuda` \
+             (nvcc 13.0 needed at build time: bash scripts/cuda-toolchain.sh)"
+            .into())
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use ferrite_cuda::{CudaConfig, CudaModel, CudaSession, Gpu};
+        let gpu = Gpu::new(0)?;
+        let started = std::time::Instant::now();
+        let cuda_model = CudaModel::new(gpu.clone(), model)?;
+        let cuda_cfg = CudaConfig { max_ctx: cfg.max_ctx, max_batch: cfg.max_batch, kv: cfg.kv };
+        let mut session = CudaSession::new(&cuda_model, &cuda_cfg)?;
+        eprintln!(
+            "[ferrite] CUDA: {} (PTX sm_{}); {:.1} MiB of weights uploaded in {:.2} s",
+            gpu.name(),
+            gpu.arch(),
+            cuda_model.weight_bytes() as f64 / (1 << 20) as f64,
+            started.elapsed().as_secs_f64()
+        );
+        let g = job.run(model.config(), &mut session, sampler, sink, history)?;
+        let bytes = cuda_model.weight_bytes() + session.plan().total_bytes();
+        Ok((g, "GPU memory", bytes))
+    }
 }
