@@ -60,38 +60,33 @@ fn bench_model(c: &mut Criterion, name: &str, model: &Model<'_>, threads: &[usiz
             Ok(s) => s,
             Err(e) => panic!("{name}: session: {e}"),
         };
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool");
         let mut g = c.benchmark_group(format!("e2e/{name}/t{t}"));
         g.throughput(Throughput::Elements(prompt_len as u64));
         g.bench_function(format!("prefill{prompt_len}"), |b| {
             b.iter_custom(|iters| {
-                pool.install(|| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        session.reset();
-                        black_box(session.prefill(&prompt).expect("prefill"));
-                    }
-                    start.elapsed()
-                })
+                let start = Instant::now();
+                for _ in 0..iters {
+                    session.reset();
+                    black_box(session.prefill(&prompt).expect("prefill"));
+                }
+                start.elapsed()
             })
         });
         g.throughput(Throughput::Elements(1));
         g.bench_function("decode", |b| {
             b.iter_custom(|iters| {
-                pool.install(|| {
-                    let mut timed = Duration::ZERO;
-                    for i in 0..iters as usize {
-                        if session.position() < DECODE_CONTEXT || session.position() >= DECODE_CONTEXT + DECODE_SPAN {
-                            session.reset();
-                            session.prefill(&steps[..DECODE_CONTEXT]).expect("prefill");
-                        }
-                        let id = steps[DECODE_CONTEXT + i % DECODE_SPAN];
-                        let start = Instant::now();
-                        black_box(session.step(id).expect("step"));
-                        timed += start.elapsed();
+                let mut timed = Duration::ZERO;
+                for i in 0..iters as usize {
+                    if session.position() < DECODE_CONTEXT || session.position() >= DECODE_CONTEXT + DECODE_SPAN {
+                        session.reset();
+                        session.prefill(&steps[..DECODE_CONTEXT]).expect("prefill");
                     }
-                    timed
-                })
+                    let id = steps[DECODE_CONTEXT + i % DECODE_SPAN];
+                    let start = Instant::now();
+                    black_box(session.step(id).expect("step"));
+                    timed += start.elapsed();
+                }
+                timed
             })
         });
         g.finish();

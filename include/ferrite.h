@@ -64,13 +64,16 @@
  *
  * Threads. A model is read-only and may be shared by any number of sessions
  * on any threads. A session or a sampler is used by one thread at a time.
- * ferrite_last_error_message() is per thread. Sessions with threads > 1
- * split their matrix products over one process-wide worker pool.
+ * ferrite_last_error_message() is per thread. A session with threads > 1
+ * starts threads - 1 worker threads of its own in ferrite_session_new
+ * (joined by ferrite_session_free) and splits its matrix products and
+ * attention over them, allocating nothing.
  *
  * Memory. Sessions never allocate: all their memory is the caller's arena,
- * sized in advance by ferrite_plan_arena_bytes. Opening a model allocates a
- * small handle; a sampler allocates two vocabulary-sized buffers when
- * created; failing calls allocate their error message.
+ * sized in advance by ferrite_plan_arena_bytes (creating one allocates its
+ * handle and, with threads > 1, starts its threads). Opening a model
+ * allocates a small handle; a sampler allocates its vocabulary-sized buffers
+ * when created; failing calls allocate their error message.
  *
  * This header is C99 and C++ compatible. tests/ffi.rs checks it against the
  * Rust definitions (src/ffi/): every prototype, constant, struct size and

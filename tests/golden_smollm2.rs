@@ -62,11 +62,8 @@ fn perplexity_with(weights: DType, kv: KvType, tokens: &[u32]) -> f64 {
         .plan(&SessionConfig { max_ctx: 512, kv, max_batch: 32, threads: 2, logits_all: true, ..Default::default() })
         .expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
-    let r = pool.install(|| {
-        let mut session = Session::new(&model, &plan, &mut arena).expect("session");
-        ferrite_runtime::eval::perplexity(&mut session, tokens, 512, &mut |_, _, _| {}).expect("perplexity")
-    });
+    let mut session = Session::new(&model, &plan, &mut arena).expect("session");
+    let r = ferrite_runtime::eval::perplexity(&mut session, tokens, 512, &mut |_, _, _| {}).expect("perplexity");
     assert_eq!((r.tokens, r.predicted), (2215, 2210));
     eprintln!("SmolLM2 {weights:?} weights, {kv:?} KV: mean NLL {:.6}, perplexity {:.4}", r.mean_nll(), r.perplexity());
     r.perplexity()

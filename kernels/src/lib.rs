@@ -126,6 +126,40 @@ impl<'a> Out<'a> {
     }
 }
 
+/// An [`Out`] that the parts of one parallel region write together, each
+/// through [`SharedOut::part`] with rows no other part writes.
+#[derive(Debug)]
+pub struct SharedOut<'a>(Out<'a>);
+
+// SAFETY: every write goes through an `Out` from `part`, whose contract
+// makes the rows of parts alive at the same time disjoint; `Out` is `Send`.
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    /// Shares `out` (its rows).
+    pub fn new(out: Out<'a>) -> Self {
+        SharedOut(out)
+    }
+
+    /// The rows this writer covers.
+    pub fn rows(&self) -> Range<usize> {
+        self.0.rows()
+    }
+
+    /// A writer for `rows` (clamped to the shared writer's rows).
+    ///
+    /// # Safety
+    ///
+    /// The rows of writers from `part` that are alive at the same time
+    /// must not overlap.
+    pub unsafe fn part(&self, rows: Range<usize>) -> Out<'_> {
+        let o = &self.0;
+        let start = rows.start.clamp(o.rows.start, o.rows.end);
+        let end = rows.end.clamp(start, o.rows.end);
+        Out { ptr: o.ptr, len: o.len, stride: o.stride, rows: start..end, _borrow: PhantomData }
+    }
+}
+
 /// A kernel tier: a set of kernels for one instruction-set level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Tier {

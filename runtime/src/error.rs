@@ -52,6 +52,11 @@ pub enum Error {
         /// Bytes given.
         given: usize,
     },
+    /// The session's worker threads could not be started.
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+    },
     /// Saved session state bytes cannot be restored here.
     BadState {
         /// Why.
@@ -87,6 +92,7 @@ impl fmt::Display for Error {
                 write!(f, "buffer too small: {needed} bytes needed, {given} given")
             }
             Error::BadState { why } => write!(f, "cannot restore session state: {why}"),
+            Error::Threads { threads } => write!(f, "cannot start the session's {threads} threads"),
         }
     }
 }

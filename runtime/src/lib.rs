@@ -28,6 +28,8 @@ pub mod generate;
 mod kv;
 mod model;
 mod parallel;
+#[cfg(feature = "std")]
+mod pool;
 pub mod sampler;
 mod session;
 pub mod tokenizer;

@@ -1,14 +1,75 @@
-//! Matrix products through the kernel table, split across threads (feature
-//! `std`, rayon).
+//! Matrix products through the kernel table, split across the session's
+//! threads (feature `std`, [`crate::pool`]).
 //!
-//! Rows of the weight matrix are split into `threads` contiguous ranges on
-//! 8-row tile boundaries, each computed by one thread into its own
-//! [`Out`] rows (with its own scratch row from the arena). Every output
-//! element is computed by exactly the same code whatever the split, so
-//! results are bit-identical for every thread count. Splitting uses
-//! `rayon::join` only (no heap-allocated jobs).
+//! Rows of the weight matrix are split into contiguous ranges on 8-row
+//! tile boundaries, one per thread, each computed into its own rows of the
+//! output (with its own scratch row from the arena). Every output element
+//! is computed by exactly the same code whatever the split, so results are
+//! bit-identical for every thread count. Handing the parts to the threads
+//! allocates nothing.
 
+use core::ops::Range;
+
+#[cfg(feature = "std")]
+use ferrite_kernels::SharedOut;
 use ferrite_kernels::{Acts, Kernels, Matrix, Out};
+
+#[cfg(feature = "std")]
+use crate::pool::{Pool, Shards};
+
+/// Where a parallel region runs: the session's pool, or (without `std`, or
+/// with one thread) the calling thread alone.
+#[derive(Clone, Copy)]
+pub(crate) struct Par<'p> {
+    #[cfg(feature = "std")]
+    pool: Option<&'p Pool>,
+    _pool: core::marker::PhantomData<&'p ()>,
+}
+
+impl<'p> Par<'p> {
+    /// The calling thread alone.
+    #[cfg_attr(feature = "std", allow(dead_code))]
+    pub(crate) fn serial() -> Self {
+        Par {
+            #[cfg(feature = "std")]
+            pool: None,
+            _pool: core::marker::PhantomData,
+        }
+    }
+
+    /// The threads of `pool`.
+    #[cfg(feature = "std")]
+    pub(crate) fn on(pool: Option<&'p Pool>) -> Self {
+        Par { pool, _pool: core::marker::PhantomData }
+    }
+
+    /// Threads available.
+    pub(crate) fn threads(&self) -> usize {
+        #[cfg(feature = "std")]
+        if let Some(p) = self.pool {
+            return p.threads();
+        }
+        1
+    }
+
+    /// Runs `f(i)` for `i < parts`, in parallel where there are threads.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub(crate) fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        #[cfg(feature = "std")]
+        if let Some(p) = self.pool {
+            p.run(parts, f);
+            return;
+        }
+        (0..parts).for_each(f);
+    }
+}
+
+/// Part `p` of `parts` of `0..len`, with boundaries on multiples of `align`.
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+pub(crate) fn bounds(len: usize, parts: usize, p: usize, align: usize) -> Range<usize> {
+    let at = |i: usize| if i >= parts { len } else { (len * i / parts).next_multiple_of(align).min(len) };
+    at(p)..at(p + 1)
+}
 
 /// The input of a matrix product: f32 rows (`x`, row stride `stride`) and,
 /// for quantized weights, the same rows quantized to int8 (`acts`, unless
@@ -20,11 +81,11 @@ pub(crate) struct Input<'x> {
     pub acts: Option<Acts<'x>>,
 }
 
-/// `out[t * out_stride + r] = dot(w[r], x[t])` for `n` tokens, on up to
-/// `threads` threads. `scratch` holds `threads` rows of `row_len` floats.
+/// `out[t * out_stride + r] = dot(w[r], x[t])` for `n` tokens, on the
+/// threads of `par`. `scratch` holds one row of `row_len` floats per thread.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
-    threads: usize,
+    par: Par<'_>,
     k: &Kernels,
     m: &Matrix<'_>,
     input: Input<'_>,
@@ -34,14 +95,14 @@ pub(crate) fn matmul(
     scratch: &mut [f32],
     row_len: usize,
 ) {
-    matmuls(threads, k, [(m, out, out_stride)], input, n, scratch, row_len);
+    matmuls(par, k, [(m, out, out_stride)], input, n, scratch, row_len);
 }
 
 /// Several products of the same input (q/k/v, gate/up) in one parallel
 /// region: each thread computes its share of the rows of every matrix, so
 /// the threads meet once instead of once per matrix.
 pub(crate) fn matmuls<const N: usize>(
-    threads: usize,
+    par: Par<'_>,
     k: &Kernels,
     jobs: [(&Matrix<'_>, &mut [f32], usize); N],
     input: Input<'_>,
@@ -52,63 +113,38 @@ pub(crate) fn matmuls<const N: usize>(
     let ms: [&Matrix<'_>; N] = core::array::from_fn(|i| jobs[i].0);
     // Writers for rows 0..rows of each matrix.
     let outs = jobs.map(|(m, out, stride)| Out::new(out, stride).split_at_row(m.rows).0);
-    let run = |i: usize, rows: core::ops::Range<usize>, out: &mut Out<'_>, row: &mut [f32]| {
+    let run = |i: usize, rows: Range<usize>, out: &mut Out<'_>, row: &mut [f32]| {
         let m = ms[i];
         match (m.w.is_quantized(), input.acts) {
             (true, Some(acts)) => (k.matmul_q)(m, rows, &acts, n, out),
             _ => (k.matmul_f)(m, rows, input.x, input.stride, n, out, row),
         }
     };
+    let min_rows = ms.iter().map(|m| m.rows).min().unwrap_or(0);
+    let parts = if min_rows >= 16 { par.threads().min(min_rows / 8) } else { 1 };
     #[cfg(feature = "std")]
-    {
-        let min_rows = ms.iter().map(|m| m.rows).min().unwrap_or(0);
-        if threads > 1 && min_rows >= 16 {
-            split(threads.min(min_rows / 8), outs, scratch, row_len, &run);
-            return;
-        }
+    if parts > 1 {
+        let outs = outs.map(SharedOut::new);
+        let scratch = Shards::new(scratch);
+        par.run(parts, &|p| {
+            // SAFETY: part `p` alone uses scratch row `p` and rows
+            // `bounds(.., p)` of every output (the parts' ranges are
+            // disjoint).
+            let row = unsafe { scratch.piece(p * row_len..(p + 1) * row_len) };
+            for (i, out) in outs.iter().enumerate() {
+                let rows = bounds(ms[i].rows, parts, p, 8);
+                // SAFETY: as above.
+                let mut w = unsafe { out.part(rows.clone()) };
+                run(i, rows, &mut w, row);
+            }
+        });
+        return;
     }
-    let _ = threads;
+    let _ = parts;
     for (i, mut out) in outs.into_iter().enumerate() {
         let rows = out.rows();
         run(i, rows, &mut out, &mut scratch[..row_len]);
     }
-}
-
-#[cfg(feature = "std")]
-fn split<F, const N: usize>(parts: usize, outs: [Out<'_>; N], scratch: &mut [f32], row_len: usize, f: &F)
-where
-    F: Fn(usize, core::ops::Range<usize>, &mut Out<'_>, &mut [f32]) + Sync,
-{
-    if parts <= 1 {
-        for (i, mut out) in outs.into_iter().enumerate() {
-            let rows = out.rows();
-            f(i, rows, &mut out, &mut scratch[..row_len]);
-        }
-        return;
-    }
-    let left = parts / 2;
-    // Each matrix splits on a tile boundary (8 rows), so no tile is
-    // computed twice.
-    let halves = outs.map(|out| {
-        let rows = out.rows();
-        let mid = (rows.start + rows.len() * left / parts).next_multiple_of(8).min(rows.end);
-        out.split_at_row(mid)
-    });
-    let mut lo: [Option<Out<'_>>; N] = [const { None }; N];
-    let mut hi: [Option<Out<'_>>; N] = [const { None }; N];
-    for (i, (a, b)) in halves.into_iter().enumerate() {
-        lo[i] = Some(a);
-        hi[i] = Some(b);
-    }
-    let (lo, hi) = (lo.map(take), hi.map(take));
-    let (s1, s2) = scratch.split_at_mut(row_len * left);
-    rayon::join(|| split(left, lo, s1, row_len, f), || split(parts - left, hi, s2, row_len, f));
-}
-
-/// Unwraps a slot filled just before (never empty).
-#[cfg(feature = "std")]
-fn take(o: Option<Out<'_>>) -> Out<'_> {
-    o.unwrap_or_else(|| Out::new(&mut [], 0))
 }
 
 #[cfg(all(test, feature = "std"))]
@@ -116,7 +152,8 @@ mod tests {
     use ferrite_kernels::reference::{Matrix, Weights};
     use ferrite_kernels::Kernels;
 
-    use super::{matmul, Input};
+    use super::{matmul, Input, Par};
+    use crate::pool::Pool;
 
     /// Split across threads, the product is the single-threaded one bit for
     /// bit, and nothing outside the output rows is written. Small enough for
@@ -132,11 +169,12 @@ mod tests {
         let k = Kernels::for_tier(ferrite_kernels::Tier::Reference).unwrap();
         let input = Input { x: &x, stride: x_stride, acts: None };
         let mut want = vec![f32::NAN; n * out_stride];
-        matmul(1, k, &m, input, n, &mut want, out_stride, &mut vec![0.0; cols], cols);
+        matmul(Par::serial(), k, &m, input, n, &mut want, out_stride, &mut vec![0.0; cols], cols);
         for threads in [1, 2, 3, 6] {
+            let pool = Pool::new(threads).expect("pool");
             let mut got = vec![f32::NAN; n * out_stride];
             let mut scratch = vec![0.0; threads * cols];
-            matmul(threads, k, &m, input, n, &mut got, out_stride, &mut scratch, cols);
+            matmul(Par::on(Some(&pool)), k, &m, input, n, &mut got, out_stride, &mut scratch, cols);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
             assert_eq!(bits(&got), bits(&want), "{threads} threads");
         }

@@ -197,18 +197,10 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Runs `f(threads)` on a rayon pool of `threads` threads, all available
-/// CPUs when not given (the runtime splits its work on the current pool).
-pub fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce(usize) -> CliResult<T> + Send) -> CliResult<T> {
-    let threads = threads.unwrap_or_else(default_threads);
-    with_pool(threads, move || f(threads))?
-}
-
-/// Runs `f` on a rayon pool of `threads` threads (the runtime splits its
-/// matrix products on the current pool).
-pub fn with_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> CliResult<T> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build()?;
-    Ok(pool.install(f))
+/// Runs `f(threads)` with the thread count given, or all available CPUs
+/// (the session starts its own worker threads).
+pub fn with_threads<T>(threads: Option<usize>, f: impl FnOnce(usize) -> CliResult<T>) -> CliResult<T> {
+    f(threads.unwrap_or_else(default_threads))
 }
 
 /// Peak resident set size of this process, in bytes (Linux).

@@ -44,7 +44,8 @@ pub struct FerriteSessionConfig {
     /// (< `max_ctx`; ignored without `streaming`).
     pub sinks: usize,
     /// Threads the matrix products are split across (1..=1024); more than
-    /// one uses Rayon's global pool. Results do not depend on it.
+    /// one starts `threads - 1` worker threads owned by the session. Results
+    /// do not depend on it.
     pub threads: u32,
     /// `FERRITE_KV_F16`, `FERRITE_KV_F32` or `FERRITE_KV_Q8`.
     pub kv_type: u32,

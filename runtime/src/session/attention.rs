@@ -10,6 +10,11 @@ use ferrite_kernels::Kernels;
 
 use super::Plan;
 use crate::kv::{KvShape, KvStore};
+#[cfg(feature = "std")]
+use crate::parallel::bounds;
+use crate::parallel::Par;
+#[cfg(feature = "std")]
+use crate::pool::Shards;
 
 /// The cache as a ring of `max_ctx` slots with `sinks` pinned at the start.
 #[derive(Clone, Copy, Debug)]
@@ -140,45 +145,44 @@ impl<'s, 'a> Attention<'s, 'a> {
         }
     }
 
-    /// Attention of the batch tokens `tokens` into `att` (their rows),
-    /// split across up to `threads` threads; `scratch` holds `per_thread`
-    /// floats per thread.
-    pub(super) fn run(&self, tokens: Range<usize>, att: &mut [f32], scratch: &mut [f32], threads: usize) {
-        let q_dim = self.n_heads * self.shape.head_dim;
+    /// Attention of the batch's `n` tokens into `att` (`[n, q_dim]`), on the
+    /// threads of `par`: split by tokens (prefill) or, for one token, by
+    /// heads (decode); `scratch` holds `per_thread` floats per thread.
+    pub(super) fn run(&self, n: usize, att: &mut [f32], scratch: &mut [f32], par: Par<'_>) {
+        let hd = self.shape.head_dim;
+        let q_dim = self.n_heads * hd;
+        let per_thread = self.per_thread;
         #[cfg(feature = "std")]
-        if threads > 1 && tokens.len() > 1 {
-            let left = threads / 2;
-            let mid = tokens.start + tokens.len() * left / threads;
-            let (a1, a2) = att.split_at_mut((mid - tokens.start) * q_dim);
-            let (s1, s2) = scratch.split_at_mut(self.per_thread * left);
-            rayon::join(
-                || self.run(tokens.start..mid, a1, s1, left),
-                || self.run(mid..tokens.end, a2, s2, threads - left),
-            );
-            return;
+        {
+            let (items, unit) = if n > 1 { (n, q_dim) } else { (self.n_heads, hd) };
+            let parts = par.threads().min(items);
+            if parts > 1 {
+                let (att, scratch) = (Shards::new(att), Shards::new(scratch));
+                par.run(parts, &|p| {
+                    let range = bounds(items, parts, p, 1);
+                    // SAFETY: part `p` alone writes the outputs of its
+                    // tokens (or heads) and uses scratch block `p`.
+                    let (out, scratch) = unsafe {
+                        (
+                            att.piece(range.start * unit..range.end * unit),
+                            scratch.piece(p * per_thread..(p + 1) * per_thread),
+                        )
+                    };
+                    if n > 1 {
+                        for (i, t) in range.enumerate() {
+                            self.token(t, 0..self.n_heads, &mut out[i * q_dim..(i + 1) * q_dim], scratch);
+                        }
+                    } else {
+                        self.token(0, range, out, scratch);
+                    }
+                });
+                return;
+            }
         }
-        for (i, t) in tokens.enumerate() {
-            self.heads(t, 0..self.n_heads, &mut att[i * q_dim..(i + 1) * q_dim], scratch, threads);
+        let _ = par;
+        for t in 0..n {
+            self.token(t, 0..self.n_heads, &mut att[t * q_dim..(t + 1) * q_dim], &mut scratch[..per_thread]);
         }
-    }
-
-    /// Heads `heads` of batch token `t` into `att` (their outputs), split
-    /// across up to `threads` threads (one token decoding).
-    fn heads(&self, t: usize, heads: Range<usize>, att: &mut [f32], scratch: &mut [f32], threads: usize) {
-        #[cfg(feature = "std")]
-        if threads > 1 && heads.len() > 1 {
-            let left = threads / 2;
-            let mid = heads.start + heads.len() * left / threads;
-            let (a1, a2) = att.split_at_mut((mid - heads.start) * self.shape.head_dim);
-            let (s1, s2) = scratch.split_at_mut(self.per_thread * left);
-            rayon::join(
-                || self.heads(t, heads.start..mid, a1, s1, left),
-                || self.heads(t, mid..heads.end, a2, s2, threads - left),
-            );
-            return;
-        }
-        let _ = threads;
-        self.token(t, heads, att, &mut scratch[..self.per_thread]);
     }
 
     /// Heads `heads` of batch token `t` (`att` holds their outputs).

@@ -19,8 +19,8 @@ impl Session<'_, '_> {
         norm_rows(kern, &self.x[first * d..(first + n) * d], w.out_norm, c.norm_eps, &mut self.xn[..n * d]);
         let f32_acts = self.plan.cfg.f32_activations || !w.output.w.is_quantized();
         let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
-        let (threads, row_len) = (self.plan.cfg.threads, self.plan.layout.row);
-        parallel::matmul(threads, kern, &w.output, input, n, self.logits, w.output.rows, self.row, row_len);
+        let (par, row_len) = (super::par(&self.pool), self.plan.layout.row);
+        parallel::matmul(par, kern, &w.output, input, n, self.logits, w.output.rows, self.row, row_len);
     }
 
     /// Runs the layers over `tokens` (valid ids, at most `max_batch`),
@@ -36,7 +36,7 @@ impl Session<'_, '_> {
         let hd = c.head_dim as usize;
         let max_ctx = self.plan.cfg.max_ctx;
         let kern = self.kern;
-        let threads = self.plan.cfg.threads;
+        let par = super::par(&self.pool);
         let row_len = self.plan.layout.row;
         let f32_acts = self.plan.cfg.f32_activations;
         let shape = KvShape { kv_dim, head_dim: hd };
@@ -53,7 +53,7 @@ impl Session<'_, '_> {
             let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, float);
             let jobs =
                 [(&w.wq, &mut self.q[..], q_dim), (&w.wk, &mut self.k[..], kv_dim), (&w.wv, &mut self.v[..], kv_dim)];
-            parallel::matmuls(threads, kern, jobs, input, n, self.row, row_len);
+            parallel::matmuls(par, kern, jobs, input, n, self.row, row_len);
             if let Some([bq, bk, bv]) = w.qkv_bias {
                 for t in 0..n {
                     add(&mut self.q[t * q_dim..(t + 1) * q_dim], bq);
@@ -92,7 +92,7 @@ impl Session<'_, '_> {
                 layer_row,
                 n0,
             );
-            attn.run(0..n, &mut self.att[..n * q_dim], self.scores, threads);
+            attn.run(n, &mut self.att[..n * q_dim], self.scores, par);
             let ring = attn.ring;
             for t in 0..n {
                 let row = layer_row + ring.slot(n0 + t);
@@ -101,18 +101,18 @@ impl Session<'_, '_> {
             }
             let float = f32_acts || !w.wo.w.is_quantized();
             let input = prepare(kern, &self.att[..n * q_dim], q_dim, n, &mut self.acts, float);
-            parallel::matmul(threads, kern, &w.wo, input, n, self.xn, d, self.row, row_len);
+            parallel::matmul(par, kern, &w.wo, input, n, self.xn, d, self.row, row_len);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
 
             norm_rows(kern, &self.x[..n * d], w.ffn_norm, c.norm_eps, &mut self.xn[..n * d]);
             let float = f32_acts || !(w.wg.w.is_quantized() || w.wu.w.is_quantized());
             let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, float);
             let jobs = [(&w.wg, &mut self.gate[..], ffn), (&w.wu, &mut self.up[..], ffn)];
-            parallel::matmuls(threads, kern, jobs, input, n, self.row, row_len);
+            parallel::matmuls(par, kern, jobs, input, n, self.row, row_len);
             (kern.swiglu)(&mut self.gate[..n * ffn], &self.up[..n * ffn]);
             let float = f32_acts || !w.wd.w.is_quantized();
             let input = prepare(kern, &self.gate[..n * ffn], ffn, n, &mut self.acts, float);
-            parallel::matmul(threads, kern, &w.wd, input, n, self.xn, d, self.row, row_len);
+            parallel::matmul(par, kern, &w.wd, input, n, self.xn, d, self.row, row_len);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
         }
         self.pos += n;

@@ -25,7 +25,36 @@ pub(crate) mod weights;
 
 pub use plan::{Plan, PlanParts, SessionConfig};
 
+use crate::parallel::Par;
 use arena::{Buffers, Carver, KvBufs};
+
+/// The session's threads: a pool with `std`, nothing without.
+#[cfg(feature = "std")]
+type PoolSlot = Option<crate::pool::Pool>;
+#[cfg(not(feature = "std"))]
+type PoolSlot = ();
+
+/// Where the session's parallel regions run.
+#[cfg(feature = "std")]
+fn par(pool: &PoolSlot) -> Par<'_> {
+    Par::on(pool.as_ref())
+}
+#[cfg(not(feature = "std"))]
+fn par(_: &PoolSlot) -> Par<'_> {
+    Par::serial()
+}
+
+#[cfg(feature = "std")]
+fn pool_for(threads: usize) -> Result<PoolSlot, Error> {
+    if threads <= 1 {
+        return Ok(None);
+    }
+    crate::pool::Pool::new(threads).map(Some).map_err(|_| Error::Threads { threads })
+}
+#[cfg(not(feature = "std"))]
+fn pool_for(_: usize) -> Result<PoolSlot, Error> {
+    Ok(())
+}
 use weights::{LayerWeights, ModelWeights};
 
 /// One generation context: a KV cache and working memory borrowed from the
@@ -70,6 +99,8 @@ pub struct Session<'m, 'a> {
     inv_freq: &'a mut [f32],
     /// RoPE cosines and sines `[max_batch, head_dim]`.
     rope: &'a mut [f32],
+    /// The worker threads (`threads - 1` of them; none with one thread).
+    pool: PoolSlot,
     /// Tokens processed since the last reset (their absolute positions are
     /// `0..pos`; with streaming, only the sinks and the last
     /// `max_ctx - sinks` of them are still in the cache).
@@ -129,6 +160,7 @@ impl<'m, 'a> Session<'m, 'a> {
             logits: b.logits,
             inv_freq: b.inv_freq,
             rope: b.rope,
+            pool: pool_for(plan.cfg.threads)?,
             pos: 0,
         };
         model.rope_inv_freq(s.inv_freq);

@@ -19,8 +19,10 @@ pub struct SessionConfig {
     /// Most prompt tokens processed per batch in [`super::Session::prefill`]
     /// (longer prompts run in several batches).
     pub max_batch: usize,
-    /// Threads the matrix products are split across (feature `std`; the
-    /// work runs on the current rayon pool). Results do not depend on it.
+    /// Threads the matrix products and attention are split across (feature
+    /// `std`): the session starts `threads - 1` worker threads of its own
+    /// in `Session::new` and hands them work without allocating. Results do
+    /// not depend on it. Without `std` the work runs on the caller's thread.
     pub threads: usize,
     /// Reserve logits for a whole batch (`max_batch × vocab` floats), so
     /// [`super::Session::prefill_all`] runs the output head as one matrix
