@@ -3,56 +3,20 @@
 //! allocates after `Session::new` (a counting allocator that counts the
 //! test thread and the pool's workers).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static ENABLED: AtomicBool = AtomicBool::new(false);
-thread_local! {
-    static OURS: Cell<bool> = const { Cell::new(false) };
-}
-
-struct Counting;
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if ENABLED.load(Ordering::SeqCst) && OURS.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Ordering::SeqCst);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if ENABLED.load(Ordering::SeqCst) && OURS.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Ordering::SeqCst);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use ferrite_test_support::alloc::CountingAllocator;
+use ferrite_test_support::{argmax, fixtures};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(name)
-}
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
 fn converted(name: &str, weights: DType) -> AlignedBytes {
     let opts = ferrite_converter::Options { weights, ..Default::default() };
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("m.frt");
-    ferrite_converter::convert(&fixture(name), &out, &opts, &mut |_| {}).expect("convert");
+    ferrite_converter::convert(&fixtures::tiny(name), &out, &opts, &mut |_| {}).expect("convert");
     AlignedBytes::read(&out).expect("read")
 }
 
@@ -97,7 +61,7 @@ fn logits_are_bit_identical_for_every_thread_count() {
 fn no_thread_allocates_after_session_new() {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
-        .start_handler(|_| OURS.with(|c| c.set(true)))
+        .start_handler(|_| CountingAllocator::count_this_thread())
         .build()
         .expect("pool");
     for weights in [DType::Q4, DType::F32] {
@@ -108,27 +72,14 @@ fn no_thread_allocates_after_session_new() {
         let mut arena = vec![0u8; plan.arena_bytes()];
         let mut session = Session::new(&model, &plan, &mut arena).expect("session");
         let prompt: Vec<u32> = (0..20u32).collect();
-        pool.install(|| {
-            OURS.with(|c| c.set(true));
-            ALLOCS.store(0, Ordering::SeqCst);
-            ENABLED.store(true, Ordering::SeqCst);
-            let mut next = session.prefill(&prompt).map(|l| argmax(l)).expect("prefill");
-            for _ in 0..100 {
-                next = argmax(session.step(next).expect("step"));
-            }
-            ENABLED.store(false, Ordering::SeqCst);
+        let ((), n) = pool.install(|| {
+            ALLOC.count(|| {
+                let mut next = session.prefill(&prompt).map(|l| argmax(l)).expect("prefill");
+                for _ in 0..100 {
+                    next = argmax(session.step(next).expect("step"));
+                }
+            })
         });
-        let n = ALLOCS.load(Ordering::SeqCst);
         assert_eq!(n, 0, "{weights:?}: {n} allocations with 2 threads");
     }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
