@@ -16,7 +16,7 @@
 //! `FERRITE_BENCH_FRT=smollm2-q4.frt cargo bench --bench e2e -- smollm2`.
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -31,13 +31,8 @@ const DECODE_SPAN: usize = 128;
 
 /// Deterministic token ids below `vocab`.
 fn ids(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 33) % vocab as u64) as u32
-        })
-        .collect()
+    let mut rng = ferrite_test_support::rng::Lcg::new(seed);
+    (0..n).map(|_| ((rng.step() >> 33) % vocab as u64) as u32).collect()
 }
 
 fn bench_model(c: &mut Criterion, name: &str, model: &Model<'_>, threads: &[usize], prompt_len: usize) {
@@ -94,7 +89,7 @@ fn bench_model(c: &mut Criterion, name: &str, model: &Model<'_>, threads: &[usiz
 }
 
 fn tiny(c: &mut Criterion) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/llama-gqa");
+    let dir = ferrite_test_support::fixtures::tiny("llama-gqa");
     let tmp = tempfile::tempdir().expect("tempdir");
     for (dtype, name) in [(DType::Q4, "q4"), (DType::Q8, "q8")] {
         let out = tmp.path().join(format!("tiny-{name}.frt"));

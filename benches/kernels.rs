@@ -40,19 +40,7 @@ fn tiers() -> Vec<&'static Kernels> {
 }
 
 /// A small deterministic generator (benchmarks need data, not quality).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 11
-    }
-    fn f32(&mut self) -> f32 {
-        ((self.next() >> 29) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-}
+type Rng = ferrite_test_support::rng::Lcg;
 
 /// A random q4/q8 `[rows, cols]` matrix in the file's tiled layout
 /// (quants, scales).
@@ -63,7 +51,7 @@ fn quantized(dtype: DType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>,
     let mut scales = vec![f16::ZERO; rows * groups];
     let mut src = vec![0f32; cols];
     for r in 0..rows {
-        src.iter_mut().for_each(|x| *x = rng.f32());
+        src.iter_mut().for_each(|x| *x = rng.f32(1.0));
         let (q, s) = (&mut logical[r * row_q..(r + 1) * row_q], &mut scales[r * groups..(r + 1) * groups]);
         match dtype {
             DType::Q4 => reference::quantize_row_q4(&src, q, s),
@@ -108,7 +96,7 @@ fn throughput(phase_n: usize, weight_bytes: usize, rows: usize, cols: usize) -> 
 }
 
 fn bench_matmul_q(c: &mut Criterion) {
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     for (dtype, name) in [(DType::Q4, "q4"), (DType::Q8, "q8")] {
         for &(rows, cols) in &SHAPES {
             let (qs, scales) = quantized(dtype, rows, cols, &mut rng);
@@ -119,7 +107,7 @@ fn bench_matmul_q(c: &mut Criterion) {
             };
             let m = Matrix { w, rows, cols };
             for (phase, n) in PHASES {
-                let x = rng.vec(n * cols);
+                let x = rng.vec(n * cols, 1.0);
                 let acts = QuantActs::new(&x, n, cols);
                 let mut out = vec![0f32; n * rows];
                 let mut g = c.benchmark_group(format!("matmul_q/{name}/{phase}"));
@@ -144,16 +132,16 @@ fn bench_matmul_q(c: &mut Criterion) {
 }
 
 fn bench_matmul_f(c: &mut Criterion) {
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     for (name, elem) in [("f32", 4usize), ("f16", 2)] {
         for &(rows, cols) in &SHAPES {
-            let w32 = rng.vec(rows * cols);
+            let w32 = rng.vec(rows * cols, 1.0);
             let w16: Vec<f16> = if elem == 2 { w32.iter().map(|&v| f16::from_f32(v)).collect() } else { vec![] };
             let w = if elem == 4 { Weights::F32(&w32) } else { Weights::F16(&w16) };
             let m = Matrix { w, rows, cols };
             let mut scratch = vec![0f32; cols];
             for (phase, n) in PHASES {
-                let x = rng.vec(n * cols);
+                let x = rng.vec(n * cols, 1.0);
                 let mut out = vec![0f32; n * rows];
                 let mut g = c.benchmark_group(format!("matmul_f/{name}/{phase}"));
                 g.throughput(throughput(n, rows * cols * elem, rows, cols));
@@ -175,10 +163,10 @@ fn bench_matmul_f(c: &mut Criterion) {
 }
 
 fn bench_quantize_acts(c: &mut Criterion) {
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     for cols in [576usize, 1536] {
         for (phase, n) in PHASES {
-            let x = rng.vec(n * cols);
+            let x = rng.vec(n * cols, 1.0);
             let g_cols = cols.div_ceil(quant::GROUP);
             let (mut qs, mut d, mut sums) =
                 (vec![0i8; n * g_cols * 32], vec![0f32; n * g_cols], vec![0i32; n * g_cols]);
@@ -198,9 +186,9 @@ fn bench_quantize_acts(c: &mut Criterion) {
 }
 
 fn bench_rmsnorm(c: &mut Criterion) {
-    let mut rng = Rng(4);
+    let mut rng = Rng::new(4);
     let cols = 576;
-    let (x, w) = (rng.vec(cols), rng.vec(cols));
+    let (x, w) = (rng.vec(cols, 1.0), rng.vec(cols, 1.0));
     let mut out = vec![0f32; cols];
     let mut g = c.benchmark_group("rmsnorm");
     g.throughput(Throughput::Elements(cols as u64));
@@ -216,12 +204,12 @@ fn bench_rmsnorm(c: &mut Criterion) {
 /// `dot`/`dot_f16` score a query against every key, `axpy`/`axpy_f16`
 /// accumulate every value row weighted by its probability.
 fn bench_vector_ops(c: &mut Criterion) {
-    let mut rng = Rng(5);
-    let q = rng.vec(HEAD_DIM);
+    let mut rng = Rng::new(5);
+    let q = rng.vec(HEAD_DIM, 1.0);
     for ctx in CONTEXTS {
-        let keys = rng.vec(ctx * HEAD_DIM);
+        let keys = rng.vec(ctx * HEAD_DIM, 1.0);
         let keys16: Vec<f16> = keys.iter().map(|&v| f16::from_f32(v)).collect();
-        let probs = rng.vec(ctx);
+        let probs = rng.vec(ctx, 1.0);
         let mut scores = vec![0f32; ctx];
         let mut acc = vec![0f32; HEAD_DIM];
         let id = |k: &Kernels| BenchmarkId::new(k.tier.name(), format!("{HEAD_DIM}x{ctx}"));

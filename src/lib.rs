@@ -3,7 +3,6 @@
 //! This facade re-exports the workspace crates; the `ferrite` binary
 //! (feature `cli`) is the command-line tool, and the `ffi` module (feature `ffi`) is
 //! the C API of `libferrite.a` and `include/ferrite.h`.
-#![deny(missing_docs)]
 
 #[cfg(feature = "cli")]
 pub use ferrite_converter as converter;

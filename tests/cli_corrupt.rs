@@ -56,13 +56,8 @@ fn corrupted_files_never_crash_the_cli() {
     let bytes = std::fs::read(&good).expect("read");
     let bad = tmp.path().join("bad.frt");
     let bad_s = bad.to_str().expect("utf8");
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = ferrite_test_support::rng::XorShift64::new(0x9E37_79B9_7F4A_7C15);
+    let mut next = || rng.next_u64();
     let mut outcomes = [0usize; 2];
     for case in 0..240 {
         let mut data = bytes.clone();

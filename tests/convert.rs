@@ -34,7 +34,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ferrite");
 // ---------------------------------------------------------------------------
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name)
+    ferrite_test_support::fixtures::tiny(name)
 }
 
 /// A copy of a fixture folder (without its golden file) to modify.

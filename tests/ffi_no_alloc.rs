@@ -8,35 +8,14 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ferrite::ffi::*;
 use ferrite_format::DType;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
-
-struct Counting;
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::SeqCst) {
-            ALLOCS.fetch_add(1, Ordering::SeqCst);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use ferrite_test_support::alloc::CountingAllocator;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
 unsafe extern "C" fn count_token(user: *mut core::ffi::c_void, _: u32) -> i32 {
     // SAFETY: `user` is the counter the test passes.
@@ -85,8 +64,7 @@ fn c_api_inference_allocates_nothing_at_2_and_4_threads() {
                         let gen = FerriteGenerateOptions { max_new: 1000, ignore_eos: true };
                         let mut result = FerriteGenerateResult { generated: 0, decode_steps: 0, end: 0 };
 
-                        ALLOCS.store(0, Ordering::SeqCst);
-                        COUNTING.store(true, Ordering::SeqCst);
+                        ALLOC.start_all_threads();
                         let mut logits = std::ptr::null();
                         assert_eq!(
                             ferrite_session_prefill(sess, prompt.as_ptr(), prompt.len(), &mut logits),
@@ -110,10 +88,9 @@ fn c_api_inference_allocates_nothing_at_2_and_4_threads() {
                             &callbacks,
                             &mut result,
                         );
-                        COUNTING.store(false, Ordering::SeqCst);
+                        let n = ALLOC.stop();
                         assert_eq!(st, FerriteStatus::OK);
                         assert_eq!((result.generated, generated), (1000, 1000));
-                        let n = ALLOCS.load(Ordering::SeqCst);
                         assert_eq!(n, 0, "{threads} threads: {n} allocations through the C API");
 
                         assert_eq!(ferrite_sampler_free(sampler), FerriteStatus::OK);

@@ -59,18 +59,12 @@ fn write_big_checkpoint(dir: &Path) {
         shapes.push((format!("{p}.mlp.up_proj.weight"), vec![ffn, d]));
         shapes.push((format!("{p}.mlp.down_proj.weight"), vec![d, ffn]));
     }
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = ferrite_test_support::rng::Lcg::new(0x9E37_79B9_7F4A_7C15);
     let data: Vec<Vec<u8>> = shapes
         .iter()
         .map(|(_, shape)| {
             let n: usize = shape.iter().product();
-            let mut bytes = Vec::with_capacity(n * 4);
-            for _ in 0..n {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let v = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2;
-                bytes.extend_from_slice(&v.to_le_bytes());
-            }
-            bytes
+            rng.vec(n, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect()
         })
         .collect();
     let views: Vec<(String, TensorView<'_>)> = shapes

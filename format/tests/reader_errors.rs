@@ -29,34 +29,17 @@ use ferrite_format::{
     checksum, Arch, DType, DirEntry, Error, File, Header, LayerRole, ModelConfig, Role, ALIGN, DIR_ENTRY_SIZE,
     ENDIAN_CHECK, HEADER_SIZE, VERSION,
 };
+use ferrite_test_support::rng::SplitMix64;
 use half::f16;
 
 // ---------------------------------------------------------------------------
-// Deterministic pseudo-random numbers (SplitMix64).
+// Deterministic pseudo-random numbers (SplitMix64, from ferrite-test-support).
 
-struct Rng(u64);
+type Rng = SplitMix64;
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn nonzero_u8(&mut self) -> u8 {
-        1 + self.below(255) as u8
-    }
+/// A byte in 1..=255.
+fn nonzero_u8(rng: &mut Rng) -> u8 {
+    1 + rng.below(255) as u8
 }
 
 // ---------------------------------------------------------------------------
@@ -1882,7 +1865,7 @@ fn robust_single_byte_flips() {
             None if round % 3 == 0 => rng.below(data_offset),
             None => rng.below(n),
         };
-        let x = rng.nonzero_u8();
+        let x = nonzero_u8(&mut rng);
         b.as_mut_slice()[at] ^= x;
         let region = region_of(&fx, at);
         let result = File::parse(&b);
@@ -1969,7 +1952,7 @@ fn robust_resealed_metadata_mutations() {
                     continue;
                 }
                 if rng.below(2) == 0 {
-                    s[at + rng.below(4)] ^= rng.nonzero_u8();
+                    s[at + rng.below(4)] ^= nonzero_u8(&mut rng);
                 } else {
                     let v = interesting_u32(&mut rng, fx.bytes.len());
                     s[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -2006,7 +1989,7 @@ fn robust_resealed_tokenizer_mutations() {
             // Half the edits hit the tokenizer header's fields.
             let at = (if rng.below(2) == 0 { r.start + rng.below(96) } else { rng.below(r.len()) + r.start }) & !3;
             if rng.below(2) == 0 {
-                s[at + rng.below(4)] ^= rng.nonzero_u8();
+                s[at + rng.below(4)] ^= nonzero_u8(&mut rng);
             } else {
                 let v = interesting_u32(&mut rng, r.len());
                 s[at..at + 4].copy_from_slice(&v.to_le_bytes());

@@ -11,10 +11,11 @@
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::{Error, KvType, Model, Session, SessionConfig};
+use ferrite_test_support::fixtures;
 
 /// The `llama-gqa` fixture converted to q8 (vocab 512, 2 layers).
 fn converted() -> AlignedBytes {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/llama-gqa");
+    let dir = fixtures::tiny("llama-gqa");
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("m.frt");
     let opts = ferrite_converter::Options { weights: DType::Q8, ..Default::default() };
@@ -145,7 +146,7 @@ fn an_arena_too_small_is_refused_and_any_alignment_of_a_large_enough_one_works()
 fn a_plan_for_another_model_is_refused() {
     let bytes = converted();
     let model = Model::from_bytes(bytes.as_slice()).expect("model");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/llama-odd");
+    let dir = fixtures::tiny("llama-odd");
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("odd.frt");
     ferrite_converter::convert(&dir, &out, &Default::default(), &mut |_| {}).expect("convert");

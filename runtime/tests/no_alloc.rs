@@ -2,49 +2,17 @@
 //! allocations across a prefill and 200 decode steps, for every weight type
 //! and KV type.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
-
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: defers every operation to the system allocator unchanged; only
-// counts calls made while this thread has counting switched on.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::SeqCst);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::SeqCst);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use ferrite_test_support::alloc::CountingAllocator;
+use ferrite_test_support::{argmax, fixtures};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
 fn converted(name: &str, weights: DType) -> AlignedBytes {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(name);
+    let dir = fixtures::tiny(name);
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("m.frt");
     let opts = ferrite_converter::Options { weights, ..Default::default() };
@@ -69,36 +37,25 @@ fn zero_allocations_in_prefill_and_200_steps() {
             let mut session = Session::new(&model, &plan, &mut arena).expect("session");
             let prompt: Vec<u32> = (0..24).map(|i| (i * 7 + 3) % model.config().vocab_size).collect();
 
-            ALLOCS.store(0, Ordering::SeqCst);
-            COUNTING.with(|c| c.set(true));
-            let mut checksum = 0.0f32;
-            let mut next = {
-                let logits = session.prefill(&prompt).expect("prefill");
-                checksum += logits[0];
-                argmax(logits)
-            };
-            for _ in 0..200 {
-                let logits = session.step(next).expect("step");
-                checksum += logits[0];
-                next = argmax(logits);
-            }
-            COUNTING.with(|c| c.set(false));
-            let n = ALLOCS.load(Ordering::SeqCst);
+            let (checksum, n) = ALLOC.count(|| {
+                let mut checksum = 0.0f32;
+                let mut next = {
+                    let logits = session.prefill(&prompt).expect("prefill");
+                    checksum += logits[0];
+                    argmax(logits)
+                };
+                for _ in 0..200 {
+                    let logits = session.step(next).expect("step");
+                    checksum += logits[0];
+                    next = argmax(logits);
+                }
+                checksum
+            });
             assert!(checksum.is_finite());
             assert_eq!(session.position(), 224);
             assert_eq!(n, 0, "{name} {weights:?} {kv:?}: {n} allocations after Session::new");
         }
     }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// The runtime's generation loop (prompt, sampling with every filter and a
@@ -137,14 +94,11 @@ fn zero_allocations_in_the_generation_loop() {
     let prompt: Vec<u32> = (0..20).map(|i| (i * 5 + 1) % vocab as u32).collect();
     let opts = GenOptions { max_new: 300, ignore_eos: true };
 
-    ALLOCS.store(0, Ordering::SeqCst);
-    COUNTING.with(|c| c.set(true));
     let buffers = GenBuffers { logits: &mut logits, scratch: &mut scratch };
-    let done =
+    let (done, n) = ALLOC.count(|| {
         generate(&mut session, model.config(), None, &mut sampler, &prompt, &opts, buffers, &mut history, &mut seen)
-            .expect("generate");
-    COUNTING.with(|c| c.set(false));
-    let n = ALLOCS.load(Ordering::SeqCst);
+    });
+    let done = done.expect("generate");
     // 300 tokens run past the 64-slot streaming cache several times.
     assert_eq!((done.generated, done.decode_steps, seen.0), (300, 299, 300));
     assert!(matches!(done.end, End::MaxTokens));

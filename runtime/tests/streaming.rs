@@ -1,55 +1,21 @@
 //! The streaming KV cache, the int8 KV cache and session save/restore.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::{Error, KvType, Model, Session, SessionConfig};
+use ferrite_test_support::alloc::CountingAllocator;
+use ferrite_test_support::{argmax, fixtures};
 
-struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static LAST_SIZE: AtomicUsize = AtomicUsize::new(0);
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-// SAFETY: defers to the system allocator; only counts calls made while this
-// thread has counting on.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::SeqCst);
-            LAST_SIZE.store(layout.size(), Ordering::SeqCst);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
 fn converted(name: &str, weights: DType) -> AlignedBytes {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(name);
+    let dir = fixtures::tiny(name);
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("m.frt");
     let opts = ferrite_converter::Options { weights, ..Default::default() };
     ferrite_converter::convert(&dir, &out, &opts, &mut |_| {}).expect("convert");
     AlignedBytes::read(&out).expect("read")
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn prompt(n: usize, vocab: u32) -> Vec<u32> {
@@ -69,25 +35,20 @@ fn hundred_thousand_steps_in_bounded_memory() {
         let mut session = Session::new(&model, &plan, &mut arena).expect("session");
         let vocab = model.config().vocab_size;
         let ids = prompt(10, vocab);
-        ALLOCS.store(0, Ordering::SeqCst);
-        COUNTING.with(|c| c.set(true));
-        let mut next = argmax(session.prefill(&ids).expect("prefill"));
-        let mut finite = true;
-        for i in 0..100_000u32 {
-            let logits = session.step(next).expect("step");
-            finite &= logits.iter().all(|v| v.is_finite());
-            // Mix in a counter so the stream does not settle into a short cycle.
-            next = (argmax(logits) + i % 7) % vocab;
-        }
-        COUNTING.with(|c| c.set(false));
+        let (finite, allocations) = ALLOC.count(|| {
+            let mut next = argmax(session.prefill(&ids).expect("prefill"));
+            let mut finite = true;
+            for i in 0..100_000u32 {
+                let logits = session.step(next).expect("step");
+                finite &= logits.iter().all(|v| v.is_finite());
+                // Mix in a counter so the stream does not settle into a short cycle.
+                next = (argmax(logits) + i % 7) % vocab;
+            }
+            finite
+        });
         assert!(finite, "{kv:?}: non-finite logits");
         assert_eq!(session.position(), 100_010);
-        assert_eq!(
-            ALLOCS.load(Ordering::SeqCst),
-            0,
-            "{kv:?}: allocations while streaming (last of {} bytes)",
-            LAST_SIZE.load(Ordering::SeqCst)
-        );
+        assert_eq!(allocations, 0, "{kv:?}: allocations while streaming (last of {} bytes)", ALLOC.last_size());
     }
 }
 

@@ -13,7 +13,7 @@ use ferrite_format::{DType, File, LayerRole, Role};
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
 
 fn converted(name: &str) -> AlignedBytes {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(name);
+    let dir = ferrite_test_support::fixtures::tiny(name);
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("m.frt");
     let opts = ferrite_converter::Options { weights: DType::F32, ..Default::default() };

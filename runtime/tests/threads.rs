@@ -4,57 +4,25 @@
 //! counting allocator that counts every thread of the process; the tests
 //! of this file run one at a time).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static ENABLED: AtomicBool = AtomicBool::new(false);
-static LAST: AtomicUsize = AtomicUsize::new(0);
-/// Held by each test: nothing else of this binary runs while one counts.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-struct Counting;
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if ENABLED.load(Ordering::SeqCst) {
-            ALLOCS.fetch_add(1, Ordering::SeqCst);
-            LAST.store(layout.size(), Ordering::SeqCst);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if ENABLED.load(Ordering::SeqCst) {
-            ALLOCS.fetch_add(1, Ordering::SeqCst);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use ferrite_test_support::alloc::CountingAllocator;
+use ferrite_test_support::{argmax, fixtures};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(name)
-}
+/// Held by each test: nothing else of this binary runs while one counts.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn converted(name: &str, weights: DType) -> AlignedBytes {
     let opts = ferrite_converter::Options { weights, ..Default::default() };
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("m.frt");
-    ferrite_converter::convert(&fixture(name), &out, &opts, &mut |_| {}).expect("convert");
+    ferrite_converter::convert(&fixtures::tiny(name), &out, &opts, &mut |_| {}).expect("convert");
     AlignedBytes::read(&out).expect("read")
 }
 
@@ -111,28 +79,16 @@ fn no_thread_allocates_after_session_new() {
                 .spawn(|| {
                     let mut session = Session::new(&model, &plan, &mut arena).expect("session");
                     let prompt: Vec<u32> = (0..20u32).collect();
-                    ALLOCS.store(0, Ordering::SeqCst);
-                    ENABLED.store(true, Ordering::SeqCst);
+                    ALLOC.start_all_threads();
                     let mut next = session.prefill(&prompt).map(|l| argmax(l)).expect("prefill");
                     for _ in 0..1000 {
                         next = argmax(session.step(next).expect("step"));
                     }
-                    ENABLED.store(false, Ordering::SeqCst);
-                    ALLOCS.load(Ordering::SeqCst)
+                    ALLOC.stop()
                 })
                 .join()
                 .expect("thread")
         });
-        assert_eq!(n, 0, "{weights:?}: {n} allocations with {threads} threads (last {} bytes)", LAST.load(Ordering::SeqCst));
+        assert_eq!(n, 0, "{weights:?}: {n} allocations with {threads} threads (last {} bytes)", ALLOC.last_size());
     }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

@@ -4,15 +4,11 @@
 //! driven by `ferrite_runtime::tokenizer`. Every generated string must encode
 //! to HF's ids exactly and decode back to its own bytes.
 
-use std::path::PathBuf;
-
 use ferrite_runtime::format::writer::AlignedBytes;
 use ferrite_runtime::format::TokenizerView;
 use ferrite_runtime::tokenizer::{Tokenizer, TokenizerError, Utf8Stream};
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/smollm2-135m"))
-}
+use ferrite_test_support::fixtures::smollm2_fixture as fixture_dir;
+use ferrite_test_support::rng::SplitMix64;
 
 struct Fixture {
     section: AlignedBytes,
@@ -108,37 +104,8 @@ impl Failures {
     }
 }
 
-/// SplitMix64: small, seeded, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-    fn percent(&mut self, p: usize) -> bool {
-        self.below(100) < p
-    }
-    fn char_in(&mut self, lo: u32, hi: u32) -> char {
-        loop {
-            if let Some(c) = char::from_u32(lo + (self.next() % u64::from(hi - lo + 1)) as u32) {
-                return c;
-            }
-        }
-    }
-}
+/// SplitMix64 (ferrite-test-support): small, seeded, deterministic.
+type Rng = SplitMix64;
 
 const WORDS: &[&str] = &[
     "the",
@@ -461,7 +428,7 @@ fn numbers(rng: &mut Rng) -> String {
     let mut s = String::new();
     for _ in 0..rng.range(1, 8) {
         if rng.percent(30) {
-            let digits = rng.next().to_string();
+            let digits = rng.next_u64().to_string();
             s.push_str(&digits[..rng.range(1, 12).min(digits.len())]);
         } else {
             s.push_str(rng.pick(NUMBERS));
@@ -607,7 +574,7 @@ fn apache() -> String {
 /// The fixed cases, 100 strings of each of the 12 kinds, and the Apache
 /// license text.
 fn all_cases() -> Vec<String> {
-    let mut rng = Rng(0x5eed_f3a1_7e00_0001);
+    let mut rng = Rng::new(0x5eed_f3a1_7e00_0001);
     let mut cases = fixed_cases();
     for kind in 0..12 {
         for _ in 0..100 {
@@ -714,7 +681,7 @@ fn decode_random_ids_matches_hf() {
     let fx = Fixture::load();
     let t = fx.tokenizer();
     let n = fx.vocab_size as usize;
-    let mut rng = Rng(0xdec0_de00_0000_0002);
+    let mut rng = Rng::new(0xdec0_de00_0000_0002);
     let mut failures = Failures::default();
     let runs = 500;
     for _ in 0..runs {
@@ -753,7 +720,7 @@ fn decode_random_ids_matches_hf() {
 fn random_codepoints_match_hf() {
     let fx = Fixture::load();
     let t = fx.tokenizer();
-    let mut rng = Rng(0xc0de_0000_0000_0003);
+    let mut rng = Rng::new(0xc0de_0000_0000_0003);
     let mut failures = Failures::default();
     let runs = 3000;
     for _ in 0..runs {

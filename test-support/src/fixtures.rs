@@ -1,0 +1,41 @@
+//! Where the test fixtures and the fetched models are.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root (the folder above this crate's).
+pub fn root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// The tiny random-weight fixture folder `name` (`tests/fixtures/tiny/`).
+pub fn tiny(name: &str) -> PathBuf {
+    root().join("tests/fixtures/tiny").join(name)
+}
+
+/// Every tiny fixture.
+pub const TINY: [&str; 6] =
+    ["llama-gqa", "llama-tied-bf16", "qwen2-bias-f16", "llama3-ropescaled", "mistral-sharded", "llama-odd"];
+
+/// SmolLM2's tokenizer and golden files (`tests/fixtures/smollm2-135m/`).
+pub fn smollm2_fixture() -> PathBuf {
+    root().join("tests/fixtures/smollm2-135m")
+}
+
+/// The SmolLM2 f32 HF folder made by `scripts/fetch-models.sh`:
+/// `$FERRITE_SMOLLM2_DIR`, else `smollm2-135m-f32` in the cache
+/// (`$FERRITE_CACHE`, else `~/.cache/ferrite`). Panics with what to run
+/// when it is missing.
+pub fn smollm2_dir() -> PathBuf {
+    let dir = std::env::var_os("FERRITE_SMOLLM2_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let cache = std::env::var_os("FERRITE_CACHE").map(PathBuf::from).unwrap_or(home.join(".cache/ferrite"));
+        cache.join("smollm2-135m-f32")
+    });
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "SmolLM2 HF folder not found at {}: run `bash scripts/fetch-models.sh` first (the README's test command does)",
+        dir.display()
+    );
+    dir
+}
