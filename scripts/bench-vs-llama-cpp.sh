@@ -42,9 +42,7 @@
 # Raw JSON of every call is kept in bench/runs-<timestamp>/.
 # Progress goes to stderr. Not part of the test command (takes minutes).
 set -euo pipefail
-
-log() { printf 'bench-vs-llama-cpp: %s\n' "$*" >&2; }
-die() { printf 'bench-vs-llama-cpp: ERROR: %s\n' "$*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
@@ -99,6 +97,7 @@ if (( BUILD )); then
 fi
 [[ -x $FERRITE ]] || die "$FERRITE not found (drop --no-build)"
 if [[ -z $REPORT_ONLY ]]; then
+bash "$SCRIPT_DIR/setup.sh" llama-cpp
 LLAMA_BIN=$(bash "$SCRIPT_DIR/build-llama-cpp.sh" | tail -1)
 HF=$(bash "$SCRIPT_DIR/fetch-models.sh" | tail -1)
 SRC_GGUF="$CACHE/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"

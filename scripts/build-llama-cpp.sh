@@ -4,13 +4,11 @@
 #
 # Usage:  bin=$(bash scripts/build-llama-cpp.sh | tail -1)   # folder with llama-bench etc.
 #
-# Needs cmake, a C++ compiler and make (Debian: cmake build-essential); about
+# Needs cmake, a C++ compiler and make (`scripts/setup.sh llama-cpp`); about
 # 10 minutes on 2 cores. Only for comparisons (scripts/bench-vs-llama-cpp.sh,
 # the KL-divergence table); never part of the test command.
 set -euo pipefail
-
-log() { printf 'build-llama-cpp: %s\n' "$*" >&2; }
-die() { printf 'build-llama-cpp: ERROR: %s\n' "$*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
@@ -21,7 +19,7 @@ TARGETS=(llama-bench llama-quantize llama-perplexity llama-completion)
 have_all() { for t in "${TARGETS[@]}"; do [[ -x "$BIN/$t" ]] || return 1; done; }
 
 if ! have_all; then
-    command -v cmake >/dev/null 2>&1 || die "cmake not found (Debian: apt-get install cmake build-essential)"
+    bash "$SCRIPT_DIR/setup.sh" llama-cpp
     SRC=$(bash "$SCRIPT_DIR/fetch-llama-cpp-src.sh" | tail -1)
     log "configuring $SRC into $BUILD"
     cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF \

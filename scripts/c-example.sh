@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The C API end to end (CI runs it; it needs cargo, a C compiler and make).
+# The C API end to end (CI runs it). `scripts/setup.sh c-example` (run
+# first) installs a C compiler, make and the aarch64 Rust target.
 #
 # 1. Builds libferrite.a without the converter and the CLI
 #    (cargo build --release --no-default-features --features ffi), and for
-#    aarch64-unknown-linux-gnu too when that Rust target is installed.
+#    aarch64-unknown-linux-gnu too.
 # 2. Builds examples/c (ferrite-generate) against it with make.
 # 3. Builds the ferrite CLI and converts a tiny fixture (llama-gqa, q8).
 # 4. Runs the C program and `ferrite run --temp 0` with the same arguments
@@ -16,11 +17,11 @@
 #
 #   bash scripts/c-example.sh
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Binaries are looked up under ./target: a CARGO_TARGET_DIR elsewhere would hide them.
 unset CARGO_TARGET_DIR
 cd "$(dirname "$0")/.."
-
-step() { printf '\n==> %s\n' "$*" >&2; }
+bash scripts/setup.sh c-example
 
 work=target/c-example
 mkdir -p "$work"
@@ -28,13 +29,9 @@ mkdir -p "$work"
 step "libferrite.a (--no-default-features --features ffi)"
 cargo build --release --no-default-features --features ffi
 ls -l target/release/libferrite.a >&2
-if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
-    step "libferrite.a for aarch64-unknown-linux-gnu"
-    cargo build --release --no-default-features --features ffi --target aarch64-unknown-linux-gnu
-    ls -l target/aarch64-unknown-linux-gnu/release/libferrite.a >&2
-else
-    echo "(aarch64-unknown-linux-gnu not installed: rustup target add aarch64-unknown-linux-gnu to build it too)" >&2
-fi
+step "libferrite.a for aarch64-unknown-linux-gnu"
+cargo build --release --no-default-features --features ffi --target aarch64-unknown-linux-gnu
+ls -l target/aarch64-unknown-linux-gnu/release/libferrite.a >&2
 
 step "examples/c: ferrite-generate"
 make -C examples/c

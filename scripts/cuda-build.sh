@@ -16,9 +16,8 @@
 # 5. Builds the GPU test binary (tests/cuda.rs) and checks that, with no GPU
 #    here, it fails saying it needs one (scripts/gpu-check.sh runs it on a GPU).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
-
-step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "nvcc 13.0 (pip, cached)"
 NVCC_BIN=$(bash scripts/cuda-toolchain.sh | tail -1)

@@ -9,8 +9,7 @@
 #
 # Usage:  PATH="$(bash scripts/cuda-toolchain.sh | tail -1):$PATH"
 set -euo pipefail
-
-log() { printf 'cuda-toolchain: %s\n' "$*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
 VENV="$CACHE/cuda-venv"

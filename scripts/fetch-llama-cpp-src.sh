@@ -9,9 +9,7 @@
 # Used by the tokenizer test vectors (models/ggml-vocab-*.gguf + .inp/.out)
 # and by scripts/build-llama-cpp.sh. A second run only prints the path.
 set -euo pipefail
-
-log() { printf 'fetch-llama-cpp-src: %s\n' "$*" >&2; }
-die() { printf 'fetch-llama-cpp-src: ERROR: %s\n' "$*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
 SPEC="llama-cpp-python==0.3.36"

@@ -17,9 +17,7 @@
 # Needs: python3 >= 3.11 with the venv module (Debian: python3-venv), network
 # access to PyPI, coreutils; flock (util-linux) is used when present.
 set -euo pipefail
-
-log() { printf 'fetch-models: %s\n' "$*" >&2; }
-die() { printf 'fetch-models: ERROR: %s\n' "$*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
@@ -131,7 +129,7 @@ else
     log "creating venv $VENV and installing ${VENV_PKGS[*]} ..."
     rm -rf -- "$VENV"
     "$PYTHON" -m venv "$VENV" \
-        || die "'$PYTHON -m venv' failed (on Debian: apt-get install python3-venv)"
+        || die "'$PYTHON -m venv' failed (Debian's python3-venv missing? bash scripts/setup.sh models installs it)"
     "$VPY" -m pip install --disable-pip-version-check --no-input --quiet "${VENV_PKGS[@]}" >&2 \
         || { rm -rf -- "$VENV"; die "pip install ${VENV_PKGS[*]} into $VENV failed"; }
     log "venv ready: $VENV"

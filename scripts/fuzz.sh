@@ -15,6 +15,7 @@
 # land in fuzz/artifacts/<target>. Once a crash is fixed, copy its input to
 # fuzz/regressions/<target>/ so `cargo test --test fuzz_regressions` replays it.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 
 RUNS=${1:-2500000}

@@ -23,9 +23,9 @@
 # Both calls write their log to $OUT/gpu-check-{a,b}.log; the figures are the
 # lines starting with RESULT.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
 STAGE=/tmp/ferrite-gpu
 
 prepare() {

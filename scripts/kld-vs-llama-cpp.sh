@@ -12,9 +12,7 @@
 # (about 2 GB) go to ${FERRITE_CACHE:-~/.cache/ferrite}/kld. Takes about
 # 10 minutes on 2 cores. Not part of the test command.
 set -euo pipefail
-
-log() { printf 'kld-vs-llama-cpp: %s\n' "$*" >&2; }
-die() { printf 'kld-vs-llama-cpp: ERROR: %s\n' "$*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
@@ -24,6 +22,7 @@ TEXT="$ROOT/tests/fixtures/smollm2-135m/apache-2.0.txt"
 CTX=512
 mkdir -p "$WORK"
 
+bash "$ROOT/scripts/setup.sh" llama-cpp
 HF=$(bash "$ROOT/scripts/fetch-models.sh" | tail -1)
 GGUF="$CACHE/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 [[ -f "$GGUF" ]] || die "$GGUF missing (scripts/fetch-models.sh extracts it)"

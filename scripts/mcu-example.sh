@@ -9,15 +9,15 @@
 #    compares the bits of every logits row and says where they first differ);
 # 5. prints the binary's flash and RAM use.
 #
-# Needs the thumbv7em-none-eabihf target (added here with rustup when
-# missing), qemu-system-arm (Debian: apt-get install qemu-system-arm) and
-# python3.
+# Needs the thumbv7em-none-eabihf target and qemu-system-arm, which
+# `scripts/setup.sh mcu` installs (run first), and python3.
 #
 # Environment:
 #   FIXTURE=DIR    HF folder to convert (default tests/fixtures/tiny/llama-gqa)
 #   MCU_DEFMT=1    build with the `defmt` feature and decode its output with
 #                  defmt-print (cargo install defmt-print)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Binaries are looked up under ./target: a CARGO_TARGET_DIR elsewhere would hide them.
 unset CARGO_TARGET_DIR
 cd "$(dirname "$0")/.."
@@ -26,15 +26,8 @@ out=$root/target/mcu
 fixture=${FIXTURE:-tests/fixtures/tiny/llama-gqa}
 elf=$out/thumbv7em-none-eabihf/release/ferrite-mcu-example
 
-step() { printf '\n==> %s\n' "$*" >&2; }
-die() { printf 'mcu-example: %s\n' "$*" >&2; exit 1; }
-
-command -v qemu-system-arm >/dev/null \
-    || die "qemu-system-arm not found (Debian: apt-get install qemu-system-arm)"
+bash scripts/setup.sh mcu
 command -v python3 >/dev/null || die "python3 not found"
-if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
-    rustup target add thumbv7em-none-eabihf
-fi
 features=()
 if [[ ${MCU_DEFMT:-0} == 1 ]]; then
     command -v defmt-print >/dev/null || die "MCU_DEFMT=1 needs defmt-print (cargo install defmt-print)"

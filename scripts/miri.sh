@@ -21,16 +21,11 @@
 # sysroot). MIRIFLAGS passes options through, e.g.
 # MIRIFLAGS=-Zmiri-tree-borrows bash scripts/miri.sh.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
-
 TOOLCHAIN=${MIRI_TOOLCHAIN:-nightly}
-if ! cargo "+$TOOLCHAIN" miri --version >/dev/null 2>&1; then
-    step "installing miri and rust-src for $TOOLCHAIN"
-    rustup toolchain install "$TOOLCHAIN" --profile minimal --component miri,rust-src
-fi
-rustup component add --toolchain "$TOOLCHAIN" miri rust-src >/dev/null 2>&1 || true
+MIRI_TOOLCHAIN=$TOOLCHAIN bash scripts/setup.sh miri
 cargo "+$TOOLCHAIN" miri setup
 
 # libm computes sqrtf with inline assembly on x86_64, which Miri cannot run:

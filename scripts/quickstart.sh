@@ -4,9 +4,11 @@
 #
 #   bash scripts/quickstart.sh ["your prompt"]
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Binaries are looked up under ./target: a CARGO_TARGET_DIR elsewhere would hide them.
 unset CARGO_TARGET_DIR
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh quickstart
 prompt=${1:-"Once upon a time"}
 hf_dir=$(bash scripts/fetch-models.sh | tail -1)
 cargo build --release --quiet
