@@ -313,7 +313,7 @@ fn elementwise_kernels_match_the_reference() {
         let mut want = x.clone();
         for t in 0..n {
             for h in want[t * width..(t + 1) * width].chunks_exact_mut(hd) {
-                k::rope(h, (pos0 as usize + t) as f32, &inv);
+                k::rope(h, (pos0 as usize + t) as i64, &inv);
             }
         }
         for (g, e) in got.iter().zip(&want) {
