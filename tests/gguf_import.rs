@@ -252,6 +252,17 @@ fn malformed_gguf_files_end_in_errors() {
     b.kv.extend_from_slice(&u64::MAX.to_le_bytes());
     expect_err(&b.bytes(), ErrorKind::Checkpoint, "array elements");
 
+    // An array whose values would take more memory than any real
+    // tokenizer's (10 M bools: 10 MB of file, ~320 MB of values): refused
+    // once the values made reach the 256 MiB bound, not read whole.
+    let mut b = GgufBuilder::llama();
+    b.key("tokenizer.ggml.token_type_flags", 9);
+    b.kv.extend_from_slice(&7u32.to_le_bytes());
+    b.kv.extend_from_slice(&10_000_000u64.to_le_bytes());
+    b.kv.resize(b.kv.len() + 10_000_000, 1);
+    b.llama_tensors();
+    expect_err(&b.bytes(), ErrorKind::Checkpoint, "GGUF metadata larger than 256 MiB in memory");
+
     // Absurd tensor and metadata counts.
     let mut bad = good.clone();
     bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());

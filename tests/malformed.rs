@@ -397,6 +397,20 @@ fn cases() -> Vec<Case> {
             expect: Error,
         },
         Case {
+            // Before: a 128 GiB table for the id (an OOM abort).
+            name: "tokenizer.json id far beyond its entries",
+            fixture: "llama-gqa",
+            breaks: |d| {
+                let json = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 4294967295}, "merges": []},
+                    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+                    "added_tokens": []}"#;
+                fs::write(d.join("tokenizer.json"), json).unwrap();
+                vec![path_of(d, "tokenizer.json"), "token id 4294967295 is beyond the 2 tokens".into()]
+            },
+            args: &[],
+            expect: Error,
+        },
+        Case {
             name: "tokenizer.json is binary",
             fixture: "llama-gqa",
             breaks: |d| {

@@ -269,12 +269,22 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
         .ok_or_else(|| tok_err(&path, "`model.vocab` is missing or not an object"))?;
     let mut by_id: Vec<Option<TokenEntry>> = Vec::new();
     let mut str_to_id: HashMap<&str, u32> = HashMap::with_capacity(vocab.len());
-    let put = |by_id: &mut Vec<Option<TokenEntry>>, id: u32, entry: TokenEntry| {
+    // Ids must be contiguous, so none can reach the number of entries the
+    // file holds: that bounds the table whatever ids it claims.
+    let n_entries = vocab.len() + json.get("added_tokens").and_then(Value::as_array).map_or(0, Vec::len);
+    let put = |by_id: &mut Vec<Option<TokenEntry>>, id: u32, entry: TokenEntry| -> Result<()> {
         let i = id as usize;
+        if i >= n_entries {
+            return Err(tok_err(
+                &path,
+                format!("token id {id} is beyond the {n_entries} tokens the file defines (ids must be contiguous)"),
+            ));
+        }
         if by_id.len() <= i {
             by_id.resize(i + 1, None);
         }
         by_id[i] = Some(entry);
+        Ok(())
     };
     for (s, id) in vocab {
         let id = id
@@ -286,7 +296,7 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
         str_to_id.insert(s.as_str(), id);
         let is_byte = spm && ferrite_format::tokenizer::parse_byte_token(s.as_bytes()).is_some();
         let ty = if is_byte { TokenType::Byte } else { TokenType::Normal };
-        put(&mut by_id, id, TokenEntry { bytes, ty, score: 0.0 });
+        put(&mut by_id, id, TokenEntry { bytes, ty, score: 0.0 })?;
     }
     let mut specials = Vec::new();
     let mut content_to_id: HashMap<String, u32> = HashMap::new();
@@ -317,7 +327,7 @@ pub fn read(dir: &Path) -> Result<Option<HfTokenizer>> {
                 }
             }
             let ty = if special { TokenType::Special } else { TokenType::Added };
-            put(&mut by_id, id, TokenEntry { bytes: content.as_bytes().to_vec(), ty, score: 0.0 });
+            put(&mut by_id, id, TokenEntry { bytes: content.as_bytes().to_vec(), ty, score: 0.0 })?;
             content_to_id.insert(content.to_string(), id);
             specials.push(id);
         }

@@ -11,53 +11,74 @@ use half::f16;
 use super::{bad, ggml_type_name, GgmlType, GgufFile, GgufTensor, Value, MAGIC};
 use crate::error::{Error, Result};
 
-/// Most bytes of metadata and tensor infos read (the tokenizer of a 256k
-/// vocabulary with its merges takes about 10 MiB).
-const MAX_HEADER_BYTES: u64 = 1 << 30;
+/// Most memory the parsed metadata may take (the tokenizer of a 256k
+/// vocabulary with its merges takes about 40 MiB of values): a bound on
+/// what a file's declared counts can make the converter allocate.
+const MAX_METADATA_BYTES: u64 = 256 << 20;
 
 /// Deepest nesting of arrays accepted in metadata.
 const MAX_ARRAY_DEPTH: u32 = 3;
 
-/// A bounds-checked little-endian cursor over the header bytes.
+/// A bounds-checked little-endian reader over the header, streamed from
+/// the file (nothing is read ahead beyond a small buffer), that charges
+/// every value it makes against [`MAX_METADATA_BYTES`].
 struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+    reader: std::io::BufReader<&'a File>,
+    /// Bytes consumed from the start of the file.
+    pos: u64,
     path: &'a Path,
-    /// The file's full length (the header buffer may be shorter).
     file_len: u64,
+    /// Bytes of memory the metadata may still take.
+    budget: u64,
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
-        let end = (self.pos as u64).checked_add(n).filter(|&e| e <= self.bytes.len() as u64).ok_or_else(|| {
-            bad(
+    /// Checks that `n` more bytes exist in the file.
+    fn need(&self, n: u64, what: &str) -> Result<()> {
+        if self.pos.checked_add(n).is_none_or(|end| end > self.file_len) {
+            return Err(bad(
                 self.path,
-                format!(
-                    "truncated GGUF: {what} at byte {} needs {n} bytes, the file has {} (or the header exceeds {} MiB)",
-                    self.pos,
-                    self.file_len,
-                    MAX_HEADER_BYTES >> 20
-                ),
-            )
+                format!("truncated GGUF: {what} at byte {} needs {n} bytes, the file has {}", self.pos, self.file_len),
+            ));
+        }
+        Ok(())
+    }
+    /// Charges `bytes` of memory to the metadata budget.
+    fn charge(&mut self, bytes: u64, what: &str) -> Result<()> {
+        self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
+            bad(self.path, format!("GGUF metadata larger than {} MiB in memory (at {what})", MAX_METADATA_BYTES >> 20))
         })?;
-        let s = &self.bytes[self.pos..end as usize];
-        self.pos = end as usize;
-        Ok(s)
+        Ok(())
+    }
+    fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        use std::io::Read;
+        self.need(buf.len() as u64, what)?;
+        self.reader.read_exact(buf).map_err(|e| Error::io(self.path, e))?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        self.fill(&mut a, what)?;
+        Ok(a)
+    }
+    fn take(&mut self, n: u64, what: &str) -> Result<Vec<u8>> {
+        self.need(n, what)?;
+        self.charge(n, what)?;
+        let mut v = vec![0u8; n as usize];
+        self.fill(&mut v, what)?;
+        Ok(v)
     }
     fn remaining(&self) -> u64 {
-        (self.bytes.len() - self.pos) as u64
+        self.file_len - self.pos
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array(what)?))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
-        let b = self.take(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        Ok(u64::from_le_bytes(self.array(what)?))
     }
-    fn string(&mut self, what: &str) -> Result<&'a [u8]> {
+    fn string(&mut self, what: &str) -> Result<Vec<u8>> {
         let len = self.u64(what)?;
         self.take(len, what)
     }
@@ -73,18 +94,18 @@ impl<'a> Cursor<'a> {
             i128::from_le_bytes(a)
         };
         Ok(match ty {
-            0 | 1 => Value::Int(int(self.take(1, key)?, ty == 1)),
-            2 | 3 => Value::Int(int(self.take(2, key)?, ty == 3)),
-            4 | 5 => Value::Int(int(self.take(4, key)?, ty == 5)),
-            10 | 11 => Value::Int(int(self.take(8, key)?, ty == 11)),
+            0 | 1 => Value::Int(int(&self.array::<1>(key)?, ty == 1)),
+            2 | 3 => Value::Int(int(&self.array::<2>(key)?, ty == 3)),
+            4 | 5 => Value::Int(int(&self.array::<4>(key)?, ty == 5)),
+            10 | 11 => Value::Int(int(&self.array::<8>(key)?, ty == 11)),
             6 => Value::Float(f32::from_bits(self.u32(key)?) as f64),
             12 => Value::Float(f64::from_bits(self.u64(key)?)),
-            7 => match self.take(1, key)?[0] {
+            7 => match self.array::<1>(key)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
                 other => return Err(bad(self.path, format!("metadata {key}: bool value {other} is not 0 or 1"))),
             },
-            8 => Value::Str(self.string(key)?.to_vec()),
+            8 => Value::Str(self.string(key)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(bad(self.path, format!("metadata {key}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
@@ -99,8 +120,11 @@ impl<'a> Cursor<'a> {
                         format!("truncated or corrupt GGUF: metadata {key} claims {len} array elements"),
                     ));
                 }
-                let mut items = Vec::with_capacity(len as usize);
+                // Each element is charged to the budget as it is made (the
+                // vector grows with what the file really holds).
+                let mut items = Vec::new();
                 for _ in 0..len {
+                    self.charge(core::mem::size_of::<Value>() as u64, key)?;
                     items.push(self.value(elem, key, depth + 1)?);
                 }
                 Value::Array(items)
@@ -116,10 +140,8 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let head_len = file_len.min(MAX_HEADER_BYTES);
-        let mut head = vec![0u8; head_len as usize];
-        file.read_exact_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
-        let mut c = Cursor { bytes: &head, pos: 0, path, file_len };
+        let reader = std::io::BufReader::with_capacity(64 << 10, &file);
+        let mut c = Cursor { reader, pos: 0, path, file_len, budget: MAX_METADATA_BYTES };
         let magic = c.take(4, "magic")?;
         if magic != MAGIC {
             return Err(bad(path, format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")));
@@ -140,8 +162,7 @@ impl GgufFile {
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let key = c.string("metadata key")?;
-            let key =
-                String::from_utf8(key.to_vec()).map_err(|_| bad(path, format!("metadata key #{i} is not UTF-8")))?;
+            let key = String::from_utf8(key).map_err(|_| bad(path, format!("metadata key #{i} is not UTF-8")))?;
             let ty = c.u32(&key)?;
             let value = c.value(ty, &key, 0)?;
             if metadata.insert(key.clone(), value).is_some() {
@@ -158,12 +179,12 @@ impl GgufFile {
         let mut infos = Vec::new();
         for i in 0..n_tensors {
             let name = c.string("tensor name")?;
-            let name =
-                String::from_utf8(name.to_vec()).map_err(|_| bad(path, format!("tensor name #{i} is not UTF-8")))?;
+            let name = String::from_utf8(name).map_err(|_| bad(path, format!("tensor name #{i} is not UTF-8")))?;
             let n_dims = c.u32(&name)?;
             if !(1..=4).contains(&n_dims) {
                 return Err(bad(path, format!("tensor {name}: {n_dims} dimensions (1 to 4 allowed)")));
             }
+            c.charge(64 + 8 * u64::from(n_dims), &name)?;
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 dims.push(c.u64(&name)?);
@@ -172,7 +193,7 @@ impl GgufFile {
             let offset = c.u64(&name)?;
             infos.push((name, dims, type_id, offset));
         }
-        let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+        let data_start = c.pos.div_ceil(alignment) * alignment;
         let mut tensors = BTreeMap::new();
         for (name, dims, type_id, offset) in infos {
             let elems = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
