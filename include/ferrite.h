@@ -486,9 +486,11 @@ ferrite_status ferrite_generate(ferrite_session *sess, ferrite_sampler *sampler,
  * when add_bos is set. With parse_special, added tokens written in the text
  * (e.g. "<|im_end|>") become their ids; without, special tokens are encoded
  * as plain text (use that for untrusted input). cap >= 2 * len + 2 always
- * suffices (byte-level BPE needs at most len; SentencePiece at most 1.5 * len
- * and merges faster with the extra room); on FERRITE_BUFFER_TOO_SMALL *n_out
- * is set to 2 * len + 2. out[*n_out..cap] is scratch.
+ * suffices (byte-level BPE needs at most len ids; SentencePiece at most one
+ * per byte plus one per piece between added tokens); with cap >= 8 * len + 8
+ * the merging also runs in O(n log n) on long pieces (O(n^2) with less); on
+ * FERRITE_BUFFER_TOO_SMALL *n_out is set to 2 * len + 2. out[*n_out..cap] is
+ * scratch.
  */
 ferrite_status ferrite_tokenize(const ferrite_model *model, const char *text, size_t len, bool parse_special,
                                 uint32_t *out, size_t cap, size_t *n_out);

@@ -13,7 +13,8 @@ use super::model::FerriteModel;
 /// to the number of ids. With `parse_special`, added tokens such as
 /// `<|im_end|>` in the text become their ids; without, special ones are
 /// encoded as plain text (for untrusted input). `cap >= 2 * len + 2`
-/// always suffices ([`Tokenizer::max_tokens`]); on `BUFFER_TOO_SMALL`
+/// always suffices ([`Tokenizer::min_tokens`]); `8 * len + 8`
+/// ([`Tokenizer::max_tokens`]) merges in O(n log n); on `BUFFER_TOO_SMALL`
 /// `*n_out` is set to that bound.
 ///
 /// # Safety
@@ -44,7 +45,7 @@ pub unsafe extern "C" fn ferrite_tokenize(
             Ok(n) => n,
             Err(e @ TokenizerError::BufferTooSmall { .. }) => {
                 // SAFETY: `n_out` is valid for a write (the caller's contract).
-                unsafe { put(n_out, Tokenizer::max_tokens(len)) };
+                unsafe { put(n_out, Tokenizer::min_tokens(len)) };
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
