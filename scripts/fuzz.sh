@@ -4,7 +4,8 @@
 #   scripts/fuzz.sh [RUNS] [TARGET...]
 #
 # RUNS: executions per target (default 2500000); TARGETs default to all of
-# format_reader session tokenizer converter_ingest. Environment:
+# format_reader session tokenizer converter_ingest gguf_reader hf_json
+# session_ring. Environment:
 #   MAX_TOTAL_TIME  seconds per target, passed as -max_total_time (optional)
 #   JOBS            parallel fuzzing jobs per target (default 1)
 #   SANITIZER       cargo-fuzz sanitizer (default address; `none` is faster)
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-2500000}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(format_reader session tokenizer converter_ingest)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(format_reader session tokenizer converter_ingest gguf_reader hf_json session_ring)
 SANITIZER=${SANITIZER:-address}
 JOBS=${JOBS:-1}
 
@@ -35,6 +36,9 @@ max_len() {
         session) echo 262144 ;;      # the tiny q8/q4 seeds are ~100-200 KiB
         tokenizer) echo 1024 ;;
         converter_ingest) echo 16384 ;;
+        gguf_reader) echo 16384 ;;
+        hf_json) echo 8192 ;;
+        session_ring) echo 1024 ;;
     esac
 }
 
@@ -81,6 +85,10 @@ seed() {
                     head -c $((8 + hlen)) $st | tail -c +9
                 } > "$dir/gqa-$w"
             done ;;
+        gguf_reader|hf_json|session_ring)
+            # Seeds built in code (fuzz/src/targets.rs).
+            FERRITE_FUZZ_CORPUS=$PWD/fuzz/corpus cargo test --release --quiet --test fuzz_regressions \
+                -- --ignored write_seed_corpus >/dev/null ;;
     esac
 }
 

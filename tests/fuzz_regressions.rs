@@ -56,6 +56,37 @@ fn smoke_inputs() {
     targets::converter_ingest(&targets::converter_seed(0));
     targets::converter_ingest(&targets::converter_seed(2));
     targets::converter_ingest(&targets::converter_seed(1));
+    targets::gguf_reader(&targets::gguf_seed());
+    // The GGUF seed is a valid file with a tokenizer (coverage starts deep).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("seed.gguf");
+    fs::write(&path, targets::gguf_seed()).expect("write");
+    let g = ferrite_converter::gguf::GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(ferrite_converter::gguf::read_tokenizer(&g).unwrap_or_else(|e| panic!("{e}")).is_some());
+    targets::hf_json(&targets::hf_json_seed());
+    for header in [[0u8, 0, 0], [12, 3, 15], [0xff, 0xfe, 0x07]] {
+        let ids: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+        targets::session_ring(&[&header[..], &ids].concat());
+    }
+}
+
+/// Writes the seed inputs of the targets whose seeds are built in code
+/// into `$FERRITE_FUZZ_CORPUS/<target>/` (`scripts/fuzz.sh` runs it).
+#[test]
+#[ignore = "run by scripts/fuzz.sh to seed the corpus"]
+fn write_seed_corpus() {
+    let Some(root) = std::env::var_os("FERRITE_FUZZ_CORPUS") else { panic!("set FERRITE_FUZZ_CORPUS") };
+    let root = std::path::PathBuf::from(root);
+    let ring: Vec<u8> = [10u8, 2, 7].into_iter().chain((0..300u32).map(|i| (i * 37 % 240) as u8)).collect();
+    for (target, name, data) in [
+        ("gguf_reader", "llama-seed.gguf", targets::gguf_seed()),
+        ("hf_json", "gqa-config-bpe", targets::hf_json_seed()),
+        ("session_ring", "ctx14-sinks2-q8", ring),
+    ] {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join(name), data).expect("write seed");
+    }
 }
 
 /// The session target reaches prefill and step on valid tiny files (its

@@ -27,7 +27,8 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The names of the targets (also the folders under `fuzz/regressions/`).
-pub const TARGETS: [&str; 4] = ["format_reader", "session", "tokenizer", "converter_ingest"];
+pub const TARGETS: [&str; 7] =
+    ["format_reader", "session", "tokenizer", "converter_ingest", "gguf_reader", "hf_json", "session_ring"];
 
 /// Runs target `name` on `data`.
 pub fn run(name: &str, data: &[u8]) {
@@ -38,6 +39,9 @@ pub fn run(name: &str, data: &[u8]) {
         }
         "tokenizer" => tokenizer(data),
         "converter_ingest" => converter_ingest(data),
+        "gguf_reader" => gguf_reader(data),
+        "hf_json" => hf_json(data),
+        "session_ring" => session_ring(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -380,5 +384,193 @@ pub fn converter_ingest(data: &[u8]) {
         let bytes = AlignedBytes::read(&out).expect("read the output");
         let file = File::parse(bytes.as_slice()).expect("a converted file parses");
         file.verify_tensors().expect("a converted file's tensors verify");
+    }
+}
+
+// --- (e) gguf_reader ---------------------------------------------------------
+
+/// `GgufFile::open` on arbitrary bytes written to a file; if it opens, the
+/// config, the tokenizer and (for tensors of at most 64 Ki elements) the
+/// data as f32. Seeds: `gguf_seed`.
+pub fn gguf_reader(data: &[u8]) {
+    use ferrite_converter::gguf::{read_config, read_tokenizer, GgufFile};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.gguf");
+    std::fs::write(&path, data).expect("write");
+    let Ok(g) = GgufFile::open(&path) else {
+        return;
+    };
+    let _ = g.architecture();
+    let _ = read_config(&g);
+    if let Ok(Some(tok)) = read_tokenizer(&g) {
+        let _ = tok.section_bytes();
+    }
+    let (mut scratch, mut out) = (Vec::new(), Vec::new());
+    for (name, t) in g.tensors.iter() {
+        let elems: usize = t.shape().iter().product();
+        if elems <= 1 << 16 {
+            if g.read_f32(name, 0, elems, &mut scratch, &mut out).is_ok() {
+                assert_eq!(out.len(), elems, "{name}");
+            }
+        }
+    }
+}
+
+/// A small valid GGUF v3 (llama, one layer, F32 and Q8_0 tensors, a
+/// byte-level tokenizer) for the [`gguf_reader`] corpus.
+pub fn gguf_seed() -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, v: &str) {
+        out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    let mut kv = Vec::new();
+    let mut n_kv = 0u64;
+    let mut key = |kv: &mut Vec<u8>, k: &str, ty: u32| {
+        s(kv, k);
+        kv.extend_from_slice(&ty.to_le_bytes());
+        n_kv += 1;
+    };
+    key(&mut kv, "general.architecture", 8);
+    s(&mut kv, "llama");
+    for (k, v) in [
+        ("llama.embedding_length", 32u32),
+        ("llama.block_count", 1),
+        ("llama.feed_forward_length", 64),
+        ("llama.attention.head_count", 2),
+        ("llama.attention.head_count_kv", 1),
+        ("llama.context_length", 64),
+    ] {
+        key(&mut kv, k, 4);
+        kv.extend_from_slice(&v.to_le_bytes());
+    }
+    key(&mut kv, "llama.attention.layer_norm_rms_epsilon", 6);
+    kv.extend_from_slice(&1e-5f32.to_le_bytes());
+    key(&mut kv, "tokenizer.ggml.model", 8);
+    s(&mut kv, "gpt2");
+    key(&mut kv, "tokenizer.ggml.pre", 8);
+    s(&mut kv, "gpt-2");
+    key(&mut kv, "tokenizer.ggml.merges", 9);
+    kv.extend_from_slice(&8u32.to_le_bytes());
+    kv.extend_from_slice(&1u64.to_le_bytes());
+    s(&mut kv, "a b");
+    key(&mut kv, "tokenizer.ggml.tokens", 9);
+    kv.extend_from_slice(&8u32.to_le_bytes());
+    kv.extend_from_slice(&40u64.to_le_bytes());
+    for i in 0..40u8 {
+        s(&mut kv, &char::from(b'a' + i % 26).to_string().repeat(1 + usize::from(i / 26)));
+    }
+    let tensors: [(&str, &[u64], u32); 4] = [
+        ("token_embd.weight", &[32, 40], 8),
+        ("output_norm.weight", &[32], 0),
+        ("blk.0.attn_norm.weight", &[32], 0),
+        ("blk.0.attn_q.weight", &[32, 32], 0),
+    ];
+    let mut out = b"GGUF".to_vec();
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&n_kv.to_le_bytes());
+    out.extend_from_slice(&kv);
+    let mut offset = 0u64;
+    for (name, dims, ty) in tensors {
+        s(&mut out, name);
+        out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&ty.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        let n: u64 = dims.iter().product();
+        let bytes = if ty == 8 { n / 32 * 34 } else { 4 * n };
+        offset += bytes.div_ceil(32) * 32;
+    }
+    out.resize(out.len().div_ceil(32) * 32 + offset as usize, 0);
+    out
+}
+
+// --- (f) hf_json ---------------------------------------------------------------
+
+/// Input: bytes 0..2 (LE u16) the length of the `config.json` text that
+/// follows, the rest `tokenizer.json`; both are read as the converter reads
+/// an HF folder (`hf_config::read`, `hf_tokenizer::read`) and an accepted
+/// tokenizer is built into a section that must parse.
+pub fn hf_json(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let config_len = (u16::from_le_bytes([data[0], data[1]]) as usize).min(data.len() - 2);
+    let (config, tokenizer) = data[2..].split_at(config_len);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("config.json"), config).expect("write config");
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer).expect("write tokenizer");
+    let _ = ferrite_converter::hf_config::read(dir.path());
+    if let Ok(Some(tok)) = ferrite_converter::hf_tokenizer::read(dir.path()) {
+        if let Ok(section) = tok.section_bytes() {
+            let n = tok.builder.tokens.len() as u32;
+            let bytes = AlignedBytes::new(&section);
+            TokenizerView::parse(bytes.as_slice(), n).expect("a section the converter built parses");
+        }
+    }
+}
+
+/// A seed for [`hf_json`]: a tiny fixture's config and a small byte-level
+/// tokenizer.json.
+pub fn hf_json_seed() -> Vec<u8> {
+    let config = std::fs::read(repo_root().join(INGEST_FIXTURE).join("config.json")).expect("fixture config");
+    let tokenizer = br#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "\u0120": 3}, "merges": ["a b"]},
+ "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+ "added_tokens": [{"id": 4, "content": "<|end|>", "special": true}]}"#;
+    let mut seed = (config.len() as u16).to_le_bytes().to_vec();
+    seed.extend_from_slice(&config);
+    seed.extend_from_slice(tokenizer);
+    seed
+}
+
+// --- (g) session_ring ----------------------------------------------------------
+
+/// The tiny q8 model (converted once) through a streaming cache small
+/// enough that the ring wraps and the sinks matter. Input: byte 0 sets
+/// `max_ctx` (4..=19), byte 1 the sinks (0..=3) and the KV type, byte 2 the
+/// batch size (1..=16); the rest are token ids (one byte each, some beyond
+/// the vocabulary), fed as prompts of up to 24 ids and single steps.
+pub fn session_ring(data: &[u8]) {
+    static BYTES: OnceLock<AlignedBytes> = OnceLock::new();
+    let bytes = BYTES.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("m.frt");
+        let opts = ferrite_converter::Options { weights: ferrite_format::DType::Q8, ..Default::default() };
+        ferrite_converter::convert(&repo_root().join(INGEST_FIXTURE), &out, &opts, &mut |_| {}).expect("convert");
+        AlignedBytes::read(&out).expect("read")
+    });
+    let [a, b, c, ids @ ..] = data else { return };
+    let model = Model::from_bytes(bytes.as_slice()).expect("the fixture parses");
+    let kv = [ferrite_runtime::KvType::F16, ferrite_runtime::KvType::F32, ferrite_runtime::KvType::Q8]
+        [(*b as usize >> 2) % 3];
+    let cfg = SessionConfig {
+        max_ctx: 4 + (*a as usize % 16),
+        sinks: (*b & 3) as usize,
+        max_batch: 1 + (*c as usize % 16),
+        kv,
+        ..Default::default()
+    };
+    let Ok(plan) = model.plan(&cfg) else { return };
+    let mut arena = vec![0u8; plan.arena_bytes()];
+    let mut session = Session::new(&model, &plan, &mut arena).expect("a session for a valid plan");
+    let vocab = model.config().vocab_size;
+    let mut fed = 0usize;
+    for (i, chunk) in ids.chunks(24).take(16).enumerate() {
+        // Ids at or past 0xF0 map beyond the vocabulary (an error, not a panic).
+        let ids: Vec<u32> =
+            chunk.iter().map(|&x| if x >= 0xF0 { vocab + u32::from(x) } else { u32::from(x) % vocab }).collect();
+        let r = if i % 2 == 0 { session.prefill(&ids).map(|l| l.len()) } else { session.step(ids[0]).map(|l| l.len()) };
+        match r {
+            Ok(n) => {
+                assert_eq!(n, vocab as usize);
+                fed += if i % 2 == 0 { ids.len() } else { 1 };
+                assert!(session.logits().iter().all(|v| v.is_finite()), "non-finite logits");
+            }
+            Err(ferrite_runtime::Error::BadToken { .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+        assert_eq!(session.position(), fed);
     }
 }
