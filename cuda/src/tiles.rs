@@ -7,7 +7,10 @@
 //! this module can check them without a GPU: they emulate each kernel's
 //! loads with these functions on random tiled matrices and compare with
 //! `ferrite_kernels::reference` (`Matrix::dequantize_row`, `matmul_q`).
-//! A change to the indexing of a kernel must be made here too.
+//! The tile geometry itself is [`ferrite_format::quant`]'s (the functions
+//! below only name it the way the kernels use it), and a test checks the
+//! constants `kernels/cuda/common.cuh` defines against it; what is the
+//! kernels' own (which lane loads which bytes) is mirrored here.
 
 use ferrite_format::{quant, DType};
 
@@ -28,32 +31,34 @@ pub fn tile_bytes(dtype: DType) -> usize {
 /// Byte offset, from the start of the quants plane, of the tile holding
 /// group `group` of row block `block` (`groups` groups per row).
 pub fn tile_offset(dtype: DType, groups: usize, block: usize, group: usize) -> usize {
-    (block * groups + group) * tile_bytes(dtype)
+    quant::tile_index(groups, block, group) * tile_bytes(dtype)
 }
 
 /// Index, in the scales plane (in f16 units), of the scale of row `row`'s
 /// group `group`.
 pub fn scale_index(groups: usize, row: usize, group: usize) -> usize {
-    ((row / quant::ROW_BLOCK) * groups + group) * quant::ROW_BLOCK + row % quant::ROW_BLOCK
+    quant::scale_index(groups, row, group)
 }
 
 /// Byte of a q4 tile holding element `j` (0..32) of its row `r` (0..8), and
 /// whether it is the high nibble (`q4_at` of `common.cuh`).
 pub fn q4_byte(r: usize, j: usize) -> (usize, bool) {
-    let k = j % 16;
-    ((k / 4) * 32 + r * 4 + k % 4, j >= 16)
+    quant::q4_tile_byte(r, j)
 }
 
 /// Byte of a q8 tile holding element `j` (0..32) of its row `r` (0..8)
 /// (`q8_at` of `common.cuh`).
 pub fn q8_byte(r: usize, j: usize) -> usize {
-    (j / 4) * 32 + r * 4 + j % 4
+    quant::q8_tile_byte(r, j)
 }
+
+/// 32-bit words in one chunk of a tile (one per row).
+const CHUNK_WORDS: usize = quant::CHUNK_BYTES / quant::CHUNK_ROW_BYTES;
 
 /// The row (0..8) and chunk of the 32-bit word `w` of a tile: bytes
 /// `4r..4r + 4` of a 32-byte chunk belong to row `r`.
 pub fn tile_word(w: usize) -> (usize, usize) {
-    (w % 8, w / 8)
+    (w % CHUNK_WORDS, w / CHUNK_WORDS)
 }
 
 /// One 16-byte load of a GEMV lane (`gemv_q4` / `gemv_q8`).
@@ -462,6 +467,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The `#define NAME VALUE` constants of `kernels/cuda/common.cuh`.
+    fn cuh_defines() -> Vec<(String, usize)> {
+        include_str!("../../kernels/cuda/common.cuh")
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("#define ")?.split_whitespace();
+                Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The tile constants the CUDA kernels compile with are the format's.
+    #[test]
+    fn common_cuh_constants_match_the_format() {
+        let defines = cuh_defines();
+        let get = |name: &str| defines.iter().find(|(n, _)| n == name).map(|&(_, v)| v);
+        assert_eq!(get("GROUP"), Some(quant::GROUP), "GROUP");
+        assert_eq!(get("Q4_TILE"), Some(quant::Q4_TILE_BYTES), "Q4_TILE");
+        assert_eq!(get("Q8_TILE"), Some(quant::Q8_TILE_BYTES), "Q8_TILE");
+        // The element formulas of `q4_at` / `q8_at` (`(k >> 2) * 32 + r * 4
+        // + (k & 3)`) name the chunk and row widths literally.
+        let src = include_str!("../../kernels/cuda/common.cuh");
+        assert_eq!((quant::CHUNK_BYTES, quant::CHUNK_ROW_BYTES), (32, 4));
+        assert!(
+            src.contains("tile[(k >> 2) * 32 + r * 4 + (k & 3)]")
+                && src.contains("tile[(j >> 2) * 32 + r * 4 + (j & 3)]")
+        );
     }
 
     #[test]

@@ -63,6 +63,75 @@ pub fn padded_cols(cols: usize) -> usize {
 
 /// Rows per tile (see the module documentation).
 pub const ROW_BLOCK: usize = 8;
+/// Bytes of one chunk of a tile: [`CHUNK_ROW_BYTES`] consecutive quant
+/// bytes of each of the [`ROW_BLOCK`] rows.
+pub const CHUNK_BYTES: usize = 32;
+/// Bytes of one row in a chunk (`4r..4r + 4` belong to row `r`).
+pub const CHUNK_ROW_BYTES: usize = CHUNK_BYTES / ROW_BLOCK;
+/// Bytes of a q4 (and q4a) tile: 4 chunks.
+pub const Q4_TILE_BYTES: usize = ROW_BLOCK * Q4_GROUP_BYTES;
+/// Bytes of a q8 tile: 8 chunks.
+pub const Q8_TILE_BYTES: usize = ROW_BLOCK * Q8_GROUP_BYTES;
+/// What a stored q4 nibble adds to its signed value (`q + 8`).
+pub const Q4_OFFSET: i32 = 8;
+/// What a stored q8 byte adds to its signed value (excess-128).
+pub const Q8_OFFSET: i32 = 128;
+
+/// Index of the tile (and, times [`ROW_BLOCK`], of its first scale) that
+/// holds group `g` of row block `block`, `groups` groups per row.
+#[inline]
+pub fn tile_index(groups: usize, block: usize, g: usize) -> usize {
+    block * groups + g
+}
+
+/// Index in the scales (or mins) plane of row `row`'s group `g`.
+#[inline]
+pub fn scale_index(groups: usize, row: usize, g: usize) -> usize {
+    tile_index(groups, row / ROW_BLOCK, g) * ROW_BLOCK + row % ROW_BLOCK
+}
+
+/// Byte of a tile holding quant byte `i` (0..4) of row `r` (0..8) in chunk `c`.
+#[inline]
+pub fn tile_byte(c: usize, r: usize, i: usize) -> usize {
+    c * CHUNK_BYTES + r * CHUNK_ROW_BYTES + i
+}
+
+/// Byte of a q4/q4a tile holding element `j` (0..32) of its row `r`
+/// (0..8), and whether the element is its high nibble.
+#[inline]
+pub fn q4_tile_byte(r: usize, j: usize) -> (usize, bool) {
+    let k = j % 16;
+    (tile_byte(k / 4, r, k % 4), j >= 16)
+}
+
+/// Byte of a q8 tile holding element `j` (0..32) of its row `r` (0..8).
+#[inline]
+pub fn q8_tile_byte(r: usize, j: usize) -> usize {
+    tile_byte(j / 4, r, j % 4)
+}
+
+/// The stored (unsigned) nibble of element `j` of row `r` of a q4/q4a tile.
+#[inline]
+pub fn q4_tile_nibble(tile: &[u8], r: usize, j: usize) -> u8 {
+    let (byte, high) = q4_tile_byte(r, j);
+    if high {
+        tile[byte] >> 4
+    } else {
+        tile[byte] & 0x0F
+    }
+}
+
+/// Signed value of element `j` (0..32) of row `r` (0..8) of a q4 tile.
+#[inline]
+pub fn q4_tile_get(tile: &[u8], r: usize, j: usize) -> i32 {
+    q4_tile_nibble(tile, r, j) as i32 - Q4_OFFSET
+}
+
+/// Signed value of element `j` (0..32) of row `r` (0..8) of a q8 tile.
+#[inline]
+pub fn q8_tile_get(tile: &[u8], r: usize, j: usize) -> i32 {
+    tile[q8_tile_byte(r, j)] as i32 - Q8_OFFSET
+}
 
 /// `rows` rounded up to whole row blocks.
 pub fn padded_rows(rows: usize) -> usize {
@@ -92,8 +161,8 @@ pub fn row_quant_bytes(dtype: DType, cols: usize) -> usize {
 /// Bytes of one tile (8 rows × one group of quants).
 pub fn tile_bytes(dtype: DType) -> usize {
     match dtype {
-        DType::Q4 | DType::Q4A => ROW_BLOCK * Q4_GROUP_BYTES,
-        _ => ROW_BLOCK * Q8_GROUP_BYTES,
+        DType::Q4 | DType::Q4A => Q4_TILE_BYTES,
+        _ => Q8_TILE_BYTES,
     }
 }
 
@@ -142,9 +211,9 @@ pub fn tile_rows<S: Copy + Default>(
                 let row = b * ROW_BLOCK + r;
                 let src = (row < n_rows).then(|| &logical[(row * groups + g) * lg..(row * groups + g + 1) * lg]);
                 ts[r] = if row < n_rows { scales[row * groups + g] } else { S::default() };
-                for c in 0..lg / 4 {
-                    for i in 0..4 {
-                        tile[c * 32 + r * 4 + i] = src.map_or(zero, |s| s[c * 4 + i] ^ flip);
+                for c in 0..lg / CHUNK_ROW_BYTES {
+                    for i in 0..CHUNK_ROW_BYTES {
+                        tile[tile_byte(c, r, i)] = src.map_or(zero, |s| s[c * CHUNK_ROW_BYTES + i] ^ flip);
                     }
                 }
             }
@@ -175,9 +244,9 @@ pub fn untile_row<S: Copy>(
     for g in 0..groups {
         let tile = &tiles[(b * groups + g) * tb..(b * groups + g + 1) * tb];
         scales[g] = tile_scales[(b * groups + g) * ROW_BLOCK + r];
-        for c in 0..lg / 4 {
-            for i in 0..4 {
-                logical[g * lg + c * 4 + i] = tile[c * 32 + r * 4 + i] ^ flip;
+        for c in 0..lg / CHUNK_ROW_BYTES {
+            for i in 0..CHUNK_ROW_BYTES {
+                logical[g * lg + c * CHUNK_ROW_BYTES + i] = tile[tile_byte(c, r, i)] ^ flip;
             }
         }
     }

@@ -1,109 +1,323 @@
-//! The AVX-512 tier's integer matrix product: the same tiles as the AVX2
-//! one, multiplied with VNNI's `vpdpbusd` (four unsigned weights times four
-//! signed activations summed into a 32-bit lane, no saturation), which
-//! needs neither `pmaddubsw`'s widening step nor q8's sign trick.
+//! The AVX-512 tier's matrix products.
+//!
+//! - Integer ([`matmul_q`]): the AVX2 tier's tiles multiplied with VNNI's
+//!   `vpdpbusd` (four unsigned weights times four signed activations summed
+//!   into a 32-bit lane, no saturation), which needs neither `pmaddubsw`'s
+//!   widening step nor q8's sign trick. One loop ([`vnni_tiles`]) serves
+//!   both register widths ([`Width`]: one row block in ymm, a pair in zmm)
+//!   and every weight type ([`VnniKind`]: how a tile is unpacked).
+//! - Float over q4/q4a ([`matmul_f`]): each row's group is unpacked with a
+//!   two-register permute and its 16 levels looked up in a table of their
+//!   dequantized values (`level * scale (+ min)`, the very products the
+//!   reference computes), then multiplied in exactly the AVX2 `dot`'s
+//!   order: its two 8-lane accumulators are the halves of one zmm.
 
 use core::arch::x86_64::*;
 use core::ops::Range;
 
+use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 use half::f16;
 
-use super::{bcast4, check_shapes, drive, lanes, planes, store_rows, GROUP, RB};
-use crate::{Acts, Matrix, Out};
+use super::hsum;
+use crate::reference::{Matrix, Weights};
+use crate::tiles::{check_shapes, drive_tiles, int_planes, rows_fit, store_rows, IntKind};
+use crate::{Acts, Out};
 
+/// [`matmul_q_vnni`] (safe: the AVX-512 table is only reachable after
+/// `has_avx512()`).
 pub(super) fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    // SAFETY: the AVX-512 table is only reachable after `has_avx512()`.
+    // SAFETY: see above.
     unsafe { matmul_q_vnni(m, rows, acts, n, out) }
 }
 
+/// The float product: q4/q4a rows through [`row_dots`], other weights
+/// through the AVX2 tier's (safe: as [`matmul_q`]).
+pub(super) fn matmul_f(
+    m: &Matrix<'_>,
+    rows: Range<usize>,
+    x: &[f32],
+    x_stride: usize,
+    n: usize,
+    out: &mut Out<'_>,
+    row: &mut [f32],
+) {
+    match m.w {
+        // SAFETY: see above.
+        Weights::Q4 { .. } | Weights::Q4A { .. } => unsafe { matmul_f_lut(m, rows, x, x_stride, n, out) },
+        _ => super::avx2::matmul_f(m, rows, x, x_stride, n, out, row),
+    }
+}
+
+/// One register width of the integer loop: one row block (ymm) or two
+/// side by side (zmm), 8 lanes each.
+trait Width {
+    type I: Copy;
+    type F: Copy;
+    /// 32 bytes at byte `off` of group `g`'s tile of each of the row blocks
+    /// from `block`.
+    ///
+    /// # Safety
+    /// Those tiles readable; AVX-512 present (for all methods).
+    unsafe fn load(qs: *const u8, tile_bytes: usize, block: usize, groups: usize, g: usize, off: usize) -> Self::I;
+    /// The blocks' scales of group `g`, as f32.
+    unsafe fn scales(scales: *const f16, block: usize, groups: usize, g: usize) -> Self::F;
+    unsafe fn low_nibbles(v: Self::I) -> Self::I;
+    unsafe fn high_nibbles(v: Self::I) -> Self::I;
+    unsafe fn zero() -> (Self::I, Self::F);
+    /// `acc + (w · a[0..4] per lane)` (`vpdpbusd`, the 4 activation quants
+    /// at `a` broadcast).
+    unsafe fn dpbusd(acc: Self::I, w: Self::I, a: *const i8) -> Self::I;
+    /// `acc + ((dot - corr) as f32) * (wd * ad)`, not fused.
+    unsafe fn fold(acc: Self::F, dot: Self::I, corr: i32, wd: Self::F, ad: f32) -> Self::F;
+    unsafe fn store(acc: Self::F) -> [f32; 16];
+}
+
+struct Ymm;
+struct Zmm;
+
+impl Width for Ymm {
+    type I = __m256i;
+    type F = __m256;
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn load(qs: *const u8, tile_bytes: usize, block: usize, groups: usize, g: usize, off: usize) -> __m256i {
+        // SAFETY: the caller's guarantee.
+        unsafe { _mm256_loadu_si256(qs.add(quant::tile_index(groups, block, g) * tile_bytes + off).cast()) }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn scales(scales: *const f16, block: usize, groups: usize, g: usize) -> __m256 {
+        // SAFETY: the caller's guarantee.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(scales.add(quant::tile_index(groups, block, g) * ROW_BLOCK).cast())) }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn low_nibbles(v: __m256i) -> __m256i {
+        _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn high_nibbles(v: __m256i) -> __m256i {
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(0x0F))
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn zero() -> (__m256i, __m256) {
+        (_mm256_setzero_si256(), _mm256_setzero_ps())
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dpbusd(acc: __m256i, w: __m256i, a: *const i8) -> __m256i {
+        // SAFETY: the caller guarantees 4 readable bytes at `a`.
+        _mm256_dpbusd_epi32(acc, w, _mm256_set1_epi32(unsafe { a.cast::<i32>().read_unaligned() }))
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn fold(acc: __m256, dot: __m256i, corr: i32, wd: __m256, ad: f32) -> __m256 {
+        let isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(corr));
+        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(wd, _mm256_set1_ps(ad))))
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn store(acc: __m256) -> [f32; 16] {
+        let mut o = [0f32; 16];
+        // SAFETY: `o` holds 16 floats.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc) };
+        o
+    }
+}
+
+impl Width for Zmm {
+    type I = __m512i;
+    type F = __m512;
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn load(qs: *const u8, tile_bytes: usize, block: usize, groups: usize, g: usize, off: usize) -> __m512i {
+        // SAFETY: the caller's guarantee (both blocks).
+        unsafe {
+            let a = Ymm::load(qs, tile_bytes, block, groups, g, off);
+            let b = Ymm::load(qs, tile_bytes, block + 1, groups, g, off);
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
+        }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn scales(scales: *const f16, block: usize, groups: usize, g: usize) -> __m512 {
+        // SAFETY: the caller's guarantee (both blocks).
+        unsafe {
+            let a = _mm_loadu_si128(scales.add(quant::tile_index(groups, block, g) * ROW_BLOCK).cast());
+            let b = _mm_loadu_si128(scales.add(quant::tile_index(groups, block + 1, g) * ROW_BLOCK).cast());
+            _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(a), b))
+        }
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn low_nibbles(v: __m512i) -> __m512i {
+        _mm512_and_si512(v, _mm512_set1_epi8(0x0F))
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn high_nibbles(v: __m512i) -> __m512i {
+        _mm512_and_si512(_mm512_srli_epi16::<4>(v), _mm512_set1_epi8(0x0F))
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn zero() -> (__m512i, __m512) {
+        (_mm512_setzero_si512(), _mm512_setzero_ps())
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dpbusd(acc: __m512i, w: __m512i, a: *const i8) -> __m512i {
+        // SAFETY: the caller guarantees 4 readable bytes at `a`.
+        _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(unsafe { a.cast::<i32>().read_unaligned() }))
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn fold(acc: __m512, dot: __m512i, corr: i32, wd: __m512, ad: f32) -> __m512 {
+        let isum = _mm512_sub_epi32(dot, _mm512_set1_epi32(corr));
+        _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wd, _mm512_set1_ps(ad))))
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn store(acc: __m512) -> [f32; 16] {
+        let mut o = [0f32; 16];
+        // SAFETY: `o` holds 16 floats.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
+        o
+    }
+}
+
+/// How one weight type's tiles are unpacked for `vpdpbusd`: eight chunks
+/// of unsigned weights, chunk `c` meeting activation quants `4c..4c+4`.
+/// A new integer weight type adds an implementation, not a loop.
+trait VnniKind {
+    const BYTES: usize;
+    /// What a stored weight exceeds its signed value by.
+    const OFFSET: i32;
+    /// # Safety
+    /// Group `g`'s tiles of the the width's row blocks from `block`
+    /// readable; AVX-512 present.
+    unsafe fn unpack<W: Width>(qs: *const u8, block: usize, groups: usize, g: usize) -> [W::I; 8];
+}
+
+/// q4: low nibbles of the 4 stored chunks are chunks 0..4, high ones 4..8.
+struct Q4;
+/// q8: the 8 stored chunks as they are (excess-128).
+struct Q8;
+
+impl VnniKind for Q4 {
+    const BYTES: usize = quant::Q4_TILE_BYTES;
+    const OFFSET: i32 = quant::Q4_OFFSET;
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn unpack<W: Width>(qs: *const u8, block: usize, groups: usize, g: usize) -> [W::I; 8] {
+        // SAFETY (all): forwarded from the caller.
+        let mut w = [unsafe { W::zero().0 }; 8];
+        for c in 0..4 {
+            let v = unsafe { W::load(qs, Self::BYTES, block, groups, g, c * quant::CHUNK_BYTES) };
+            w[c] = unsafe { W::low_nibbles(v) };
+            w[4 + c] = unsafe { W::high_nibbles(v) };
+        }
+        w
+    }
+}
+
+impl VnniKind for Q8 {
+    const BYTES: usize = quant::Q8_TILE_BYTES;
+    const OFFSET: i32 = quant::Q8_OFFSET;
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn unpack<W: Width>(qs: *const u8, block: usize, groups: usize, g: usize) -> [W::I; 8] {
+        // SAFETY (all): forwarded from the caller.
+        let mut w = [unsafe { W::zero().0 }; 8];
+        for (c, w) in w.iter_mut().enumerate() {
+            *w = unsafe { W::load(qs, Self::BYTES, block, groups, g, c * quant::CHUNK_BYTES) };
+        }
+        w
+    }
+}
+
+/// `reference::matmul_q` with VNNI.
+///
+/// # Safety
+/// The CPU has the AVX-512 tier's features.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn matmul_q_vnni(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    let Some((qs, scales, q4, tile)) = planes(m) else { return };
+    let Some((qs, scales, kind)) = int_planes(m) else { return };
     let groups = m.cols.div_ceil(GROUP);
-    check_shapes(qs, scales, tile, groups, &rows, acts, n);
-    // Pairs of row blocks (16 rows) in zmm registers, a last odd block in
-    // ymm: per row the same operations in the same order, so the same bits.
-    // Decode (one token) streams the weights and runs faster on one tile
-    // stream in ymm (measured); prefill is compute-bound and gains from zmm.
-    let (first, end) = (rows.start / RB, rows.end.div_ceil(RB));
+    let bytes = if kind == IntKind::Q4 { Q4::BYTES } else { Q8::BYTES };
+    check_shapes(qs, scales, bytes, groups, &rows, acts, n);
+    // SAFETY (both): shapes checked above; features present (the caller's
+    // guarantee).
+    match kind {
+        IntKind::Q4 => unsafe { by_width::<Q4>(rows, qs, scales, groups, acts, n, out) },
+        IntKind::Q8 => unsafe { by_width::<Q8>(rows, qs, scales, groups, acts, n, out) },
+    }
+}
+
+/// Pairs of row blocks (16 rows) in zmm registers, a last odd block in ymm:
+/// per row the same operations in the same order, so the same bits.
+/// Decode (one token) streams the weights and runs faster on one tile
+/// stream in ymm (measured); prefill is compute-bound and gains from zmm.
+///
+/// # Safety
+/// As [`vnni_tiles`], for every block of `rows` and tokens `0..n`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn by_width<K: VnniKind>(
+    rows: Range<usize>,
+    qs: &[u8],
+    scales: &[f16],
+    groups: usize,
+    acts: &Acts<'_>,
+    n: usize,
+    out: &mut Out<'_>,
+) {
+    let (first, end) = (rows.start / ROW_BLOCK, rows.end.div_ceil(ROW_BLOCK));
     let pairs_end = if n >= 2 { first + (end - first) / 2 * 2 } else { first };
+    // SAFETY (both): forwarded from the caller (the pairs' blocks lie in
+    // `rows`'s blocks).
     let mut block = first;
     while block < pairs_end {
         let mut t0 = 0;
         while t0 < n {
             let used = (n - t0).min(4);
             let mut lanes = [[0f32; 16]; 4];
-            // SAFETY: shapes checked above (both blocks lie in `rows`);
-            // features present (module invariant).
-            unsafe {
-                match (q4, used) {
-                    (true, 1) => lanes[..1].copy_from_slice(&q4_pairs::<1>(block, t0, qs, scales, groups, acts)),
-                    (true, 2) => lanes[..2].copy_from_slice(&q4_pairs::<2>(block, t0, qs, scales, groups, acts)),
-                    (true, 3) => lanes[..3].copy_from_slice(&q4_pairs::<3>(block, t0, qs, scales, groups, acts)),
-                    (true, _) => lanes = q4_pairs::<4>(block, t0, qs, scales, groups, acts),
-                    (false, 1) => lanes[..1].copy_from_slice(&q8_pairs::<1>(block, t0, qs, scales, groups, acts)),
-                    (false, 2) => lanes[..2].copy_from_slice(&q8_pairs::<2>(block, t0, qs, scales, groups, acts)),
-                    (false, 3) => lanes[..3].copy_from_slice(&q8_pairs::<3>(block, t0, qs, scales, groups, acts)),
-                    (false, _) => lanes = q8_pairs::<4>(block, t0, qs, scales, groups, acts),
+            match used {
+                1 => {
+                    lanes[..1].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 1>(block, t0, qs, scales, groups, acts) })
                 }
+                2 => {
+                    lanes[..2].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 2>(block, t0, qs, scales, groups, acts) })
+                }
+                3 => {
+                    lanes[..3].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 3>(block, t0, qs, scales, groups, acts) })
+                }
+                _ => lanes = unsafe { vnni_tiles::<Zmm, K, 4>(block, t0, qs, scales, groups, acts) },
             }
             for (i, l) in lanes.iter().take(used).enumerate() {
-                let (a, b) = l.split_at(8);
-                store_rows(out, t0 + i, block, a.try_into().unwrap_or([0.0; 8]));
-                store_rows(out, t0 + i, block + 1, b.try_into().unwrap_or([0.0; 8]));
+                for half in 0..2 {
+                    let mut h = [0f32; 8];
+                    h.copy_from_slice(&l[8 * half..8 * half + 8]);
+                    store_rows(out, t0 + i, block + half, &h);
+                }
             }
             t0 += used;
         }
         block += 2;
     }
-    let rest = (pairs_end * RB).max(rows.start)..rows.end;
-    if q4 {
-        // SAFETY: shapes checked above; features present (module invariant).
-        unsafe { drive!(rest, n, out, q4_tiles, qs, scales, groups, acts) }
-    } else {
-        // SAFETY: as above.
-        unsafe { drive!(rest, n, out, q8_tiles, qs, scales, groups, acts) }
-    }
+    let rest = (pairs_end * ROW_BLOCK).max(rows.start)..rows.end;
+    drive_tiles!(rest, n, out, |b, t0, T| unsafe { vnni_tiles::<Ymm, K, T>(b, t0, qs, scales, groups, acts) }
+        .map(|l| [l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]));
 }
 
-/// Scales of row blocks `block` and `block + 1` for group `g`, as 16 f32.
+/// Rows `8 * block ..` (the width's row blocks) × tokens `t0 ..+T` of a `K`
+/// matrix: per group the tiles are unpacked once; per token the exact sums
+/// are corrected by the offset and accumulated as the reference does.
+///
+/// # Safety
+/// `check_shapes` passed for these blocks and tokens; AVX-512 present.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn scales16(scales: &[f16], block: usize, groups: usize, g: usize) -> __m512 {
-    let p = scales.as_ptr();
-    // SAFETY: the caller checked that both blocks' scales are in `scales`.
-    unsafe {
-        let a = _mm_loadu_si128(p.add((block * groups + g) * RB).cast());
-        let b = _mm_loadu_si128(p.add(((block + 1) * groups + g) * RB).cast());
-        _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(a), b))
-    }
-}
-
-/// 32 bytes of row block `block`'s tile and 32 of `block + 1`'s, at byte
-/// `off` of group `g`'s tiles (`tile` bytes each), as one zmm.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn load_pair(qs: &[u8], tile: usize, block: usize, groups: usize, g: usize, off: usize) -> __m512i {
-    let p = qs.as_ptr();
-    // SAFETY: the caller checked that both blocks' tiles are in `qs`.
-    unsafe {
-        let a = _mm256_loadu_si256(p.add((block * groups + g) * tile + off).cast());
-        let b = _mm256_loadu_si256(p.add(((block + 1) * groups + g) * tile + off).cast());
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
-    }
-}
-
-/// Four activation quants at `p`, broadcast to all 16 lanes.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn bcast4_16(p: *const i8) -> __m512i {
-    // SAFETY: the caller guarantees 4 readable bytes at `p`.
-    _mm512_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
-}
-
-/// Rows `8 * block ..+16` (two row blocks) × tokens `t0 ..+T` of a q4 matrix.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_pairs<const T: usize>(
+unsafe fn vnni_tiles<W: Width, K: VnniKind, const T: usize>(
     block: usize,
     t0: usize,
     qs: &[u8],
@@ -111,144 +325,234 @@ unsafe fn q4_pairs<const T: usize>(
     groups: usize,
     acts: &Acts<'_>,
 ) -> [[f32; 16]; T] {
-    let mask = _mm512_set1_epi8(0x0F);
-    let mut acc = [_mm512_setzero_ps(); T];
+    // SAFETY (loads below): `check_shapes` covered every tile of the row
+    // blocks and every activation group of the tokens.
+    let (zi, zf) = unsafe { W::zero() };
+    let mut acc = [zf; T];
     for g in 0..groups {
-        let mut w = [_mm512_setzero_si512(); 8];
-        for c in 0..4 {
-            // SAFETY (loads here and below): `check_shapes` covered both
-            // blocks' tiles and every activation group of the tokens.
-            let v = unsafe { load_pair(qs, 128, block, groups, g, c * 32) };
-            w[c] = _mm512_and_si512(v, mask);
-            w[4 + c] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
-        }
-        let wd = unsafe { scales16(scales, block, groups, g) };
+        let w = unsafe { K::unpack::<W>(qs.as_ptr(), block, groups, g) };
+        let wd = unsafe { W::scales(scales.as_ptr(), block, groups, g) };
         for (t, acc) in acc.iter_mut().enumerate() {
             let ag = (t0 + t) * groups + g;
             let a = unsafe { acts.qs.as_ptr().add(ag * GROUP) };
-            let mut dot = _mm512_setzero_si512();
-            for c in 0..4 {
-                dot = _mm512_dpbusd_epi32(dot, w[c], unsafe { bcast4_16(a.add(4 * c)) });
-                dot = _mm512_dpbusd_epi32(dot, w[4 + c], unsafe { bcast4_16(a.add(16 + 4 * c)) });
+            let mut dot = zi;
+            for (c, &wc) in w.iter().enumerate() {
+                dot = unsafe { W::dpbusd(dot, wc, a.add(4 * c)) };
             }
-            let isum = _mm512_sub_epi32(dot, _mm512_set1_epi32(8 * acts.sums[ag]));
-            let s = _mm512_mul_ps(wd, _mm512_set1_ps(acts.d[ag]));
-            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_cvtepi32_ps(isum), s));
+            *acc = unsafe { W::fold(*acc, dot, K::OFFSET * acts.sums[ag], wd, acts.d[ag]) };
         }
     }
     let mut out = [[0f32; 16]; T];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        // SAFETY: `o` holds 16 floats.
-        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = unsafe { W::store(a) };
     }
     out
 }
 
-/// Rows `8 * block ..+16` (two row blocks) × tokens `t0 ..+T` of a q8 matrix.
+/// [`matmul_f`] over q4/q4a: rows in order, tokens in runs of up to four
+/// ([`row_dots`]).
+///
+/// # Safety
+/// The CPU has the AVX-512 tier's features.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q8_pairs<const T: usize>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) -> [[f32; 16]; T] {
-    let mut acc = [_mm512_setzero_ps(); T];
-    for g in 0..groups {
-        let mut w = [_mm512_setzero_si512(); 8];
-        for (c, wc) in w.iter_mut().enumerate() {
-            // SAFETY (loads here and below): as in `q4_pairs`.
-            *wc = unsafe { load_pair(qs, 256, block, groups, g, c * 32) };
-        }
-        let wd = unsafe { scales16(scales, block, groups, g) };
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let ag = (t0 + t) * groups + g;
-            let a = unsafe { acts.qs.as_ptr().add(ag * GROUP) };
-            let mut dot = _mm512_setzero_si512();
-            for (c, &wc) in w.iter().enumerate() {
-                dot = _mm512_dpbusd_epi32(dot, wc, unsafe { bcast4_16(a.add(4 * c)) });
+unsafe fn matmul_f_lut(m: &Matrix<'_>, rows: Range<usize>, x: &[f32], x_stride: usize, n: usize, out: &mut Out<'_>) {
+    let (qs, scales, mins) = match m.w {
+        Weights::Q4 { qs, scales } => (qs, scales, None),
+        Weights::Q4A { qs, scales, mins } => (qs, scales, Some(mins)),
+        _ => return,
+    };
+    let groups = m.cols.div_ceil(GROUP);
+    let tiles = rows.end.div_ceil(ROW_BLOCK).checked_mul(groups);
+    let fits = |len: usize, per: usize| tiles.and_then(|t| t.checked_mul(per)).is_some_and(|b| b <= len);
+    assert!(
+        fits(qs.len(), quant::Q4_TILE_BYTES)
+            && fits(scales.len(), ROW_BLOCK)
+            && mins.is_none_or(|m| fits(m.len(), ROW_BLOCK)),
+        "weight planes too short"
+    );
+    assert!(rows_fit(x.len(), n, x_stride, m.cols), "activations too short");
+    let rows_of = RowsOf { qs, scales, mins, groups, cols: m.cols, x, x_stride };
+    let mut r = rows.start;
+    while r < rows.end {
+        // One token (decode): four rows of a row block at once, so that
+        // their accumulation chains (each bound to `dot`'s order) overlap
+        // and they share the tile's loads.
+        let block_end = ((r / ROW_BLOCK + 1) * ROW_BLOCK).min(rows.end);
+        if n == 1 && block_end - r >= 4 {
+            let mut v = [[0f32; 4]; 4];
+            // SAFETY: planes and activations checked above; the four rows
+            // lie in one row block.
+            unsafe { row_dots::<4, 1>(&rows_of, r, 0, &mut v) };
+            for (i, v) in v.iter().enumerate() {
+                out.set(0, r + i, v[0]);
             }
-            let isum = _mm512_sub_epi32(dot, _mm512_set1_epi32(128 * acts.sums[ag]));
-            let s = _mm512_mul_ps(wd, _mm512_set1_ps(acts.d[ag]));
-            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_cvtepi32_ps(isum), s));
+            r += 4;
+            continue;
         }
+        let mut t0 = 0;
+        while t0 < n {
+            let mut v = [[0f32; 4]; 1];
+            let used = (n - t0).min(4);
+            // SAFETY (all four): planes and activations checked above.
+            match used {
+                1 => unsafe { row_dots::<1, 1>(&rows_of, r, t0, &mut v) },
+                2 => unsafe { row_dots::<1, 2>(&rows_of, r, t0, &mut v) },
+                3 => unsafe { row_dots::<1, 3>(&rows_of, r, t0, &mut v) },
+                _ => unsafe { row_dots::<1, 4>(&rows_of, r, t0, &mut v) },
+            }
+            for (i, &v) in v[0].iter().take(used).enumerate() {
+                out.set(t0 + i, r, v);
+            }
+            t0 += used;
+        }
+        r += 1;
     }
-    let mut out = [[0f32; 16]; T];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        // SAFETY: `o` holds 16 floats.
-        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
-    }
-    out
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_tiles<const T: usize>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
+/// The operands of [`row_dots`].
+struct RowsOf<'a> {
+    qs: &'a [u8],
+    scales: &'a [f16],
+    mins: Option<&'a [f16]>,
     groups: usize,
-    acts: &Acts<'_>,
-) -> [[f32; 8]; T] {
-    let mask = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); T];
-    for g in 0..groups {
-        let ti = block * groups + g;
-        // SAFETY (loads below): `check_shapes` covered every tile of the
-        // row blocks and every activation group of the tokens.
-        let tile = unsafe { qs.as_ptr().add(ti * 128) };
-        let mut w = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            let v = unsafe { _mm256_loadu_si256(tile.add(c * 32).cast()) };
-            w[c] = _mm256_and_si256(v, mask);
-            w[4 + c] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-        }
-        let wd = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(ti * RB).cast())) };
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let ag = (t0 + t) * groups + g;
-            let a = unsafe { acts.qs.as_ptr().add(ag * GROUP) };
-            let mut dot = _mm256_setzero_si256();
-            for c in 0..4 {
-                dot = _mm256_dpbusd_epi32(dot, w[c], unsafe { bcast4(a.add(4 * c)) });
-                dot = _mm256_dpbusd_epi32(dot, w[4 + c], unsafe { bcast4(a.add(16 + 4 * c)) });
-            }
-            let isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * acts.sums[ag]));
-            let s = _mm256_mul_ps(wd, _mm256_set1_ps(acts.d[ag]));
-            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), s));
-        }
-    }
-    acc.map(|v| lanes(v))
+    cols: usize,
+    x: &'a [f32],
+    x_stride: usize,
 }
 
+/// Rows `r0 ..+R` (q4 or q4a, in one row block) dotted with tokens `t0
+/// ..+T` into `v[row][..T]`, each (row, token) in the AVX2 `dot`'s order
+/// over the dequantized row: 16-element blocks into two 8-lane
+/// accumulators (here the halves of one zmm), one 8-element block into the
+/// first, their sum reduced as `hsum`, a scalar tail ([`finish_dot`]).
+///
+/// Per group the tile (128 bytes, two zmm) is loaded once for the rows; a
+/// row's word of chunk `c` is permuted into lanes `4c..4c + 4`, shifted by
+/// `8i` (low nibbles, elements `4c + i`) or `8i + 4` (high ones, `16 + 4c +
+/// i`), and the lanes' low 4 bits index a table of the 16 dequantized
+/// levels `level * scale (+ min)`: the reference's products.
+///
+/// # Safety
+/// The planes hold the rows' tiles and `x` the tokens (checked by
+/// [`matmul_f_lut`]); AVX-512 present.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q8_tiles<const T: usize>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) -> [[f32; 8]; T] {
-    let mut acc = [_mm256_setzero_ps(); T];
-    for g in 0..groups {
-        let ti = block * groups + g;
-        // SAFETY (loads below): as in `q4_tiles`.
-        let tile = unsafe { qs.as_ptr().add(ti * 256) };
-        let w: [__m256i; 8] = core::array::from_fn(|c| unsafe { _mm256_loadu_si256(tile.add(c * 32).cast()) });
-        let wd = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(ti * RB).cast())) };
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let ag = (t0 + t) * groups + g;
-            let a = unsafe { acts.qs.as_ptr().add(ag * GROUP) };
-            let mut dot = _mm256_setzero_si256();
-            for (c, &wc) in w.iter().enumerate() {
-                dot = _mm256_dpbusd_epi32(dot, wc, unsafe { bcast4(a.add(4 * c)) });
+unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0: usize, v: &mut [[f32; 4]; R]) {
+    let offset = if m.mins.is_some() { 0.0 } else { quant::Q4_OFFSET as f32 };
+    let levels = _mm512_sub_ps(
+        _mm512_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0),
+        _mm512_set1_ps(offset),
+    );
+    let block = r0 / ROW_BLOCK;
+    // Per row: its word of chunk `c` (word `8c + rr` of the tile) in lanes
+    // `4c..4c + 4`, and its lane of the group's 8 scales.
+    let picks: [(__m512i, __m512i); R] = core::array::from_fn(|i| {
+        let rr = ((r0 + i) % ROW_BLOCK) as i32;
+        let w = |c: i32| 8 * c + rr;
+        (
+            _mm512_setr_epi32(
+                w(0),
+                w(0),
+                w(0),
+                w(0),
+                w(1),
+                w(1),
+                w(1),
+                w(1),
+                w(2),
+                w(2),
+                w(2),
+                w(2),
+                w(3),
+                w(3),
+                w(3),
+                w(3),
+            ),
+            _mm512_set1_epi32(rr),
+        )
+    });
+    let lo_shift = _mm512_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24);
+    let hi_shift = _mm512_add_epi32(lo_shift, _mm512_set1_epi32(4));
+    // Group `g`'s 32 dequantized values of each row, as two zmm (elements
+    // 0..16, 16..32).
+    let unpack = |g: usize| {
+        let ti = quant::tile_index(m.groups, block, g);
+        // SAFETY: tile `ti` (128 bytes) and its 8 scales (and minimums) are
+        // inside the planes (the caller's guarantee).
+        let (a, b, d, min) = unsafe {
+            let p = m.qs.as_ptr().add(ti * quant::Q4_TILE_BYTES);
+            let eight = |plane: &[f16]| {
+                _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(plane.as_ptr().add(ti * ROW_BLOCK).cast())))
+            };
+            (_mm512_loadu_si512(p.cast()), _mm512_loadu_si512(p.add(64).cast()), eight(m.scales), m.mins.map(eight))
+        };
+        let mut w = [(_mm512_setzero_ps(), _mm512_setzero_ps()); R];
+        for (w, &(pick, lane)) in w.iter_mut().zip(&picks) {
+            let words = _mm512_permutex2var_epi32(a, pick, b);
+            let mut table = _mm512_mul_ps(levels, _mm512_permutexvar_ps(lane, d));
+            if let Some(min) = min {
+                table = _mm512_add_ps(table, _mm512_permutexvar_ps(lane, min));
             }
-            // Weights are stored as q + 128.
-            let isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(128 * acts.sums[ag]));
-            let s = _mm256_mul_ps(wd, _mm256_set1_ps(acts.d[ag]));
-            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), s));
+            *w = (
+                _mm512_permutexvar_ps(_mm512_srlv_epi32(words, lo_shift), table),
+                _mm512_permutexvar_ps(_mm512_srlv_epi32(words, hi_shift), table),
+            );
+        }
+        w
+    };
+    let full = m.cols / GROUP;
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for g in 0..full {
+        let w = unpack(g);
+        for t in 0..T {
+            // SAFETY: elements `32g..32g + 32 <= cols` of token `t0 + t`.
+            let (x0, x1) = unsafe {
+                let xp = m.x.as_ptr().add((t0 + t) * m.x_stride + g * GROUP);
+                (_mm512_loadu_ps(xp), _mm512_loadu_ps(xp.add(16)))
+            };
+            for (acc, &(w0, w1)) in acc.iter_mut().zip(&w) {
+                acc[t] = _mm512_fmadd_ps(w1, x1, _mm512_fmadd_ps(w0, x0, acc[t]));
+            }
         }
     }
-    acc.map(|v| lanes(v))
+    let rest = m.cols - full * GROUP;
+    let tails = if rest > 0 { unpack(full) } else { [(_mm512_setzero_ps(), _mm512_setzero_ps()); R] };
+    for ((acc, v), &(w0, w1)) in acc.iter().zip(v.iter_mut()).zip(&tails) {
+        let mut tail = [0f32; GROUP];
+        // SAFETY: `tail` holds 32 floats.
+        unsafe {
+            _mm512_storeu_ps(tail.as_mut_ptr(), w0);
+            _mm512_storeu_ps(tail.as_mut_ptr().add(16), w1);
+        }
+        for (t, (acc, v)) in acc.iter().zip(v.iter_mut()).enumerate() {
+            let at = (t0 + t) * m.x_stride + full * GROUP;
+            *v = finish_dot(*acc, &tail[..rest], &m.x[at..at + rest]);
+        }
+    }
+}
+
+/// The end of the AVX2 `dot` from its accumulators `acc = [acc0 | acc1]`
+/// over the last `a.len() < 32` elements: a 16-element block, an
+/// 8-element one into `acc0`, `hsum(acc0 + acc1)`, the scalar tail.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn finish_dot(mut acc: __m512, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    if n >= 16 {
+        // SAFETY: 16 floats of `a` and of `b`.
+        acc = unsafe { _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr()), _mm512_loadu_ps(b.as_ptr()), acc) };
+        i = 16;
+    }
+    let (mut lo, hi) =
+        (_mm512_castps512_ps256(acc), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc))));
+    if n - i >= 8 {
+        // SAFETY: floats `i..i + 8` of `a` and of `b`.
+        lo = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), lo) };
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(lo, hi));
+    for j in i..n {
+        s += a[j] * b[j];
+    }
+    s
 }

@@ -17,27 +17,36 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 use core::ops::Range;
 
+use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 use half::f16;
 
-use super::{check_shapes, lanes, load_f16x8, offset, planes, store_rows, unpack_tile, GROUP, RB};
+use super::matmul::{NeonKind, Q4, Q8};
+use super::{lanes, load_f16x8};
+use crate::tiles::{check_shapes, int_planes, store_rows, IntKind};
 use crate::{Acts, Matrix, Out};
 
+/// [`matmul_q_i8mm`] (safe: the i8mm table is only reachable after
+/// `has_i8mm()`).
 pub(super) fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    // SAFETY: the i8mm table is only reachable after `has_i8mm()`.
+    // SAFETY: see above.
     unsafe { matmul_q_i8mm(m, rows, acts, n, out) }
 }
 
+/// `reference::matmul_q` with `USDOT`/`USMMLA`.
+///
+/// # Safety
+/// The CPU has NEON and i8mm.
 #[target_feature(enable = "neon,i8mm")]
 unsafe fn matmul_q_i8mm(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    let Some((qs, scales, q4, tile)) = planes(m) else { return };
+    let Some((qs, scales, kind)) = int_planes(m) else { return };
     let groups = m.cols.div_ceil(GROUP);
-    check_shapes(qs, scales, tile, groups, &rows, acts, n);
-    // SAFETY: shapes checked above; features present (module invariant).
+    let bytes = if kind == IntKind::Q4 { Q4::BYTES } else { Q8::BYTES };
+    check_shapes(qs, scales, bytes, groups, &rows, acts, n);
+    // SAFETY: shapes checked above; features present (the caller's guarantee).
     unsafe {
-        if q4 {
-            drive::<true>(&rows, n, out, qs, scales, groups, acts)
-        } else {
-            drive::<false>(&rows, n, out, qs, scales, groups, acts)
+        match kind {
+            IntKind::Q4 => drive::<Q4>(&rows, n, out, qs, scales, groups, acts),
+            IntKind::Q8 => drive::<Q8>(&rows, n, out, qs, scales, groups, acts),
         }
     }
 }
@@ -48,7 +57,7 @@ unsafe fn matmul_q_i8mm(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: 
 /// # Safety
 /// Shapes checked by `check_shapes`; NEON and i8mm present.
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn drive<const Q4: bool>(
+unsafe fn drive<K: NeonKind>(
     rows: &Range<usize>,
     n: usize,
     out: &mut Out<'_>,
@@ -57,25 +66,25 @@ unsafe fn drive<const Q4: bool>(
     groups: usize,
     acts: &Acts<'_>,
 ) {
-    for block in rows.start / RB..rows.end.div_ceil(RB) {
+    for block in rows.start / ROW_BLOCK..rows.end.div_ceil(ROW_BLOCK) {
         let mut t0 = 0;
         while t0 < n {
             // SAFETY (the three calls): forwarded from the caller; the
             // tokens `t0 ..` used are below `n`.
             let used = match n - t0 {
                 1 => {
-                    let l = unsafe { usdot_tile::<Q4>(block, t0, qs, scales, groups, acts) };
+                    let [l] = unsafe { usdot_tiles::<K, 1>(block, t0, qs, scales, groups, acts) };
                     store_rows(out, t0, block, &l);
                     1
                 }
                 2 | 3 => {
-                    let [[a, b]] = unsafe { mmla_tiles::<1, Q4>(block, t0, qs, scales, groups, acts) };
+                    let [[a, b]] = unsafe { mmla_tiles::<K, 1>(block, t0, qs, scales, groups, acts) };
                     store_rows(out, t0, block, &a);
                     store_rows(out, t0 + 1, block, &b);
                     2
                 }
                 _ => {
-                    let pairs = unsafe { mmla_tiles::<2, Q4>(block, t0, qs, scales, groups, acts) };
+                    let pairs = unsafe { mmla_tiles::<K, 2>(block, t0, qs, scales, groups, acts) };
                     for (i, l) in pairs.iter().flatten().enumerate() {
                         store_rows(out, t0 + i, block, l);
                     }
@@ -127,51 +136,15 @@ fn usmmla(mut acc: int32x4_t, w: uint8x16_t, a: int8x16_t) -> int32x4_t {
     acc
 }
 
-/// Rows `8 * block ..+8` of token `t0` with `USDOT`.
-///
-/// # Safety
-/// As [`drive`], for token `t0`.
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn usdot_tile<const Q4: bool>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) -> [f32; 8] {
-    let tile_bytes = if Q4 { 128 } else { 256 };
-    let off = offset(Q4) as i32;
-    let (mut acc_lo, mut acc_hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
-    for g in 0..groups {
-        let ti = block * groups + g;
-        let ag = t0 * groups + g;
-        // SAFETY (loads below): `check_shapes` covered every tile of the row
-        // blocks and every activation group of the tokens.
-        let w = unsafe { unpack_tile::<Q4>(qs.as_ptr().add(ti * tile_bytes)) };
-        let (wd_lo, wd_hi) = unsafe { load_f16x8(scales.as_ptr().add(ti * RB)) };
-        let a = unsafe { acts.qs.as_ptr().add(ag * GROUP) };
-        let (a0, a1) = unsafe { (vld1q_s8(a), vld1q_s8(a.add(16))) };
-        // Chunk c: `w[2c]` (rows 0..4), `w[2c + 1]` (rows 4..8) times lane
-        // c % 4 of a0 (c < 4) or a1.
-        let z = vdupq_n_s32(0);
-        let lo0 = usdot::<2>(usdot::<0>(z, w[0], a0), w[4], a0);
-        let lo1 = usdot::<3>(usdot::<1>(z, w[2], a0), w[6], a0);
-        let hi0 = usdot::<2>(usdot::<0>(z, w[1], a0), w[5], a0);
-        let hi1 = usdot::<3>(usdot::<1>(z, w[3], a0), w[7], a0);
-        let lo0 = usdot::<2>(usdot::<0>(lo0, w[8], a1), w[12], a1);
-        let lo1 = usdot::<3>(usdot::<1>(lo1, w[10], a1), w[14], a1);
-        let hi0 = usdot::<2>(usdot::<0>(hi0, w[9], a1), w[13], a1);
-        let hi1 = usdot::<3>(usdot::<1>(hi1, w[11], a1), w[15], a1);
-        let corr = vdupq_n_s32(off * acts.sums[ag]);
-        let lo = vsubq_s32(vaddq_s32(lo0, lo1), corr);
-        let hi = vsubq_s32(vaddq_s32(hi0, hi1), corr);
-        let ad = vdupq_n_f32(acts.d[ag]);
-        acc_lo = vaddq_f32(acc_lo, vmulq_f32(vcvtq_f32_s32(lo), vmulq_f32(wd_lo, ad)));
-        acc_hi = vaddq_f32(acc_hi, vmulq_f32(vcvtq_f32_s32(hi), vmulq_f32(wd_hi, ad)));
-    }
-    lanes(acc_lo, acc_hi)
-}
+by_element_tiles!(
+    /// The tile's stored (unsigned) quants, `USDOT` for each token (only
+    /// lone tokens come here).
+    ///
+    /// # Safety
+    /// `check_shapes` passed for these rows and tokens; NEON and i8mm
+    /// present.
+    usdot_tiles, "neon,i8mm", usdot, signed: false, |u| u
+);
 
 /// Rows `8 * block ..+8` × tokens `t0 ..+2P` with `USMMLA`, as `P` pairs
 /// of tokens' lanes.
@@ -179,7 +152,7 @@ unsafe fn usdot_tile<const Q4: bool>(
 /// # Safety
 /// As [`drive`], for tokens `t0 .. t0 + 2P`.
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn mmla_tiles<const P: usize, const Q4: bool>(
+unsafe fn mmla_tiles<K: NeonKind, const P: usize>(
     block: usize,
     t0: usize,
     qs: &[u8],
@@ -187,15 +160,14 @@ unsafe fn mmla_tiles<const P: usize, const Q4: bool>(
     groups: usize,
     acts: &Acts<'_>,
 ) -> [[[f32; 8]; 2]; P] {
-    let tile_bytes = if Q4 { 128 } else { 256 };
-    let off = offset(Q4) as i32;
+    let off = K::OFFSET as i32;
     // acc[p][rp]: rows 2rp, 2rp + 1 × tokens t0 + 2p, t0 + 2p + 1.
     let mut acc = [[vdupq_n_f32(0.0); 4]; P];
     for g in 0..groups {
-        let ti = block * groups + g;
+        let ti = quant::tile_index(groups, block, g);
         // SAFETY (loads below): `check_shapes` covered every tile of the row
         // blocks and every activation group of the tokens.
-        let u = unsafe { unpack_tile::<Q4>(qs.as_ptr().add(ti * tile_bytes)) };
+        let u = unsafe { K::unpack(qs.as_ptr().add(ti * K::BYTES)) };
         // m[s][rp]: rows 2rp, 2rp + 1, quants 8s..8s + 8 (chunks 2s, 2s + 1).
         let mut m = [[vdupq_n_u8(0); 4]; 4];
         for (s, m) in m.iter_mut().enumerate() {
@@ -203,7 +175,7 @@ unsafe fn mmla_tiles<const P: usize, const Q4: bool>(
             let [r45, r67] = zip_words(u[4 * s + 1], u[4 * s + 3]);
             *m = [r01, r23, r45, r67];
         }
-        let (wd_lo, wd_hi) = unsafe { load_f16x8(scales.as_ptr().add(ti * RB)) };
+        let (wd_lo, wd_hi) = unsafe { load_f16x8(scales.as_ptr().add(ti * ROW_BLOCK)) };
         // Each row pair's scales, one per lane: [wd0, wd0, wd1, wd1], ...
         let wd =
             [vzip1q_f32(wd_lo, wd_lo), vzip2q_f32(wd_lo, wd_lo), vzip1q_f32(wd_hi, wd_hi), vzip2q_f32(wd_hi, wd_hi)];

@@ -15,7 +15,34 @@ use core::ops::Range;
 
 use half::f16;
 
+pub mod quantize;
 pub mod reference;
+mod tiles;
+
+/// Safe entry points for a tier's table: for each `fn name(args) -> ret;`
+/// listed, a safe `fn name` in module `$m` that calls the `unsafe fn name`
+/// of the enclosing module with the same arguments. Sound only because a
+/// tier's table is handed out by [`Kernels::for_tier`] after that tier's
+/// detection said yes, and the wrapped functions need nothing beyond the
+/// tier's CPU features (their `# Safety` sections).
+#[allow(unused_macros)]
+macro_rules! safe_entries {
+    (mod $m:ident { $( fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?; )* }) => {
+        /// Safe wrappers of this tier's kernels (see `safe_entries!`).
+        mod $m {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+                    // SAFETY: only reachable through a table that
+                    // `Kernels::for_tier` hands out after detecting the
+                    // tier's features, all that `super::$name` needs.
+                    unsafe { super::$name($($arg),*) }
+                }
+            )*
+        }
+    };
+}
 
 #[cfg(target_arch = "x86_64")]
 #[path = "../avx2/mod.rs"]
@@ -53,6 +80,32 @@ impl ActsMut<'_> {
     /// A shared view.
     pub fn as_acts(&self) -> Acts<'_> {
         Acts { qs: self.qs, d: self.d, sums: self.sums }
+    }
+}
+
+/// int8 rows with one f32 scale each (the int8 KV cache): row `i` is
+/// `qs[i * stride..][..width]` times `scales[i * scale_stride]`, its value
+/// `j` the f32 product `qs[..][j] as f32 * scale`.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Rows<'a> {
+    /// The quants; rows start `stride` apart.
+    pub qs: &'a [i8],
+    /// The scales; one per row, `scale_stride` apart.
+    pub scales: &'a [f32],
+    /// Quants from one row to the next.
+    pub stride: usize,
+    /// Scales from one row to the next.
+    pub scale_stride: usize,
+}
+
+impl Q8Rows<'_> {
+    /// Whether `rows` rows of `width` quants and their scales are inside
+    /// the slices (checked arithmetic: no size wraps).
+    pub fn holds(&self, rows: usize, width: usize) -> bool {
+        let Some(last) = rows.checked_sub(1) else { return true };
+        let q_end = last.checked_mul(self.stride).and_then(|e| e.checked_add(width));
+        let s_end = last.checked_mul(self.scale_stride);
+        q_end.is_some_and(|e| e <= self.qs.len()) && s_end.is_some_and(|e| e < self.scales.len())
     }
 }
 
@@ -100,8 +153,10 @@ impl<'a> Out<'a> {
     /// If `r` is not in this writer's rows or the index is out of bounds.
     #[inline]
     pub fn set(&mut self, t: usize, r: usize, v: f32) {
-        let i = t * self.stride + r;
-        assert!(r >= self.rows.start && r < self.rows.end && i < self.len, "matmul output index out of range");
+        // Checked: a wrapped product could land inside the slice.
+        let i = t.checked_mul(self.stride).and_then(|i| i.checked_add(r)).filter(|&i| i < self.len);
+        assert!(self.rows.contains(&r) && i.is_some(), "matmul output index out of range");
+        let i = i.unwrap_or_default();
         // SAFETY: `i < len` (checked), so the write is inside the borrowed
         // slice; `r` lies in this writer's rows, which no other writer of
         // the same slice holds (splits are disjoint, rows < stride), so no
@@ -306,12 +361,24 @@ pub struct Kernels {
     pub to_f16: fn(&[f32], &mut [f16]),
     /// [`reference::round_f16`] (bit-identical in every tier).
     pub round_f16: fn(&mut [f32]),
+    /// [`reference::quantize_rows_q8`] (bit-identical in every tier).
+    pub quantize_rows_q8: fn(&[f32], usize, &mut [i8], &mut [f32]),
+    /// [`reference::round_q8`] (bit-identical in every tier).
+    pub round_q8: fn(&mut [f32], usize),
+    /// [`reference::dot_rows_q8`]: per key bit-identical to the tier's
+    /// [`Kernels::dot_rows`] over the key's f32 values.
+    pub dot_rows_q8: fn(&[f32], Q8Rows<'_>, f32, &mut [f32]),
+    /// [`reference::axpy_rows_q8`]: bit-identical to the tier's
+    /// [`Kernels::axpy_rows`] over the rows' f32 values.
+    pub axpy_rows_q8: fn(&[f32], Q8Rows<'_>, &mut [f32]),
 }
 
 /// [`Kernels::dot_rows`]: query, keys, key stride, scale, scores.
 pub type RowsFn<T> = fn(&[f32], &[T], usize, f32, &mut [f32]);
 
-static REFERENCE: Kernels = Kernels {
+/// The reference tier's table, which every other tier starts from
+/// (`Kernels { tier, ..., ..REFERENCE }`), overriding what it does better.
+const REFERENCE: Kernels = Kernels {
     tier: Tier::Reference,
     quantize_acts: reference::quantize_acts,
     matmul_q: reference::matmul_q,
@@ -330,6 +397,10 @@ static REFERENCE: Kernels = Kernels {
     rope: reference::rope_with,
     to_f16: reference::to_f16,
     round_f16: reference::round_f16,
+    quantize_rows_q8: reference::quantize_rows_q8,
+    round_q8: reference::round_q8,
+    dot_rows_q8: reference::dot_rows_q8,
+    axpy_rows_q8: reference::axpy_rows_q8,
 };
 
 impl Kernels {

@@ -13,7 +13,7 @@
 use ferrite_format::quant::{self, padded_rows, tile_rows};
 use ferrite_format::DType;
 use ferrite_kernels::reference::{self, Matrix, Weights};
-use ferrite_kernels::{ActsMut, KernelError, Kernels, Out, Tier};
+use ferrite_kernels::{ActsMut, KernelError, Kernels, Out, Q8Rows, Tier};
 use half::f16;
 use proptest::prelude::*;
 
@@ -61,6 +61,32 @@ fn quantized(dtype: DType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>,
     let mut tile_scales = vec![f16::ZERO; padded_rows(rows) * groups];
     tile_rows(dtype, &logical, &scales, rows, groups, &mut tiles, &mut tile_scales);
     (tiles, tile_scales)
+}
+
+/// A random q4a `[rows, cols]` matrix in the file's tiled layout: quants,
+/// scales, minimums.
+fn quantized_q4a(rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f16>, Vec<f16>) {
+    let groups = cols.div_ceil(32);
+    let row_q = quant::row_quant_bytes(DType::Q4A, cols);
+    let (mut logical, mut scales, mut mins) =
+        (vec![0u8; rows * row_q], vec![f16::ZERO; rows * groups], vec![f16::ZERO; rows * groups]);
+    for r in 0..rows {
+        let src: Vec<f32> = rng.vec(cols, 2.0).iter().map(|v| v + 0.5).collect();
+        let g = r * groups..(r + 1) * groups;
+        reference::quantize_row_q4a(
+            &src,
+            &mut logical[r * row_q..(r + 1) * row_q],
+            &mut scales[g.clone()],
+            &mut mins[g],
+        );
+    }
+    let padded = padded_rows(rows);
+    let (mut tiles, mut tile_scales, mut tile_mins) =
+        (vec![0u8; padded * row_q], vec![f16::ZERO; padded * groups], vec![f16::ZERO; padded * groups]);
+    tile_rows(DType::Q4A, &logical, &scales, rows, groups, &mut tiles, &mut tile_scales);
+    let mut again = vec![0u8; padded * row_q];
+    tile_rows(DType::Q4A, &logical, &mins, rows, groups, &mut again, &mut tile_mins);
+    (tiles, tile_scales, tile_mins)
 }
 
 fn quantize_acts(k: &Kernels, x: &[f32], stride: usize, n: usize, cols: usize) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
@@ -134,9 +160,13 @@ fn check_case(rows: usize, cols: usize, n: usize, lo: usize, hi: usize, seed: u6
                 k.tier
             );
         }
-        // Float path over quantized weights (f32 activations): bounded.
+        // Float path over quantized weights (f32 activations).
         check_float(&m, &x, stride, n, lo, hi, out_stride);
     }
+    // q4a (always the float path).
+    let (qs, scales, mins) = quantized_q4a(rows, cols, &mut rng);
+    let m = Matrix { w: Weights::Q4A { qs: &qs, scales: &scales, mins: &mins }, rows, cols };
+    check_float(&m, &x, stride, n, lo, hi, out_stride);
     // f32 and f16 weights.
     let wf = rng.vec(rows * cols, 1.0);
     let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
@@ -144,7 +174,9 @@ fn check_case(rows: usize, cols: usize, n: usize, lo: usize, hi: usize, seed: u6
     check_float(&Matrix { w: Weights::F16(&wh), rows, cols }, &x, stride, n, lo, hi, out_stride);
 }
 
-/// Float products agree within `1e-5 * sum |w * x|` (summation order only).
+/// Float products agree within `1e-5 * sum |w * x|` (summation order
+/// only), and each tier's equals its own `dot` over the reference's
+/// dequantized rows bit for bit (SIMD dequantization changes no value).
 fn check_float(m: &Matrix<'_>, x: &[f32], stride: usize, n: usize, lo: usize, hi: usize, out_stride: usize) {
     let reference = Kernels::for_tier(Tier::Reference).unwrap();
     let run = |k: &Kernels| {
@@ -167,6 +199,8 @@ fn check_float(m: &Matrix<'_>, x: &[f32], stride: usize, n: usize, lo: usize, hi
                     continue;
                 }
                 m.dequantize_row(r, &mut row);
+                let own = (k.dot)(&row, &x[t * stride..t * stride + m.cols]);
+                assert_eq!(g.to_bits(), own.to_bits(), "{} {:?} r{r} t{t}: matmul_f vs dot", k.tier, m.w);
                 let mag: f32 = row.iter().zip(&x[t * stride..]).map(|(a, b)| (a * b).abs()).sum();
                 assert!(
                     (g - w).abs() <= 1e-5 * mag + 1e-30,
@@ -248,6 +282,72 @@ fn check_attention_ops(hd: usize, n: usize, seed: u64) {
     }
 }
 
+/// The int8 KV kernels of every tier: quantization and the round trip of
+/// fresh rows exact against the reference (and the round trip equal to
+/// quantizing then reading back); scores and weighted sums over int8 rows
+/// `stride` apart (scales `scale_stride` apart, both from an unaligned
+/// start `pad`) bit-identical to the tier's own f32 kernels over the
+/// round-tripped rows (a key scores alike from the cache and the batch),
+/// and within `1e-5` of the reference relative to the sum of |products|.
+fn check_q8_kv(src: &[f32], hd: usize, pad: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let n = if hd == 0 { 0 } else { src.len() / hd };
+    let (stride, scale_stride) = (hd + 3, 2);
+    let q = rng.vec(hd, 1.0);
+    let p = rng.vec(n, 1.0);
+    let r = Kernels::for_tier(Tier::Reference).unwrap();
+    let quantize = |k: &Kernels| {
+        let (mut qs, mut scales) = (vec![99i8; n * hd], vec![f32::NAN; n]);
+        (k.quantize_rows_q8)(src, hd, &mut qs, &mut scales);
+        (qs, scales)
+    };
+    let (want_q, want_s) = quantize(r);
+    let mut want_rt = src.to_vec();
+    (r.round_q8)(&mut want_rt, hd);
+    for i in 0..n * hd {
+        assert_eq!(want_rt[i].to_bits(), (want_q[i] as f32 * want_s[i / hd]).to_bits(), "round trip [{i}]");
+    }
+    let mut qs = vec![0i8; pad + n * stride];
+    let mut scales = vec![0f32; pad + n * scale_stride];
+    let mut kf = vec![0f32; n * stride];
+    for i in 0..n {
+        qs[pad + i * stride..pad + i * stride + hd].copy_from_slice(&want_q[i * hd..(i + 1) * hd]);
+        scales[pad + i * scale_stride] = want_s[i];
+        kf[i * stride..i * stride + hd].copy_from_slice(&want_rt[i * hd..(i + 1) * hd]);
+    }
+    let rows = Q8Rows { qs: &qs[pad..], scales: &scales[pad..], stride, scale_stride };
+    let (mut want_dot, mut want_sum) = (vec![0f32; n], vec![0.25f32; hd]);
+    (r.dot_rows_q8)(&q, rows, 0.125, &mut want_dot);
+    (r.axpy_rows_q8)(&p, rows, &mut want_sum);
+    for k in tiers() {
+        let (got_q, got_s) = quantize(k);
+        assert_eq!(got_q, want_q, "{} quantize_rows_q8 quants", k.tier);
+        assert_eq!(bits(&got_s), bits(&want_s), "{} quantize_rows_q8 scales", k.tier);
+        let mut rt = src.to_vec();
+        (k.round_q8)(&mut rt, hd);
+        assert_eq!(bits(&rt), bits(&want_rt), "{} round_q8", k.tier);
+        if src.iter().any(|v| !v.is_finite()) {
+            continue;
+        }
+        let (mut a, mut b) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+        (k.dot_rows_q8)(&q, rows, 0.125, &mut a);
+        (k.dot_rows)(&q, &kf, stride, 0.125, &mut b);
+        assert_eq!(bits(&a), bits(&b), "{} dot_rows_q8 vs dot_rows", k.tier);
+        for i in 0..n {
+            let mag: f32 = q.iter().zip(&kf[i * stride..]).map(|(x, y)| (x * y).abs()).sum::<f32>() * 0.125;
+            assert!((a[i] - want_dot[i]).abs() <= 1e-5 * mag + 1e-30, "{} dot_rows_q8 [{i}]", k.tier);
+        }
+        let (mut o1, mut o2) = (vec![0.25f32; hd], vec![0.25f32; hd]);
+        (k.axpy_rows_q8)(&p, rows, &mut o1);
+        (k.axpy_rows)(&p, &kf, stride, &mut o2);
+        assert_eq!(bits(&o1), bits(&o2), "{} axpy_rows_q8 vs axpy_rows", k.tier);
+        for j in 0..hd {
+            let mag: f32 = 0.25 + (0..n).map(|i| (p[i] * kf[i * stride + j]).abs()).sum::<f32>();
+            assert!((o1[j] - want_sum[j]).abs() <= 1e-5 * mag, "{} axpy_rows_q8 [{j}]", k.tier);
+        }
+    }
+}
+
 fn check_rope_and_f16(half: usize, seed: u64) {
     let mut rng = Rng(seed);
     let head = rng.vec(2 * half, 3.0);
@@ -318,6 +418,13 @@ proptest! {
     }
 
     #[test]
+    fn q8_kv_ops_match_reference(hd in 1usize..100, n in 0usize..24, pad in 0usize..5, scale in 0.01f32..100.0,
+                                 seed in any::<u64>()) {
+        let src = Rng(seed ^ 0x5EED).vec(n * hd, scale);
+        check_q8_kv(&src, hd, pad, seed);
+    }
+
+    #[test]
     fn rope_and_f16_conversions_are_exact(half in 0usize..70, seed in any::<u64>()) {
         check_rope_and_f16(half, seed);
     }
@@ -382,6 +489,26 @@ fn extreme_quants_match_reference() {
         for k in tiers() {
             assert_eq!(bits(&run(k)), bits(&want), "{} {dtype:?} byte {byte:#04x}", k.tier);
         }
+    }
+}
+
+/// int8 KV rows with what the random ones rarely hold: all zeros, signed
+/// zeros, halves that `roundf` rounds away from zero (a row of max 127 has
+/// scale 1), values that clamp, NaN and infinities.
+#[test]
+fn q8_kv_special_values() {
+    let hd = 19;
+    let mut src = vec![0f32; hd];
+    src.extend((0..hd).map(|j| if j % 2 == 0 { -0.0 } else { 0.0 }));
+    src.extend((0..hd).map(|j| [127.0, 2.5, -2.5, 0.5, -0.5, 126.5, -1.5][j % 7]));
+    src.extend((0..hd).map(|j| [1e30, -1e-30, 3.0, 1e-38][j % 4]));
+    src.extend((0..hd).map(|j| [1.0, f32::NAN, -2.0][j % 3]));
+    src.extend((0..hd).map(|j| [1.0, f32::INFINITY, -2.0, f32::NEG_INFINITY][j % 4]));
+    check_q8_kv(&src, hd, 1, 7);
+    // The same rows at widths that take the vector paths.
+    for hd in [8, 16, 32, 64] {
+        let src: Vec<f32> = (0..4 * hd).map(|i| [127.0, 2.5, -2.5, -0.0, 0.5, -126.5, 0.0, 64.5][i % 8]).collect();
+        check_q8_kv(&src, hd, 0, hd as u64);
     }
 }
 

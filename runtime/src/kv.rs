@@ -2,10 +2,11 @@
 //!
 //! A slot holds one token's keys and values for every KV head. Keys are
 //! stored already rotated (RoPE at their absolute position). int8 rows keep
-//! one f32 scale per head row (`max|x| / 127`).
+//! one f32 scale per head row (`max|x| / 127`). The numbers (conversions,
+//! int8 quantization, scores, weighted sums) are the kernel table's; this
+//! file only stores and addresses them.
 
-use ferrite_kernels::reference as k;
-use ferrite_kernels::Kernels;
+use ferrite_kernels::{Kernels, Q8Rows};
 use half::f16;
 
 /// Element type of the KV cache.
@@ -55,66 +56,17 @@ pub(crate) struct KvShape {
     pub head_dim: usize,
 }
 
-fn quantize_head(src: &[f32], dst: &mut [i8]) -> f32 {
-    let amax = src.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-    let scale = amax / 127.0;
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    for (o, &x) in dst.iter_mut().zip(src) {
-        *o = libm::roundf(x * inv).clamp(-127.0, 127.0) as i8;
-    }
-    scale
-}
-
-/// [`k::dot_f32`]'s summation order over `q` and elements `elem(i)`.
-#[inline]
-fn dot_with(q: &[f32], elem: impl Fn(usize) -> f32) -> f32 {
-    let n = q.len();
-    let mut acc = [0.0f32; 8];
-    let chunks = n / 8;
-    for c in 0..chunks {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += q[c * 8 + l] * elem(c * 8 + l);
-        }
-    }
-    let mut tail = 0.0f32;
-    for (i, &qi) in q.iter().enumerate().skip(chunks * 8) {
-        tail += qi * elem(i);
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-type DotRowsFn = fn(&[f32], &[f32], usize, f32, &mut [f32]);
-type AxpyRowsFn = fn(&[f32], &[f32], usize, &mut [f32]);
-
 impl KvStore<'_> {
-    /// Rounds rows of fresh keys or values to the cache's precision in place,
-    /// so a token attends to the same numbers whether its neighbours come
-    /// from the cache or from the same batch.
+    /// Rounds rows of fresh keys or values to the cache's precision in place
+    /// (exactly what `write` then a read back would give), so a token
+    /// attends to the same numbers whether its neighbours come from the
+    /// cache or from the same batch: the tier's f32 `dot_rows`/`axpy_rows`
+    /// over rounded rows equal its cache kernels bit for bit.
     pub fn round_trip(&self, kern: &Kernels, rows: &mut [f32], s: KvShape) {
         match self {
             KvStore::F32 { .. } => {}
             KvStore::F16 { .. } => (kern.round_f16)(rows),
-            KvStore::Q8 { .. } => {
-                for head in rows.chunks_exact_mut(s.head_dim) {
-                    // Exactly what `write` then a read back would give.
-                    let amax = head.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-                    let scale = amax / 127.0;
-                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                    for x in head.iter_mut() {
-                        *x = libm::roundf(*x * inv).clamp(-127.0, 127.0) * scale;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The dot product and `y += a * x` for keys and values of the current
-    /// batch (f32, already rounded to the cache's precision) that match
-    /// [`KvStore::dot_key`] and [`KvStore::add_value`] bit for bit.
-    pub fn batch_ops(&self, kern: &Kernels) -> (DotRowsFn, AxpyRowsFn) {
-        match self {
-            KvStore::Q8 { .. } => (k::dot_rows, k::axpy_rows),
-            _ => (kern.dot_rows, kern.axpy_rows),
+            KvStore::Q8 { .. } => (kern.round_q8)(rows, s.head_dim),
         }
     }
 
@@ -133,18 +85,29 @@ impl KvStore<'_> {
             }
             KvStore::Q8 { k, v, ks, vs } => {
                 let heads = s.kv_dim / s.head_dim;
-                for h in 0..heads {
-                    let r = at + h * s.head_dim..at + (h + 1) * s.head_dim;
-                    let src = h * s.head_dim..(h + 1) * s.head_dim;
-                    ks[row * heads + h] = quantize_head(&keys[src.clone()], &mut k[r.clone()]);
-                    vs[row * heads + h] = quantize_head(&values[src], &mut v[r]);
-                }
+                let scales = row * heads..(row + 1) * heads;
+                (kern.quantize_rows_q8)(keys, s.head_dim, &mut k[at..at + s.kv_dim], &mut ks[scales.clone()]);
+                (kern.quantize_rows_q8)(values, s.head_dim, &mut v[at..at + s.kv_dim], &mut vs[scales]);
             }
         }
     }
 
-    /// Scores `out[i] = scale * dot(q, key)` of KV head `kvh` for the `out.len()`
-    /// consecutive rows from `row`, each exactly as [`KvStore::dot_key`].
+    /// The `n` rows of KV head `kvh` from `row` of an int8 plane.
+    fn q8_rows<'q>(qs: &'q [i8], scales: &'q [f32], row: usize, kvh: usize, n: usize, s: KvShape) -> Q8Rows<'q> {
+        let heads = s.kv_dim / s.head_dim;
+        let at = row * s.kv_dim + kvh * s.head_dim;
+        let end = at + (n - 1) * s.kv_dim + s.head_dim;
+        let first = row * heads + kvh;
+        Q8Rows {
+            qs: &qs[at..end],
+            scales: &scales[first..first + (n - 1) * heads + 1],
+            stride: s.kv_dim,
+            scale_stride: heads,
+        }
+    }
+
+    /// Scores `out[i] = scale * dot(q, key)` of KV head `kvh` for the
+    /// `out.len()` consecutive rows from `row`.
     #[allow(clippy::too_many_arguments)]
     pub fn dot_keys(&self, kern: &Kernels, row: usize, kvh: usize, q: &[f32], scale: f32, out: &mut [f32], s: KvShape) {
         let n = out.len();
@@ -156,16 +119,12 @@ impl KvStore<'_> {
         match self {
             KvStore::F32 { k, .. } => (kern.dot_rows)(q, &k[at..end], s.kv_dim, scale, out),
             KvStore::F16 { k, .. } => (kern.dot_rows_f16)(q, &k[at..end], s.kv_dim, scale, out),
-            KvStore::Q8 { .. } => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = scale * self.dot_key(kern, row + i, kvh, q, s);
-                }
-            }
+            KvStore::Q8 { k, ks, .. } => (kern.dot_rows_q8)(q, Self::q8_rows(k, ks, row, kvh, n, s), scale, out),
         }
     }
 
     /// `out += sum_i p[i] * value` of KV head `kvh` for the `p.len()`
-    /// consecutive rows from `row`, each exactly as [`KvStore::add_value`].
+    /// consecutive rows from `row`.
     pub fn add_values(&self, kern: &Kernels, row: usize, kvh: usize, p: &[f32], out: &mut [f32], s: KvShape) {
         let n = p.len();
         if n == 0 {
@@ -176,45 +135,7 @@ impl KvStore<'_> {
         match self {
             KvStore::F32 { v, .. } => (kern.axpy_rows)(p, &v[at..end], s.kv_dim, out),
             KvStore::F16 { v, .. } => (kern.axpy_rows_f16)(p, &v[at..end], s.kv_dim, out),
-            KvStore::Q8 { .. } => {
-                for (i, &pi) in p.iter().enumerate() {
-                    self.add_value(kern, row + i, kvh, pi, out, s);
-                }
-            }
-        }
-    }
-
-    /// `dot(q, key)` for KV head `kvh` of `row`, summed in exactly the
-    /// order of [`KvStore::batch_ops`]'s dot over the dequantized key, so a key
-    /// read from the cache scores exactly like the same key fresh from its
-    /// batch.
-    pub fn dot_key(&self, kern: &Kernels, row: usize, kvh: usize, q: &[f32], s: KvShape) -> f32 {
-        let at = row * s.kv_dim + kvh * s.head_dim;
-        let hd = s.head_dim;
-        match self {
-            KvStore::F32 { k, .. } => (kern.dot)(q, &k[at..at + hd]),
-            KvStore::F16 { k, .. } => (kern.dot_f16)(q, &k[at..at + hd]),
-            KvStore::Q8 { k, ks, .. } => {
-                let scale = ks[row * (s.kv_dim / hd) + kvh];
-                dot_with(q, |i| k[at + i] as f32 * scale)
-            }
-        }
-    }
-
-    /// `out += p * value` for KV head `kvh` of `row` (dequantized value, as
-    /// for a fresh one).
-    pub fn add_value(&self, kern: &Kernels, row: usize, kvh: usize, p: f32, out: &mut [f32], s: KvShape) {
-        let at = row * s.kv_dim + kvh * s.head_dim;
-        let hd = s.head_dim;
-        match self {
-            KvStore::F32 { v, .. } => (kern.axpy)(p, &v[at..at + hd], out),
-            KvStore::F16 { v, .. } => (kern.axpy_f16)(p, &v[at..at + hd], out),
-            KvStore::Q8 { v, vs, .. } => {
-                let scale = vs[row * (s.kv_dim / hd) + kvh];
-                for (o, &x) in out.iter_mut().zip(&v[at..at + hd]) {
-                    *o += p * (x as f32 * scale);
-                }
-            }
+            KvStore::Q8 { v, vs, .. } => (kern.axpy_rows_q8)(p, Self::q8_rows(v, vs, row, kvh, n, s), out),
         }
     }
 

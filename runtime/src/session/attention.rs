@@ -106,8 +106,6 @@ pub(super) struct Attention<'s, 'a> {
     scale: f32,
     /// Floats of `scratch` per thread: scores, a query head, a RoPE row.
     per_thread: usize,
-    batch_dot: fn(&[f32], &[f32], usize, f32, &mut [f32]),
-    batch_axpy: fn(&[f32], &[f32], usize, &mut [f32]),
 }
 
 impl<'s, 'a> Attention<'s, 'a> {
@@ -123,7 +121,6 @@ impl<'s, 'a> Attention<'s, 'a> {
         n0: usize,
     ) -> Self {
         let hd = c.head_dim as usize;
-        let (batch_dot, batch_axpy) = kv.batch_ops(kern);
         Attention {
             kern,
             kv,
@@ -140,8 +137,6 @@ impl<'s, 'a> Attention<'s, 'a> {
             group: (c.n_heads / c.n_kv_heads) as usize,
             scale: 1.0 / libm::sqrtf(hd as f32),
             per_thread: plan.cfg.max_ctx + 2 * hd,
-            batch_dot,
-            batch_axpy,
         }
     }
 
@@ -226,7 +221,7 @@ impl<'s, 'a> Attention<'s, 'a> {
                 self.kv.dot_keys(kern, row, kvh, q_head, scale, &mut scores[..n_cached], shape);
                 if !fresh_sinks.is_empty() {
                     let keys = &self.k[batch_rows(&fresh_sinks, kvh)];
-                    (self.batch_dot)(q_head, keys, kv_dim, scale, &mut scores[n_cached..n_sinks]);
+                    (kern.dot_rows)(q_head, keys, kv_dim, scale, &mut scores[n_cached..n_sinks]);
                 }
             }
             let mut at = n_sinks;
@@ -235,7 +230,7 @@ impl<'s, 'a> Attention<'s, 'a> {
                 at += len;
             });
             if !fresh.is_empty() {
-                (self.batch_dot)(qh, &self.k[batch_rows(&fresh, kvh)], kv_dim, scale, &mut scores[at..]);
+                (kern.dot_rows)(qh, &self.k[batch_rows(&fresh, kvh)], kv_dim, scale, &mut scores[at..]);
             }
             (kern.softmax)(scores);
             let out = &mut att[(h - first) * hd..(h - first + 1) * hd];
@@ -245,7 +240,7 @@ impl<'s, 'a> Attention<'s, 'a> {
             let row = self.layer_row + cached_sinks.start;
             self.kv.add_values(kern, row, kvh, &scores[..n_cached], out, shape);
             if !fresh_sinks.is_empty() {
-                (self.batch_axpy)(&scores[n_cached..n_sinks], &self.v[batch_rows(&fresh_sinks, kvh)], kv_dim, out);
+                (kern.axpy_rows)(&scores[n_cached..n_sinks], &self.v[batch_rows(&fresh_sinks, kvh)], kv_dim, out);
             }
             let mut at = n_sinks;
             self.ring.for_runs(cached.clone(), |slot, len| {
@@ -253,7 +248,7 @@ impl<'s, 'a> Attention<'s, 'a> {
                 at += len;
             });
             if !fresh.is_empty() {
-                (self.batch_axpy)(&scores[at..], &self.v[batch_rows(&fresh, kvh)], kv_dim, out);
+                (kern.axpy_rows)(&scores[at..], &self.v[batch_rows(&fresh, kvh)], kv_dim, out);
             }
         }
     }

@@ -1,0 +1,389 @@
+//! The AVX2 tier's attention kernels: scores of a query over key rows and
+//! weighted sums of value rows, over f32, f16 and int8 rows, and the int8
+//! quantization of KV rows. Per row each kernel does exactly [`dot`]'s /
+//! [`axpy`]'s arithmetic on the row's f32 values, so a key or value scores
+//! and sums the same from the cache (f16 or int8) and from the batch's f32
+//! buffers rounded to the cache's precision.
+//!
+//! [`dot`]: super::vector::dot
+//! [`axpy`]: super::vector::axpy
+
+use core::arch::x86_64::*;
+
+use half::f16;
+
+use super::hsum;
+use crate::reference;
+use crate::Q8Rows;
+
+/// Scores of one query over keys `stride` apart: per key exactly [`dot`]'s
+/// arithmetic, four keys interleaved.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the tier's detection).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    // SAFETY: loads read `k[i * stride + j..+8]` with `j + 8 <= hd`, inside
+    // `k` (checked in `dot_rows_with`).
+    unsafe {
+        dot_rows_with(
+            q,
+            stride,
+            scale,
+            out,
+            k.len(),
+            |i, j| _mm256_loadu_ps(k.as_ptr().add(i * stride + j)),
+            |i, j| k[i * stride + j],
+        )
+    }
+}
+
+/// [`dot_rows`] over f16 keys: per key exactly [`dot_f16`]'s arithmetic.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the tier's detection).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+    // SAFETY: as in `dot_rows`; 8 f16 are 16 bytes.
+    unsafe {
+        dot_rows_with(
+            q,
+            stride,
+            scale,
+            out,
+            k.len(),
+            |i, j| _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i * stride + j).cast())),
+            |i, j| k[i * stride + j].to_f32(),
+        )
+    }
+}
+
+/// The loop of [`dot_rows`] over rows whose 8 values at `(row i, j)` are
+/// `load8(i, j)` (one value: `load1`).
+///
+/// # Safety
+/// `load8(i, j)` must be sound for `i < out.len()`, `j + 8 <= q.len()`
+/// whenever `(out.len() - 1) * stride + q.len() <= k_len`; the CPU has
+/// AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot_rows_with(
+    q: &[f32],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+    k_len: usize,
+    load8: impl Fn(usize, usize) -> __m256,
+    load1: impl Fn(usize, usize) -> f32,
+) {
+    let hd = q.len();
+    let n = out.len();
+    if n == 0 {
+        return;
+    }
+    let end = (n - 1).checked_mul(stride).and_then(|e| e.checked_add(hd));
+    assert!(end.is_some_and(|e| e <= k_len), "key rows out of bounds");
+    // SAFETY (q loads): `j + 8 <= hd`.
+    let ql = |j: usize| unsafe { _mm256_loadu_ps(q.as_ptr().add(j)) };
+    let one = |i: usize| {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut j = 0;
+        while j + 16 <= hd {
+            acc[0] = _mm256_fmadd_ps(ql(j), load8(i, j), acc[0]);
+            acc[1] = _mm256_fmadd_ps(ql(j + 8), load8(i, j + 8), acc[1]);
+            j += 16;
+        }
+        if j + 8 <= hd {
+            acc[0] = _mm256_fmadd_ps(ql(j), load8(i, j), acc[0]);
+            j += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+        for jj in j..hd {
+            s += q[jj] * load1(i, jj);
+        }
+        scale * s
+    };
+    let mut i = 0;
+    while i + 4 <= n {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let mut j = 0;
+        while j + 16 <= hd {
+            let (q0, q1) = (ql(j), ql(j + 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm256_fmadd_ps(q0, load8(i + r, j), a[0]);
+                a[1] = _mm256_fmadd_ps(q1, load8(i + r, j + 8), a[1]);
+            }
+            j += 16;
+        }
+        if j + 8 <= hd {
+            let q0 = ql(j);
+            for (r, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm256_fmadd_ps(q0, load8(i + r, j), a[0]);
+            }
+            j += 8;
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let mut s = hsum(_mm256_add_ps(a[0], a[1]));
+            for jj in j..hd {
+                s += q[jj] * load1(i + r, jj);
+            }
+            out[i + r] = scale * s;
+        }
+        i += 4;
+    }
+    while i < n {
+        out[i] = one(i);
+        i += 1;
+    }
+}
+
+/// Weighted sum of value rows: per element `out[j] = fma(p[i], v[i][j],
+/// out[j])` over rows in order (as [`axpy`] row by row), with 64-float
+/// chunks of `out` held in registers across the rows.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the tier's detection).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    // SAFETY: loads read `v[i * stride + j..+8]` with `j + 8 <= hd` and
+    // `i < p.len()`, inside `v` (checked below); stores write `out`.
+    unsafe {
+        axpy_rows_with(
+            p,
+            stride,
+            out,
+            v.len(),
+            |i, j| _mm256_loadu_ps(v.as_ptr().add(i * stride + j)),
+            |i, j| v[i * stride + j],
+        )
+    }
+}
+
+/// [`axpy_rows`] over f16 values (F16C), in the same order.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the tier's detection).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
+    // SAFETY: as in `axpy_rows`; 8 f16 are 16 bytes.
+    unsafe {
+        axpy_rows_with(
+            p,
+            stride,
+            out,
+            v.len(),
+            |i, j| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i * stride + j).cast())),
+            |i, j| v[i * stride + j].to_f32(),
+        )
+    }
+}
+
+/// The loop of [`axpy_rows`] over rows whose 8 values at `(row i, j)` are
+/// `load8(i, j)` (one value: `load1`).
+///
+/// # Safety
+/// `load8(i, j)` must be sound for `i < p.len()`, `j + 8 <= out.len()`
+/// whenever `(p.len() - 1) * stride + out.len() <= v_len`; the CPU has
+/// AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn axpy_rows_with(
+    p: &[f32],
+    stride: usize,
+    out: &mut [f32],
+    v_len: usize,
+    load8: impl Fn(usize, usize) -> __m256,
+    load1: impl Fn(usize, usize) -> f32,
+) {
+    let hd = out.len();
+    if p.is_empty() || hd == 0 {
+        return;
+    }
+    let end = (p.len() - 1).checked_mul(stride).and_then(|e| e.checked_add(hd));
+    assert!(end.is_some_and(|e| e <= v_len), "value rows out of bounds");
+    let full = hd / 8 * 8;
+    let mut j0 = 0;
+    while j0 < full {
+        let w = (full - j0).min(64) / 8;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (c, a) in acc.iter_mut().enumerate().take(w) {
+            // SAFETY: `j0 + 8c + 8 <= full <= hd`.
+            *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(j0 + 8 * c)) };
+        }
+        for (i, &pi) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pi);
+            for (c, a) in acc.iter_mut().enumerate().take(w) {
+                *a = _mm256_fmadd_ps(pv, load8(i, j0 + 8 * c), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate().take(w) {
+            // SAFETY: as for the loads.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j0 + 8 * c), *a) };
+        }
+        j0 += 8 * w;
+    }
+    for (i, &pi) in p.iter().enumerate() {
+        for j in full..hd {
+            out[j] += pi * load1(i, j);
+        }
+    }
+}
+
+/// [`dot_rows`] over int8 keys: each key's 8 values at a time are
+/// `q as f32 * scale` (the values [`round_q8`] gives fresh keys).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the tier's detection).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_rows_q8(q: &[f32], k: Q8Rows<'_>, scale: f32, out: &mut [f32]) {
+    assert!(k.holds(out.len(), q.len()), "key rows out of bounds");
+    // SAFETY: loads read `k.qs[i * stride + j..+8]` with `j + 8 <= hd` and
+    // `i < out.len()`, inside `k.qs` (checked above and in
+    // `dot_rows_with`), and scale `i * scale_stride`, inside `k.scales`
+    // (checked above).
+    unsafe {
+        dot_rows_with(
+            q,
+            k.stride,
+            scale,
+            out,
+            k.qs.len(),
+            |i, j| load_q8(k.qs.as_ptr().add(i * k.stride + j), *k.scales.get_unchecked(i * k.scale_stride)),
+            |i, j| k.qs[i * k.stride + j] as f32 * k.scales[i * k.scale_stride],
+        )
+    }
+}
+
+/// [`axpy_rows`] over int8 values (`q as f32 * scale`), in the same order.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the tier's detection).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn axpy_rows_q8(p: &[f32], v: Q8Rows<'_>, out: &mut [f32]) {
+    assert!(v.holds(p.len(), out.len()), "value rows out of bounds");
+    // SAFETY: as in `dot_rows_q8`, for rows `i < p.len()`.
+    unsafe {
+        axpy_rows_with(
+            p,
+            v.stride,
+            out,
+            v.qs.len(),
+            |i, j| load_q8(v.qs.as_ptr().add(i * v.stride + j), *v.scales.get_unchecked(i * v.scale_stride)),
+            |i, j| v.qs[i * v.stride + j] as f32 * v.scales[i * v.scale_stride],
+        )
+    }
+}
+
+/// Eight int8 values at `p` times `scale` (exact conversions, one f32
+/// product each).
+///
+/// # Safety
+/// 8 bytes readable at `p`; the CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load_q8(p: *const i8, scale: f32) -> __m256 {
+    // SAFETY: 8 readable bytes (the caller's guarantee).
+    let b = unsafe { _mm_loadl_epi64(p.cast()) };
+    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_set1_ps(scale))
+}
+
+/// `reference::quant_kv` on 8 lanes of `x * inv`: round half away from
+/// zero (truncate, then step away where the dropped part is at least one
+/// half; both exact), clamp to -127..=127; a NaN stays NaN, a zero keeps
+/// its sign.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn quant_kv8(v: __m256) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+    let dropped = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    let away = _mm256_cmp_ps::<_CMP_GE_OQ>(dropped, _mm256_set1_ps(0.5));
+    let stepped = _mm256_add_ps(t, _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0)));
+    let r = _mm256_blendv_ps(t, stepped, away);
+    // `max(a, b)`/`min(a, b)` return `b` when either is NaN.
+    _mm256_min_ps(_mm256_set1_ps(127.0), _mm256_max_ps(_mm256_set1_ps(-127.0), r))
+}
+
+/// A row's int8 scale and its inverse, as `reference::act_scale`: the max
+/// of `|x|` from 0 (`max(|x|, acc)` keeps `acc` for a NaN, as `f32::max`).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let mut m = _mm256_setzero_ps();
+    let full = row.len() / 8 * 8;
+    for j in (0..full).step_by(8) {
+        // SAFETY: `j + 8 <= row.len()`.
+        m = _mm256_max_ps(_mm256_and_ps(unsafe { _mm256_loadu_ps(row.as_ptr().add(j)) }, abs), m);
+    }
+    let amax = super::lanes(m).iter().chain(&row[full..]).fold(0.0f32, |a, &x| a.max(x.abs()));
+    let d = amax / 127.0;
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+}
+
+/// `reference::quantize_rows_q8`, 8 values at a time.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the tier's detection).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_rows_q8(src: &[f32], width: usize, dst: &mut [i8], scales: &mut [f32]) {
+    if width == 0 {
+        return;
+    }
+    let rows = src.len() / width;
+    assert!(dst.len() >= rows * width && scales.len() >= rows, "int8 rows out of bounds");
+    let full = width / 8 * 8;
+    for (i, x) in src.chunks_exact(width).enumerate() {
+        // SAFETY: AVX2/FMA present (the caller's guarantee).
+        let (d, inv) = unsafe { kv_scale(x) };
+        let iv = _mm256_set1_ps(inv);
+        let q = &mut dst[i * width..(i + 1) * width];
+        for j in (0..full).step_by(8) {
+            // SAFETY: `j + 8 <= width`, the length of `x` and `q`.
+            let r = quant_kv8(_mm256_mul_ps(unsafe { _mm256_loadu_ps(x.as_ptr().add(j)) }, iv));
+            // NaN converts to i32::MIN: stored as 0, as `NaN as i8`.
+            let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+            let v = _mm256_and_si256(_mm256_cvtps_epi32(r), ord);
+            let w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            // SAFETY: as above.
+            unsafe { _mm_storel_epi64(q.as_mut_ptr().add(j).cast(), _mm_packs_epi16(w, w)) };
+        }
+        for j in full..width {
+            q[j] = reference::quant_kv(x[j], inv) as i8;
+        }
+        scales[i] = d;
+    }
+}
+
+/// `reference::round_q8`, 8 values at a time.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (the tier's detection).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn round_q8(x: &mut [f32], width: usize) {
+    if width == 0 {
+        return;
+    }
+    let full = width / 8 * 8;
+    for row in x.chunks_exact_mut(width) {
+        // SAFETY: AVX2/FMA present (the caller's guarantee).
+        let (d, inv) = unsafe { kv_scale(row) };
+        let (iv, dv) = (_mm256_set1_ps(inv), _mm256_set1_ps(d));
+        for j in (0..full).step_by(8) {
+            // SAFETY: `j + 8 <= width`, the length of `row`.
+            unsafe {
+                let p = row.as_mut_ptr().add(j);
+                let r = quant_kv8(_mm256_mul_ps(_mm256_loadu_ps(p), iv));
+                // The stored level as f32: +0 for a zero level, 0 for NaN.
+                let r = _mm256_and_ps(_mm256_add_ps(r, _mm256_setzero_ps()), _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+                _mm256_storeu_ps(p, _mm256_mul_ps(r, dv));
+            }
+        }
+        for v in &mut row[full..] {
+            *v = (reference::quant_kv(*v, inv) as i8) as f32 * d;
+        }
+    }
+}

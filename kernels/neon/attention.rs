@@ -1,0 +1,269 @@
+//! The NEON attention kernels: scores of a query over key rows and
+//! weighted sums of value rows, over f32, f16 and int8 rows, and the int8
+//! quantization of KV rows. Per row each kernel does exactly [`dot`]'s /
+//! [`axpy`]'s arithmetic on the row's f32 values, so a key or value scores
+//! and sums the same from the cache and from the batch's f32 buffers
+//! rounded to the cache's precision.
+
+// Scalar tails index like the vector code next to them.
+#![allow(clippy::needless_range_loop)]
+
+use core::arch::aarch64::*;
+
+use half::f16;
+
+use super::load_f16x4;
+use super::vector::{dot, dot_by, dot_f16};
+use crate::reference;
+use crate::Q8Rows;
+
+/// Scores of one query over keys `stride` apart: `scale * dot(q, key)`
+/// with exactly [`dot`]'s arithmetic per key.
+///
+/// # Safety
+/// The CPU has NEON (the tier's detection).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        // SAFETY: NEON present (module invariant).
+        *o = scale * unsafe { dot(q, &k[i * stride..i * stride + hd]) };
+    }
+}
+
+/// [`dot_rows`] over f16 keys: [`dot_f16`] per key.
+///
+/// # Safety
+/// The CPU has NEON (the tier's detection).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        // SAFETY: NEON present (module invariant).
+        *o = scale * unsafe { dot_f16(q, &k[i * stride..i * stride + hd]) };
+    }
+}
+
+/// Weighted sum of value rows: per element `out[j] = fma(p[i], v[i][j],
+/// out[j])` over rows in order (as [`axpy`] row by row), with 64-float
+/// chunks of `out` held in registers across the rows.
+///
+/// # Safety
+/// The CPU has NEON (the tier's detection).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    // SAFETY: loads read `v[i * stride + j..+4]` with `j + 4 <= hd` and
+    // `i < p.len()`, inside `v` (checked in `axpy_rows_with`).
+    unsafe {
+        axpy_rows_with(
+            p,
+            stride,
+            out,
+            v.len(),
+            |i, j| vld1q_f32(v.as_ptr().add(i * stride + j)),
+            |i, j| v[i * stride + j],
+        )
+    }
+}
+
+/// [`axpy_rows`] over f16 values, in the same order.
+///
+/// # Safety
+/// The CPU has NEON (the tier's detection).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
+    // SAFETY: as in `axpy_rows`; 4 f16 are 8 bytes.
+    unsafe {
+        axpy_rows_with(
+            p,
+            stride,
+            out,
+            v.len(),
+            |i, j| load_f16x4(v.as_ptr().add(i * stride + j)),
+            |i, j| v[i * stride + j].to_f32(),
+        )
+    }
+}
+
+/// # Safety
+/// `load4(i, j)` must be sound for `i < p.len()`, `j + 4 <= out.len()`
+/// whenever `(p.len() - 1) * stride + out.len() <= v_len`; NEON present.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn axpy_rows_with(
+    p: &[f32],
+    stride: usize,
+    out: &mut [f32],
+    v_len: usize,
+    load4: impl Fn(usize, usize) -> float32x4_t,
+    load1: impl Fn(usize, usize) -> f32,
+) {
+    let hd = out.len();
+    if p.is_empty() || hd == 0 {
+        return;
+    }
+    let end = (p.len() - 1).checked_mul(stride).and_then(|e| e.checked_add(hd));
+    assert!(end.is_some_and(|e| e <= v_len), "value rows out of bounds");
+    let full = hd / 4 * 4;
+    let mut j0 = 0;
+    while j0 < full {
+        let w = (full - j0).min(64) / 4;
+        let mut acc = [vdupq_n_f32(0.0); 16];
+        for (c, a) in acc.iter_mut().enumerate().take(w) {
+            // SAFETY: `j0 + 4c + 4 <= full <= hd`.
+            *a = unsafe { vld1q_f32(out.as_ptr().add(j0 + 4 * c)) };
+        }
+        for (i, &pi) in p.iter().enumerate() {
+            let pv = vdupq_n_f32(pi);
+            for (c, a) in acc.iter_mut().enumerate().take(w) {
+                *a = vfmaq_f32(*a, pv, load4(i, j0 + 4 * c));
+            }
+        }
+        for (c, a) in acc.iter().enumerate().take(w) {
+            // SAFETY: as for the loads.
+            unsafe { vst1q_f32(out.as_mut_ptr().add(j0 + 4 * c), *a) };
+        }
+        j0 += 4 * w;
+    }
+    for (i, &pi) in p.iter().enumerate() {
+        for (j, o) in out.iter_mut().enumerate().skip(full) {
+            *o += pi * load1(i, j);
+        }
+    }
+}
+
+/// [`dot_rows`] over int8 keys: each key's values `q as f32 * scale`
+/// (those [`round_q8`] gives fresh keys) in [`dot`]'s order.
+///
+/// # Safety
+/// The CPU has NEON (the tier's detection).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn dot_rows_q8(q: &[f32], k: Q8Rows<'_>, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    assert!(k.holds(out.len(), hd), "key rows out of bounds");
+    for (i, o) in out.iter_mut().enumerate() {
+        let (row, s) = (&k.qs[i * k.stride..i * k.stride + hd], k.scales[i * k.scale_stride]);
+        // SAFETY: `dot_by` loads `row[j..j + 4]` with `j + 4 <= hd`.
+        *o = scale * unsafe { dot_by(q, |j| load_q8x4(row.as_ptr().add(j), s), |j| row[j] as f32 * s) };
+    }
+}
+
+/// [`axpy_rows`] over int8 values (`q as f32 * scale`), in the same order.
+///
+/// # Safety
+/// The CPU has NEON (the tier's detection).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn axpy_rows_q8(p: &[f32], v: Q8Rows<'_>, out: &mut [f32]) {
+    assert!(v.holds(p.len(), out.len()), "value rows out of bounds");
+    // SAFETY: loads read `v.qs[i * stride + j..+4]` with `j + 4 <= hd` and
+    // `i < p.len()`, and scale `i * scale_stride`: inside (checked above).
+    unsafe {
+        axpy_rows_with(
+            p,
+            v.stride,
+            out,
+            v.qs.len(),
+            |i, j| load_q8x4(v.qs.as_ptr().add(i * v.stride + j), *v.scales.get_unchecked(i * v.scale_stride)),
+            |i, j| v.qs[i * v.stride + j] as f32 * v.scales[i * v.scale_stride],
+        )
+    }
+}
+
+/// Four int8 values at `p` times `scale` (exact conversions, one f32
+/// product each).
+///
+/// # Safety
+/// 4 bytes readable at `p`; NEON present.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn load_q8x4(p: *const i8, scale: f32) -> float32x4_t {
+    // SAFETY: 4 readable bytes (the caller's guarantee).
+    let w = unsafe { p.cast::<u32>().read_unaligned() };
+    let b = vreinterpret_s8_u32(vdup_n_u32(w));
+    vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b)))), scale)
+}
+
+/// `reference::quant_kv` on 4 lanes of `x * inv`: `FRINTA` (round half
+/// away from zero, as `roundf`), clamped with `FMAX`/`FMIN` (a NaN stays
+/// NaN), then converted (`FCVTZS`: exact; NaN gives 0, as `NaN as i8`).
+#[target_feature(enable = "neon")]
+#[inline]
+fn quant_kv4(v: float32x4_t) -> int32x4_t {
+    let r = vminq_f32(vmaxq_f32(vrndaq_f32(v), vdupq_n_f32(-127.0)), vdupq_n_f32(127.0));
+    vcvtq_s32_f32(r)
+}
+
+/// A row's int8 scale and its inverse, as `reference::act_scale` (`FMAXNM`:
+/// a NaN loses, as in `f32::max`).
+///
+/// # Safety
+/// NEON present.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
+    let full = row.len() / 4 * 4;
+    let mut m = vdupq_n_f32(0.0);
+    for j in (0..full).step_by(4) {
+        // SAFETY: `j + 4 <= row.len()`.
+        m = vmaxnmq_f32(m, vabsq_f32(unsafe { vld1q_f32(row.as_ptr().add(j)) }));
+    }
+    let amax = row[full..].iter().fold(vmaxnmvq_f32(m), |a, &x| a.max(x.abs()));
+    let d = amax / 127.0;
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+}
+
+/// `reference::quantize_rows_q8`, 4 values at a time.
+///
+/// # Safety
+/// The CPU has NEON (the tier's detection).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn quantize_rows_q8(src: &[f32], width: usize, dst: &mut [i8], scales: &mut [f32]) {
+    if width == 0 {
+        return;
+    }
+    let rows = src.len() / width;
+    assert!(dst.len() >= rows * width && scales.len() >= rows, "int8 rows out of bounds");
+    let full = width / 4 * 4;
+    for (i, x) in src.chunks_exact(width).enumerate() {
+        // SAFETY: NEON present (the caller's guarantee).
+        let (d, inv) = unsafe { kv_scale(x) };
+        let q = &mut dst[i * width..(i + 1) * width];
+        for j in (0..full).step_by(4) {
+            // SAFETY: `j + 4 <= width`, the length of `x` and `q`.
+            let v = quant_kv4(vmulq_n_f32(unsafe { vld1q_f32(x.as_ptr().add(j)) }, inv));
+            let b = vmovn_s16(vcombine_s16(vmovn_s32(v), vdup_n_s16(0)));
+            // SAFETY: as above (4 bytes: lane 0 of the 32-bit view).
+            unsafe { vst1_lane_s32::<0>(q.as_mut_ptr().add(j).cast(), vreinterpret_s32_s8(b)) };
+        }
+        for j in full..width {
+            q[j] = reference::quant_kv(x[j], inv) as i8;
+        }
+        scales[i] = d;
+    }
+}
+
+/// `reference::round_q8`, 4 values at a time.
+///
+/// # Safety
+/// The CPU has NEON (the tier's detection).
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn round_q8(x: &mut [f32], width: usize) {
+    if width == 0 {
+        return;
+    }
+    let full = width / 4 * 4;
+    for row in x.chunks_exact_mut(width) {
+        // SAFETY: NEON present (the caller's guarantee).
+        let (d, inv) = unsafe { kv_scale(row) };
+        for j in (0..full).step_by(4) {
+            // SAFETY: `j + 4 <= width`, the length of `row`.
+            unsafe {
+                let p = row.as_mut_ptr().add(j);
+                vst1q_f32(p, vmulq_n_f32(vcvtq_f32_s32(quant_kv4(vmulq_n_f32(vld1q_f32(p), inv))), d));
+            }
+        }
+        for v in &mut row[full..] {
+            *v = (reference::quant_kv(*v, inv) as i8) as f32 * d;
+        }
+    }
+}
