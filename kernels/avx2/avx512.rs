@@ -376,14 +376,19 @@ unsafe fn matmul_f_lut(m: &Matrix<'_>, rows: Range<usize>, x: &[f32], x_stride: 
         // and they share the tile's loads.
         let block_end = ((r / ROW_BLOCK + 1) * ROW_BLOCK).min(rows.end);
         if n == 1 && block_end - r >= 4 {
-            let mut v = [[0f32; 4]; 4];
-            // SAFETY: planes and activations checked above; the four rows
+            let mut v = [[0f32; 4]; ROW_BLOCK];
+            let rows_here = if block_end - r == ROW_BLOCK { ROW_BLOCK } else { 4 };
+            // SAFETY (both): planes and activations checked above; the rows
             // lie in one row block.
-            unsafe { row_dots::<4, 1>(&rows_of, r, 0, &mut v) };
-            for (i, v) in v.iter().enumerate() {
+            if rows_here == ROW_BLOCK {
+                unsafe { row_dots::<ROW_BLOCK, 1>(&rows_of, r, 0, &mut v) };
+            } else {
+                unsafe { row_dots::<4, 1>(&rows_of, r, 0, &mut v) };
+            }
+            for (i, v) in v.iter().take(rows_here).enumerate() {
                 out.set(0, r + i, v[0]);
             }
-            r += 4;
+            r += rows_here;
             continue;
         }
         let mut t0 = 0;
@@ -433,7 +438,7 @@ struct RowsOf<'a> {
 /// The planes hold the rows' tiles and `x` the tokens (checked by
 /// [`matmul_f_lut`]); AVX-512 present.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0: usize, v: &mut [[f32; 4]; R]) {
+unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0: usize, v: &mut [[f32; 4]]) {
     let offset = if m.mins.is_some() { 0.0 } else { quant::Q4_OFFSET as f32 };
     let levels = _mm512_sub_ps(
         _mm512_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0),
@@ -441,10 +446,10 @@ unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0
     );
     let block = r0 / ROW_BLOCK;
     // Per row: its word of chunk `c` (word `8c + rr` of the tile) in lanes
-    // `4c..4c + 4`, and its lane of the group's 8 scales.
-    let picks: [(__m512i, __m512i); R] = core::array::from_fn(|i| {
-        let rr = ((r0 + i) % ROW_BLOCK) as i32;
-        let w = |c: i32| 8 * c + rr;
+    // `4c..4c + 4`, and its place among the group's 8 scales.
+    let picks: [(__m512i, usize); R] = core::array::from_fn(|i| {
+        let rr = (r0 + i) % ROW_BLOCK;
+        let w = |c: usize| (8 * c + rr) as i32;
         (
             _mm512_setr_epi32(
                 w(0),
@@ -464,7 +469,7 @@ unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0
                 w(3),
                 w(3),
             ),
-            _mm512_set1_epi32(rr),
+            rr,
         )
     });
     let lo_shift = _mm512_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24);
@@ -473,21 +478,29 @@ unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0
     // 0..16, 16..32).
     let unpack = |g: usize| {
         let ti = quant::tile_index(m.groups, block, g);
+        // The tile's 8 scales (and minimums) as f32, broadcast from memory
+        // per row (a load, not a shuffle).
+        let (mut d, mut min) = ([0f32; ROW_BLOCK], [0f32; ROW_BLOCK]);
         // SAFETY: tile `ti` (128 bytes) and its 8 scales (and minimums) are
-        // inside the planes (the caller's guarantee).
-        let (a, b, d, min) = unsafe {
-            let p = m.qs.as_ptr().add(ti * quant::Q4_TILE_BYTES);
-            let eight = |plane: &[f16]| {
-                _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(plane.as_ptr().add(ti * ROW_BLOCK).cast())))
+        // inside the planes (the caller's guarantee); `d`/`min` hold 8.
+        let (a, b) = unsafe {
+            let eight = |plane: &[f16], to: &mut [f32; ROW_BLOCK]| {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(plane.as_ptr().add(ti * ROW_BLOCK).cast()));
+                _mm256_storeu_ps(to.as_mut_ptr(), v);
             };
-            (_mm512_loadu_si512(p.cast()), _mm512_loadu_si512(p.add(64).cast()), eight(m.scales), m.mins.map(eight))
+            eight(m.scales, &mut d);
+            if let Some(mins) = m.mins {
+                eight(mins, &mut min);
+            }
+            let p = m.qs.as_ptr().add(ti * quant::Q4_TILE_BYTES);
+            (_mm512_loadu_si512(p.cast()), _mm512_loadu_si512(p.add(64).cast()))
         };
         let mut w = [(_mm512_setzero_ps(), _mm512_setzero_ps()); R];
-        for (w, &(pick, lane)) in w.iter_mut().zip(&picks) {
+        for (w, &(pick, rr)) in w.iter_mut().zip(&picks) {
             let words = _mm512_permutex2var_epi32(a, pick, b);
-            let mut table = _mm512_mul_ps(levels, _mm512_permutexvar_ps(lane, d));
-            if let Some(min) = min {
-                table = _mm512_add_ps(table, _mm512_permutexvar_ps(lane, min));
+            let mut table = _mm512_mul_ps(levels, _mm512_set1_ps(d[rr]));
+            if m.mins.is_some() {
+                table = _mm512_add_ps(table, _mm512_set1_ps(min[rr]));
             }
             *w = (
                 _mm512_permutexvar_ps(_mm512_srlv_epi32(words, lo_shift), table),
