@@ -20,7 +20,7 @@ use half::f16;
 
 use super::hsum;
 use crate::reference::{Matrix, Weights};
-use crate::tiles::{check_shapes, drive_tiles, int_planes, rows_fit, store_rows, IntKind};
+use crate::tiles::{drive_tiles, int_planes, rows_fit, store_rows, IntKind};
 use crate::{Acts, Out};
 
 /// [`matmul_q_vnni`] (safe: the AVX-512 table is only reachable after
@@ -72,120 +72,120 @@ trait Width {
     unsafe fn store(acc: Self::F) -> [f32; 16];
 }
 
+/// One row block in ymm registers.
 struct Ymm;
+/// Two row blocks side by side in zmm registers.
 struct Zmm;
 
-impl Width for Ymm {
-    type I = __m256i;
-    type F = __m256;
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn load(qs: *const u8, tile_bytes: usize, block: usize, groups: usize, g: usize, off: usize) -> __m256i {
-        // SAFETY: the caller's guarantee.
-        unsafe { _mm256_loadu_si256(qs.add(quant::tile_index(groups, block, g) * tile_bytes + off).cast()) }
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn scales(scales: *const f16, block: usize, groups: usize, g: usize) -> __m256 {
-        // SAFETY: the caller's guarantee.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(scales.add(quant::tile_index(groups, block, g) * ROW_BLOCK).cast())) }
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn low_nibbles(v: __m256i) -> __m256i {
-        _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn high_nibbles(v: __m256i) -> __m256i {
-        _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(0x0F))
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn zero() -> (__m256i, __m256) {
-        (_mm256_setzero_si256(), _mm256_setzero_ps())
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn dpbusd(acc: __m256i, w: __m256i, a: *const i8) -> __m256i {
-        // SAFETY: the caller guarantees 4 readable bytes at `a`.
-        _mm256_dpbusd_epi32(acc, w, _mm256_set1_epi32(unsafe { a.cast::<i32>().read_unaligned() }))
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn fold(acc: __m256, dot: __m256i, corr: i32, wd: __m256, ad: f32) -> __m256 {
-        let isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(corr));
-        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(wd, _mm256_set1_ps(ad))))
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn store(acc: __m256) -> [f32; 16] {
-        let mut o = [0f32; 16];
-        // SAFETY: `o` holds 16 floats.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc) };
-        o
-    }
+/// [`Width`] for a register type from its intrinsics (`load`, `scales`
+/// written out, the lane-wise operations named).
+macro_rules! width {
+    ($w:ty, $i:ty, $f:ty, |$qs:ident, $tb:ident, $block:ident, $groups:ident, $g:ident, $off:ident| $load:expr,
+     |$sc:ident| $scales:expr, $and:ident, $srli:ident, $set8:ident, $zi:ident, $zf:ident, $dp:ident, $set32:ident,
+     $sub:ident, $add:ident, $mul:ident, $cvt:ident, $setf:ident, $store:ident) => {
+        impl Width for $w {
+            type I = $i;
+            type F = $f;
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[inline]
+            unsafe fn load($qs: *const u8, $tb: usize, $block: usize, $groups: usize, $g: usize, $off: usize) -> $i {
+                // SAFETY: the caller's guarantee.
+                unsafe { $load }
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[inline]
+            unsafe fn scales($sc: *const f16, $block: usize, $groups: usize, $g: usize) -> $f {
+                // SAFETY: the caller's guarantee.
+                unsafe { $scales }
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[inline]
+            unsafe fn low_nibbles(v: $i) -> $i {
+                $and(v, $set8(0x0F))
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[inline]
+            unsafe fn high_nibbles(v: $i) -> $i {
+                $and($srli::<4>(v), $set8(0x0F))
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[inline]
+            unsafe fn zero() -> ($i, $f) {
+                ($zi(), $zf())
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[inline]
+            unsafe fn dpbusd(acc: $i, w: $i, a: *const i8) -> $i {
+                // SAFETY: the caller guarantees 4 readable bytes at `a`.
+                $dp(acc, w, $set32(unsafe { a.cast::<i32>().read_unaligned() }))
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[inline]
+            unsafe fn fold(acc: $f, dot: $i, corr: i32, wd: $f, ad: f32) -> $f {
+                $add(acc, $mul($cvt($sub(dot, $set32(corr))), $mul(wd, $setf(ad))))
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[inline]
+            unsafe fn store(acc: $f) -> [f32; 16] {
+                let mut o = [0f32; 16];
+                // SAFETY: `o` holds 16 floats.
+                unsafe { $store(o.as_mut_ptr(), acc) };
+                o
+            }
+        }
+    };
 }
 
-impl Width for Zmm {
-    type I = __m512i;
-    type F = __m512;
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn load(qs: *const u8, tile_bytes: usize, block: usize, groups: usize, g: usize, off: usize) -> __m512i {
-        // SAFETY: the caller's guarantee (both blocks).
-        unsafe {
-            let a = Ymm::load(qs, tile_bytes, block, groups, g, off);
-            let b = Ymm::load(qs, tile_bytes, block + 1, groups, g, off);
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
-        }
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn scales(scales: *const f16, block: usize, groups: usize, g: usize) -> __m512 {
-        // SAFETY: the caller's guarantee (both blocks).
-        unsafe {
-            let a = _mm_loadu_si128(scales.add(quant::tile_index(groups, block, g) * ROW_BLOCK).cast());
-            let b = _mm_loadu_si128(scales.add(quant::tile_index(groups, block + 1, g) * ROW_BLOCK).cast());
-            _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(a), b))
-        }
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn low_nibbles(v: __m512i) -> __m512i {
-        _mm512_and_si512(v, _mm512_set1_epi8(0x0F))
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn high_nibbles(v: __m512i) -> __m512i {
-        _mm512_and_si512(_mm512_srli_epi16::<4>(v), _mm512_set1_epi8(0x0F))
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn zero() -> (__m512i, __m512) {
-        (_mm512_setzero_si512(), _mm512_setzero_ps())
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn dpbusd(acc: __m512i, w: __m512i, a: *const i8) -> __m512i {
-        // SAFETY: the caller guarantees 4 readable bytes at `a`.
-        _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(unsafe { a.cast::<i32>().read_unaligned() }))
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn fold(acc: __m512, dot: __m512i, corr: i32, wd: __m512, ad: f32) -> __m512 {
-        let isum = _mm512_sub_epi32(dot, _mm512_set1_epi32(corr));
-        _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wd, _mm512_set1_ps(ad))))
-    }
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    unsafe fn store(acc: __m512) -> [f32; 16] {
-        let mut o = [0f32; 16];
-        // SAFETY: `o` holds 16 floats.
-        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
-        o
-    }
-}
+width!(
+    Ymm,
+    __m256i,
+    __m256,
+    |qs, tile_bytes, block, groups, g, off| _mm256_loadu_si256(
+        qs.add(quant::tile_index(groups, block, g) * tile_bytes + off).cast()
+    ),
+    |scales| _mm256_cvtph_ps(_mm_loadu_si128(scales.add(quant::tile_index(groups, block, g) * ROW_BLOCK).cast())),
+    _mm256_and_si256,
+    _mm256_srli_epi16,
+    _mm256_set1_epi8,
+    _mm256_setzero_si256,
+    _mm256_setzero_ps,
+    _mm256_dpbusd_epi32,
+    _mm256_set1_epi32,
+    _mm256_sub_epi32,
+    _mm256_add_ps,
+    _mm256_mul_ps,
+    _mm256_cvtepi32_ps,
+    _mm256_set1_ps,
+    _mm256_storeu_ps
+);
+
+width!(
+    Zmm,
+    __m512i,
+    __m512,
+    |qs, tile_bytes, block, groups, g, off| {
+        let a = Ymm::load(qs, tile_bytes, block, groups, g, off);
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), Ymm::load(qs, tile_bytes, block + 1, groups, g, off))
+    },
+    |scales| {
+        let a = _mm_loadu_si128(scales.add(quant::tile_index(groups, block, g) * ROW_BLOCK).cast());
+        let b = _mm_loadu_si128(scales.add(quant::tile_index(groups, block + 1, g) * ROW_BLOCK).cast());
+        _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(a), b))
+    },
+    _mm512_and_si512,
+    _mm512_srli_epi16,
+    _mm512_set1_epi8,
+    _mm512_setzero_si512,
+    _mm512_setzero_ps,
+    _mm512_dpbusd_epi32,
+    _mm512_set1_epi32,
+    _mm512_sub_epi32,
+    _mm512_add_ps,
+    _mm512_mul_ps,
+    _mm512_cvtepi32_ps,
+    _mm512_set1_ps,
+    _mm512_storeu_ps
+);
 
 /// How one weight type's tiles are unpacked for `vpdpbusd`: eight chunks
 /// of unsigned weights, chunk `c` meeting activation quants `4c..4c+4`.
@@ -243,11 +243,8 @@ impl VnniKind for Q8 {
 /// The CPU has the AVX-512 tier's features.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn matmul_q_vnni(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    let Some((qs, scales, kind)) = int_planes(m) else { return };
-    let groups = m.cols.div_ceil(GROUP);
-    let bytes = if kind == IntKind::Q4 { Q4::BYTES } else { Q8::BYTES };
-    check_shapes(qs, scales, bytes, groups, &rows, acts, n);
-    // SAFETY (both): shapes checked above; features present (the caller's
+    let Some((qs, scales, kind, groups)) = int_planes(m, &rows, acts, n) else { return };
+    // SAFETY (both): shapes checked by `int_planes`; features present (the caller's
     // guarantee).
     match kind {
         IntKind::Q4 => unsafe { by_width::<Q4>(rows, qs, scales, groups, acts, n, out) },
@@ -379,14 +376,19 @@ unsafe fn matmul_f_lut(m: &Matrix<'_>, rows: Range<usize>, x: &[f32], x_stride: 
         // and they share the tile's loads.
         let block_end = ((r / ROW_BLOCK + 1) * ROW_BLOCK).min(rows.end);
         if n == 1 && block_end - r >= 4 {
-            let mut v = [[0f32; 4]; 4];
-            // SAFETY: planes and activations checked above; the four rows
+            let mut v = [[0f32; 4]; ROW_BLOCK];
+            let rows_here = if block_end - r == ROW_BLOCK { ROW_BLOCK } else { 4 };
+            // SAFETY (both): planes and activations checked above; the rows
             // lie in one row block.
-            unsafe { row_dots::<4, 1>(&rows_of, r, 0, &mut v) };
-            for (i, v) in v.iter().enumerate() {
+            if rows_here == ROW_BLOCK {
+                unsafe { row_dots::<ROW_BLOCK, 1>(&rows_of, r, 0, &mut v) };
+            } else {
+                unsafe { row_dots::<4, 1>(&rows_of, r, 0, &mut v) };
+            }
+            for (i, v) in v.iter().take(rows_here).enumerate() {
                 out.set(0, r + i, v[0]);
             }
-            r += 4;
+            r += rows_here;
             continue;
         }
         let mut t0 = 0;
@@ -436,7 +438,7 @@ struct RowsOf<'a> {
 /// The planes hold the rows' tiles and `x` the tokens (checked by
 /// [`matmul_f_lut`]); AVX-512 present.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0: usize, v: &mut [[f32; 4]; R]) {
+unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0: usize, v: &mut [[f32; 4]]) {
     let offset = if m.mins.is_some() { 0.0 } else { quant::Q4_OFFSET as f32 };
     let levels = _mm512_sub_ps(
         _mm512_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0),
@@ -444,10 +446,10 @@ unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0
     );
     let block = r0 / ROW_BLOCK;
     // Per row: its word of chunk `c` (word `8c + rr` of the tile) in lanes
-    // `4c..4c + 4`, and its lane of the group's 8 scales.
-    let picks: [(__m512i, __m512i); R] = core::array::from_fn(|i| {
-        let rr = ((r0 + i) % ROW_BLOCK) as i32;
-        let w = |c: i32| 8 * c + rr;
+    // `4c..4c + 4`, and its place among the group's 8 scales.
+    let picks: [(__m512i, usize); R] = core::array::from_fn(|i| {
+        let rr = (r0 + i) % ROW_BLOCK;
+        let w = |c: usize| (8 * c + rr) as i32;
         (
             _mm512_setr_epi32(
                 w(0),
@@ -467,7 +469,7 @@ unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0
                 w(3),
                 w(3),
             ),
-            _mm512_set1_epi32(rr),
+            rr,
         )
     });
     let lo_shift = _mm512_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24);
@@ -476,21 +478,29 @@ unsafe fn row_dots<const R: usize, const T: usize>(m: &RowsOf<'_>, r0: usize, t0
     // 0..16, 16..32).
     let unpack = |g: usize| {
         let ti = quant::tile_index(m.groups, block, g);
+        // The tile's 8 scales (and minimums) as f32, broadcast from memory
+        // per row (a load, not a shuffle).
+        let (mut d, mut min) = ([0f32; ROW_BLOCK], [0f32; ROW_BLOCK]);
         // SAFETY: tile `ti` (128 bytes) and its 8 scales (and minimums) are
-        // inside the planes (the caller's guarantee).
-        let (a, b, d, min) = unsafe {
-            let p = m.qs.as_ptr().add(ti * quant::Q4_TILE_BYTES);
-            let eight = |plane: &[f16]| {
-                _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(plane.as_ptr().add(ti * ROW_BLOCK).cast())))
+        // inside the planes (the caller's guarantee); `d`/`min` hold 8.
+        let (a, b) = unsafe {
+            let eight = |plane: &[f16], to: &mut [f32; ROW_BLOCK]| {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(plane.as_ptr().add(ti * ROW_BLOCK).cast()));
+                _mm256_storeu_ps(to.as_mut_ptr(), v);
             };
-            (_mm512_loadu_si512(p.cast()), _mm512_loadu_si512(p.add(64).cast()), eight(m.scales), m.mins.map(eight))
+            eight(m.scales, &mut d);
+            if let Some(mins) = m.mins {
+                eight(mins, &mut min);
+            }
+            let p = m.qs.as_ptr().add(ti * quant::Q4_TILE_BYTES);
+            (_mm512_loadu_si512(p.cast()), _mm512_loadu_si512(p.add(64).cast()))
         };
         let mut w = [(_mm512_setzero_ps(), _mm512_setzero_ps()); R];
-        for (w, &(pick, lane)) in w.iter_mut().zip(&picks) {
+        for (w, &(pick, rr)) in w.iter_mut().zip(&picks) {
             let words = _mm512_permutex2var_epi32(a, pick, b);
-            let mut table = _mm512_mul_ps(levels, _mm512_permutexvar_ps(lane, d));
-            if let Some(min) = min {
-                table = _mm512_add_ps(table, _mm512_permutexvar_ps(lane, min));
+            let mut table = _mm512_mul_ps(levels, _mm512_set1_ps(d[rr]));
+            if m.mins.is_some() {
+                table = _mm512_add_ps(table, _mm512_set1_ps(min[rr]));
             }
             *w = (
                 _mm512_permutexvar_ps(_mm512_srlv_epi32(words, lo_shift), table),

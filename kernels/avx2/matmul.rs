@@ -10,8 +10,8 @@ use half::f16;
 
 use super::lanes;
 use super::vector::{dot, dot_f16};
-use crate::reference::{self, Matrix, Weights};
-use crate::tiles::{acts_fit, check_shapes, drive_tiles, int_planes, rows_fit, IntKind};
+use crate::reference::{self, Matrix};
+use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, int_matmul, matmul_f_rows, rows_fit, RowKind};
 use crate::{Acts, ActsMut, Out};
 
 /// `reference::quantize_acts`, 32 values at a time.
@@ -190,19 +190,7 @@ pub(super) unsafe fn bcast4(p: *const i8) -> __m256i {
 /// The CPU has AVX2, FMA and F16C (the tier's detection).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    let Some((qs, scales, kind)) = int_planes(m) else { return };
-    let groups = m.cols.div_ceil(GROUP);
-    let bytes = if kind == IntKind::Q4 { Q4::BYTES } else { Q8::BYTES };
-    check_shapes(qs, scales, bytes, groups, &rows, acts, n);
-    // SAFETY (both): shapes checked above; AVX2 present (the caller's guarantee).
-    match kind {
-        IntKind::Q4 => {
-            drive_tiles!(rows, n, out, |b, t0, T| unsafe { tiles::<Q4, T>(b, t0, qs, scales, groups, acts) })
-        }
-        IntKind::Q8 => {
-            drive_tiles!(rows, n, out, |b, t0, T| unsafe { tiles::<Q8, T>(b, t0, qs, scales, groups, acts) })
-        }
-    }
+    int_matmul!(m, rows, acts, n, out, tiles, Q4, Q8)
 }
 
 /// Rows `8 * block ..+8` × tokens `t0 ..+T` of a `K` matrix: per group the
@@ -256,89 +244,46 @@ pub(super) unsafe fn matmul_f(
     out: &mut Out<'_>,
     row: &mut [f32],
 ) {
-    let cols = m.cols;
-    for r in rows {
-        // SAFETY (all three): AVX2/FMA/F16C present (the caller's guarantee).
-        match m.w {
-            Weights::F32(w) => {
-                for t in 0..n {
-                    let v = unsafe { dot(&w[r * cols..(r + 1) * cols], &x[t * x_stride..t * x_stride + cols]) };
-                    out.set(t, r, v);
-                }
-            }
-            Weights::F16(w) => {
-                for t in 0..n {
-                    let v = unsafe { dot_f16(&x[t * x_stride..t * x_stride + cols], &w[r * cols..(r + 1) * cols]) };
-                    out.set(t, r, v);
-                }
-            }
-            _ => {
-                unsafe { dequantize_row(m, r, &mut row[..cols]) };
-                for t in 0..n {
-                    let v = unsafe { dot(&row[..cols], &x[t * x_stride..t * x_stride + cols]) };
-                    out.set(t, r, v);
-                }
-            }
-        }
-    }
+    // SAFETY (the three closures): AVX2/FMA/F16C present (the caller's guarantee).
+    let (dot, dot_f16) = (|a: &[f32], b: &[f32]| unsafe { dot(a, b) }, |a: &[f32], b: &[f16]| unsafe { dot_f16(a, b) });
+    matmul_f_rows(m, rows, x, x_stride, n, out, row, dot, dot_f16, |r, dst| unsafe { dequantize_row(m, r, dst) });
 }
 
 /// Row `r` of a quantized matrix into `dst` (`cols` floats), the values of
-/// `Matrix::dequantize_row`: per group, the row's 4-byte words of each
-/// chunk gathered into one vector (in element order), unpacked to 32-bit
+/// `Matrix::dequantize_row` ([`dequantize_row_by`]): the row's words of a
+/// group's chunks as one vector (in element order), unpacked to 32-bit
 /// integers and converted exactly, times the scale (plus the minimum for
 /// q4a: a product, then a sum, never fused).
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
-///
-/// # Panics
-/// If the planes do not hold row `r` (callers validate shapes).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dequantize_row(m: &Matrix<'_>, r: usize, dst: &mut [f32]) {
-    let groups = m.cols.div_ceil(GROUP);
-    let (qs, scales, mins, bytes) = match m.w {
-        Weights::Q4 { qs, scales } => (qs, scales, None, quant::Q4_TILE_BYTES),
-        Weights::Q4A { qs, scales, mins } => (qs, scales, Some(mins), quant::Q4_TILE_BYTES),
-        Weights::Q8 { qs, scales } => (qs, scales, None, quant::Q8_TILE_BYTES),
-        _ => return,
-    };
-    let (block, rr) = (r / ROW_BLOCK, r % ROW_BLOCK);
-    let end = quant::tile_index(groups, block, groups).checked_mul(bytes);
-    assert!(end.is_some_and(|e| e <= qs.len()), "weight planes too short");
-    let mut full = [0f32; GROUP];
-    for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
-        let ti = quant::tile_index(groups, block, g);
-        let tile = &qs[ti * bytes..(ti + 1) * bytes];
-        let word = |c: usize| {
-            let at = quant::tile_byte(c, rr, 0);
-            i32::from_le_bytes([tile[at], tile[at + 1], tile[at + 2], tile[at + 3]])
-        };
-        let d = _mm256_set1_ps(scales[quant::scale_index(groups, r, g)].to_f32());
-        let v: [__m256i; 4] = if bytes == quant::Q8_TILE_BYTES {
-            // Eight words: elements 0..32, excess-128 flipped to signed.
+    dequantize_row_by(m, r, dst, |kind, words, d, min, group| {
+        // SAFETY: `words` holds 32 bytes.
+        let (b0, b1) =
+            unsafe { (_mm_loadu_si128(words.as_ptr().cast()), _mm_loadu_si128(words.as_ptr().add(4).cast())) };
+        let v: [__m256i; 4] = if kind == RowKind::Q8 {
+            // Elements 0..32, excess-128 flipped to signed.
             let flip = _mm_set1_epi8(0x80u8 as i8);
-            let lo = _mm_xor_si128(_mm_setr_epi32(word(0), word(1), word(2), word(3)), flip);
-            let hi = _mm_xor_si128(_mm_setr_epi32(word(4), word(5), word(6), word(7)), flip);
+            let (lo, hi) = (_mm_xor_si128(b0, flip), _mm_xor_si128(b1, flip));
             [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)].map(|b| _mm256_cvtepi8_epi32(b))
         } else {
-            // Four words: low nibbles are elements 0..16, high ones 16..32.
-            let b = _mm_setr_epi32(word(0), word(1), word(2), word(3));
+            // Low nibbles are elements 0..16, high ones 16..32.
             let mask = _mm_set1_epi8(0x0F);
-            let (lo, hi) = (_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16::<4>(b), mask));
+            let (lo, hi) = (_mm_and_si128(b0, mask), _mm_and_si128(_mm_srli_epi16::<4>(b0), mask));
             let u = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)].map(|b| _mm256_cvtepu8_epi32(b));
-            let off = _mm256_set1_epi32(if mins.is_some() { 0 } else { quant::Q4_OFFSET });
+            let off = _mm256_set1_epi32(if kind == RowKind::Q4 { quant::Q4_OFFSET } else { 0 });
             u.map(|u| _mm256_sub_epi32(u, off))
         };
-        let m = mins.map(|mins| _mm256_set1_ps(mins[quant::scale_index(groups, r, g)].to_f32()));
+        let (d, min) = (_mm256_set1_ps(d), _mm256_set1_ps(min));
         for (k, &v) in v.iter().enumerate() {
             let mut f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), d);
-            if let Some(m) = m {
-                f = _mm256_add_ps(f, m);
+            if kind == RowKind::Q4A {
+                f = _mm256_add_ps(f, min);
             }
-            // SAFETY: `full` holds 32 floats, `8k + 8 <= 32`.
-            unsafe { _mm256_storeu_ps(full.as_mut_ptr().add(8 * k), f) };
+            // SAFETY: `group` holds 32 floats, `8k + 8 <= 32`.
+            unsafe { _mm256_storeu_ps(group.as_mut_ptr().add(8 * k), f) };
         }
-        chunk.copy_from_slice(&full[..chunk.len()]);
-    }
+    })
 }

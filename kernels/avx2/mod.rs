@@ -27,12 +27,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use core::arch::x86_64::*;
-use core::ops::Range;
 
-use half::f16;
-
-use crate::reference::Matrix;
-use crate::{Acts, ActsMut, Kernels, Out, Q8Rows, Tier};
+use crate::{Kernels, Tier, REFERENCE};
 
 mod attention;
 mod avx512;
@@ -79,57 +75,14 @@ pub(crate) fn has_avx512() -> bool {
     }
 }
 
-safe_entries! {
-    mod avx2 {
-        fn quantize_acts(x: &[f32], x_stride: usize, n: usize, cols: usize, acts: &mut ActsMut<'_>);
-        fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>);
-        fn matmul_f(m: &Matrix<'_>, rows: Range<usize>, x: &[f32], x_stride: usize, n: usize, out: &mut Out<'_>, row: &mut [f32]);
-        fn dot(a: &[f32], b: &[f32]) -> f32;
-        fn dot_f16(a: &[f32], b: &[f16]) -> f32;
-        fn axpy(a: f32, x: &[f32], y: &mut [f32]);
-        fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]);
-        fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]);
-        fn softmax(x: &mut [f32]);
-        fn swiglu(gate: &mut [f32], up: &[f32]);
-        fn dot_rows(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]);
-        fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]);
-        fn dot_rows_q8(q: &[f32], k: Q8Rows<'_>, scale: f32, out: &mut [f32]);
-        fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]);
-        fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]);
-        fn axpy_rows_q8(p: &[f32], v: Q8Rows<'_>, out: &mut [f32]);
-        fn quantize_rows_q8(src: &[f32], width: usize, dst: &mut [i8], scales: &mut [f32]);
-        fn round_q8(x: &mut [f32], width: usize);
-        fn rope(head: &mut [f32], cs: &[f32]);
-        fn to_f16(src: &[f32], dst: &mut [f16]);
-        fn round_f16(x: &mut [f32]);
+tier! {
+    /// AVX2 + FMA + F16C: every kernel.
+    pub(crate) const AVX2 = Tier::Avx2, from REFERENCE, mod avx2 {
+        quantize_acts, matmul_q, matmul_f, dot, dot_f16, axpy, axpy_f16, rmsnorm, softmax, swiglu,
+        dot_rows, dot_rows_f16, dot_rows_q8, axpy_rows, axpy_rows_f16, axpy_rows_q8, quantize_rows_q8, round_q8,
+        rope, to_f16, round_f16,
     }
 }
-
-/// AVX2 + FMA + F16C: every kernel.
-pub(crate) const AVX2: Kernels = Kernels {
-    tier: Tier::Avx2,
-    quantize_acts: avx2::quantize_acts,
-    matmul_q: avx2::matmul_q,
-    matmul_f: avx2::matmul_f,
-    dot: avx2::dot,
-    dot_f16: avx2::dot_f16,
-    axpy: avx2::axpy,
-    axpy_f16: avx2::axpy_f16,
-    rmsnorm: avx2::rmsnorm,
-    softmax: avx2::softmax,
-    swiglu: avx2::swiglu,
-    dot_rows: avx2::dot_rows,
-    dot_rows_f16: avx2::dot_rows_f16,
-    axpy_rows: avx2::axpy_rows,
-    axpy_rows_f16: avx2::axpy_rows_f16,
-    rope: avx2::rope,
-    to_f16: avx2::to_f16,
-    round_f16: avx2::round_f16,
-    quantize_rows_q8: avx2::quantize_rows_q8,
-    round_q8: avx2::round_q8,
-    dot_rows_q8: avx2::dot_rows_q8,
-    axpy_rows_q8: avx2::axpy_rows_q8,
-};
 
 /// AVX-512: the AVX2 tier with VNNI's integer product and a q4/q4a float
 /// product over zmm table lookups (the other float kernels measured no

@@ -9,65 +9,57 @@ use half::f16;
 use super::{hsum, lanes};
 
 /// Dot product: two 8-lane FMA accumulators over 16-element blocks, one
-/// 8-element block, scalar tail: the same order as [`dot_f16`], so a key
-/// scores identically from an f32 batch buffer and from the f16 cache.
+/// 8-element block, scalar tail ([`dot_by`]): the same order as
+/// [`dot_f16`] and the attention kernels, so a key scores identically from
+/// an f32 batch buffer and from the f16 or int8 cache.
 ///
 /// # Safety
 /// The CPU has avx2, fma (the tier's detection).
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut i = 0;
-    // SAFETY (loads): `i + 16 <= n` / `i + 8 <= n` and both slices have `n`.
-    while i + 16 <= n {
-        for (k, acc) in acc.iter_mut().enumerate() {
-            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i + 8 * k)), _mm256_loadu_ps(pb.add(i + 8 * k))) };
-            *acc = _mm256_fmadd_ps(x, y, *acc);
-        }
-        i += 16;
-    }
-    while i + 8 <= n {
-        let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i))) };
-        acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
-        i += 8;
-    }
-    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
-    for j in i..n {
-        s += a[j] * b[j];
-    }
-    s
+    // SAFETY: `dot_by` loads `b[j..j + 8]` with `j + 8 <= n`.
+    unsafe { dot_by(&a[..n], |j| _mm256_loadu_ps(b.as_ptr().add(j)), |j| b[j]) }
 }
 
-/// Dot product with `b` in f16 (F16C).
+/// Dot product with `b` in f16 (F16C), in [`dot`]'s order.
 ///
 /// # Safety
 /// The CPU has avx2, fma, f16c (the tier's detection).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
     let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: as in `dot`; 8 f16 are 16 bytes.
+    unsafe { dot_by(&a[..n], |j| _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(j).cast())), |j| b[j].to_f32()) }
+}
+
+/// [`dot`]'s arithmetic over `a` and the values `load8(j)` (8 at a time)
+/// or `load1(j)`.
+///
+/// # Safety
+/// `load8(j)` must be sound for `j + 8 <= a.len()`; the CPU has AVX2 and
+/// FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn dot_by(a: &[f32], load8: impl Fn(usize) -> __m256, load1: impl Fn(usize) -> f32) -> f32 {
+    let n = a.len();
+    let pa = a.as_ptr();
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut i = 0;
-    // SAFETY (loads): bounds as in `dot`; an f16 is 2 bytes, 8 of them 16.
+    // SAFETY (loads): `i + 16 <= n` / `i + 8 <= n`.
     while i + 16 <= n {
         for (k, acc) in acc.iter_mut().enumerate() {
-            let x = unsafe { _mm256_loadu_ps(pa.add(i + 8 * k)) };
-            let y = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i + 8 * k).cast())) };
-            *acc = _mm256_fmadd_ps(x, y, *acc);
+            *acc = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(pa.add(i + 8 * k)) }, load8(i + 8 * k), *acc);
         }
         i += 16;
     }
     while i + 8 <= n {
-        let x = unsafe { _mm256_loadu_ps(pa.add(i)) };
-        let y = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i).cast())) };
-        acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+        acc[0] = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(pa.add(i)) }, load8(i), acc[0]);
         i += 8;
     }
     let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
     for j in i..n {
-        s += a[j] * b[j].to_f32();
+        s += a[j] * load1(j);
     }
     s
 }
@@ -79,41 +71,45 @@ pub(super) unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
-    let av = _mm256_set1_ps(a);
-    let mut i = 0;
-    // SAFETY: `i + 8 <= n` and both slices have `n` elements.
-    while i + 8 <= n {
-        unsafe {
-            let p = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
-        }
-        i += 8;
-    }
-    for j in i..n {
-        y[j] += a * x[j];
-    }
+    // SAFETY: `axpy_by` loads `x[j..j + 8]` with `j + 8 <= n`.
+    unsafe { axpy_by(a, &mut y[..n], |j| _mm256_loadu_ps(x.as_ptr().add(j)), |j| x[j]) }
 }
 
-/// `y += a * x` with `x` in f16.
+/// `y += a * x` with `x` in f16, in [`axpy`]'s arithmetic.
 ///
 /// # Safety
 /// The CPU has avx2, fma, f16c (the tier's detection).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
     let n = x.len().min(y.len());
+    // SAFETY: as in `axpy`; 8 f16 are 16 bytes.
+    unsafe {
+        axpy_by(a, &mut y[..n], |j| _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(j).cast())), |j| x[j].to_f32())
+    }
+}
+
+/// `y += a * x` over the values `load8(j)` / `load1(j)` of `x`: fused in
+/// the vector part, a product then a sum in the tail.
+///
+/// # Safety
+/// `load8(j)` must be sound for `j + 8 <= y.len()`; the CPU has AVX2 and
+/// FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn axpy_by(a: f32, y: &mut [f32], load8: impl Fn(usize) -> __m256, load1: impl Fn(usize) -> f32) {
+    let n = y.len();
     let av = _mm256_set1_ps(a);
     let mut i = 0;
-    // SAFETY: `i + 8 <= n` and both slices have `n` elements.
     while i + 8 <= n {
+        // SAFETY: `i + 8 <= n`.
         unsafe {
             let p = y.as_mut_ptr().add(i);
-            let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i).cast()));
-            _mm256_storeu_ps(p, _mm256_fmadd_ps(av, xv, _mm256_loadu_ps(p)));
+            _mm256_storeu_ps(p, _mm256_fmadd_ps(av, load8(i), _mm256_loadu_ps(p)));
         }
         i += 8;
     }
     for j in i..n {
-        y[j] += a * x[j].to_f32();
+        y[j] += a * load1(j);
     }
 }
 

@@ -13,7 +13,7 @@ use half::f16;
 
 use super::matmul::{signed, NeonKind, Q4, Q8};
 use super::{lanes, load_f16x8};
-use crate::tiles::{check_shapes, drive_tiles, int_planes, IntKind};
+use crate::tiles::{drive_tiles, int_matmul};
 use crate::{Acts, Matrix, Out};
 
 /// [`matmul_q_sdot`] (safe: the dotprod table is only reachable after
@@ -29,40 +29,13 @@ pub(super) fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: u
 /// The CPU has NEON and dotprod.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn matmul_q_sdot(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    let Some((qs, scales, kind)) = int_planes(m) else { return };
-    let groups = m.cols.div_ceil(GROUP);
-    let bytes = if kind == IntKind::Q4 { Q4::BYTES } else { Q8::BYTES };
-    check_shapes(qs, scales, bytes, groups, &rows, acts, n);
-    // SAFETY (both): shapes checked above; features present (the caller's guarantee).
-    match kind {
-        IntKind::Q4 => {
-            drive_tiles!(rows, n, out, |b, t0, T| unsafe { sdot_tiles::<Q4, T>(b, t0, qs, scales, groups, acts) })
-        }
-        IntKind::Q8 => {
-            drive_tiles!(rows, n, out, |b, t0, T| unsafe { sdot_tiles::<Q8, T>(b, t0, qs, scales, groups, acts) })
-        }
-    }
+    int_matmul!(m, rows, acts, n, out, sdot_tiles, Q4, Q8)
 }
 
-/// `acc[i] += sum_k w[4i + k] * a[4L + k]` (`SDOT` by element).
-#[target_feature(enable = "neon,dotprod")]
-#[inline]
-fn sdot<const L: i32>(mut acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
-    // SAFETY: one register-only instruction (no memory, stack or flags);
-    // this function enables `dotprod`, so it only runs where the table
-    // checked the CPU has it.
-    unsafe {
-        asm!(
-            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{l}]",
-            acc = inout(vreg) acc,
-            w = in(vreg) w,
-            a = in(vreg) a,
-            l = const L,
-            options(pure, nomem, nostack, preserves_flags)
-        )
-    };
-    acc
-}
+mla_asm!(
+    /// `acc[i] += sum_k w[4i + k] * a[4L + k]` (`SDOT` by element).
+    sdot<L>, "neon,dotprod", "sdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{l}]", int8x16_t
+);
 
 by_element_tiles!(
     /// The tile as signed quants (16 registers), `SDOT` for each token.

@@ -22,7 +22,7 @@ use half::f16;
 
 use super::matmul::{NeonKind, Q4, Q8};
 use super::{lanes, load_f16x8};
-use crate::tiles::{check_shapes, int_planes, store_rows, IntKind};
+use crate::tiles::{int_planes, store_rows, IntKind};
 use crate::{Acts, Matrix, Out};
 
 /// [`matmul_q_i8mm`] (safe: the i8mm table is only reachable after
@@ -38,11 +38,8 @@ pub(super) fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: u
 /// The CPU has NEON and i8mm.
 #[target_feature(enable = "neon,i8mm")]
 unsafe fn matmul_q_i8mm(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    let Some((qs, scales, kind)) = int_planes(m) else { return };
-    let groups = m.cols.div_ceil(GROUP);
-    let bytes = if kind == IntKind::Q4 { Q4::BYTES } else { Q8::BYTES };
-    check_shapes(qs, scales, bytes, groups, &rows, acts, n);
-    // SAFETY: shapes checked above; features present (the caller's guarantee).
+    let Some((qs, scales, kind, groups)) = int_planes(m, &rows, acts, n) else { return };
+    // SAFETY: shapes checked by `int_planes`; features present (the caller's guarantee).
     unsafe {
         match kind {
             IntKind::Q4 => drive::<Q4>(&rows, n, out, qs, scales, groups, acts),
@@ -96,45 +93,18 @@ unsafe fn drive<K: NeonKind>(
     }
 }
 
-/// `acc[i] += sum_k w[4i + k] * a[4L + k]`, `w` unsigned and `a` signed
-/// (`USDOT` by element).
-#[target_feature(enable = "neon,i8mm")]
-#[inline]
-fn usdot<const L: i32>(mut acc: int32x4_t, w: uint8x16_t, a: int8x16_t) -> int32x4_t {
-    // SAFETY: one register-only instruction (no memory, stack or flags);
-    // this function enables `i8mm`, so it only runs where the table checked
-    // the CPU has it.
-    unsafe {
-        asm!(
-            "usdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{l}]",
-            acc = inout(vreg) acc,
-            w = in(vreg) w,
-            a = in(vreg) a,
-            l = const L,
-            options(pure, nomem, nostack, preserves_flags)
-        )
-    };
-    acc
-}
+mla_asm!(
+    /// `acc[i] += sum_k w[4i + k] * a[4L + k]`, `w` unsigned and `a` signed
+    /// (`USDOT` by element).
+    usdot<L>, "neon,i8mm", "usdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{l}]", uint8x16_t
+);
 
-/// `acc += W · Aᵀ` for `W` two rows of eight unsigned bytes and `A` two
-/// rows of eight signed bytes: lanes `[w0·a0, w0·a1, w1·a0, w1·a1]`
-/// (`USMMLA`).
-#[target_feature(enable = "neon,i8mm")]
-#[inline]
-fn usmmla(mut acc: int32x4_t, w: uint8x16_t, a: int8x16_t) -> int32x4_t {
-    // SAFETY: as in `usdot`.
-    unsafe {
-        asm!(
-            "usmmla {acc:v}.4s, {w:v}.16b, {a:v}.16b",
-            acc = inout(vreg) acc,
-            w = in(vreg) w,
-            a = in(vreg) a,
-            options(pure, nomem, nostack, preserves_flags)
-        )
-    };
-    acc
-}
+mla_asm!(
+    /// `acc += W · Aᵀ` for `W` two rows of eight unsigned bytes and `A` two
+    /// rows of eight signed bytes: lanes `[w0·a0, w0·a1, w1·a0, w1·a1]`
+    /// (`USMMLA`).
+    usmmla, "neon,i8mm", "usmmla {acc:v}.4s, {w:v}.16b, {a:v}.16b", uint8x16_t
+);
 
 by_element_tiles!(
     /// The tile's stored (unsigned) quants, `USDOT` for each token (only

@@ -13,8 +13,8 @@ use half::f16;
 use super::lanes;
 use super::load_f16x8;
 use super::vector::{dot, dot_f16};
-use crate::reference::{Matrix, Weights};
-use crate::tiles::{acts_fit, check_shapes, drive_tiles, int_planes, rows_fit, IntKind};
+use crate::reference::Matrix;
+use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, int_matmul, matmul_f_rows, rows_fit, RowKind};
 use crate::{Acts, ActsMut, Out};
 
 /// Quantizes the 32 floats at `src` into `dst` (see
@@ -294,19 +294,7 @@ unsafe fn neon_tiles<K: NeonKind, const T: usize>(
 /// The CPU has NEON (the tier's detection).
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    let Some((qs, scales, kind)) = int_planes(m) else { return };
-    let groups = m.cols.div_ceil(GROUP);
-    let bytes = if kind == IntKind::Q4 { Q4::BYTES } else { Q8::BYTES };
-    check_shapes(qs, scales, bytes, groups, &rows, acts, n);
-    // SAFETY (both): shapes checked above; NEON present (the caller's guarantee).
-    match kind {
-        IntKind::Q4 => {
-            drive_tiles!(rows, n, out, |b, t0, T| unsafe { neon_tiles::<Q4, T>(b, t0, qs, scales, groups, acts) })
-        }
-        IntKind::Q8 => {
-            drive_tiles!(rows, n, out, |b, t0, T| unsafe { neon_tiles::<Q8, T>(b, t0, qs, scales, groups, acts) })
-        }
-    }
+    int_matmul!(m, rows, acts, n, out, neon_tiles, Q4, Q8)
 }
 
 /// `reference::matmul_f`: f32 weights dotted in place, f16 through
@@ -325,88 +313,44 @@ pub(crate) unsafe fn matmul_f(
     out: &mut Out<'_>,
     row: &mut [f32],
 ) {
-    let cols = m.cols;
-    for r in rows {
-        // SAFETY (all three): NEON present (the caller's guarantee).
-        match m.w {
-            Weights::F32(w) => {
-                for t in 0..n {
-                    let v = unsafe { dot(&w[r * cols..(r + 1) * cols], &x[t * x_stride..t * x_stride + cols]) };
-                    out.set(t, r, v);
-                }
-            }
-            Weights::F16(w) => {
-                for t in 0..n {
-                    let v = unsafe { dot_f16(&x[t * x_stride..t * x_stride + cols], &w[r * cols..(r + 1) * cols]) };
-                    out.set(t, r, v);
-                }
-            }
-            _ => {
-                unsafe { dequantize_row(m, r, &mut row[..cols]) };
-                for t in 0..n {
-                    let v = unsafe { dot(&row[..cols], &x[t * x_stride..t * x_stride + cols]) };
-                    out.set(t, r, v);
-                }
-            }
-        }
-    }
+    // SAFETY (the three closures): NEON present (the caller's guarantee).
+    let (dot, dot_f16) = (|a: &[f32], b: &[f32]| unsafe { dot(a, b) }, |a: &[f32], b: &[f16]| unsafe { dot_f16(a, b) });
+    matmul_f_rows(m, rows, x, x_stride, n, out, row, dot, dot_f16, |r, dst| unsafe { dequantize_row(m, r, dst) });
 }
 
 /// Row `r` of a quantized matrix into `dst` (`cols` floats), the values of
-/// `Matrix::dequantize_row`: per group the row's 4-byte words of each
-/// chunk gathered into vectors (in element order), widened to 32-bit
+/// `Matrix::dequantize_row` ([`dequantize_row_by`]): the row's words of a
+/// group's chunks as vectors (in element order), widened to 32-bit
 /// integers and converted exactly, times the scale (plus the minimum for
 /// q4a: a product, then a sum, never fused).
 ///
 /// # Safety
 /// NEON present.
-///
-/// # Panics
-/// If the planes do not hold row `r` (callers validate shapes).
 #[target_feature(enable = "neon")]
 unsafe fn dequantize_row(m: &Matrix<'_>, r: usize, dst: &mut [f32]) {
-    let groups = m.cols.div_ceil(GROUP);
-    let (qs, scales, mins, bytes) = match m.w {
-        Weights::Q4 { qs, scales } => (qs, scales, None, quant::Q4_TILE_BYTES),
-        Weights::Q4A { qs, scales, mins } => (qs, scales, Some(mins), quant::Q4_TILE_BYTES),
-        Weights::Q8 { qs, scales } => (qs, scales, None, quant::Q8_TILE_BYTES),
-        _ => return,
-    };
-    let (block, rr) = (r / ROW_BLOCK, r % ROW_BLOCK);
-    let mut full = [0f32; GROUP];
-    for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
-        let ti = quant::tile_index(groups, block, g);
-        let tile = &qs[ti * bytes..(ti + 1) * bytes];
-        let mut words = [0u32; 8];
-        for (c, w) in words.iter_mut().enumerate().take(bytes / quant::CHUNK_BYTES) {
-            let at = quant::tile_byte(c, rr, 0);
-            *w = u32::from_le_bytes([tile[at], tile[at + 1], tile[at + 2], tile[at + 3]]);
-        }
+    dequantize_row_by(m, r, dst, |kind, words, d, min, group| {
         // SAFETY: `words` holds 32 bytes.
         let (b0, b1) = unsafe { (vld1q_u8(words.as_ptr().cast()), vld1q_u8(words.as_ptr().add(4).cast())) };
         // 32 values as signed 16-bit integers, in element order.
-        let v: [int16x8_t; 4] = if bytes == quant::Q8_TILE_BYTES {
+        let v: [int16x8_t; 4] = if kind == RowKind::Q8 {
             let flip = vdupq_n_u8(0x80);
             let (s0, s1) = (vreinterpretq_s8_u8(veorq_u8(b0, flip)), vreinterpretq_s8_u8(veorq_u8(b1, flip)));
             [vmovl_s8(vget_low_s8(s0)), vmovl_high_s8(s0), vmovl_s8(vget_low_s8(s1)), vmovl_high_s8(s1)]
         } else {
             let (lo, hi) = (vandq_u8(b0, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(b0));
-            let off = vdupq_n_s16(if mins.is_some() { 0 } else { quant::Q4_OFFSET as i16 });
+            let off = vdupq_n_s16(if kind == RowKind::Q4 { quant::Q4_OFFSET as i16 } else { 0 });
             [vmovl_u8(vget_low_u8(lo)), vmovl_high_u8(lo), vmovl_u8(vget_low_u8(hi)), vmovl_high_u8(hi)]
                 .map(|u| vsubq_s16(vreinterpretq_s16_u16(u), off))
         };
-        let d = scales[quant::scale_index(groups, r, g)].to_f32();
-        let min = mins.map(|mins| mins[quant::scale_index(groups, r, g)].to_f32());
         for (k, &h) in v.iter().enumerate() {
             for (half, i) in [vmovl_s16(vget_low_s16(h)), vmovl_high_s16(h)].into_iter().enumerate() {
                 let mut f = vmulq_n_f32(vcvtq_f32_s32(i), d);
-                if let Some(min) = min {
+                if kind == RowKind::Q4A {
                     f = vaddq_f32(f, vdupq_n_f32(min));
                 }
-                // SAFETY: `full` holds 32 floats, `8k + 4 half + 4 <= 32`.
-                unsafe { vst1q_f32(full.as_mut_ptr().add(8 * k + 4 * half), f) };
+                // SAFETY: `group` holds 32 floats, `8k + 4 half + 4 <= 32`.
+                unsafe { vst1q_f32(group.as_mut_ptr().add(8 * k + 4 * half), f) };
             }
         }
-        chunk.copy_from_slice(&full[..chunk.len()]);
-    }
+    })
 }

@@ -41,12 +41,45 @@
 
 use core::arch::aarch64::*;
 use core::arch::asm;
-use core::ops::Range;
 
 use half::f16;
 
-use crate::reference::Matrix;
-use crate::{Acts, ActsMut, Kernels, Out, Q8Rows, Tier, REFERENCE};
+use crate::{Kernels, Tier, REFERENCE};
+
+/// Defines `$name(acc, w, a) -> acc`, one multiply-accumulate instruction
+/// (`$insn`, an `asm!` template over `acc`, `w`, `a` and, with `<L>`, the
+/// lane `l`) in a function that enables `$feature`: the intrinsics are not
+/// stable in Rust yet. Sound to call: the instruction is register-only (no
+/// memory, stack or flags), and the function only runs where a table
+/// checked the CPU has the feature.
+macro_rules! mla_asm {
+    ($(#[$attr:meta])* $name:ident<L>, $feature:literal, $insn:literal, $w:ty) => {
+        $(#[$attr])*
+        #[target_feature(enable = $feature)]
+        #[inline]
+        fn $name<const L: i32>(mut acc: int32x4_t, w: $w, a: int8x16_t) -> int32x4_t {
+            // SAFETY: see the macro.
+            unsafe {
+                asm!($insn, acc = inout(vreg) acc, w = in(vreg) w, a = in(vreg) a, l = const L,
+                     options(pure, nomem, nostack, preserves_flags))
+            };
+            acc
+        }
+    };
+    ($(#[$attr:meta])* $name:ident, $feature:literal, $insn:literal, $w:ty) => {
+        $(#[$attr])*
+        #[target_feature(enable = $feature)]
+        #[inline]
+        fn $name(mut acc: int32x4_t, w: $w, a: int8x16_t) -> int32x4_t {
+            // SAFETY: see the macro.
+            unsafe {
+                asm!($insn, acc = inout(vreg) acc, w = in(vreg) w, a = in(vreg) a,
+                     options(pure, nomem, nostack, preserves_flags))
+            };
+            acc
+        }
+    };
+}
 
 /// Defines `$name::<K, T>`: rows `8 * block ..+8` × tokens `t0 ..+T` of a
 /// `K` matrix with a by-element 4-way dot instruction `$dot::<LANE>(acc,
@@ -155,53 +188,14 @@ pub(crate) fn has_i8mm() -> bool {
     }
 }
 
-safe_entries! {
-    mod neon {
-        fn quantize_acts(x: &[f32], x_stride: usize, n: usize, cols: usize, acts: &mut ActsMut<'_>);
-        fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>);
-        fn matmul_f(m: &Matrix<'_>, rows: Range<usize>, x: &[f32], x_stride: usize, n: usize, out: &mut Out<'_>, row: &mut [f32]);
-        fn dot(a: &[f32], b: &[f32]) -> f32;
-        fn dot_f16(a: &[f32], b: &[f16]) -> f32;
-        fn axpy(a: f32, x: &[f32], y: &mut [f32]);
-        fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]);
-        fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]);
-        fn softmax(x: &mut [f32]);
-        fn swiglu(gate: &mut [f32], up: &[f32]);
-        fn dot_rows(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]);
-        fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f32, out: &mut [f32]);
-        fn dot_rows_q8(q: &[f32], k: Q8Rows<'_>, scale: f32, out: &mut [f32]);
-        fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]);
-        fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]);
-        fn axpy_rows_q8(p: &[f32], v: Q8Rows<'_>, out: &mut [f32]);
-        fn quantize_rows_q8(src: &[f32], width: usize, dst: &mut [i8], scales: &mut [f32]);
-        fn round_q8(x: &mut [f32], width: usize);
+tier! {
+    /// Plain NEON: every kernel but RoPE and the f16 conversions (the
+    /// reference's).
+    pub(crate) const NEON = Tier::Neon, from REFERENCE, mod neon {
+        quantize_acts, matmul_q, matmul_f, dot, dot_f16, axpy, axpy_f16, rmsnorm, softmax, swiglu,
+        dot_rows, dot_rows_f16, dot_rows_q8, axpy_rows, axpy_rows_f16, axpy_rows_q8, quantize_rows_q8, round_q8,
     }
 }
-
-/// Plain NEON: every kernel but RoPE and the f16 conversions (the
-/// reference's).
-pub(crate) const NEON: Kernels = Kernels {
-    tier: Tier::Neon,
-    quantize_acts: neon::quantize_acts,
-    matmul_q: neon::matmul_q,
-    matmul_f: neon::matmul_f,
-    dot: neon::dot,
-    dot_f16: neon::dot_f16,
-    axpy: neon::axpy,
-    axpy_f16: neon::axpy_f16,
-    rmsnorm: neon::rmsnorm,
-    softmax: neon::softmax,
-    swiglu: neon::swiglu,
-    dot_rows: neon::dot_rows,
-    dot_rows_f16: neon::dot_rows_f16,
-    axpy_rows: neon::axpy_rows,
-    axpy_rows_f16: neon::axpy_rows_f16,
-    quantize_rows_q8: neon::quantize_rows_q8,
-    round_q8: neon::round_q8,
-    dot_rows_q8: neon::dot_rows_q8,
-    axpy_rows_q8: neon::axpy_rows_q8,
-    ..REFERENCE
-};
 
 /// NEON with `SDOT`'s integer product.
 pub(crate) const DOTPROD: Kernels = Kernels { tier: Tier::Dotprod, matmul_q: dotprod::matmul_q, ..NEON };

@@ -72,19 +72,8 @@ pub(crate) unsafe fn dot_by(a: &[f32], load4: impl Fn(usize) -> float32x4_t, loa
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
-    let av = vdupq_n_f32(a);
-    let mut i = 0;
-    // SAFETY: `i + 4 <= n` and both slices have `n` elements.
-    while i + 4 <= n {
-        unsafe {
-            let p = y.as_mut_ptr().add(i);
-            vst1q_f32(p, vfmaq_f32(vld1q_f32(p), av, vld1q_f32(x.as_ptr().add(i))));
-        }
-        i += 4;
-    }
-    for j in i..n {
-        y[j] += a * x[j];
-    }
+    // SAFETY: `axpy_by` loads `x[j..j + 4]` with `j + 4 <= n`.
+    unsafe { axpy_by(a, &mut y[..n], |j| vld1q_f32(x.as_ptr().add(j)), |j| x[j]) }
 }
 
 /// `y += a * x` with `x` in f16, in [`axpy`]'s arithmetic.
@@ -94,18 +83,31 @@ pub(crate) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
     let n = x.len().min(y.len());
+    // SAFETY: as in `axpy`; 4 f16 are 8 bytes.
+    unsafe { axpy_by(a, &mut y[..n], |j| load_f16x4(x.as_ptr().add(j)), |j| x[j].to_f32()) }
+}
+
+/// `y += a * x` over the values `load4(j)` / `load1(j)` of `x`: fused in
+/// the vector part, a product then a sum in the tail.
+///
+/// # Safety
+/// `load4(j)` must be sound for `j + 4 <= y.len()`; NEON present.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn axpy_by(a: f32, y: &mut [f32], load4: impl Fn(usize) -> float32x4_t, load1: impl Fn(usize) -> f32) {
+    let n = y.len();
     let av = vdupq_n_f32(a);
     let mut i = 0;
-    // SAFETY: `i + 4 <= n` and both slices have `n` elements.
     while i + 4 <= n {
+        // SAFETY: `i + 4 <= n`.
         unsafe {
             let p = y.as_mut_ptr().add(i);
-            vst1q_f32(p, vfmaq_f32(vld1q_f32(p), av, load_f16x4(x.as_ptr().add(i))));
+            vst1q_f32(p, vfmaq_f32(vld1q_f32(p), av, load4(i)));
         }
         i += 4;
     }
     for j in i..n {
-        y[j] += a * x[j].to_f32();
+        y[j] += a * load1(j);
     }
 }
 

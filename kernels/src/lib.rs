@@ -19,30 +19,8 @@ pub mod quantize;
 pub mod reference;
 mod tiles;
 
-/// Safe entry points for a tier's table: for each `fn name(args) -> ret;`
-/// listed, a safe `fn name` in module `$m` that calls the `unsafe fn name`
-/// of the enclosing module with the same arguments. Sound only because a
-/// tier's table is handed out by [`Kernels::for_tier`] after that tier's
-/// detection said yes, and the wrapped functions need nothing beyond the
-/// tier's CPU features (their `# Safety` sections).
-#[allow(unused_macros)]
-macro_rules! safe_entries {
-    (mod $m:ident { $( fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?; )* }) => {
-        /// Safe wrappers of this tier's kernels (see `safe_entries!`).
-        mod $m {
-            #[allow(unused_imports)]
-            use super::*;
-            $(
-                pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
-                    // SAFETY: only reachable through a table that
-                    // `Kernels::for_tier` hands out after detecting the
-                    // tier's features, all that `super::$name` needs.
-                    unsafe { super::$name($($arg),*) }
-                }
-            )*
-        }
-    };
-}
+#[macro_use]
+mod entries;
 
 #[cfg(target_arch = "x86_64")]
 #[path = "../avx2/mod.rs"]

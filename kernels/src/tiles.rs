@@ -8,7 +8,7 @@
 
 use core::ops::Range;
 
-use ferrite_format::quant::{GROUP, ROW_BLOCK};
+use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 use half::f16;
 
 use crate::reference::{Matrix, Weights};
@@ -23,12 +23,127 @@ pub(crate) enum IntKind {
     Q8,
 }
 
-/// The quantized planes of `m` and their type (`None` for float weights).
-pub(crate) fn int_planes<'w>(m: &Matrix<'w>) -> Option<(&'w [u8], &'w [f16], IntKind)> {
-    match m.w {
-        Weights::Q4 { qs, scales } => Some((qs, scales, IntKind::Q4)),
-        Weights::Q8 { qs, scales } => Some((qs, scales, IntKind::Q8)),
-        _ => None,
+impl IntKind {
+    /// Bytes of one tile.
+    pub(crate) fn tile_bytes(self) -> usize {
+        match self {
+            IntKind::Q4 => quant::Q4_TILE_BYTES,
+            IntKind::Q8 => quant::Q8_TILE_BYTES,
+        }
+    }
+}
+
+/// The quantized planes of `m`, their type and groups per row, after
+/// [`check_shapes`] for `rows` and `n` tokens of `acts` (`None` for float
+/// weights, which `matmul_q` leaves alone).
+///
+/// # Panics
+/// If the shapes do not fit (see [`check_shapes`]).
+pub(crate) fn int_planes<'w>(
+    m: &Matrix<'w>,
+    rows: &Range<usize>,
+    acts: &Acts<'_>,
+    n: usize,
+) -> Option<(&'w [u8], &'w [f16], IntKind, usize)> {
+    let (qs, scales, kind) = match m.w {
+        Weights::Q4 { qs, scales } => (qs, scales, IntKind::Q4),
+        Weights::Q8 { qs, scales } => (qs, scales, IntKind::Q8),
+        _ => return None,
+    };
+    let groups = m.cols.div_ceil(GROUP);
+    check_shapes(qs, scales, kind.tile_bytes(), groups, rows, acts, n);
+    Some((qs, scales, kind, groups))
+}
+
+/// A quantized weight type as the float product sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowKind {
+    /// Nibbles `q + 8` (4 words per group of a row).
+    Q4,
+    /// Nibbles `u`, value `u * scale + min` (4 words).
+    Q4A,
+    /// Bytes `q + 128` (8 words).
+    Q8,
+}
+
+/// The body of a tier's `matmul_f` (`reference::matmul_f`): per row, f32
+/// weights dotted in place (`dot`), f16 through `dot_f16(x, w)`, quantized
+/// rows dequantized once into `row` (`dequantize(r, &mut row[..cols])`,
+/// which must give `Matrix::dequantize_row`'s values) and dotted with
+/// every token; per (row, token) the tier's `dot` arithmetic.
+///
+/// # Panics
+/// If a buffer is shorter than the shapes say (callers validate shapes).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn matmul_f_rows(
+    m: &Matrix<'_>,
+    rows: Range<usize>,
+    x: &[f32],
+    x_stride: usize,
+    n: usize,
+    out: &mut Out<'_>,
+    row: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+    dot_f16: impl Fn(&[f32], &[f16]) -> f32,
+    mut dequantize: impl FnMut(usize, &mut [f32]),
+) {
+    let cols = m.cols;
+    let xt = |t: usize| &x[t * x_stride..t * x_stride + cols];
+    for r in rows {
+        for t in 0..n {
+            let v = match m.w {
+                Weights::F32(w) => dot(&w[r * cols..(r + 1) * cols], xt(t)),
+                Weights::F16(w) => dot_f16(xt(t), &w[r * cols..(r + 1) * cols]),
+                _ => {
+                    if t == 0 {
+                        dequantize(r, &mut row[..cols]);
+                    }
+                    dot(&row[..cols], xt(t))
+                }
+            };
+            out.set(t, r, v);
+        }
+    }
+}
+
+/// Row `r` of a quantized matrix group by group, for a tier's SIMD
+/// dequantization into `dst` (`cols` floats): `unpack(kind, words, scale,
+/// min, group)` gets the row's 4-byte words of each group's tile in element
+/// order (q4/q4a: 4, q8: 8; [`quant::tile_byte`]), the group's scale and
+/// minimum (0 but for q4a) and fills the group's 32 values; the real ones
+/// are copied into `dst`. Float weights are left alone.
+///
+/// # Panics
+/// If the planes do not hold row `r` (callers validate shapes).
+#[inline]
+pub(crate) fn dequantize_row_by(
+    m: &Matrix<'_>,
+    r: usize,
+    dst: &mut [f32],
+    mut unpack: impl FnMut(RowKind, &[u32; 8], f32, f32, &mut [f32; GROUP]),
+) {
+    let groups = m.cols.div_ceil(GROUP);
+    let (qs, scales, mins, kind) = match m.w {
+        Weights::Q4 { qs, scales } => (qs, scales, None, RowKind::Q4),
+        Weights::Q4A { qs, scales, mins } => (qs, scales, Some(mins), RowKind::Q4A),
+        Weights::Q8 { qs, scales } => (qs, scales, None, RowKind::Q8),
+        _ => return,
+    };
+    let bytes = if kind == RowKind::Q8 { quant::Q8_TILE_BYTES } else { quant::Q4_TILE_BYTES };
+    let (block, rr) = (r / ROW_BLOCK, r % ROW_BLOCK);
+    let mut full = [0f32; GROUP];
+    for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
+        let ti = quant::tile_index(groups, block, g);
+        let tile = &qs[ti * bytes..(ti + 1) * bytes];
+        let mut words = [0u32; 8];
+        for (c, w) in words.iter_mut().enumerate().take(bytes / quant::CHUNK_BYTES) {
+            let at = quant::tile_byte(c, rr, 0);
+            *w = u32::from_le_bytes([tile[at], tile[at + 1], tile[at + 2], tile[at + 3]]);
+        }
+        let si = quant::scale_index(groups, r, g);
+        unpack(kind, &words, scales[si].to_f32(), mins.map_or(0.0, |m| m[si].to_f32()), &mut full);
+        chunk.copy_from_slice(&full[..chunk.len()]);
     }
 }
 
@@ -130,3 +245,26 @@ macro_rules! drive_tiles {
 }
 #[allow(unused_imports)]
 pub(crate) use drive_tiles;
+
+/// The body of a tier's `matmul_q` over its tile loop `$tiles::<Kind, T>`
+/// (`$q4`, `$q8`: the tier's kinds): the checked planes, then
+/// [`drive_tiles!`]. The caller is the tier's `unsafe fn matmul_q`, whose
+/// contract (the tier's features) the loops need beyond the checks.
+#[allow(unused_macros)]
+macro_rules! int_matmul {
+    ($m:expr, $rows:expr, $acts:expr, $n:expr, $out:expr, $tiles:ident, $q4:ty, $q8:ty) => {{
+        let Some((qs, scales, kind, groups)) = $crate::tiles::int_planes($m, &$rows, $acts, $n) else { return };
+        // SAFETY (both): shapes checked by `int_planes`; the tier's features
+        // present (the caller's guarantee).
+        match kind {
+            $crate::tiles::IntKind::Q4 => {
+                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q4, T>(b, t0, qs, scales, groups, $acts) })
+            }
+            $crate::tiles::IntKind::Q8 => {
+                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q8, T>(b, t0, qs, scales, groups, $acts) })
+            }
+        }
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use int_matmul;
