@@ -28,6 +28,8 @@ pub struct CountingAllocator {
     all_threads: AtomicBool,
     allocations: AtomicUsize,
     last_size: AtomicUsize,
+    /// Held by [`CountingAllocator::count`] while it runs.
+    counting: AtomicBool,
 }
 
 impl CountingAllocator {
@@ -38,6 +40,7 @@ impl CountingAllocator {
             all_threads: AtomicBool::new(false),
             allocations: AtomicUsize::new(0),
             last_size: AtomicUsize::new(0),
+            counting: AtomicBool::new(false),
         }
     }
 
@@ -73,12 +76,21 @@ impl CountingAllocator {
     }
 
     /// Runs `f` with the current thread counted and returns its result and
-    /// the allocations it made.
+    /// the allocations it made. Counts of one binary's tests running at
+    /// once are taken one after the other, and the thread is no longer
+    /// counted afterwards, so a test allocating while another counts is not
+    /// charged to it.
     pub fn count<R>(&self, f: impl FnOnce() -> R) -> (R, usize) {
-        Self::count_this_thread();
+        while self.counting.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            std::thread::yield_now();
+        }
+        let before = COUNTED.with(|c| c.replace(true));
         self.start();
         let result = f();
-        (result, self.stop())
+        let n = self.stop();
+        COUNTED.with(|c| c.set(before));
+        self.counting.store(false, Ordering::SeqCst);
+        (result, n)
     }
 
     /// Size in bytes of the last allocation counted (for messages).
