@@ -105,7 +105,7 @@ fn bench_matmul_q(c: &mut Criterion) {
                 DType::Q4 => Weights::Q4 { qs: &qs, scales: &scales },
                 _ => Weights::Q8 { qs: &qs, scales: &scales },
             };
-            let m = Matrix { w, rows, cols };
+            let m = Matrix::new(w, rows, cols).expect("matrix shape");
             for (phase, n) in PHASES {
                 let x = rng.vec(n * cols, 1.0);
                 let acts = QuantActs::new(&x, n, cols);
@@ -138,7 +138,7 @@ fn bench_matmul_f(c: &mut Criterion) {
             let w32 = rng.vec(rows * cols, 1.0);
             let w16: Vec<f16> = if elem == 2 { w32.iter().map(|&v| f16::from_f32(v)).collect() } else { vec![] };
             let w = if elem == 4 { Weights::F32(&w32) } else { Weights::F16(&w16) };
-            let m = Matrix { w, rows, cols };
+            let m = Matrix::new(w, rows, cols).expect("matrix shape");
             let mut scratch = vec![0f32; cols];
             for (phase, n) in PHASES {
                 let x = rng.vec(n * cols, 1.0);

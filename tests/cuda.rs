@@ -114,7 +114,7 @@ fn reference_matrix<'a>(bytes: &'a [u8], rows: usize, cols: usize, dtype: DType)
         DType::Q4 => k::Weights::Q4 { qs: &bytes[..at], scales: bytemuck::cast_slice(&bytes[at..]) },
         DType::Q4A => panic!("the CUDA kernels do not read q4a"),
     };
-    k::Matrix { w, rows, cols }
+    k::Matrix::new(w, rows, cols).expect("matrix shape")
 }
 
 /// Reads `len` bytes of `buf` (a multiple of 4).

@@ -166,7 +166,7 @@ mod tests {
                 DType::Q4 => k::Weights::Q4 { qs: &self.qs, scales: &self.scales },
                 _ => k::Weights::Q8 { qs: &self.qs, scales: &self.scales },
             };
-            k::Matrix { w, rows, cols }
+            k::Matrix::new(w, rows, cols).expect("matrix shape")
         }
         fn word(&self, at: usize) -> u32 {
             u32::from_le_bytes([self.qs[at], self.qs[at + 1], self.qs[at + 2], self.qs[at + 3]])

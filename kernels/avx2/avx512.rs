@@ -295,7 +295,7 @@ unsafe fn by_width<K: VnniKind>(
                 for half in 0..2 {
                     let mut h = [0f32; 8];
                     h.copy_from_slice(&l[8 * half..8 * half + 8]);
-                    store_rows(out, t0 + i, block + half, &h);
+                    store_rows(out, &rows, t0 + i, block + half, &h);
                 }
             }
             t0 += used;
@@ -358,6 +358,7 @@ unsafe fn matmul_f_lut(m: &Matrix<'_>, rows: Range<usize>, x: &[f32], x_stride: 
         Weights::Q4A { qs, scales, mins } => (qs, scales, Some(mins)),
         _ => return,
     };
+    m.check_rows(&rows);
     let groups = m.cols.div_ceil(GROUP);
     let tiles = rows.end.div_ceil(ROW_BLOCK).checked_mul(groups);
     let fits = |len: usize, per: usize| tiles.and_then(|t| t.checked_mul(per)).is_some_and(|b| b <= len);

@@ -71,19 +71,19 @@ unsafe fn drive<K: NeonKind>(
             let used = match n - t0 {
                 1 => {
                     let [l] = unsafe { usdot_tiles::<K, 1>(block, t0, qs, scales, groups, acts) };
-                    store_rows(out, t0, block, &l);
+                    store_rows(out, rows, t0, block, &l);
                     1
                 }
                 2 | 3 => {
                     let [[a, b]] = unsafe { mmla_tiles::<K, 1>(block, t0, qs, scales, groups, acts) };
-                    store_rows(out, t0, block, &a);
-                    store_rows(out, t0 + 1, block, &b);
+                    store_rows(out, rows, t0, block, &a);
+                    store_rows(out, rows, t0 + 1, block, &b);
                     2
                 }
                 _ => {
                     let pairs = unsafe { mmla_tiles::<K, 2>(block, t0, qs, scales, groups, acts) };
                     for (i, l) in pairs.iter().flatten().enumerate() {
-                        store_rows(out, t0 + i, block, l);
+                        store_rows(out, rows, t0 + i, block, l);
                     }
                     4
                 }

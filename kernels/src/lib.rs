@@ -15,6 +15,7 @@ use core::ops::Range;
 
 use half::f16;
 
+mod matrix;
 pub mod quantize;
 pub mod reference;
 mod tiles;
@@ -30,7 +31,7 @@ mod x86;
 #[path = "../neon/mod.rs"]
 mod neon;
 
-pub use reference::{Matrix, Weights};
+pub use reference::{Matrix, ShapeError, Weights};
 
 /// Activations quantized to int8 per group of 32 ([`reference::quantize_acts`]).
 #[derive(Clone, Copy, Debug)]

@@ -5,6 +5,7 @@
 use ferrite_format::quant::{self, GROUP, Q4_TILE_BYTES, Q8_TILE_BYTES, ROW_BLOCK};
 use half::f16;
 
+pub use crate::matrix::{Matrix, ShapeError, Weights};
 use crate::{Acts, ActsMut, Out, Q8Rows};
 
 pub use crate::quantize::{
@@ -12,107 +13,18 @@ pub use crate::quantize::{
     quantize_row_q4, quantize_row_q4a, quantize_row_q8,
 };
 
-/// A borrowed weight matrix `[rows, cols]` in any storage type. Quantized
-/// rows are padded to whole groups (see [`ferrite_format::quant`]).
-#[derive(Clone, Copy, Debug)]
-pub enum Weights<'a> {
-    /// Row-major f32.
-    F32(&'a [f32]),
-    /// Row-major f16.
-    F16(&'a [f16]),
-    /// q8 planes: quants, then one scale per group.
-    Q8 {
-        /// `rows * groups * 32` bytes.
-        qs: &'a [u8],
-        /// `rows * groups` scales.
-        scales: &'a [f16],
-    },
-    /// q4 planes: quants, then one scale per group.
-    Q4 {
-        /// `rows * groups * 16` bytes.
-        qs: &'a [u8],
-        /// `rows * groups` scales.
-        scales: &'a [f16],
-    },
-    /// q4a planes: unsigned quants, one scale and one minimum per group.
-    Q4A {
-        /// `rows * groups * 16` bytes.
-        qs: &'a [u8],
-        /// `rows * groups` scales.
-        scales: &'a [f16],
-        /// `rows * groups` minimums.
-        mins: &'a [f16],
-    },
-}
-
-impl Weights<'_> {
-    /// Whether the weights are q8/q4, multiplied by [`matmul_q`] with int8
-    /// activations (q4a, f16 and f32 weights go through [`matmul_f`]).
-    pub fn is_quantized(&self) -> bool {
-        matches!(self, Weights::Q8 { .. } | Weights::Q4 { .. })
-    }
-}
-
-/// A weight matrix with its shape.
-#[derive(Clone, Copy, Debug)]
-pub struct Matrix<'a> {
-    /// The data.
-    pub w: Weights<'a>,
-    /// Output features.
-    pub rows: usize,
-    /// Input features (unpadded).
-    pub cols: usize,
-}
-
-impl Matrix<'_> {
-    /// Writes row `r` as f32 into `dst[..cols]`.
-    ///
-    /// # Panics
-    /// If `r >= rows` or `dst` is shorter than `cols` (callers validate shapes).
-    pub fn dequantize_row(&self, r: usize, dst: &mut [f32]) {
-        let cols = self.cols;
-        let dst = &mut dst[..cols];
-        match self.w {
-            Weights::F32(w) => dst.copy_from_slice(&w[r * cols..(r + 1) * cols]),
-            Weights::F16(w) => {
-                for (o, h) in dst.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
-                    *o = h.to_f32();
-                }
-            }
-            Weights::Q8 { qs, scales } => {
-                for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
-                    let (tile, d) = tile_of(qs, scales, Q8_TILE_BYTES, cols, r, g);
-                    for (j, o) in chunk.iter_mut().enumerate() {
-                        *o = quant::q8_tile_get(tile, r % ROW_BLOCK, j) as f32 * d;
-                    }
-                }
-            }
-            Weights::Q4 { qs, scales } => {
-                for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
-                    let (tile, d) = tile_of(qs, scales, Q4_TILE_BYTES, cols, r, g);
-                    for (j, o) in chunk.iter_mut().enumerate() {
-                        *o = quant::q4_tile_get(tile, r % ROW_BLOCK, j) as f32 * d;
-                    }
-                }
-            }
-            Weights::Q4A { qs, scales, mins } => {
-                for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
-                    let (tile, d) = tile_of(qs, scales, Q4_TILE_BYTES, cols, r, g);
-                    let (_, m) = tile_of(qs, mins, Q4_TILE_BYTES, cols, r, g);
-                    for (j, o) in chunk.iter_mut().enumerate() {
-                        *o = quant::q4_tile_nibble(tile, r % ROW_BLOCK, j) as f32 * d + m;
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The tile holding row `r`'s group `g` (tiles of `tile_bytes`, `cols`
 /// wide), and that group's scale, as [`quant::tile_index`] and
 /// [`quant::scale_index`] place them.
 #[inline]
-fn tile_of<'w>(qs: &'w [u8], scales: &[f16], tile_bytes: usize, cols: usize, r: usize, g: usize) -> (&'w [u8], f32) {
+pub(crate) fn tile_of<'w>(
+    qs: &'w [u8],
+    scales: &[f16],
+    tile_bytes: usize,
+    cols: usize,
+    r: usize,
+    g: usize,
+) -> (&'w [u8], f32) {
     let groups = cols.div_ceil(GROUP);
     let t = quant::tile_index(groups, r / ROW_BLOCK, g);
     (&qs[t * tile_bytes..(t + 1) * tile_bytes], scales[quant::scale_index(groups, r, g)].to_f32())
@@ -214,6 +126,7 @@ pub fn quant_act(x: f32, id: f32) -> i8 {
 /// (row, token), so all tiers agree bit for bit. Float weights are
 /// [`matmul_f`]'s; passing them here does nothing.
 pub fn matmul_q(m: &Matrix<'_>, rows: core::ops::Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
+    m.check_rows(&rows);
     let groups = m.cols.div_ceil(GROUP);
     let (qs, scales, gb, q4) = match m.w {
         Weights::Q8 { qs, scales } => (qs, scales, Q8_TILE_BYTES, false),
@@ -253,6 +166,7 @@ pub fn matmul_f(
     out: &mut Out<'_>,
     row: &mut [f32],
 ) {
+    m.check_rows(&rows);
     for r in rows {
         m.dequantize_row(r, row);
         let w = &row[..m.cols];

@@ -35,7 +35,7 @@ impl IntKind {
 
 /// The quantized planes of `m`, their type and groups per row, after
 /// [`check_shapes`] for `rows` and `n` tokens of `acts` (`None` for float
-/// weights, which `matmul_q` leaves alone).
+/// weights, which `matmul_q` leaves alone, and for no rows).
 ///
 /// # Panics
 /// If the shapes do not fit (see [`check_shapes`]).
@@ -50,6 +50,11 @@ pub(crate) fn int_planes<'w>(
         Weights::Q8 { qs, scales } => (qs, scales, IntKind::Q8),
         _ => return None,
     };
+    m.check_rows(rows);
+    if rows.is_empty() {
+        // Nothing to write (and no token loop over a block of no rows).
+        return None;
+    }
     let groups = m.cols.div_ceil(GROUP);
     check_shapes(qs, scales, kind.tile_bytes(), groups, rows, acts, n);
     Some((qs, scales, kind, groups))
@@ -88,6 +93,7 @@ pub(crate) fn matmul_f_rows(
     dot_f16: impl Fn(&[f32], &[f16]) -> f32,
     mut dequantize: impl FnMut(usize, &mut [f32]),
 ) {
+    m.check_rows(&rows);
     let cols = m.cols;
     let xt = |t: usize| &x[t * x_stride..t * x_stride + cols];
     for r in rows {
@@ -188,10 +194,9 @@ pub(crate) fn check_shapes(
 }
 
 /// Stores the lanes of rows `8 * block ..+8` for token `t`, those that lie
-/// in `out`'s rows.
+/// in the call's `rows` (a block's other rows are not the caller's).
 #[inline]
-pub(crate) fn store_rows(out: &mut Out<'_>, t: usize, block: usize, lanes: &[f32; ROW_BLOCK]) {
-    let rows = out.rows();
+pub(crate) fn store_rows(out: &mut Out<'_>, rows: &Range<usize>, t: usize, block: usize, lanes: &[f32; ROW_BLOCK]) {
     for (i, &v) in lanes.iter().enumerate() {
         let r = block * ROW_BLOCK + i;
         if rows.contains(&r) {
@@ -236,7 +241,7 @@ macro_rules! drive_tiles {
                     }
                 };
                 for (i, l) in lanes.iter().take(used).enumerate() {
-                    $crate::tiles::store_rows($out, $t0 + i, $block, l);
+                    $crate::tiles::store_rows($out, rows, $t0 + i, $block, l);
                 }
                 $t0 += used;
             }

@@ -124,7 +124,7 @@ fn check_case(rows: usize, cols: usize, n: usize, lo: usize, hi: usize, seed: u6
         } else {
             Weights::Q8 { qs: &qs, scales: &scales }
         };
-        let m = Matrix { w, rows, cols };
+        let m = Matrix::new(w, rows, cols).expect("matrix shape");
         let run = |k: &Kernels| {
             let mut out = vec![f32::NAN; n * out_stride];
             let (_, part) = Out::new(&mut out, out_stride).split_at_row(lo);
@@ -165,13 +165,13 @@ fn check_case(rows: usize, cols: usize, n: usize, lo: usize, hi: usize, seed: u6
     }
     // q4a (always the float path).
     let (qs, scales, mins) = quantized_q4a(rows, cols, &mut rng);
-    let m = Matrix { w: Weights::Q4A { qs: &qs, scales: &scales, mins: &mins }, rows, cols };
+    let m = Matrix::new(Weights::Q4A { qs: &qs, scales: &scales, mins: &mins }, rows, cols).expect("matrix shape");
     check_float(&m, &x, stride, n, lo, hi, out_stride);
     // f32 and f16 weights.
     let wf = rng.vec(rows * cols, 1.0);
     let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
-    check_float(&Matrix { w: Weights::F32(&wf), rows, cols }, &x, stride, n, lo, hi, out_stride);
-    check_float(&Matrix { w: Weights::F16(&wh), rows, cols }, &x, stride, n, lo, hi, out_stride);
+    check_float(&Matrix::new(Weights::F32(&wf), rows, cols).expect("matrix shape"), &x, stride, n, lo, hi, out_stride);
+    check_float(&Matrix::new(Weights::F16(&wh), rows, cols).expect("matrix shape"), &x, stride, n, lo, hi, out_stride);
 }
 
 /// Float products agree within `1e-5 * sum |w * x|` (summation order
@@ -181,32 +181,32 @@ fn check_float(m: &Matrix<'_>, x: &[f32], stride: usize, n: usize, lo: usize, hi
     let reference = Kernels::for_tier(Tier::Reference).unwrap();
     let run = |k: &Kernels| {
         let mut out = vec![f32::NAN; n * out_stride];
-        let mut row = vec![0f32; m.cols + 1];
+        let mut row = vec![0f32; m.cols() + 1];
         let (_, part) = Out::new(&mut out, out_stride).split_at_row(lo);
         let (mut part, _) = part.split_at_row(hi);
         (k.matmul_f)(m, lo..hi, x, stride, n, &mut part, &mut row);
         out
     };
     let want = run(reference);
-    let mut row = vec![0f32; m.cols];
+    let mut row = vec![0f32; m.cols()];
     for k in tiers() {
         let got = run(k);
         for t in 0..n {
-            for r in 0..m.rows {
+            for r in 0..m.rows() {
                 let (g, w) = (got[t * out_stride + r], want[t * out_stride + r]);
                 if !(lo..hi).contains(&r) {
                     assert!(g.is_nan() && w.is_nan(), "{} wrote row {r} outside {lo}..{hi}", k.tier);
                     continue;
                 }
                 m.dequantize_row(r, &mut row);
-                let own = (k.dot)(&row, &x[t * stride..t * stride + m.cols]);
-                assert_eq!(g.to_bits(), own.to_bits(), "{} {:?} r{r} t{t}: matmul_f vs dot", k.tier, m.w);
+                let own = (k.dot)(&row, &x[t * stride..t * stride + m.cols()]);
+                assert_eq!(g.to_bits(), own.to_bits(), "{} {:?} r{r} t{t}: matmul_f vs dot", k.tier, m.weights());
                 let mag: f32 = row.iter().zip(&x[t * stride..]).map(|(a, b)| (a * b).abs()).sum();
                 assert!(
                     (g - w).abs() <= 1e-5 * mag + 1e-30,
                     "{} {:?} r{r} t{t}: {g} vs {w}",
                     k.tier,
-                    m.w.is_quantized()
+                    m.weights().is_quantized()
                 );
             }
         }
@@ -479,7 +479,7 @@ fn extreme_quants_match_reference() {
         } else {
             Weights::Q8 { qs: &qs, scales: &scales }
         };
-        let m = Matrix { w, rows, cols };
+        let m = Matrix::new(w, rows, cols).expect("matrix shape");
         let run = |k: &Kernels| {
             let mut out = vec![f32::NAN; n * rows];
             (k.matmul_q)(&m, 0..rows, &acts, n, &mut Out::new(&mut out, rows));

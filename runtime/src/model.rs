@@ -106,7 +106,14 @@ pub(crate) fn matrix_of<'t>(t: &TensorView<'t>) -> Result<Matrix<'t>, Error> {
             Weights::Q4A { qs, scales, mins: t.mins().ok_or_else(bad)? }
         }
     };
-    Ok(Matrix { w, rows: t.rows as usize, cols: t.cols as usize })
+    // The reader checked every plane's size against the shape already.
+    Matrix::new(w, t.rows as usize, t.cols as usize).map_err(|_| {
+        Error::Format(ferrite_format::Error::BadShape {
+            index: t.index,
+            expected: [t.rows, t.cols],
+            found: [t.rows, t.cols],
+        })
+    })
 }
 
 #[cfg(feature = "std")]

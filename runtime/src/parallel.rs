@@ -112,15 +112,15 @@ pub(crate) fn matmuls<const N: usize>(
 ) {
     let ms: [&Matrix<'_>; N] = core::array::from_fn(|i| jobs[i].0);
     // Writers for rows 0..rows of each matrix.
-    let outs = jobs.map(|(m, out, stride)| Out::new(out, stride).split_at_row(m.rows).0);
+    let outs = jobs.map(|(m, out, stride)| Out::new(out, stride).split_at_row(m.rows()).0);
     let run = |i: usize, rows: Range<usize>, out: &mut Out<'_>, row: &mut [f32]| {
         let m = ms[i];
-        match (m.w.is_quantized(), input.acts) {
+        match (m.weights().is_quantized(), input.acts) {
             (true, Some(acts)) => (k.matmul_q)(m, rows, &acts, n, out),
             _ => (k.matmul_f)(m, rows, input.x, input.stride, n, out, row),
         }
     };
-    let min_rows = ms.iter().map(|m| m.rows).min().unwrap_or(0);
+    let min_rows = ms.iter().map(|m| m.rows()).min().unwrap_or(0);
     let parts = if min_rows >= 16 { par.threads().min(min_rows / 8) } else { 1 };
     #[cfg(feature = "std")]
     if parts > 1 {
@@ -132,7 +132,7 @@ pub(crate) fn matmuls<const N: usize>(
             // disjoint).
             let row = unsafe { scratch.piece(p * row_len..(p + 1) * row_len) };
             for (i, out) in outs.iter().enumerate() {
-                let rows = bounds(ms[i].rows, parts, p, 8);
+                let rows = bounds(ms[i].rows(), parts, p, 8);
                 // SAFETY: as above.
                 let mut w = unsafe { out.part(rows.clone()) };
                 run(i, rows, &mut w, row);
@@ -165,7 +165,7 @@ mod tests {
         let wave = |i: usize, f: f32| (i as f32 * f).sin() * 0.5;
         let w: Vec<f32> = (0..rows * cols).map(|i| wave(i, 0.37)).collect();
         let x: Vec<f32> = (0..n * x_stride).map(|i| wave(i, 1.3)).collect();
-        let m = Matrix { w: Weights::F32(&w), rows, cols };
+        let m = Matrix::new(Weights::F32(&w), rows, cols).unwrap();
         let k = Kernels::for_tier(ferrite_kernels::Tier::Reference).unwrap();
         let input = Input { x: &x, stride: x_stride, acts: None };
         let mut want = vec![f32::NAN; n * out_stride];

@@ -17,10 +17,10 @@ impl Session<'_, '_> {
         let w = self.weights;
         let kern = self.kern;
         norm_rows(kern, &self.x[first * d..(first + n) * d], w.out_norm, c.norm_eps, &mut self.xn[..n * d]);
-        let f32_acts = self.plan.cfg.f32_activations || !w.output.w.is_quantized();
+        let f32_acts = self.plan.cfg.f32_activations || !w.output.weights().is_quantized();
         let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, f32_acts);
         let (par, row_len) = (super::par(&self.pool), self.plan.layout.row);
-        parallel::matmul(par, kern, &w.output, input, n, self.logits, w.output.rows, self.row, row_len);
+        parallel::matmul(par, kern, &w.output, input, n, self.logits, w.output.rows(), self.row, row_len);
     }
 
     /// Runs the layers over `tokens` (valid ids, at most `max_batch`),
@@ -49,7 +49,7 @@ impl Session<'_, '_> {
         let layers = self.layers;
         for (layer, w) in layers.iter().enumerate() {
             norm_rows(kern, &self.x[..n * d], w.attn_norm, c.norm_eps, &mut self.xn[..n * d]);
-            let float = f32_acts || ![&w.wq, &w.wk, &w.wv].iter().any(|m| m.w.is_quantized());
+            let float = f32_acts || ![&w.wq, &w.wk, &w.wv].iter().any(|m| m.weights().is_quantized());
             let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, float);
             let jobs =
                 [(&w.wq, &mut self.q[..], q_dim), (&w.wk, &mut self.k[..], kv_dim), (&w.wv, &mut self.v[..], kv_dim)];
@@ -99,18 +99,18 @@ impl Session<'_, '_> {
                 let (keys, values) = (&self.k[t * kv_dim..(t + 1) * kv_dim], &self.v[t * kv_dim..(t + 1) * kv_dim]);
                 self.kv.write(kern, row, keys, values, shape);
             }
-            let float = f32_acts || !w.wo.w.is_quantized();
+            let float = f32_acts || !w.wo.weights().is_quantized();
             let input = prepare(kern, &self.att[..n * q_dim], q_dim, n, &mut self.acts, float);
             parallel::matmul(par, kern, &w.wo, input, n, self.xn, d, self.row, row_len);
             add(&mut self.x[..n * d], &self.xn[..n * d]);
 
             norm_rows(kern, &self.x[..n * d], w.ffn_norm, c.norm_eps, &mut self.xn[..n * d]);
-            let float = f32_acts || !(w.wg.w.is_quantized() || w.wu.w.is_quantized());
+            let float = f32_acts || !(w.wg.weights().is_quantized() || w.wu.weights().is_quantized());
             let input = prepare(kern, &self.xn[..n * d], d, n, &mut self.acts, float);
             let jobs = [(&w.wg, &mut self.gate[..], ffn), (&w.wu, &mut self.up[..], ffn)];
             parallel::matmuls(par, kern, jobs, input, n, self.row, row_len);
             (kern.swiglu)(&mut self.gate[..n * ffn], &self.up[..n * ffn]);
-            let float = f32_acts || !w.wd.w.is_quantized();
+            let float = f32_acts || !w.wd.weights().is_quantized();
             let input = prepare(kern, &self.gate[..n * ffn], ffn, n, &mut self.acts, float);
             parallel::matmul(par, kern, &w.wd, input, n, self.xn, d, self.row, row_len);
             add(&mut self.x[..n * d], &self.xn[..n * d]);

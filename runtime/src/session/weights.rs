@@ -94,8 +94,8 @@ impl<'m> ModelWeights<'m> {
 /// A matrix of `role` that must be `[rows, cols]`.
 fn shaped<'m>(model: &'m Model<'m>, role: Role, rows: u32, cols: u32) -> Result<Matrix<'m>, Error> {
     let m = model.matrix(role)?;
-    if m.rows != rows as usize || m.cols != cols as usize {
-        return Err(shape_error(model, role, [rows, cols], [m.rows, m.cols]));
+    if m.rows() != rows as usize || m.cols() != cols as usize {
+        return Err(shape_error(model, role, [rows, cols], [m.rows(), m.cols()]));
     }
     Ok(m)
 }
