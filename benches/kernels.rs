@@ -95,6 +95,28 @@ fn throughput(phase_n: usize, weight_bytes: usize, rows: usize, cols: usize) -> 
     }
 }
 
+/// One benchmark group: `run(k)` for every tier `k`, ids `<tier>/<param>`.
+/// `flat` (prefill batches, which take the scalar reference seconds) takes
+/// 10 flat samples instead of criterion's default sampling.
+fn every_tier(
+    c: &mut Criterion,
+    group: impl Into<String>,
+    throughput: Throughput,
+    param: &str,
+    flat: bool,
+    mut run: impl FnMut(&Kernels),
+) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(throughput);
+    if flat {
+        g.sampling_mode(SamplingMode::Flat).sample_size(10);
+    }
+    for k in tiers() {
+        g.bench_function(BenchmarkId::new(k.tier.name(), param), |b| b.iter(|| run(k)));
+    }
+    g.finish();
+}
+
 fn bench_matmul_q(c: &mut Criterion) {
     let mut rng = Rng::new(1);
     for (dtype, name) in [(DType::Q4, "q4"), (DType::Q8, "q8")] {
@@ -110,21 +132,11 @@ fn bench_matmul_q(c: &mut Criterion) {
                 let x = rng.vec(n * cols, 1.0);
                 let acts = QuantActs::new(&x, n, cols);
                 let mut out = vec![0f32; n * rows];
-                let mut g = c.benchmark_group(format!("matmul_q/{name}/{phase}"));
-                g.throughput(throughput(n, weight_bytes, rows, cols));
-                if n > 1 {
-                    // The scalar reference takes seconds per 49152-row batch.
-                    g.sampling_mode(SamplingMode::Flat).sample_size(10);
-                }
-                for k in tiers() {
-                    g.bench_function(BenchmarkId::new(k.tier.name(), format!("{rows}x{cols}")), |b| {
-                        b.iter(|| {
-                            let mut o = Out::new(&mut out, rows);
-                            (k.matmul_q)(black_box(&m), 0..rows, &acts.acts(), n, &mut o);
-                        })
-                    });
-                }
-                g.finish();
+                let group = format!("matmul_q/{name}/{phase}");
+                let shape = format!("{rows}x{cols}");
+                every_tier(c, group, throughput(n, weight_bytes, rows, cols), &shape, n > 1, |k| {
+                    (k.matmul_q)(black_box(&m), 0..rows, &acts.acts(), n, &mut Out::new(&mut out, rows))
+                });
                 black_box(&out);
             }
         }
@@ -143,20 +155,11 @@ fn bench_matmul_f(c: &mut Criterion) {
             for (phase, n) in PHASES {
                 let x = rng.vec(n * cols, 1.0);
                 let mut out = vec![0f32; n * rows];
-                let mut g = c.benchmark_group(format!("matmul_f/{name}/{phase}"));
-                g.throughput(throughput(n, rows * cols * elem, rows, cols));
-                if n > 1 {
-                    g.sampling_mode(SamplingMode::Flat).sample_size(10);
-                }
-                for k in tiers() {
-                    g.bench_function(BenchmarkId::new(k.tier.name(), format!("{rows}x{cols}")), |b| {
-                        b.iter(|| {
-                            let mut o = Out::new(&mut out, rows);
-                            (k.matmul_f)(black_box(&m), 0..rows, &x, cols, n, &mut o, &mut scratch);
-                        })
-                    });
-                }
-                g.finish();
+                let group = format!("matmul_f/{name}/{phase}");
+                let shape = format!("{rows}x{cols}");
+                every_tier(c, group, throughput(n, rows * cols * elem, rows, cols), &shape, n > 1, |k| {
+                    (k.matmul_f)(black_box(&m), 0..rows, &x, cols, n, &mut Out::new(&mut out, rows), &mut scratch)
+                });
             }
         }
     }
@@ -170,17 +173,16 @@ fn bench_quantize_acts(c: &mut Criterion) {
             let g_cols = cols.div_ceil(quant::GROUP);
             let (mut qs, mut d, mut sums) =
                 (vec![0i8; n * g_cols * 32], vec![0f32; n * g_cols], vec![0i32; n * g_cols]);
-            let mut g = c.benchmark_group(format!("quantize_acts/{phase}"));
-            g.throughput(Throughput::Elements((n * cols) as u64));
-            for k in tiers() {
-                g.bench_function(BenchmarkId::new(k.tier.name(), format!("{n}x{cols}")), |b| {
-                    b.iter(|| {
-                        let mut a = ActsMut { qs: &mut qs, d: &mut d, sums: &mut sums };
-                        (k.quantize_acts)(black_box(&x), cols, n, cols, &mut a);
-                    })
-                });
-            }
-            g.finish();
+            let elements = Throughput::Elements((n * cols) as u64);
+            every_tier(c, format!("quantize_acts/{phase}"), elements, &format!("{n}x{cols}"), false, |k| {
+                (k.quantize_acts)(
+                    black_box(&x),
+                    cols,
+                    n,
+                    cols,
+                    &mut ActsMut { qs: &mut qs, d: &mut d, sums: &mut sums },
+                )
+            });
         }
     }
 }
@@ -190,14 +192,9 @@ fn bench_rmsnorm(c: &mut Criterion) {
     let cols = 576;
     let (x, w) = (rng.vec(cols, 1.0), rng.vec(cols, 1.0));
     let mut out = vec![0f32; cols];
-    let mut g = c.benchmark_group("rmsnorm");
-    g.throughput(Throughput::Elements(cols as u64));
-    for k in tiers() {
-        g.bench_function(BenchmarkId::new(k.tier.name(), cols), |b| {
-            b.iter(|| (k.rmsnorm)(black_box(&x), &w, 1e-5, &mut out))
-        });
-    }
-    g.finish();
+    every_tier(c, "rmsnorm", Throughput::Elements(cols as u64), &cols.to_string(), false, |k| {
+        (k.rmsnorm)(black_box(&x), &w, 1e-5, &mut out)
+    });
 }
 
 /// Attention's vector ops over a KV cache of `ctx` rows of head_dim 64:
@@ -212,61 +209,31 @@ fn bench_vector_ops(c: &mut Criterion) {
         let probs = rng.vec(ctx, 1.0);
         let mut scores = vec![0f32; ctx];
         let mut acc = vec![0f32; HEAD_DIM];
-        let id = |k: &Kernels| BenchmarkId::new(k.tier.name(), format!("{HEAD_DIM}x{ctx}"));
-
-        let mut g = c.benchmark_group("dot/f32");
-        g.throughput(Throughput::Bytes((ctx * HEAD_DIM * 4) as u64));
-        for k in tiers() {
-            g.bench_function(id(k), |b| {
-                b.iter(|| {
-                    for (s, key) in scores.iter_mut().zip(keys.chunks_exact(HEAD_DIM)) {
-                        *s = (k.dot)(black_box(&q), key);
-                    }
-                })
-            });
-        }
-        g.finish();
-
-        let mut g = c.benchmark_group("dot/f16");
-        g.throughput(Throughput::Bytes((ctx * HEAD_DIM * 2) as u64));
-        for k in tiers() {
-            g.bench_function(id(k), |b| {
-                b.iter(|| {
-                    for (s, key) in scores.iter_mut().zip(keys16.chunks_exact(HEAD_DIM)) {
-                        *s = (k.dot_f16)(black_box(&q), key);
-                    }
-                })
-            });
-        }
-        g.finish();
-
-        let mut g = c.benchmark_group("axpy/f32");
-        g.throughput(Throughput::Bytes((ctx * HEAD_DIM * 4) as u64));
-        for k in tiers() {
-            g.bench_function(id(k), |b| {
-                b.iter(|| {
-                    acc.fill(0.0);
-                    for (&p, v) in probs.iter().zip(keys.chunks_exact(HEAD_DIM)) {
-                        (k.axpy)(p, black_box(v), &mut acc);
-                    }
-                })
-            });
-        }
-        g.finish();
-
-        let mut g = c.benchmark_group("axpy/f16");
-        g.throughput(Throughput::Bytes((ctx * HEAD_DIM * 2) as u64));
-        for k in tiers() {
-            g.bench_function(id(k), |b| {
-                b.iter(|| {
-                    acc.fill(0.0);
-                    for (&p, v) in probs.iter().zip(keys16.chunks_exact(HEAD_DIM)) {
-                        (k.axpy_f16)(p, black_box(v), &mut acc);
-                    }
-                })
-            });
-        }
-        g.finish();
+        let shape = format!("{HEAD_DIM}x{ctx}");
+        let (f32_bytes, f16_bytes) =
+            (Throughput::Bytes((ctx * HEAD_DIM * 4) as u64), Throughput::Bytes((ctx * HEAD_DIM * 2) as u64));
+        every_tier(c, "dot/f32", f32_bytes.clone(), &shape, false, |k| {
+            for (s, key) in scores.iter_mut().zip(keys.chunks_exact(HEAD_DIM)) {
+                *s = (k.dot)(black_box(&q), key);
+            }
+        });
+        every_tier(c, "dot/f16", f16_bytes.clone(), &shape, false, |k| {
+            for (s, key) in scores.iter_mut().zip(keys16.chunks_exact(HEAD_DIM)) {
+                *s = (k.dot_f16)(black_box(&q), key);
+            }
+        });
+        every_tier(c, "axpy/f32", f32_bytes, &shape, false, |k| {
+            acc.fill(0.0);
+            for (&p, v) in probs.iter().zip(keys.chunks_exact(HEAD_DIM)) {
+                (k.axpy)(p, black_box(v), &mut acc);
+            }
+        });
+        every_tier(c, "axpy/f16", f16_bytes, &shape, false, |k| {
+            acc.fill(0.0);
+            for (&p, v) in probs.iter().zip(keys16.chunks_exact(HEAD_DIM)) {
+                (k.axpy_f16)(p, black_box(v), &mut acc);
+            }
+        });
         black_box((&scores, &acc));
     }
 }

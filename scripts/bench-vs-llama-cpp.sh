@@ -44,9 +44,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
-CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
 BENCH="$CACHE/bench"
 
 ROUNDS=3

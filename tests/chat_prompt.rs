@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -19,9 +18,7 @@ fn chat_prompt_ids_equal_transformers() {
         &std::fs::read_to_string(root().join("tests/fixtures/chat-templates/goldens.json")).expect("goldens"),
     )
     .expect("json");
-    let src = smollm2_dir();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ferrite = env!("CARGO_BIN_EXE_ferrite");
     let mut models = BTreeMap::new();
     let cases = goldens["cases"].as_array().expect("cases");
     assert_eq!(cases.len(), 6);
@@ -29,38 +26,15 @@ fn chat_prompt_ids_equal_transformers() {
         let style = case["style"].as_str().expect("style");
         let model = models.entry(style.to_string()).or_insert_with(|| {
             // SmolLM2 with this case's template and BOS rule.
-            let dir = tmp.path().join(style);
-            std::fs::create_dir(&dir).expect("mkdir");
-            for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
-                std::fs::copy(src.join(f), dir.join(f)).expect("copy");
-            }
-            std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors")).expect("link");
-            edit_json(&dir.join("tokenizer_config.json"), |t| {
+            let dir = smollm2_variant(tmp.path(), style, |t| {
                 t.insert("chat_template".into(), case["chat_template"].clone());
                 t.insert("add_bos_token".into(), case["add_bos_token"].clone());
             });
-            let out = tmp.path().join(format!("{style}.frt"));
-            let o = Command::new(ferrite)
-                .args([
-                    "convert",
-                    dir.to_str().expect("utf8"),
-                    "-o",
-                    out.to_str().expect("utf8"),
-                    "--weights",
-                    "q4",
-                    "-q",
-                ])
-                .output()
-                .expect("spawn");
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            out
+            cli_convert_ok(&dir, &tmp.path().join(format!("{style}.frt")), "q4")
         });
         let user = case["messages"][0]["content"].as_str().expect("content");
-        let o = Command::new(ferrite)
-            .args(["run", "-m", model.to_str().expect("utf8"), "--chat", "-p", user, "-n", "1", "--temp", "0"])
-            .args(["--verbose-prompt", "--output", "ids", "-t", "1"])
-            .output()
-            .expect("spawn");
+        let run = ["run", "-m", model.as_str(), "--chat", "-p", user, "-n", "1", "--temp", "0"];
+        let o = ferrite([&run[..], &["--verbose-prompt", "--output", "ids", "-t", "1"]].concat());
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let err = String::from_utf8_lossy(&o.stderr);
         let line = err.lines().find_map(|l| l.strip_prefix("[ferrite] prompt ids (")).expect("prompt ids line");

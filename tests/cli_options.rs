@@ -5,21 +5,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-
-fn ferrite(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrite")).args(args).output().expect("spawn ferrite")
-}
 
 #[test]
 fn ignored_options_are_errors() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let path = tmp.path().join("m.frt");
-    let p = path.to_str().expect("utf8");
-    let o = ferrite(&["convert", tiny("llama-gqa").to_str().expect("utf8"), "-o", p, "--weights", "q8", "-q"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_tmp, path) = tiny_by_cli("llama-gqa", "q8");
+    let p = path.as_str();
     let base = ["run", "-m", p, "--prompt-ids", "1,2", "-n", "2"];
     for (extra, msg) in [
         (&["--chat"][..], "cannot be used with '--chat'"),

@@ -8,11 +8,16 @@
 //! reference dequantizers of `ferrite_kernels::reference`.
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{
+    cli_convert, copy_fixture, dir_names, edit_config, ferrite, rewrite_safetensors, show, tiny as fixture,
+    TINY as FIXTURES,
+};
 use ferrite_converter::{convert, temp_prefix, ErrorKind, Options, Progress, Summary, TensorType, TEMP_SUFFIX};
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::{quant, Arch, DType, File, LayerRole, ModelConfig, Role, RopeScaling};
@@ -22,34 +27,12 @@ use ferrite_kernels::reference::{
 use half::{bf16, f16};
 use safetensors::tensor::TensorView as StView;
 use safetensors::{Dtype, SafeTensors};
-use tempfile::TempDir;
 
-const FIXTURES: [&str; 6] =
-    ["llama-gqa", "llama-tied-bf16", "qwen2-bias-f16", "llama3-ropescaled", "mistral-sharded", "llama-odd"];
 const TYPES: [DType; 5] = [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q4A];
-const BIN: &str = env!("CARGO_BIN_EXE_ferrite");
 
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
-
-fn fixture(name: &str) -> PathBuf {
-    ferrite_test_support::fixtures::tiny(name)
-}
-
-/// A copy of a fixture folder (without its golden file) to modify.
-fn copy_fixture(name: &str) -> TempDir {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    for entry in fs::read_dir(fixture(name)).expect("read fixture dir") {
-        let entry = entry.expect("dir entry");
-        let file_name = entry.file_name();
-        if file_name == "golden.safetensors" {
-            continue;
-        }
-        fs::copy(entry.path(), tmp.path().join(&file_name)).expect("copy fixture file");
-    }
-    tmp
-}
 
 fn opts(weights: DType) -> Options {
     Options { weights, ..Default::default() }
@@ -379,16 +362,6 @@ fn check_quantized(what: &str, src: &[f32], view: &ferrite_format::TensorView<'_
     (padding, clamped)
 }
 
-/// Entries of a folder (names), sorted.
-fn dir_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// Whether `name` is a temp file of the output `out_name`.
 fn is_temp_of(name: &str, out_name: &str) -> bool {
     name.starts_with(&format!(".{out_name}.")) && name.ends_with(TEMP_SUFFIX)
@@ -414,56 +387,6 @@ fn assert_no_output_or_temp(output: &Path, expected_others: &[&str]) {
     let mut want: Vec<String> = expected_others.iter().map(|s| s.to_string()).collect();
     want.sort();
     assert_eq!(names, want, "unexpected contents of {}", dir.display());
-}
-
-fn run_cli(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(BIN).args(args).output().expect("run ferrite")
-}
-
-fn cli_convert(input: &Path, output: &Path, weights: &str) -> Output {
-    run_cli(&[
-        "convert".as_ref(),
-        input.as_os_str(),
-        "-o".as_ref(),
-        output.as_os_str(),
-        "--weights".as_ref(),
-        weights.as_ref(),
-        "--quiet".as_ref(),
-    ])
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// A tensor as `(name, dtype, shape, little-endian bytes)`.
-type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
-
-/// Rewrites a safetensors file after `edit` changes its tensor list
-/// (`__metadata__` is kept).
-fn rewrite_safetensors(path: &Path, edit: impl FnOnce(&mut Vec<RawTensor>)) {
-    let bytes = fs::read(path).expect("read");
-    let (_, meta) = SafeTensors::read_metadata(&bytes).expect("metadata");
-    let info = meta.metadata().clone();
-    let st = SafeTensors::deserialize(&bytes).expect("deserialize");
-    let mut tensors: Vec<RawTensor> =
-        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
-    edit(&mut tensors);
-    let views: Vec<(String, StView<'_>)> =
-        tensors.iter().map(|(n, d, s, b)| (n.clone(), StView::new(*d, s.clone(), b).expect("tensor view"))).collect();
-    fs::write(path, safetensors::serialize(views, info).expect("serialize")).expect("write");
-}
-
-fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
-    let path = dir.join("config.json");
-    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).expect("read config")).expect("json");
-    edit(json.as_object_mut().expect("object"));
-    fs::write(&path, serde_json::to_vec_pretty(&json).expect("to json")).expect("write config");
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -561,7 +484,7 @@ fn cli_convert_and_inspect_verify_every_fixture_and_type() {
             for line in String::from_utf8_lossy(&out.stderr).lines() {
                 assert!(line.starts_with("warning: "), "{name} {}: unexpected stderr line {line:?}", w.name());
             }
-            let out = run_cli(&["inspect".as_ref(), output.as_os_str(), "--verify".as_ref()]);
+            let out = ferrite(["inspect".as_ref(), output.as_os_str(), "--verify".as_ref()]);
             assert!(out.status.success(), "ferrite inspect --verify {name} {}:\n{}", w.name(), show(&out));
             let stdout = String::from_utf8_lossy(&out.stdout);
             let n = readme_counts(name).0;
@@ -590,7 +513,7 @@ fn cli_convert_and_inspect_verify_every_fixture_and_type() {
     raw[off + 5] ^= 0x40;
     let corrupt = out_dir.path().join("corrupt.frt");
     fs::write(&corrupt, raw).unwrap();
-    let out = run_cli(&["inspect".as_ref(), corrupt.as_os_str(), "--verify".as_ref()]);
+    let out = ferrite(["inspect".as_ref(), corrupt.as_os_str(), "--verify".as_ref()]);
     assert_eq!(out.status.code(), Some(1), "inspect --verify of a corrupted file:\n{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("failed verification"), "{}", show(&out));
 }
@@ -1664,7 +1587,7 @@ fn tensor_type_rules_choose_per_tensor_types() {
     assert_eq!(tensor(&file, Role::Embedding).dtype, DType::Q4);
 
     // The CLI: the preset plus a rule, then run the file.
-    let out = run_cli(&[
+    let out = ferrite([
         "convert".as_ref(),
         fixture("llama-gqa").as_os_str(),
         "-o".as_ref(),
@@ -1688,7 +1611,7 @@ fn tensor_type_rules_choose_per_tensor_types() {
         assert_eq!(tensor(&file, Role::Layer(0, r)).dtype, want, "{r:?}");
     }
     assert_eq!(tensor(&file, Role::Embedding).dtype, DType::Q8);
-    let out = run_cli(&[
+    let out = ferrite([
         "run".as_ref(),
         "-m".as_ref(),
         output.as_os_str(),
@@ -1717,7 +1640,7 @@ fn tensor_type_rules_choose_per_tensor_types() {
     let opts = Options { tensor_types: vec!["blk.7.attn_v=q8".parse().unwrap()], ..Default::default() };
     let e = convert(&fixture("llama-gqa"), &output, &opts, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("blk.7.attn_v=q8") && e.to_string().contains("no such tensor"), "{e}");
-    let out = run_cli(&[
+    let out = ferrite([
         "convert".as_ref(),
         fixture("llama-gqa").as_os_str(),
         "-o".as_ref(),

@@ -220,13 +220,18 @@ fn header_constants(code: &str) -> BTreeSet<(String, i64)> {
         .collect()
 }
 
+/// What stands between `open` and the next `}` in `code` (`place` names
+/// the code in a failure).
+fn struct_body<'a>(code: &'a str, open: &str, place: &str) -> &'a str {
+    let at = code.find(open).unwrap_or_else(|| panic!("{place}: no `{open}`"));
+    let body = &code[at + open.len()..];
+    &body[..body.find('}').expect("}")]
+}
+
 /// Field names of `typedef struct NAME { ... } NAME;` in the header.
 fn header_struct_fields(code: &str, name: &str) -> Vec<String> {
-    let open = format!("typedef struct {name} {{");
-    let at = code.find(&open).unwrap_or_else(|| panic!("header: no `{open}`"));
-    let body = &code[at + open.len()..];
-    let body = &body[..body.find('}').expect("}")];
-    body.split(';')
+    struct_body(code, &format!("typedef struct {name} {{"), "header")
+        .split(';')
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .map(|d| d.rsplit(|c: char| !is_ident(c)).next().expect("field name").to_string())
@@ -235,11 +240,8 @@ fn header_struct_fields(code: &str, name: &str) -> Vec<String> {
 
 /// Field names of `pub struct NAME { ... }` in the Rust source.
 fn rust_struct_fields(src: &str, name: &str) -> Vec<String> {
-    let open = format!("pub struct {name} {{");
-    let at = src.find(&open).unwrap_or_else(|| panic!("src/ffi/: no `{open}`"));
-    let body = &src[at + open.len()..];
-    let body = &body[..body.find('}').expect("}")];
-    body.lines()
+    struct_body(src, &format!("pub struct {name} {{"), "src/ffi/")
+        .lines()
         .map(str::trim)
         .filter_map(|l| l.strip_prefix("pub ").and_then(|l| l.split_once(':')).map(|(n, _)| n.trim().to_string()))
         .collect()
@@ -753,7 +755,7 @@ mod with_models {
             let cfg = FerriteSessionConfig { max_ctx, streaming, max_batch: 3, ..default_config() };
             let mut arena = vec![0u8; arena_bytes(model, &cfg)];
             let sess = session(model, &cfg, &mut arena);
-            let mut run = |max_new: usize, stop_after: usize, text: bool| {
+            let run = |max_new: usize, stop_after: usize, text: bool| {
                 let mut seen = Seen { stop_after, ..Seen::default() };
                 let callbacks = FerriteGenerateCallbacks {
                     token: Some(on_token),

@@ -41,12 +41,8 @@ fn smollm2_f32_matches_transformers() {
 
         let greedy = golden_ids(&golden, &format!("{prompt}_greedy"));
         let mut session = Session::new(&model, &plan, &mut arena).expect("session");
-        let mut next = argmax(session.prefill(&ids).expect("prefill"));
-        let mut got = vec![];
-        for _ in 0..greedy.len() {
-            got.push(next);
-            next = argmax(session.step(next).expect("step"));
-        }
+        let first = argmax(session.prefill(&ids).expect("prefill"));
+        let got = decode_greedy(first, greedy.len(), |id| argmax(session.step(id).expect("step")));
         assert_eq!(got, greedy, "{prompt}: greedy ids differ");
     }
 }
@@ -112,19 +108,14 @@ fn smollm2_perplexity() {
 /// size is refused with a clear message.
 #[test]
 fn smollm2_kl_divergence_cli() {
-    let bin = env!("CARGO_BIN_EXE_ferrite");
     let dir = tempfile::tempdir().expect("tempdir");
-    let text: String = std::fs::read_to_string(root().join("tests/fixtures/smollm2-135m/apache-2.0.txt"))
-        .expect("text")
-        .chars()
-        .take(1200)
-        .collect();
+    let text = apache_text(1200);
     let text_path = dir.path().join("text.txt");
     std::fs::write(&text_path, &text).expect("write text");
     let other_path = dir.path().join("other.txt");
     std::fs::write(&other_path, text.replace("License", "Licence")).expect("write text");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin).args(args).output().expect("run ferrite");
+        let out = ferrite(args);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -222,33 +213,16 @@ fn smollm2_kl_divergence_cli() {
 #[test]
 fn perplexity_starts_every_window_with_bos_when_the_model_adds_it() {
     use ferrite_runtime::tokenizer::Tokenizer;
-    let src = smollm2_dir();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("smollm2-bos");
-    std::fs::create_dir(&dir).expect("mkdir");
-    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(src.join(f), dir.join(f)).expect("copy");
-    }
-    std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors")).expect("symlink");
-    edit_json(&dir.join("tokenizer_config.json"), |t| {
+    let dir = smollm2_variant(tmp.path(), "smollm2-bos", |t| {
         t.insert("add_bos_token".into(), serde_json::Value::Bool(true));
     });
     let frt = tmp.path().join("m.frt");
-    let ferrite = env!("CARGO_BIN_EXE_ferrite");
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(ferrite).args(args).output().expect("spawn");
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        o.stdout
-    };
-    run(&["convert", dir.to_str().expect("utf8"), "-o", frt.to_str().expect("utf8"), "--weights", "q8", "-q"]);
-    let text: String = std::fs::read_to_string(root().join("tests/fixtures/smollm2-135m/apache-2.0.txt"))
-        .expect("text")
-        .chars()
-        .take(1200)
-        .collect();
+    cli_convert_ok(&dir, &frt, "q8");
+    let text = apache_text(1200);
     let text_path = tmp.path().join("t.txt");
     std::fs::write(&text_path, &text).expect("write");
-    let out = run(&[
+    let out = ferrite_ok(&[
         "perplexity",
         "-m",
         frt.to_str().expect("utf8"),

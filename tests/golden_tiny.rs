@@ -85,12 +85,8 @@ fn check_session(name: &str, dir: &std::path::Path, model: &Model<'_>, cfg: &Ses
     // Greedy: prefill row 0, then 16 steps.
     let greedy = golden_ids(&golden, "greedy_ids");
     let mut session = Session::new(model, &plan, &mut arena).expect("session");
-    let mut next = argmax(session.prefill(&ids[..seq]).expect("prefill"));
-    let mut got = vec![];
-    for _ in 0..greedy.len() {
-        got.push(next);
-        next = argmax(session.step(next).expect("step"));
-    }
+    let first = argmax(session.prefill(&ids[..seq]).expect("prefill"));
+    let got = decode_greedy(first, greedy.len(), |id| argmax(session.step(id).expect("step")));
     assert_eq!(got, greedy, "{name} ({tier}): greedy ids differ");
 }
 

@@ -6,22 +6,13 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use ferrite_runtime::{Model, Session, SessionConfig};
 
-fn ferrite(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrite")).args(args).output().expect("spawn ferrite")
-}
-
 #[test]
 fn plan_is_the_arena_run_allocates() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let path = tmp.path().join("m.frt");
-    let p = path.to_str().expect("utf8");
-    let o = ferrite(&["convert", tiny("llama-gqa").to_str().expect("utf8"), "-o", p, "--weights", "q8", "-q"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_tmp, path) = tiny_by_cli("llama-gqa", "q8");
+    let p = path.as_str();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     for (extra, ctx, batch, t) in [
         // llama-gqa is trained for 256 tokens: the default 4096 is capped.

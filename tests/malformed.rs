@@ -17,11 +17,9 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{copy_fixture, dir_names, edit_json, rewrite_safetensors};
+use common::{copy_fixture, dir_names, edit_json, rewrite_safetensors, show, BIN};
 use ferrite_converter::{temp_owner, temp_prefix};
 use safetensors::Dtype;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ferrite");
 
 /// What a row expects.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,12 +45,6 @@ fn path_of(dir: &Path, file: &str) -> String {
     dir.join(file).display().to_string()
 }
 
-fn set_config(dir: &Path, key: &str, value: serde_json::Value) {
-    edit_json(&dir.join("config.json"), |m| {
-        m.insert(key.into(), value);
-    });
-}
-
 /// Writes `value` (little-endian f32) over element `index` of an f32 tensor.
 fn poke_f32(path: &Path, tensor: &str, index: usize, value: f32) {
     rewrite_safetensors(path, |ts| {
@@ -71,410 +63,226 @@ fn set_header_len(path: &Path, len: u64) {
 
 const SHARD2: &str = "model-00002-of-00006.safetensors";
 
+/// What a message must contain: the path of `file` in `dir`, then `extra`.
+fn naming(dir: &Path, file: &str, extra: &[&str]) -> Vec<String> {
+    std::iter::once(path_of(dir, file)).chain(extra.iter().map(|s| s.to_string())).collect()
+}
+
+/// Sets `key` of `dir/config.json` to `value`; the message must name the
+/// file and `extra`.
+fn config_with(dir: &Path, key: &str, value: serde_json::Value, extra: &[&str]) -> Vec<String> {
+    edit_json(&dir.join("config.json"), |m| {
+        m.insert(key.into(), value);
+    });
+    naming(dir, "config.json", extra)
+}
+
+/// Overwrites `dir/file` with `bytes`; the message must name the file and `extra`.
+fn replaced(dir: &Path, file: &str, bytes: &[u8], extra: &[&str]) -> Vec<String> {
+    fs::write(dir.join(file), bytes).unwrap();
+    naming(dir, file, extra)
+}
+
+/// Cuts `dir/file` to `keep(its length)` bytes; the message must name the
+/// file and say it is truncated.
+fn truncated(dir: &Path, file: &str, keep: fn(usize) -> usize) -> Vec<String> {
+    let p = dir.join(file);
+    let b = fs::read(&p).unwrap();
+    fs::write(&p, &b[..keep(b.len())]).unwrap();
+    naming(dir, file, &["truncated"])
+}
+
+/// Writes `value` over element `index` of the f32 tensor `name` of
+/// `dir/model.safetensors`; the message must name the file, the tensor and `extra`.
+fn poked(dir: &Path, name: &str, index: usize, value: f32, extra: &[&str]) -> Vec<String> {
+    poke_f32(&dir.join("model.safetensors"), name, index, value);
+    naming(dir, "model.safetensors", &[&[name][..], extra].concat())
+}
+
+/// Points the weight map entry of `tensor` in the shard index at `value`;
+/// the message must name the index and `extra`.
+fn index_entry(dir: &Path, tensor: &str, value: serde_json::Value, extra: &[&str]) -> Vec<String> {
+    edit_json(&dir.join("model.safetensors.index.json"), |m| m["weight_map"][tensor] = value);
+    naming(dir, "model.safetensors.index.json", extra)
+}
+
+/// Sets the header length of `dir/file` to `len(its file length, its header length)`.
+fn header_len(dir: &Path, file: &str, len: fn(u64, u64) -> u64) -> Vec<String> {
+    let p = dir.join(file);
+    let b = fs::read(&p).unwrap();
+    set_header_len(&p, len(b.len() as u64, u64::from_le_bytes(b[..8].try_into().unwrap())));
+    naming(dir, file, &[])
+}
+
+impl Case {
+    /// A row refused with an error, `ferrite convert` run without extra arguments.
+    fn refused(name: &'static str, fixture: &'static str, breaks: fn(&Path) -> Vec<String>) -> Case {
+        Case { name, fixture, breaks, args: &[], expect: Expect::Error }
+    }
+    /// A row converted with a warning.
+    fn warned(name: &'static str, fixture: &'static str, breaks: fn(&Path) -> Vec<String>) -> Case {
+        Case { expect: Expect::Warning, ..Case::refused(name, fixture, breaks) }
+    }
+    /// The row with `ferrite convert` run with `args`.
+    fn with(self, args: &'static [&'static str]) -> Case {
+        Case { args, ..self }
+    }
+}
+
 fn cases() -> Vec<Case> {
-    use Expect::{Error, Warning};
+    use serde_json::json;
+    const GQA: &str = "llama-gqa"; // 2 layers, hidden 64, 4 heads, 2 kv heads
+    const SHARDED: &str = "mistral-sharded";
     vec![
         // --- config.json --------------------------------------------------
-        Case {
-            name: "config key missing",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                edit_json(&d.join("config.json"), |m| {
-                    m.remove("hidden_size");
-                });
-                vec![path_of(d, "config.json"), "`hidden_size`".into(), "missing".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "config key mistyped (string for an integer)",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                set_config(d, "num_hidden_layers", serde_json::json!("2"));
-                vec![path_of(d, "config.json"), "`num_hidden_layers`".into(), "\"2\"".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "config key mistyped (negative integer)",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                set_config(d, "vocab_size", serde_json::json!(-512));
-                vec![path_of(d, "config.json"), "`vocab_size`".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "config key mistyped (string for a number)",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                set_config(d, "rms_norm_eps", serde_json::json!("1e-5"));
-                vec![path_of(d, "config.json"), "`rms_norm_eps`".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "config architectures is not a list",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                set_config(d, "architectures", serde_json::json!("LlamaForCausalLM"));
-                vec![path_of(d, "config.json"), "`architectures`".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "unknown architecture",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                set_config(d, "architectures", serde_json::json!(["GPT2LMHeadModel"]));
-                vec![path_of(d, "config.json"), "GPT2LMHeadModel".into(), "LlamaForCausalLM".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "kv heads do not divide the heads",
-            fixture: "llama-gqa", // 4 heads, 2 kv heads
-            breaks: |d| {
-                set_config(d, "num_key_value_heads", serde_json::json!(3));
-                vec![path_of(d, "config.json"), "`num_key_value_heads`".into(), "(3)".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "zero kv heads",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                set_config(d, "num_key_value_heads", serde_json::json!(0));
-                vec![path_of(d, "config.json"), "`num_key_value_heads`".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "heads do not divide hidden_size (no head_dim)",
-            fixture: "llama-gqa", // hidden 64
-            breaks: |d| {
-                edit_json(&d.join("config.json"), |m| {
-                    m.remove("head_dim");
-                    m.insert("num_attention_heads".into(), serde_json::json!(6));
-                    m.insert("num_key_value_heads".into(), serde_json::json!(2));
-                });
-                vec![path_of(d, "config.json"), "`hidden_size`".into(), "num_attention_heads".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "config.json is not UTF-8",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                fs::write(d.join("config.json"), b"{\"architectures\": [\"Llama\xff\xfe\"]}").unwrap();
-                vec![path_of(d, "config.json"), "UTF-8".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
+        Case::refused("config key missing", GQA, |d| {
+            edit_json(&d.join("config.json"), |m| {
+                m.remove("hidden_size");
+            });
+            naming(d, "config.json", &["`hidden_size`", "missing"])
+        }),
+        Case::refused("config key mistyped (string for an integer)", GQA, |d| {
+            config_with(d, "num_hidden_layers", json!("2"), &["`num_hidden_layers`", "\"2\""])
+        }),
+        Case::refused("config key mistyped (negative integer)", GQA, |d| {
+            config_with(d, "vocab_size", json!(-512), &["`vocab_size`"])
+        }),
+        Case::refused("config key mistyped (string for a number)", GQA, |d| {
+            config_with(d, "rms_norm_eps", json!("1e-5"), &["`rms_norm_eps`"])
+        }),
+        Case::refused("config architectures is not a list", GQA, |d| {
+            config_with(d, "architectures", json!("LlamaForCausalLM"), &["`architectures`"])
+        }),
+        Case::refused("unknown architecture", GQA, |d| {
+            config_with(d, "architectures", json!(["GPT2LMHeadModel"]), &["GPT2LMHeadModel", "LlamaForCausalLM"])
+        }),
+        Case::refused("kv heads do not divide the heads", GQA, |d| {
+            config_with(d, "num_key_value_heads", json!(3), &["`num_key_value_heads`", "(3)"])
+        }),
+        Case::refused("zero kv heads", GQA, |d| {
+            config_with(d, "num_key_value_heads", json!(0), &["`num_key_value_heads`"])
+        }),
+        Case::refused("heads do not divide hidden_size (no head_dim)", GQA, |d| {
+            edit_json(&d.join("config.json"), |m| {
+                m.remove("head_dim");
+                m.insert("num_attention_heads".into(), json!(6));
+                m.insert("num_key_value_heads".into(), json!(2));
+            });
+            naming(d, "config.json", &["`hidden_size`", "num_attention_heads"])
+        }),
+        Case::refused("config.json is not UTF-8", GQA, |d| {
+            replaced(d, "config.json", b"{\"architectures\": [\"Llama\xff\xfe\"]}", &["UTF-8"])
+        }),
         // --- tensors --------------------------------------------------------
-        Case {
-            name: "tensor shape mismatch",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let name = "model.layers.1.self_attn.k_proj.weight";
-                rewrite_safetensors(&d.join("model.safetensors"), |ts| {
-                    let t = ts.iter_mut().find(|t| t.0 == name).unwrap();
-                    t.2 = vec![64, 32]; // transposed: [32, 64] expected
-                });
-                vec![path_of(d, "model.safetensors"), name.into(), "[64, 32]".into(), "[32, 64]".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "tensor dtype not readable",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let name = "model.norm.weight";
-                rewrite_safetensors(&d.join("model.safetensors"), |ts| {
-                    ts.iter_mut().find(|t| t.0 == name).unwrap().1 = Dtype::I32;
-                });
-                vec![path_of(d, "model.safetensors"), name.into(), "I32".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "tensor dtype mismatch in a shard",
-            fixture: "mistral-sharded",
-            breaks: |d| {
-                let name = "model.layers.0.self_attn.q_proj.weight";
-                rewrite_safetensors(&d.join(SHARD2), |ts| {
-                    let t = ts.iter_mut().find(|t| t.0 == name).unwrap();
-                    // Same bytes read as u8: 4× the elements, shape adjusted.
-                    t.1 = Dtype::U8;
-                    t.2 = vec![t.3.len()];
-                });
-                vec![path_of(d, SHARD2), name.into(), "U8".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "missing tensor",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let name = "model.layers.1.mlp.up_proj.weight";
-                rewrite_safetensors(&d.join("model.safetensors"), |ts| ts.retain(|t| t.0 != name));
-                vec![d.display().to_string(), name.into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "tensor for a layer the config does not have",
-            fixture: "llama-gqa", // 2 layers
-            breaks: |d| {
-                let name = "model.layers.7.input_layernorm.weight";
-                rewrite_safetensors(&d.join("model.safetensors"), |ts| {
-                    ts.push((name.into(), Dtype::F32, vec![64], vec![0; 256]));
-                });
-                vec![path_of(d, "model.safetensors"), name.into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "unknown extra tensor",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let name = "model.rotary_emb.inv_freq";
-                rewrite_safetensors(&d.join("model.safetensors"), |ts| {
-                    ts.push((name.into(), Dtype::F32, vec![8], vec![0; 32]));
-                });
-                vec![path_of(d, "model.safetensors"), name.into()]
-            },
-            args: &[],
-            expect: Warning,
-        },
-        Case {
-            name: "NaN weight",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let name = "model.layers.0.self_attn.o_proj.weight";
-                poke_f32(&d.join("model.safetensors"), name, 5 * 64 + 3, f32::NAN);
-                vec![
-                    path_of(d, "model.safetensors"),
-                    name.into(),
-                    "NaN".into(),
-                    "row 5, column 3".into(),
-                    "--allow-nonfinite".into(),
-                ]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "infinite weight",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let name = "model.embed_tokens.weight";
-                poke_f32(&d.join("model.safetensors"), name, 100, f32::NEG_INFINITY);
-                vec![path_of(d, "model.safetensors"), name.into(), "-inf".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "infinite norm weight (kept f32)",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let name = "model.layers.1.post_attention_layernorm.weight";
-                poke_f32(&d.join("model.safetensors"), name, 0, f32::INFINITY);
-                vec![path_of(d, "model.safetensors"), name.into(), "inf".into()]
-            },
-            args: &["--weights", "f32"],
-            expect: Error,
-        },
-        Case {
-            name: "NaN weight with --allow-nonfinite",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let name = "model.layers.0.self_attn.o_proj.weight";
-                poke_f32(&d.join("model.safetensors"), name, 5 * 64 + 3, f32::NAN);
-                vec![path_of(d, "model.safetensors"), name.into(), "non-finite".into(), "quantized as 0".into()]
-            },
-            args: &["--allow-nonfinite"],
-            expect: Warning,
-        },
+        Case::refused("tensor shape mismatch", GQA, |d| {
+            let name = "model.layers.1.self_attn.k_proj.weight";
+            rewrite_safetensors(&d.join("model.safetensors"), |ts| {
+                let t = ts.iter_mut().find(|t| t.0 == name).unwrap();
+                t.2 = vec![64, 32]; // transposed: [32, 64] expected
+            });
+            naming(d, "model.safetensors", &[name, "[64, 32]", "[32, 64]"])
+        }),
+        Case::refused("tensor dtype not readable", GQA, |d| {
+            let name = "model.norm.weight";
+            rewrite_safetensors(&d.join("model.safetensors"), |ts| {
+                ts.iter_mut().find(|t| t.0 == name).unwrap().1 = Dtype::I32;
+            });
+            naming(d, "model.safetensors", &[name, "I32"])
+        }),
+        Case::refused("tensor dtype mismatch in a shard", SHARDED, |d| {
+            let name = "model.layers.0.self_attn.q_proj.weight";
+            rewrite_safetensors(&d.join(SHARD2), |ts| {
+                let t = ts.iter_mut().find(|t| t.0 == name).unwrap();
+                // Same bytes read as u8: 4× the elements, shape adjusted.
+                t.1 = Dtype::U8;
+                t.2 = vec![t.3.len()];
+            });
+            naming(d, SHARD2, &[name, "U8"])
+        }),
+        Case::refused("missing tensor", GQA, |d| {
+            let name = "model.layers.1.mlp.up_proj.weight";
+            rewrite_safetensors(&d.join("model.safetensors"), |ts| ts.retain(|t| t.0 != name));
+            vec![d.display().to_string(), name.into()]
+        }),
+        Case::refused("tensor for a layer the config does not have", GQA, |d| {
+            let name = "model.layers.7.input_layernorm.weight";
+            rewrite_safetensors(&d.join("model.safetensors"), |ts| {
+                ts.push((name.into(), Dtype::F32, vec![64], vec![0; 256]));
+            });
+            naming(d, "model.safetensors", &[name])
+        }),
+        Case::warned("unknown extra tensor", GQA, |d| {
+            let name = "model.rotary_emb.inv_freq";
+            rewrite_safetensors(&d.join("model.safetensors"), |ts| {
+                ts.push((name.into(), Dtype::F32, vec![8], vec![0; 32]));
+            });
+            naming(d, "model.safetensors", &[name])
+        }),
+        Case::refused("NaN weight", GQA, |d| {
+            let name = "model.layers.0.self_attn.o_proj.weight";
+            poked(d, name, 5 * 64 + 3, f32::NAN, &["NaN", "row 5, column 3", "--allow-nonfinite"])
+        }),
+        Case::refused("infinite weight", GQA, |d| {
+            poked(d, "model.embed_tokens.weight", 100, f32::NEG_INFINITY, &["-inf"])
+        }),
+        Case::refused("infinite norm weight (kept f32)", GQA, |d| {
+            poked(d, "model.layers.1.post_attention_layernorm.weight", 0, f32::INFINITY, &["inf"])
+        })
+        .with(&["--weights", "f32"]),
+        Case::warned("NaN weight with --allow-nonfinite", GQA, |d| {
+            let name = "model.layers.0.self_attn.o_proj.weight";
+            poked(d, name, 5 * 64 + 3, f32::NAN, &["non-finite", "quantized as 0"])
+        })
+        .with(&["--allow-nonfinite"]),
         // --- files ------------------------------------------------------------
-        Case {
-            name: "truncated single file",
-            fixture: "llama-odd",
-            breaks: |d| {
-                let p = d.join("model.safetensors");
-                let b = fs::read(&p).unwrap();
-                fs::write(&p, &b[..b.len() - 100]).unwrap();
-                vec![p.display().to_string(), "truncated".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "truncated shard",
-            fixture: "mistral-sharded",
-            breaks: |d| {
-                let p = d.join(SHARD2);
-                let b = fs::read(&p).unwrap();
-                fs::write(&p, &b[..b.len() / 2]).unwrap();
-                vec![p.display().to_string(), "truncated".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "empty safetensors file",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                fs::write(d.join("model.safetensors"), b"").unwrap();
-                vec![path_of(d, "model.safetensors")]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "index names a missing shard file",
-            fixture: "mistral-sharded",
-            breaks: |d| {
-                let tensor = "model.layers.0.input_layernorm.weight";
-                let ghost = "model-00007-of-00006.safetensors";
-                edit_json(&d.join("model.safetensors.index.json"), |m| {
-                    m["weight_map"][tensor] = serde_json::json!(ghost);
-                });
-                vec![path_of(d, "model.safetensors.index.json"), ghost.into(), tensor.into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "index entry is not a file name",
-            fixture: "mistral-sharded",
-            breaks: |d| {
-                let tensor = "model.norm.weight";
-                edit_json(&d.join("model.safetensors.index.json"), |m| {
-                    m["weight_map"][tensor] = serde_json::json!(42);
-                });
-                vec![path_of(d, "model.safetensors.index.json"), tensor.into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "index names a shard outside the folder",
-            fixture: "mistral-sharded",
-            breaks: |d| {
-                edit_json(&d.join("model.safetensors.index.json"), |m| {
-                    m["weight_map"]["model.norm.weight"] = serde_json::json!("../model-00006-of-00006.safetensors");
-                });
-                vec![path_of(d, "model.safetensors.index.json"), "../model-00006-of-00006.safetensors".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "tokenizer.json is not UTF-8",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                fs::write(d.join("tokenizer.json"), b"{\"model\": {\"type\": \"BPE\xc3\x28\"}}").unwrap();
-                vec![path_of(d, "tokenizer.json"), "UTF-8".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
+        Case::refused("truncated single file", "llama-odd", |d| truncated(d, "model.safetensors", |n| n - 100)),
+        Case::refused("truncated shard", SHARDED, |d| truncated(d, SHARD2, |n| n / 2)),
+        Case::refused("empty safetensors file", GQA, |d| replaced(d, "model.safetensors", b"", &[])),
+        Case::refused("index names a missing shard file", SHARDED, |d| {
+            let (tensor, ghost) = ("model.layers.0.input_layernorm.weight", "model-00007-of-00006.safetensors");
+            index_entry(d, tensor, json!(ghost), &[ghost, tensor])
+        }),
+        Case::refused("index entry is not a file name", SHARDED, |d| {
+            index_entry(d, "model.norm.weight", json!(42), &["model.norm.weight"])
+        }),
+        Case::refused("index names a shard outside the folder", SHARDED, |d| {
+            let outside = "../model-00006-of-00006.safetensors";
+            index_entry(d, "model.norm.weight", json!(outside), &[outside])
+        }),
+        Case::refused("tokenizer.json is not UTF-8", GQA, |d| {
+            replaced(d, "tokenizer.json", b"{\"model\": {\"type\": \"BPE\xc3\x28\"}}", &["UTF-8"])
+        }),
+        Case::refused("tokenizer.json id far beyond its entries", GQA, |d| {
             // Before: a 128 GiB table for the id (an OOM abort).
-            name: "tokenizer.json id far beyond its entries",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let json = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 4294967295}, "merges": []},
-                    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
-                    "added_tokens": []}"#;
-                fs::write(d.join("tokenizer.json"), json).unwrap();
-                vec![path_of(d, "tokenizer.json"), "token id 4294967295 is beyond the 2 tokens".into()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "tokenizer.json is binary",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                fs::write(d.join("tokenizer.json"), [0xff, 0xfe, 0x00, 0x80, 0x7b]).unwrap();
-                vec![path_of(d, "tokenizer.json")]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "absurd header length (u64::MAX)",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                set_header_len(&d.join("model.safetensors"), u64::MAX);
-                vec![path_of(d, "model.safetensors")]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "absurd header length (1 TiB)",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                set_header_len(&d.join("model.safetensors"), 1 << 40);
-                vec![path_of(d, "model.safetensors")]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "header length past the end of the file",
-            fixture: "mistral-sharded",
-            breaks: |d| {
-                let p = d.join(SHARD2);
-                let len = fs::metadata(&p).unwrap().len();
-                set_header_len(&p, len); // 8 + len > len
-                vec![p.display().to_string()]
-            },
-            args: &[],
-            expect: Error,
-        },
-        Case {
-            name: "header length cutting the JSON short",
-            fixture: "llama-gqa",
-            breaks: |d| {
-                let p = d.join("model.safetensors");
-                let b = fs::read(&p).unwrap();
-                let n = u64::from_le_bytes(b[..8].try_into().unwrap());
-                set_header_len(&p, n - 10);
-                vec![p.display().to_string()]
-            },
-            args: &[],
-            expect: Error,
-        },
+            let json = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 4294967295}, "merges": []},
+                "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+                "added_tokens": []}"#;
+            replaced(d, "tokenizer.json", json.as_bytes(), &["token id 4294967295 is beyond the 2 tokens"])
+        }),
+        Case::refused("tokenizer.json is binary", GQA, |d| {
+            replaced(d, "tokenizer.json", &[0xff, 0xfe, 0x00, 0x80, 0x7b], &[])
+        }),
+        Case::refused("absurd header length (u64::MAX)", GQA, |d| header_len(d, "model.safetensors", |_, _| u64::MAX)),
+        Case::refused("absurd header length (1 TiB)", GQA, |d| header_len(d, "model.safetensors", |_, _| 1 << 40)),
+        // 8 + len > len
+        Case::refused("header length past the end of the file", SHARDED, |d| header_len(d, SHARD2, |len, _| len)),
+        Case::refused("header length cutting the JSON short", GQA, |d| {
+            header_len(d, "model.safetensors", |_, header| header - 10)
+        }),
     ]
 }
 
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stderr\n{}--- stdout\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    )
+/// `ferrite convert INPUT -o OUTPUT --quiet ARGS`.
+fn convert_quietly(input: &Path, output: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("convert")
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .expect("run ferrite")
 }
 
 /// No temp file of `output` in its folder.
@@ -493,15 +301,7 @@ fn every_malformed_checkpoint_is_refused_naming_the_file_and_key_or_tensor() {
         let needles = (case.breaks)(input.path());
         let out_dir = tempfile::tempdir().expect("tempdir");
         let output = out_dir.path().join("model.frt");
-        let out = Command::new(BIN)
-            .arg("convert")
-            .arg(input.path())
-            .arg("-o")
-            .arg(&output)
-            .args(["--quiet"])
-            .args(case.args)
-            .output()
-            .expect("run ferrite");
+        let out = convert_quietly(input.path(), &output, case.args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let mut problems = Vec::new();
         if stderr.contains("panicked") || out.status.code() == Some(101) {
@@ -565,14 +365,7 @@ fn the_unbroken_fixtures_of_the_table_convert() {
         let input = copy_fixture(fixture);
         let out_dir = tempfile::tempdir().expect("tempdir");
         let output = out_dir.path().join("model.frt");
-        let out = Command::new(BIN)
-            .arg("convert")
-            .arg(input.path())
-            .arg("-o")
-            .arg(&output)
-            .arg("--quiet")
-            .output()
-            .expect("run ferrite");
+        let out = convert_quietly(input.path(), &output, &[]);
         assert!(out.status.success(), "{fixture}:\n{}", show(&out));
         assert_eq!(dir_names(out_dir.path()), ["model.frt"], "{fixture}");
     }

@@ -5,27 +5,23 @@ use crate::Error;
 /// Most stop token ids a file can list.
 pub const MAX_STOP_IDS: usize = 8;
 
-/// Model architecture (all Llama-family decoders).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Arch {
-    /// `LlamaForCausalLM` (Llama 2/3, SmolLM/SmolLM2, TinyLlama).
-    Llama = 1,
-    /// `MistralForCausalLM`.
-    Mistral = 2,
-    /// `Qwen2ForCausalLM` (q/k/v projection biases).
-    Qwen2 = 3,
+stored_enum! {
+    /// Model architecture (all Llama-family decoders).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Arch: u32 {
+        /// `LlamaForCausalLM` (Llama 2/3, SmolLM/SmolLM2, TinyLlama).
+        Llama = 1,
+        /// `MistralForCausalLM`.
+        Mistral = 2,
+        /// `Qwen2ForCausalLM` (q/k/v projection biases).
+        Qwen2 = 3,
+    }
 }
 
 impl Arch {
     /// Decodes the stored value.
     pub fn from_u32(value: u32) -> Result<Self, Error> {
-        Ok(match value {
-            1 => Arch::Llama,
-            2 => Arch::Mistral,
-            3 => Arch::Qwen2,
-            _ => return Err(Error::BadEnum { what: "architecture", value }),
-        })
+        Self::decode(value).ok_or(Error::BadEnum { what: "architecture", value })
     }
     /// The Hugging Face class name.
     pub fn hf_name(self) -> &'static str {
@@ -37,28 +33,24 @@ impl Arch {
     }
 }
 
-/// RoPE frequency scaling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum RopeScaling {
-    /// Plain RoPE.
-    None = 0,
-    /// Llama 3.1 `rope_type: llama3` (factor, low/high frequency factors,
-    /// original context).
-    Llama3 = 1,
-    /// `rope_type: linear`: positions divided by `factor`.
-    Linear = 2,
+stored_enum! {
+    /// RoPE frequency scaling.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum RopeScaling: u32 {
+        /// Plain RoPE.
+        None = 0,
+        /// Llama 3.1 `rope_type: llama3` (factor, low/high frequency factors,
+        /// original context).
+        Llama3 = 1,
+        /// `rope_type: linear`: positions divided by `factor`.
+        Linear = 2,
+    }
 }
 
 impl RopeScaling {
     /// Decodes the stored value.
     pub fn from_u32(value: u32) -> Result<Self, Error> {
-        Ok(match value {
-            0 => RopeScaling::None,
-            1 => RopeScaling::Llama3,
-            2 => RopeScaling::Linear,
-            _ => return Err(Error::BadEnum { what: "rope scaling", value }),
-        })
+        Self::decode(value).ok_or(Error::BadEnum { what: "rope scaling", value })
     }
 }
 

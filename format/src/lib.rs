@@ -19,6 +19,34 @@
 //! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 
+/// Declares a field-less enum stored as a `$repr` number, with `decode`
+/// (the inverse of `as $repr`), so that each variant's number is written
+/// once.
+macro_rules! stored_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident: $repr:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $value:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr($repr)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            /// The variant stored as `value`, if there is one.
+            pub const fn decode(value: $repr) -> Option<Self> {
+                match value {
+                    $($value => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
 mod config;
 mod error;
 mod header;

@@ -5,33 +5,27 @@ use crate::{quant, Error, ModelConfig};
 /// Size of one [`DirEntry`] in bytes.
 pub const DIR_ENTRY_SIZE: usize = 64;
 
-/// Storage type of a tensor. Layouts in `SPEC.md` § Weight types and [`crate::quant`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u32)]
-pub enum DType {
-    /// IEEE binary32.
-    F32 = 0,
-    /// IEEE binary16.
-    F16 = 1,
-    /// 8-bit symmetric, groups of 32 with an f16 scale.
-    Q8 = 2,
-    /// 4-bit symmetric, groups of 32 with an f16 scale.
-    Q4 = 3,
-    /// 4-bit asymmetric, groups of 32 with an f16 scale and an f16 minimum.
-    Q4A = 4,
+stored_enum! {
+    /// Storage type of a tensor. Layouts in `SPEC.md` § Weight types and [`crate::quant`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum DType: u32 {
+        /// IEEE binary32.
+        F32 = 0,
+        /// IEEE binary16.
+        F16 = 1,
+        /// 8-bit symmetric, groups of 32 with an f16 scale.
+        Q8 = 2,
+        /// 4-bit symmetric, groups of 32 with an f16 scale.
+        Q4 = 3,
+        /// 4-bit asymmetric, groups of 32 with an f16 scale and an f16 minimum.
+        Q4A = 4,
+    }
 }
 
 impl DType {
     /// Decodes the stored value.
     pub fn from_u32(value: u32) -> Result<Self, Error> {
-        Ok(match value {
-            0 => DType::F32,
-            1 => DType::F16,
-            2 => DType::Q8,
-            3 => DType::Q4,
-            4 => DType::Q4A,
-            _ => return Err(Error::BadEnum { what: "tensor dtype", value }),
-        })
+        Self::decode(value).ok_or(Error::BadEnum { what: "tensor dtype", value })
     }
     /// Lower-case name as used on the command line.
     pub fn name(self) -> &'static str {
@@ -71,34 +65,35 @@ impl DType {
     }
 }
 
-/// A per-layer tensor role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u32)]
-pub enum LayerRole {
-    /// `input_layernorm`: `[d_model]`.
-    AttnNorm = 16,
-    /// `q_proj`: `[n_heads * head_dim, d_model]`.
-    AttnQ = 17,
-    /// `k_proj`: `[n_kv_heads * head_dim, d_model]`.
-    AttnK = 18,
-    /// `v_proj`: `[n_kv_heads * head_dim, d_model]`.
-    AttnV = 19,
-    /// `o_proj`: `[d_model, n_heads * head_dim]`.
-    AttnO = 20,
-    /// `q_proj.bias`: `[n_heads * head_dim]`.
-    AttnQBias = 21,
-    /// `k_proj.bias`: `[n_kv_heads * head_dim]`.
-    AttnKBias = 22,
-    /// `v_proj.bias`: `[n_kv_heads * head_dim]`.
-    AttnVBias = 23,
-    /// `post_attention_layernorm`: `[d_model]`.
-    FfnNorm = 24,
-    /// `gate_proj`: `[ffn_dim, d_model]`.
-    FfnGate = 25,
-    /// `up_proj`: `[ffn_dim, d_model]`.
-    FfnUp = 26,
-    /// `down_proj`: `[d_model, ffn_dim]`.
-    FfnDown = 27,
+stored_enum! {
+    /// A per-layer tensor role.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum LayerRole: u32 {
+        /// `input_layernorm`: `[d_model]`.
+        AttnNorm = 16,
+        /// `q_proj`: `[n_heads * head_dim, d_model]`.
+        AttnQ = 17,
+        /// `k_proj`: `[n_kv_heads * head_dim, d_model]`.
+        AttnK = 18,
+        /// `v_proj`: `[n_kv_heads * head_dim, d_model]`.
+        AttnV = 19,
+        /// `o_proj`: `[d_model, n_heads * head_dim]`.
+        AttnO = 20,
+        /// `q_proj.bias`: `[n_heads * head_dim]`.
+        AttnQBias = 21,
+        /// `k_proj.bias`: `[n_kv_heads * head_dim]`.
+        AttnKBias = 22,
+        /// `v_proj.bias`: `[n_kv_heads * head_dim]`.
+        AttnVBias = 23,
+        /// `post_attention_layernorm`: `[d_model]`.
+        FfnNorm = 24,
+        /// `gate_proj`: `[ffn_dim, d_model]`.
+        FfnGate = 25,
+        /// `up_proj`: `[ffn_dim, d_model]`.
+        FfnUp = 26,
+        /// `down_proj`: `[d_model, ffn_dim]`.
+        FfnDown = 27,
+    }
 }
 
 impl LayerRole {
@@ -117,9 +112,6 @@ impl LayerRole {
         LayerRole::FfnUp,
         LayerRole::FfnDown,
     ];
-    fn from_u32(value: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| *r as u32 == value)
-    }
     /// Whether this role is a 1-D vector (norm or bias).
     pub fn is_vector(self) -> bool {
         matches!(
@@ -186,7 +178,7 @@ impl Role {
             0 => global(Role::Embedding),
             1 => global(Role::OutputNorm),
             2 => global(Role::Output),
-            _ => LayerRole::from_u32(kind)
+            _ => LayerRole::decode(kind)
                 .map(|r| Role::Layer(layer, r))
                 .ok_or(Error::BadEnum { what: "tensor role", value: kind }),
         }

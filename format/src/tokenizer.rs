@@ -12,94 +12,72 @@ pub const NO_TOKEN: u32 = u32::MAX;
 /// Size of [`TokenizerHeader`] in bytes.
 pub const TOKENIZER_HEADER_SIZE: usize = 96;
 
-/// Tokenizer model family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum TokenizerKind {
-    /// GPT-2 style byte-level BPE: tokens are raw byte strings, every byte has
-    /// a token, merges are ranked.
-    ByteLevelBpe = 1,
-    /// SentencePiece-style BPE (Llama 2, TinyLlama, Mistral v0.1): token
-    /// strings hold spaces where SentencePiece writes `▁`, byte-fallback
-    /// tokens `<0xXX>` (type [`TokenType::Byte`]) stand for the byte
-    /// `byte_tokens` maps to them, BPE runs over characters on the whole text
-    /// between added tokens (no pre-tokenizer), with a space prepended to each
-    /// such piece when [`TokenizerHeader::FLAG_ADD_PREFIX_SPACE`] is set.
-    SentencePiece = 2,
+stored_enum! {
+    /// Tokenizer model family.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum TokenizerKind: u32 {
+        /// GPT-2 style byte-level BPE: tokens are raw byte strings, every byte has
+        /// a token, merges are ranked.
+        ByteLevelBpe = 1,
+        /// SentencePiece-style BPE (Llama 2, TinyLlama, Mistral v0.1): token
+        /// strings hold spaces where SentencePiece writes `▁`, byte-fallback
+        /// tokens `<0xXX>` (type [`TokenType::Byte`]) stand for the byte
+        /// `byte_tokens` maps to them, BPE runs over characters on the whole text
+        /// between added tokens (no pre-tokenizer), with a space prepended to each
+        /// such piece when [`TokenizerHeader::FLAG_ADD_PREFIX_SPACE`] is set.
+        SentencePiece = 2,
+    }
 }
 
-/// How text is split into chunks before BPE runs on each chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum PreTokenizer {
-    /// No split: the whole text (between special tokens) is one chunk.
-    None = 0,
-    /// GPT-2's regex (`ByteLevel` with `use_regex`):
-    /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
-    Gpt2 = 1,
-    /// `Digits(individual_digits)` then GPT-2's regex (SmolLM/SmolLM2).
-    Gpt2Digits = 2,
-    /// Llama 3's regex (also DBRX, Smaug):
-    /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
-    Llama3 = 3,
-    /// Qwen2's regex: Llama 3's with `\p{N}` (one numeric character) in
-    /// place of `\p{N}{1,3}`.
-    Qwen2 = 4,
+stored_enum! {
+    /// How text is split into chunks before BPE runs on each chunk.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum PreTokenizer: u32 {
+        /// No split: the whole text (between special tokens) is one chunk.
+        None = 0,
+        /// GPT-2's regex (`ByteLevel` with `use_regex`):
+        /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
+        Gpt2 = 1,
+        /// `Digits(individual_digits)` then GPT-2's regex (SmolLM/SmolLM2).
+        Gpt2Digits = 2,
+        /// Llama 3's regex (also DBRX, Smaug):
+        /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
+        Llama3 = 3,
+        /// Qwen2's regex: Llama 3's with `\p{N}` (one numeric character) in
+        /// place of `\p{N}{1,3}`.
+        Qwen2 = 4,
+    }
 }
 
 impl TokenizerKind {
     /// Decodes the stored value.
     pub fn from_u32(value: u32) -> Result<Self, Error> {
-        match value {
-            1 => Ok(Self::ByteLevelBpe),
-            2 => Ok(Self::SentencePiece),
-            _ => Err(Error::BadEnum { what: "tokenizer kind", value }),
-        }
+        Self::decode(value).ok_or(Error::BadEnum { what: "tokenizer kind", value })
     }
 }
 
 impl PreTokenizer {
     /// Decodes the stored value.
     pub fn from_u32(value: u32) -> Result<Self, Error> {
-        match value {
-            0 => Ok(Self::None),
-            1 => Ok(Self::Gpt2),
-            2 => Ok(Self::Gpt2Digits),
-            3 => Ok(Self::Llama3),
-            4 => Ok(Self::Qwen2),
-            _ => Err(Error::BadEnum { what: "pre-tokenizer", value }),
-        }
+        Self::decode(value).ok_or(Error::BadEnum { what: "pre-tokenizer", value })
     }
 }
 
-/// Type of a vocabulary entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum TokenType {
-    /// An ordinary token produced by BPE.
-    Normal = 0,
-    /// A special/control token (e.g. `<|im_start|>`): matched verbatim in
-    /// input, skipped when decoding with specials hidden.
-    Special = 1,
-    /// A user-defined added token: matched verbatim, decoded as text.
-    Added = 2,
-    /// A byte-fallback token `<0xXX>` (SentencePiece).
-    Byte = 3,
-    /// The unknown token.
-    Unknown = 4,
-}
-
-impl TokenType {
-    /// Decodes the stored value.
-    pub fn from_u8(value: u8) -> Option<Self> {
-        Some(match value {
-            0 => Self::Normal,
-            1 => Self::Special,
-            2 => Self::Added,
-            3 => Self::Byte,
-            4 => Self::Unknown,
-            _ => return None,
-        })
+stored_enum! {
+    /// Type of a vocabulary entry.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum TokenType: u8 {
+        /// An ordinary token produced by BPE.
+        Normal = 0,
+        /// A special/control token (e.g. `<|im_start|>`): matched verbatim in
+        /// input, skipped when decoding with specials hidden.
+        Special = 1,
+        /// A user-defined added token: matched verbatim, decoded as text.
+        Added = 2,
+        /// A byte-fallback token `<0xXX>` (SentencePiece).
+        Byte = 3,
+        /// The unknown token.
+        Unknown = 4,
     }
 }
 
@@ -289,7 +267,7 @@ impl<'a> TokenizerView<'a> {
             return Err(Error::BadTokenizer { what: "offsets (end != strings_len)", index: n });
         }
         for (i, &t) in types.iter().enumerate() {
-            if TokenType::from_u8(t).is_none() {
+            if TokenType::decode(t).is_none() {
                 return Err(Error::BadTokenizer { what: "token type", index: i as u32 });
             }
         }
@@ -374,7 +352,7 @@ impl<'a> TokenizerView<'a> {
     }
     /// Type of token `id`.
     pub fn token_type(&self, id: u32) -> Option<TokenType> {
-        self.types.get(id as usize).and_then(|&t| TokenType::from_u8(t))
+        self.types.get(id as usize).and_then(|&t| TokenType::decode(t))
     }
     /// Score of token `id` (SentencePiece), if the table is present.
     pub fn score(&self, id: u32) -> Option<f32> {

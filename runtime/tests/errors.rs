@@ -11,18 +11,9 @@
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::{Error, KvType, Model, Session, SessionConfig};
-use ferrite_test_support::fixtures;
+use ferrite_test_support::convert::tiny_frt;
 
 /// The `llama-gqa` fixture converted to q8 (vocab 512, 2 layers).
-fn converted() -> AlignedBytes {
-    let dir = fixtures::tiny("llama-gqa");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("m.frt");
-    let opts = ferrite_converter::Options { weights: DType::Q8, ..Default::default() };
-    ferrite_converter::convert(&dir, &out, &opts, &mut |_| {}).expect("convert");
-    AlignedBytes::read(&out).expect("read")
-}
-
 const VOCAB: u32 = 512;
 
 fn config(max_ctx: usize, streaming: bool) -> SessionConfig {
@@ -47,7 +38,7 @@ fn logits_after(bytes: &AlignedBytes, cfg: SessionConfig, tokens: &[u32]) -> Vec
 
 #[test]
 fn out_of_range_token_ids_are_refused_in_prefill_and_step() {
-    let bytes = converted();
+    let bytes = tiny_frt("llama-gqa", DType::Q8);
     let cfg = config(32, false);
     let reference = logits_after(&bytes, cfg, &[1, 2, 3, 4]);
     with_session(&bytes, cfg, |s| {
@@ -77,7 +68,7 @@ fn out_of_range_token_ids_are_refused_in_prefill_and_step() {
 
 #[test]
 fn empty_prompt_is_refused() {
-    let bytes = converted();
+    let bytes = tiny_frt("llama-gqa", DType::Q8);
     for streaming in [false, true] {
         with_session(&bytes, config(16, streaming), |s| {
             assert_eq!(s.prefill(&[]).map(|_| ()), Err(Error::EmptyPrompt));
@@ -92,7 +83,7 @@ fn empty_prompt_is_refused() {
 
 #[test]
 fn a_prompt_longer_than_the_context_is_refused_with_streaming_off() {
-    let bytes = converted();
+    let bytes = tiny_frt("llama-gqa", DType::Q8);
     let ids = |n: usize| (0..n as u32).map(|i| (i * 37 + 3) % VOCAB).collect::<Vec<u32>>();
     with_session(&bytes, config(16, false), |s| {
         for n in [17, 100, 10_000] {
@@ -121,7 +112,7 @@ fn a_prompt_longer_than_the_context_is_refused_with_streaming_off() {
 
 #[test]
 fn an_arena_too_small_is_refused_and_any_alignment_of_a_large_enough_one_works() {
-    let bytes = converted();
+    let bytes = tiny_frt("llama-gqa", DType::Q8);
     let model = Model::from_bytes(bytes.as_slice()).expect("model");
     let cfg = config(32, false);
     let plan = model.plan(&cfg).expect("plan");
@@ -144,13 +135,9 @@ fn an_arena_too_small_is_refused_and_any_alignment_of_a_large_enough_one_works()
 
 #[test]
 fn a_plan_for_another_model_is_refused() {
-    let bytes = converted();
+    let bytes = tiny_frt("llama-gqa", DType::Q8);
     let model = Model::from_bytes(bytes.as_slice()).expect("model");
-    let dir = fixtures::tiny("llama-odd");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("odd.frt");
-    ferrite_converter::convert(&dir, &out, &Default::default(), &mut |_| {}).expect("convert");
-    let other_bytes = AlignedBytes::read(&out).expect("read");
+    let other_bytes = tiny_frt("llama-odd", DType::Q4);
     let other = Model::from_bytes(other_bytes.as_slice()).expect("other model");
     let plan = other.plan(&config(16, false)).expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes().max(1 << 20)];
@@ -159,7 +146,7 @@ fn a_plan_for_another_model_is_refused() {
 
 #[test]
 fn a_misaligned_model_buffer_is_an_error_not_undefined_behaviour() {
-    let bytes = converted();
+    let bytes = tiny_frt("llama-gqa", DType::Q8);
     let file = bytes.as_slice();
     // The same bytes at every misaligned start (an AlignedBytes buffer is
     // 64-byte aligned; copying into it at offset k gives a start ≡ k).
@@ -193,7 +180,7 @@ fn a_misaligned_model_buffer_is_an_error_not_undefined_behaviour() {
 
 #[test]
 fn session_configs_out_of_range_are_refused() {
-    let bytes = converted();
+    let bytes = tiny_frt("llama-gqa", DType::Q8);
     let model = Model::from_bytes(bytes.as_slice()).expect("model");
     let base = config(16, true);
     let bad = |what: &'static str, cfg: SessionConfig| match model.plan(&cfg) {

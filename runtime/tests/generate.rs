@@ -4,20 +4,11 @@
 
 use std::ops::ControlFlow;
 
-use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::generate::{generate, End, GenBuffers, GenError, GenOptions, History, Observer};
 use ferrite_runtime::sampler::{Sampler, SamplerConfig};
 use ferrite_runtime::{Error, Model, Session, SessionConfig};
-
-fn converted(name: &str) -> AlignedBytes {
-    let dir = ferrite_test_support::fixtures::tiny(name);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("m.frt");
-    let opts = ferrite_converter::Options { weights: DType::F32, ..Default::default() };
-    ferrite_converter::convert(&dir, &out, &opts, &mut |_| {}).expect("convert");
-    AlignedBytes::read(&out).expect("read")
-}
+use ferrite_test_support::convert::tiny_frt;
 
 #[derive(Default)]
 struct Log {
@@ -82,7 +73,7 @@ fn by_hand(
 
 #[test]
 fn equals_the_loop_written_by_hand() {
-    let bytes = converted("llama-gqa");
+    let bytes = tiny_frt("llama-gqa", DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let plan = model.plan(&SessionConfig { max_ctx: 48, max_batch: 5, ..Default::default() }).expect("plan");
     let vocab = model.config().vocab_size as usize;
@@ -117,7 +108,7 @@ fn equals_the_loop_written_by_hand() {
 
 #[test]
 fn stops_on_a_stop_id_unless_told_not_to_and_when_the_observer_says() {
-    let bytes = converted("llama-gqa");
+    let bytes = tiny_frt("llama-gqa", DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let plan = model.plan(&SessionConfig { max_ctx: 64, ..Default::default() }).expect("plan");
     let vocab = model.config().vocab_size as usize;
@@ -169,7 +160,7 @@ fn stops_on_a_stop_id_unless_told_not_to_and_when_the_observer_says() {
 
 #[test]
 fn buffers_and_errors() {
-    let bytes = converted("llama-gqa");
+    let bytes = tiny_frt("llama-gqa", DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let cfg = SessionConfig { max_ctx: 8, streaming: false, ..Default::default() };
     let plan = model.plan(&cfg).expect("plan");

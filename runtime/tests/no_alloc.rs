@@ -2,23 +2,14 @@
 //! allocations across a prefill and 200 decode steps, for every weight type
 //! and KV type.
 
-use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
 use ferrite_test_support::alloc::CountingAllocator;
-use ferrite_test_support::{argmax, fixtures};
+use ferrite_test_support::argmax;
+use ferrite_test_support::convert::tiny_frt;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
-
-fn converted(name: &str, weights: DType) -> AlignedBytes {
-    let dir = fixtures::tiny(name);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("m.frt");
-    let opts = ferrite_converter::Options { weights, ..Default::default() };
-    ferrite_converter::convert(&dir, &out, &opts, &mut |_| {}).expect("convert");
-    AlignedBytes::read(&out).expect("read")
-}
 
 #[test]
 fn zero_allocations_in_prefill_and_200_steps() {
@@ -29,7 +20,7 @@ fn zero_allocations_in_prefill_and_200_steps() {
         ("llama-tied-bf16", DType::F32),
     ] {
         for kv in [KvType::F32, KvType::F16] {
-            let bytes = converted(name, weights);
+            let bytes = tiny_frt(name, weights);
             let model = Model::from_bytes(&bytes).expect("model");
             let plan =
                 model.plan(&SessionConfig { max_ctx: 256, kv, max_batch: 8, ..Default::default() }).expect("plan");
@@ -72,7 +63,7 @@ fn zero_allocations_in_the_generation_loop() {
             std::ops::ControlFlow::Continue(())
         }
     }
-    let bytes = converted("llama-gqa", DType::Q8);
+    let bytes = tiny_frt("llama-gqa", DType::Q8);
     let model = Model::from_bytes(&bytes).expect("model");
     let plan = model.plan(&SessionConfig { max_ctx: 64, max_batch: 8, ..Default::default() }).expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];

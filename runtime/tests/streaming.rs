@@ -1,22 +1,13 @@
 //! The streaming KV cache, the int8 KV cache and session save/restore.
 
-use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::{Error, KvType, Model, Session, SessionConfig};
 use ferrite_test_support::alloc::CountingAllocator;
-use ferrite_test_support::{argmax, fixtures};
+use ferrite_test_support::argmax;
+use ferrite_test_support::convert::tiny_frt;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
-
-fn converted(name: &str, weights: DType) -> AlignedBytes {
-    let dir = fixtures::tiny(name);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("m.frt");
-    let opts = ferrite_converter::Options { weights, ..Default::default() };
-    ferrite_converter::convert(&dir, &out, &opts, &mut |_| {}).expect("convert");
-    AlignedBytes::read(&out).expect("read")
-}
 
 fn prompt(n: usize, vocab: u32) -> Vec<u32> {
     (0..n as u32).map(|i| (i * 131 + 7) % vocab).collect()
@@ -27,7 +18,7 @@ fn prompt(n: usize, vocab: u32) -> Vec<u32> {
 #[test]
 fn hundred_thousand_steps_in_bounded_memory() {
     for kv in [KvType::F16, KvType::Q8] {
-        let bytes = converted("llama-gqa", DType::Q8);
+        let bytes = tiny_frt("llama-gqa", DType::Q8);
         let model = Model::from_bytes(&bytes).expect("model");
         let cfg = SessionConfig { max_ctx: 64, kv, sinks: 4, streaming: true, ..Default::default() };
         let plan = model.plan(&cfg).expect("plan");
@@ -69,7 +60,7 @@ fn logits_trace(model: &Model<'_>, cfg: SessionConfig, tokens: &[u32], batch_spl
 /// stale after a reset). Logits equal feeding the tokens one at a time.
 #[test]
 fn a_batch_longer_than_the_ring_sees_its_own_sinks() {
-    let bytes = converted("qwen2-bias-f16", DType::F32);
+    let bytes = tiny_frt("qwen2-bias-f16", DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let tokens = prompt(40, model.config().vocab_size);
     let other = prompt(40, model.config().vocab_size - 3);
@@ -99,7 +90,7 @@ fn a_batch_longer_than_the_ring_sees_its_own_sinks() {
 /// many evictions, for every KV type.
 #[test]
 fn streaming_is_batch_invariant() {
-    let bytes = converted("qwen2-bias-f16", DType::F32);
+    let bytes = tiny_frt("qwen2-bias-f16", DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let tokens = prompt(300, model.config().vocab_size);
     for kv in [KvType::F32, KvType::F16, KvType::Q8] {
@@ -116,7 +107,7 @@ fn streaming_is_batch_invariant() {
 /// the result (the sink keys are really attended).
 #[test]
 fn streaming_before_and_after_eviction() {
-    let bytes = converted("llama-gqa", DType::F32);
+    let bytes = tiny_frt("llama-gqa", DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let vocab = model.config().vocab_size as usize;
     let tokens = prompt(100, model.config().vocab_size);
@@ -135,7 +126,7 @@ fn streaming_before_and_after_eviction() {
 /// Without streaming, a full cache is an error, not a panic.
 #[test]
 fn full_cache_without_streaming_is_an_error() {
-    let bytes = converted("llama-gqa", DType::Q4);
+    let bytes = tiny_frt("llama-gqa", DType::Q4);
     let model = Model::from_bytes(&bytes).expect("model");
     let plan = model.plan(&SessionConfig { max_ctx: 16, streaming: false, ..Default::default() }).expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
@@ -145,11 +136,23 @@ fn full_cache_without_streaming_is_an_error() {
     assert!(matches!(session.step(1), Err(Error::ContextFull { used: 16, adding: 1, .. })));
 }
 
+/// The logits' bits over 50 greedy steps from where `s` stands.
+fn greedy_trace(s: &mut Session<'_, '_>) -> Vec<u32> {
+    let mut trace = Vec::new();
+    let mut next = argmax(s.logits());
+    for _ in 0..50 {
+        let l = s.step(next).expect("step");
+        trace.extend(l.iter().map(|v| v.to_bits()));
+        next = argmax(l);
+    }
+    trace
+}
+
 /// A saved state restores into a fresh session that then continues
 /// bit-identically, before and after eviction, for every KV type.
 #[test]
 fn save_and_restore_continue_identically() {
-    let bytes = converted("mistral-sharded", DType::Q8);
+    let bytes = tiny_frt("mistral-sharded", DType::Q8);
     let model = Model::from_bytes(&bytes).expect("model");
     let vocab = model.config().vocab_size;
     for kv in [KvType::F32, KvType::F16, KvType::Q8] {
@@ -161,26 +164,14 @@ fn save_and_restore_continue_identically() {
             a.prefill(&prompt(prompt_len, vocab)).expect("prefill");
             let mut state = vec![0u8; a.state_len()];
             assert_eq!(a.save_state(&mut state).expect("save"), state.len());
-            let mut trace_a = Vec::new();
-            let mut next = argmax(a.logits());
-            for _ in 0..50 {
-                let l = a.step(next).expect("step");
-                trace_a.extend(l.iter().map(|v| v.to_bits()));
-                next = argmax(l);
-            }
+            let trace_a = greedy_trace(&mut a);
 
             let mut arena_b = vec![0u8; plan.arena_bytes()];
             let mut b = Session::new(&model, &plan, &mut arena_b).expect("session");
             b.prefill(&prompt(5, vocab)).expect("unrelated history is replaced");
             b.restore_state(&state).expect("restore");
             assert_eq!(b.position(), prompt_len);
-            let mut trace_b = Vec::new();
-            let mut next = argmax(b.logits());
-            for _ in 0..50 {
-                let l = b.step(next).expect("step");
-                trace_b.extend(l.iter().map(|v| v.to_bits()));
-                next = argmax(l);
-            }
+            let trace_b = greedy_trace(&mut b);
             assert!(trace_a == trace_b, "{kv:?}, prompt {prompt_len}: restored session diverged");
         }
     }
@@ -188,7 +179,7 @@ fn save_and_restore_continue_identically() {
 
 #[test]
 fn bad_states_are_refused() {
-    let bytes = converted("llama-gqa", DType::Q8);
+    let bytes = tiny_frt("llama-gqa", DType::Q8);
     let model = Model::from_bytes(&bytes).expect("model");
     let plan = model.plan(&SessionConfig { max_ctx: 32, kv: KvType::F16, ..Default::default() }).expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
@@ -217,7 +208,7 @@ fn bad_states_are_refused() {
 /// int8 KV stays close to f16 KV.
 #[test]
 fn q8_kv_close_to_f16() {
-    let bytes = converted("llama-tied-bf16", DType::F32);
+    let bytes = tiny_frt("llama-tied-bf16", DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let tokens = prompt(60, model.config().vocab_size);
     let base = SessionConfig { max_ctx: 64, max_batch: 16, ..Default::default() };

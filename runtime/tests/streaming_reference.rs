@@ -8,18 +8,9 @@
 //! Decoding one token at a time wraps the ring several times; every step's
 //! logits must match.
 
-use ferrite_format::writer::AlignedBytes;
 use ferrite_format::{DType, File, LayerRole, Role};
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
-
-fn converted(name: &str) -> AlignedBytes {
-    let dir = ferrite_test_support::fixtures::tiny(name);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("m.frt");
-    let opts = ferrite_converter::Options { weights: DType::F32, ..Default::default() };
-    ferrite_converter::convert(&dir, &out, &opts, &mut |_| {}).expect("convert");
-    AlignedBytes::read(&out).expect("read")
-}
+use ferrite_test_support::convert::tiny_frt;
 
 /// The f64 model: weights from the file, every key and value kept.
 struct Reference<'f> {
@@ -156,7 +147,7 @@ impl<'f> Reference<'f> {
 
 #[test]
 fn streaming_cache_matches_the_reference_that_keeps_everything() {
-    let bytes = converted("qwen2-bias-f16");
+    let bytes = tiny_frt("qwen2-bias-f16", DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let (max_ctx, sinks, steps) = (16usize, 4usize, 60usize);
     let vocab = model.config().vocab_size;
@@ -238,7 +229,7 @@ fn peak_rss_kib() -> u64 {
 #[test]
 #[cfg_attr(debug_assertions, ignore = "a million decode steps: release builds only (scripts/test.sh runs them)")]
 fn a_million_tokens_in_flat_memory_and_exact_at_the_end() {
-    let bytes = converted("qwen2-bias-f16");
+    let bytes = tiny_frt("qwen2-bias-f16", DType::F32);
     let model = Model::from_bytes(&bytes).expect("model");
     let (max_ctx, sinks) = (64usize, 4usize);
     let cfg = SessionConfig { max_ctx, kv: KvType::F16, sinks, max_batch: 8, ..Default::default() };
@@ -259,7 +250,7 @@ fn a_million_tokens_in_flat_memory_and_exact_at_the_end() {
     };
     // Greedy, with a counter mixed in so the stream does not settle into a
     // short cycle.
-    let mut run = |session: &mut Session<'_, '_>, id: &mut u32, steps: u32| {
+    let run = |session: &mut Session<'_, '_>, id: &mut u32, steps: u32| {
         for i in 0..steps {
             let logits = session.step(*id).expect("step");
             let best = logits.iter().enumerate().fold(0, |b, (j, &v)| if v > logits[b] { j } else { b });

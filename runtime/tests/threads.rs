@@ -6,25 +6,17 @@
 
 use std::sync::Mutex;
 
-use ferrite_format::writer::AlignedBytes;
 use ferrite_format::DType;
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
 use ferrite_test_support::alloc::CountingAllocator;
-use ferrite_test_support::{argmax, fixtures};
+use ferrite_test_support::argmax;
+use ferrite_test_support::convert::tiny_frt;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
 
 /// Held by each test: nothing else of this binary runs while one counts.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn converted(name: &str, weights: DType) -> AlignedBytes {
-    let opts = ferrite_converter::Options { weights, ..Default::default() };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("m.frt");
-    ferrite_converter::convert(&fixtures::tiny(name), &out, &opts, &mut |_| {}).expect("convert");
-    AlignedBytes::read(&out).expect("read")
-}
 
 /// Logits after a 21-token prompt (batches of 8) and 40 steps, all of them
 /// concatenated, with `threads` threads.
@@ -50,7 +42,7 @@ fn logits_are_bit_identical_for_every_thread_count() {
     for (name, weights) in
         [("llama-gqa", DType::Q4), ("llama-gqa", DType::Q8), ("qwen2-bias-f16", DType::F32), ("llama-odd", DType::Q4)]
     {
-        let bytes = converted(name, weights);
+        let bytes = tiny_frt(name, weights);
         let model = Model::from_bytes(bytes.as_slice()).expect("model");
         for kv in [KvType::F16, KvType::Q8] {
             let one = run(&model, kv, 1);
@@ -69,7 +61,7 @@ fn logits_are_bit_identical_for_every_thread_count() {
 fn no_thread_allocates_after_session_new() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for (weights, threads) in [(DType::Q4, 2), (DType::F32, 2), (DType::Q8, 4)] {
-        let bytes = converted("llama-gqa", weights);
+        let bytes = tiny_frt("llama-gqa", weights);
         let model = Model::from_bytes(bytes.as_slice()).expect("model");
         let cfg = SessionConfig { max_ctx: 64, max_batch: 8, threads, ..Default::default() };
         let plan = model.plan(&cfg).expect("plan");

@@ -332,6 +332,15 @@ const SPECIALS: &[&str] = &[
 const SPECIAL_PARTS: &[&str] =
     &["<|im_", "|>", "<|im_end", "<|", "<|endoftext|", "<|im_start|", "<", ">", "<file", "<<", ">>", "im_end"];
 
+/// `1..=most` pieces (drawn first), each appended to the string by `piece`.
+fn pieces(rng: &mut Rng, most: usize, mut piece: impl FnMut(&mut Rng, &mut String)) -> String {
+    let mut s = String::new();
+    for _ in 0..rng.range(1, most) {
+        piece(rng, &mut s);
+    }
+    s
+}
+
 fn words(rng: &mut Rng, lo: usize, hi: usize) -> String {
     let mut s = String::new();
     for i in 0..rng.range(lo, hi) {
@@ -349,27 +358,22 @@ fn words(rng: &mut Rng, lo: usize, hi: usize) -> String {
 }
 
 fn prose(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 4) {
+    pieces(rng, 4, |rng, s| {
         s.push_str(&words(rng, 1, 12));
         s.push_str(rng.pick(&[".", ",", "!", "?", ";", ":", "", "...", " -", "\"", ")"]));
         s.push_str(rng.pick(&[" ", " ", "\n", "", "  ", "\n\n"]));
-    }
-    s
+    })
 }
 
 fn accents(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 10) {
+    pieces(rng, 10, |rng, s| {
         s.push_str(if rng.percent(60) { rng.pick(ACCENTED) } else { rng.pick(WORDS) });
         s.push_str(rng.pick(&[" ", " ", ", ", "\n", "", "-"]));
-    }
-    s
+    })
 }
 
 fn cjk(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 40) {
+    pieces(rng, 40, |rng, s| {
         let c = match rng.below(9) {
             0..=2 => rng.char_in(0x4e00, 0x9fff),
             3 => rng.char_in(0x3041, 0x3096),
@@ -383,50 +387,42 @@ fn cjk(rng: &mut Rng) -> String {
         if rng.percent(5) {
             s.push_str(rng.pick(WORDS));
         }
-    }
-    s
+    })
 }
 
 fn emoji(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 8) {
+    pieces(rng, 8, |rng, s| {
         s.push_str(rng.pick(EMOJI));
         if rng.percent(50) {
             s.push_str(rng.pick(&[" ", "", "  ", "\n", " hi ", "!", "1", "a"]));
         }
-    }
-    s
+    })
 }
 
 fn code(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 3) {
+    pieces(rng, 3, |rng, s| {
         s.push_str(rng.pick(SNIPPETS));
         if rng.percent(40) {
             s.push_str(&" ".repeat(rng.range(0, 12)));
             s.push_str(rng.pick(&["return 0;", "}", "x = y + 1", "\t# note", "end"]));
             s.push_str(rng.pick(&["\n", "\r\n", "", "  \n"]));
         }
-    }
-    s
+    })
 }
 
 fn whitespace(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 10) {
+    pieces(rng, 10, |rng, s| {
         for _ in 0..rng.range(1, 4) {
             s.push_str(rng.pick(WHITESPACE));
         }
         if rng.percent(70) {
             s.push_str(if rng.percent(80) { rng.pick(WORDS) } else { rng.pick(&["1", "!", "é", "日", "'s"]) });
         }
-    }
-    s
+    })
 }
 
 fn numbers(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 8) {
+    pieces(rng, 8, |rng, s| {
         if rng.percent(30) {
             let digits = rng.next_u64().to_string();
             s.push_str(&digits[..rng.range(1, 12).min(digits.len())]);
@@ -434,13 +430,11 @@ fn numbers(rng: &mut Rng) -> String {
             s.push_str(rng.pick(NUMBERS));
         }
         s.push_str(rng.pick(&[" ", "", " items", ", ", "\n", "x", "."]));
-    }
-    s
+    })
 }
 
 fn contractions(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 8) {
+    pieces(rng, 8, |rng, s| {
         if rng.percent(50) {
             s.push_str(rng.pick(WORDS));
             s.push_str(rng.pick(CONTRACTION_SUFFIXES));
@@ -448,25 +442,21 @@ fn contractions(rng: &mut Rng) -> String {
             s.push_str(rng.pick(CONTRACTIONS));
         }
         s.push_str(rng.pick(&[" ", "", " '", "\n", ". ", " "]));
-    }
-    s
+    })
 }
 
 fn punctuation(rng: &mut Rng) -> String {
     let punct: Vec<char> = PUNCT.chars().collect();
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 8) {
+    pieces(rng, 8, |rng, s| {
         for _ in 0..rng.range(1, 8) {
             s.push(rng.pick(&punct));
         }
         s.push_str(rng.pick(&[" ", "", "a", " word", "1", "\n", "  "]));
-    }
-    s
+    })
 }
 
 fn specials(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 8) {
+    pieces(rng, 8, |rng, s| {
         match rng.below(4) {
             0 | 1 => s.push_str(rng.pick(SPECIALS)),
             2 => s.push_str(rng.pick(SPECIAL_PARTS)),
@@ -478,21 +468,18 @@ fn specials(rng: &mut Rng) -> String {
         if rng.percent(30) {
             s.push_str(rng.pick(&["user\n", "assistant\n", "\n", " ", "hi", "system\nYou are"]));
         }
-    }
-    s
+    })
 }
 
 fn random_unicode(rng: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..rng.range(1, 30) {
+    pieces(rng, 30, |rng, s| {
         let c = match rng.below(10) {
             0..=4 => rng.char_in(0, 0x10ffff),
             5..=7 => rng.char_in(0x80, 0xffff),
             _ => rng.char_in(0, 0x7f),
         };
         s.push(c);
-    }
-    s
+    })
 }
 
 /// One string of the given kind (0..=11).

@@ -40,10 +40,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
-    engine::with_threads(args.threads, move |threads| run_inner(args, threads))
-}
-
-fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
+    let threads = engine::threads(args.threads);
     let model = engine::open_model(&args.model)?;
     let tok = engine::tokenizer(&model, &args.model)?;
     if tok.view().chat_template().is_empty() {

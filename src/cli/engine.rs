@@ -197,10 +197,10 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Runs `f(threads)` with the thread count given, or all available CPUs
-/// (the session starts its own worker threads).
-pub fn with_threads<T>(threads: Option<usize>, f: impl FnOnce(usize) -> CliResult<T>) -> CliResult<T> {
-    f(threads.unwrap_or_else(default_threads))
+/// The thread count given, or all available CPUs (the session starts its
+/// own worker threads).
+pub fn threads(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(default_threads)
 }
 
 /// Peak resident set size of this process, in bytes (Linux).

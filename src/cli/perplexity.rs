@@ -96,10 +96,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
-    engine::with_threads(args.threads, move |threads| run_inner(args, threads))
-}
-
-fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
+    let threads = engine::threads(args.threads);
     let model = engine::open_model(&args.model)?;
     let tok = engine::tokenizer(&model, &args.model)?;
     let text = std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;

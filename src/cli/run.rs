@@ -90,10 +90,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
-    engine::with_threads(args.threads, move |threads| run_inner(args, threads))
-}
-
-fn run_inner(args: Args, threads: usize) -> CliResult<ExitCode> {
+    let threads = engine::threads(args.threads);
     if args.device == Device::Cuda {
         // The CUDA session runs on the GPU with a cache that does not stream.
         if args.threads.is_some() {

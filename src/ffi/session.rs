@@ -164,6 +164,28 @@ pub(super) unsafe fn with_session(
     })
 }
 
+/// Sets `*out` to `get(session)`: what the getters share.
+///
+/// # Safety
+///
+/// `sess` must be NULL or a live session, used by no other thread now;
+/// `out` NULL or valid for a write.
+unsafe fn session_value(
+    sess: *mut FerriteSession,
+    out: *mut usize,
+    get: impl FnOnce(&Session<'static, 'static>) -> usize,
+) -> FerriteStatus {
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_session(sess, |s, _| {
+            check_ptr(out, "out")?;
+            // SAFETY: `out` is valid for a write (the caller's contract).
+            put(out, get(s));
+            Ok(())
+        })
+    }
+}
+
 /// Creates a session on `model` in the caller's arena `arena[0..arena_len]`
 /// (at least `ferrite_plan_arena_bytes` bytes, any alignment, contents
 /// overwritten). On success `*out` is a new session; on failure NULL.
@@ -261,14 +283,7 @@ pub unsafe extern "C" fn ferrite_session_reset(sess: *mut FerriteSession) -> Fer
 #[no_mangle]
 pub unsafe extern "C" fn ferrite_session_position(sess: *mut FerriteSession, out: *mut usize) -> FerriteStatus {
     // SAFETY: the caller's contract.
-    unsafe {
-        with_session(sess, |s, _| {
-            check_ptr(out, "out")?;
-            // SAFETY: `out` is valid for a write (the caller's contract).
-            put(out, s.position());
-            Ok(())
-        })
-    }
+    unsafe { session_value(sess, out, Session::position) }
 }
 
 /// Sets `*out` to the bytes `ferrite_session_save` needs now.
@@ -280,14 +295,7 @@ pub unsafe extern "C" fn ferrite_session_position(sess: *mut FerriteSession, out
 #[no_mangle]
 pub unsafe extern "C" fn ferrite_session_state_len(sess: *mut FerriteSession, out: *mut usize) -> FerriteStatus {
     // SAFETY: the caller's contract.
-    unsafe {
-        with_session(sess, |s, _| {
-            check_ptr(out, "out")?;
-            // SAFETY: `out` is valid for a write (the caller's contract).
-            put(out, s.state_len());
-            Ok(())
-        })
-    }
+    unsafe { session_value(sess, out, Session::state_len) }
 }
 
 /// Saves the session's state (its position, the occupied KV cache and the

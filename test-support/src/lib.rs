@@ -5,12 +5,16 @@
 //!   on every run and every machine;
 //! - [`alloc`]: a counting global allocator, for the tests that prove a
 //!   session allocates nothing after `Session::new`;
-//! - [`fixtures`]: where the fixtures and the fetched models are.
+//! - [`fixtures`]: where the fixtures and the fetched models are;
+//! - [`convert`] (feature `convert`): a fixture converted to `.frt` in memory.
 //!
-//! It depends on no crate of the workspace, so that any of them may use it.
+//! Without its `convert` feature it depends on no crate of the workspace, so
+//! that any of them may use it.
 //! Test code: it panics (with a message) where a test should fail.
 
 pub mod alloc;
+#[cfg(feature = "convert")]
+pub mod convert;
 pub mod fixtures;
 pub mod rng;
 
@@ -24,4 +28,17 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// Greedy decoding: `n` ids, the first `first` (the argmax of the prompt's
+/// logits), each later one `next(previous)` (a step's argmax). `next` runs
+/// `n` times, the last result unused, as a session's loop steps after each id.
+pub fn decode_greedy(first: u32, n: usize, mut next: impl FnMut(u32) -> u32) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(n);
+    let mut id = first;
+    for _ in 0..n {
+        ids.push(id);
+        id = next(id);
+    }
+    ids
 }

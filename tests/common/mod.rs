@@ -1,15 +1,15 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unused_imports)]
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-use ferrite_converter::{convert, Options};
-use ferrite_format::writer::AlignedBytes;
-use ferrite_format::DType;
 use safetensors::SafeTensors;
 
-pub use ferrite_test_support::argmax;
+pub use ferrite_test_support::convert::convert_to_bytes;
 pub use ferrite_test_support::fixtures::{root, smollm2_dir, tiny, TINY};
+pub use ferrite_test_support::{argmax, decode_greedy};
 
 /// The kernel tiers a test runs at: the one `FERRITE_KERNELS` forces, else
 /// every tier this CPU has (the reference first), so that one run of the
@@ -21,12 +21,87 @@ pub fn tiers() -> Vec<ferrite_kernels::Tier> {
     }
 }
 
-/// Converts `dir` at `weights` into memory (via a temp file).
-pub fn convert_to_bytes(dir: &Path, weights: DType) -> AlignedBytes {
+/// The `ferrite` binary of this build.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ferrite");
+
+/// Runs `ferrite ARGS` to its end, its output collected.
+pub fn ferrite<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    Command::new(BIN).args(args).output().expect("run ferrite")
+}
+
+/// Runs `ferrite ARGS`, which must succeed, and returns its stdout.
+pub fn ferrite_ok(args: &[&str]) -> Vec<u8> {
+    let out = ferrite(args);
+    assert!(out.status.success(), "ferrite {args:?}:\n{}", show(&out));
+    out.stdout
+}
+
+/// A finished run's status and both streams, for a failure message.
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `ferrite convert INPUT -o OUTPUT --weights WEIGHTS --quiet`.
+pub fn cli_convert(input: &Path, output: &Path, weights: &str) -> Output {
+    ferrite([
+        "convert".as_ref(),
+        input.as_os_str(),
+        "-o".as_ref(),
+        output.as_os_str(),
+        "--weights".as_ref(),
+        weights.as_ref(),
+        "--quiet".as_ref(),
+    ])
+}
+
+/// [`cli_convert`], which must succeed; returns `output` as a string.
+pub fn cli_convert_ok(input: &Path, output: &Path, weights: &str) -> String {
+    let out = cli_convert(input, output, weights);
+    assert!(out.status.success(), "ferrite convert {} --weights {weights}:\n{}", input.display(), show(&out));
+    output.to_str().expect("UTF-8 path").to_owned()
+}
+
+/// The tiny fixture `name` converted by `ferrite convert` at `weights`:
+/// the temp folder that holds it (dropping it deletes the file) and the
+/// file's path.
+pub fn tiny_by_cli(name: &str, weights: &str) -> (tempfile::TempDir, String) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("m.frt");
-    convert(dir, &out, &Options { weights, ..Default::default() }, &mut |_| {}).expect("convert");
-    AlignedBytes::read(&out).expect("read")
+    let path = cli_convert_ok(&tiny(name), &tmp.path().join("m.frt"), weights);
+    (tmp, path)
+}
+
+/// A folder `parent/name` holding SmolLM2 ([`smollm2_dir`]) with its
+/// `tokenizer_config.json` changed by `edit`: the JSON files copied, the
+/// weights linked.
+pub fn smollm2_variant(
+    parent: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> PathBuf {
+    let src = smollm2_dir();
+    let dir = parent.join(name);
+    std::fs::create_dir(&dir).expect("mkdir");
+    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).expect("copy");
+    }
+    std::os::unix::fs::symlink(src.join("model.safetensors"), dir.join("model.safetensors")).expect("symlink");
+    edit_json(&dir.join("tokenizer_config.json"), edit);
+    dir
+}
+
+/// The first `chars` characters of the perplexity text
+/// (`tests/fixtures/smollm2-135m/apache-2.0.txt`).
+pub fn apache_text(chars: usize) -> String {
+    std::fs::read_to_string(root().join("tests/fixtures/smollm2-135m/apache-2.0.txt"))
+        .expect("text")
+        .chars()
+        .take(chars)
+        .collect()
 }
 
 /// A golden tensor as f32 values and shape.
@@ -84,6 +159,11 @@ pub fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Map<String, ser
         serde_json::from_slice(&std::fs::read(path).expect("read json")).expect("parse json");
     edit(json.as_object_mut().expect("a JSON object"));
     std::fs::write(path, serde_json::to_vec_pretty(&json).expect("to json")).expect("write json");
+}
+
+/// Edits the top-level object of `dir/config.json`.
+pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    edit_json(&dir.join("config.json"), edit)
 }
 
 /// Entries of a folder (names), sorted.

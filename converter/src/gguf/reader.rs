@@ -82,6 +82,11 @@ impl<'a> Cursor<'a> {
         let len = self.u64(what)?;
         self.take(len, what)
     }
+    /// The `i`-th `what`, a string that must be UTF-8.
+    fn utf8(&mut self, what: &str, i: u64) -> Result<String> {
+        let b = self.string(what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| bad(self.path, format!("{what} #{i} is not UTF-8")))
+    }
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value> {
         let int = |b: &[u8], signed: bool| -> i128 {
             let mut a = [0u8; 16];
@@ -161,8 +166,7 @@ impl GgufFile {
         }
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
-            let key = c.string("metadata key")?;
-            let key = String::from_utf8(key).map_err(|_| bad(path, format!("metadata key #{i} is not UTF-8")))?;
+            let key = c.utf8("metadata key", i)?;
             let ty = c.u32(&key)?;
             let value = c.value(ty, &key, 0)?;
             if metadata.insert(key.clone(), value).is_some() {
@@ -178,8 +182,7 @@ impl GgufFile {
         };
         let mut infos = Vec::new();
         for i in 0..n_tensors {
-            let name = c.string("tensor name")?;
-            let name = String::from_utf8(name).map_err(|_| bad(path, format!("tensor name #{i} is not UTF-8")))?;
+            let name = c.utf8("tensor name", i)?;
             let n_dims = c.u32(&name)?;
             if !(1..=4).contains(&n_dims) {
                 return Err(bad(path, format!("tensor {name}: {n_dims} dimensions (1 to 4 allowed)")));

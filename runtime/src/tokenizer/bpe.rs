@@ -167,6 +167,17 @@ impl<'a> Tokenizer<'a> {
         self.view.merge(left, right).map_or(NO_MERGE, |(rank, _)| rank)
     }
 
+    /// Replaces the pair at `at` of `tokens[..len]` by its merge and closes
+    /// the gap; `false` (nothing changed) when the pair has no rule.
+    fn merge_pair(&self, tokens: &mut [u32], len: usize, at: usize) -> bool {
+        let Some((_, result)) = self.view.merge(tokens[at], tokens[at + 1]) else {
+            return false;
+        };
+        tokens[at] = result;
+        tokens.copy_within(at + 2..len, at + 1);
+        true
+    }
+
     /// [`Tokenizer::merge_all`] in O(n log n): the tokens stay at their
     /// positions as a doubly linked list, and a binary heap of the pairs
     /// ordered by (rank, position) — position order is the tokens' order,
@@ -251,14 +262,9 @@ impl<'a> Tokenizer<'a> {
                 while len >= 2 {
                     work(2 * len);
                     let (at, best) = lowest(&ranks[..len - 1]);
-                    if best == NO_MERGE {
+                    if best == NO_MERGE || !self.merge_pair(tokens, len, at) {
                         break;
                     }
-                    let Some((_, result)) = self.view.merge(tokens[at], tokens[at + 1]) else {
-                        break;
-                    };
-                    tokens[at] = result;
-                    tokens.copy_within(at + 2..len, at + 1);
                     // Pair `at + 1` is gone; pairs after it move down by one.
                     if at + 2 < len {
                         ranks.copy_within(at + 2..len - 1, at + 1);
@@ -284,14 +290,9 @@ impl<'a> Tokenizer<'a> {
                             at = i;
                         }
                     }
-                    if best == NO_MERGE {
+                    if best == NO_MERGE || !self.merge_pair(tokens, len, at) {
                         break;
                     }
-                    let Some((_, result)) = self.view.merge(tokens[at], tokens[at + 1]) else {
-                        break;
-                    };
-                    tokens[at] = result;
-                    tokens.copy_within(at + 2..len, at + 1);
                     len -= 1;
                 }
             }
