@@ -8,7 +8,7 @@ pub const MAX_STOP_IDS: usize = 8;
 stored_enum! {
     /// Model architecture (all Llama-family decoders).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Arch: u32 {
+    pub enum Arch: u32 as "architecture" {
         /// `LlamaForCausalLM` (Llama 2/3, SmolLM/SmolLM2, TinyLlama).
         Llama = 1,
         /// `MistralForCausalLM`.
@@ -19,10 +19,6 @@ stored_enum! {
 }
 
 impl Arch {
-    /// Decodes the stored value.
-    pub fn from_u32(value: u32) -> Result<Self, Error> {
-        Self::decode(value).ok_or(Error::BadEnum { what: "architecture", value })
-    }
     /// The Hugging Face class name.
     pub fn hf_name(self) -> &'static str {
         match self {
@@ -36,7 +32,7 @@ impl Arch {
 stored_enum! {
     /// RoPE frequency scaling.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum RopeScaling: u32 {
+    pub enum RopeScaling: u32 as "rope scaling" {
         /// Plain RoPE.
         None = 0,
         /// Llama 3.1 `rope_type: llama3` (factor, low/high frequency factors,
@@ -44,13 +40,6 @@ stored_enum! {
         Llama3 = 1,
         /// `rope_type: linear`: positions divided by `factor`.
         Linear = 2,
-    }
-}
-
-impl RopeScaling {
-    /// Decodes the stored value.
-    pub fn from_u32(value: u32) -> Result<Self, Error> {
-        Self::decode(value).ok_or(Error::BadEnum { what: "rope scaling", value })
     }
 }
 

@@ -21,11 +21,12 @@
 
 /// Declares a field-less enum stored as a `$repr` number, with `decode`
 /// (the inverse of `as $repr`), so that each variant's number is written
-/// once.
+/// once; with `as "what"` also `from_u32`, the decoding that names `what`
+/// in its error.
 macro_rules! stored_enum {
     (
         $(#[$meta:meta])*
-        pub enum $name:ident: $repr:ident {
+        pub enum $name:ident: $repr:ident $(as $what:literal)? {
             $($(#[$vmeta:meta])* $variant:ident = $value:literal,)+
         }
     ) => {
@@ -43,6 +44,13 @@ macro_rules! stored_enum {
                     _ => None,
                 }
             }
+
+            $(
+                /// Decodes the stored value.
+                pub fn from_u32(value: u32) -> Result<Self, $crate::Error> {
+                    Self::decode(value).ok_or($crate::Error::BadEnum { what: $what, value })
+                }
+            )?
         }
     };
 }

@@ -8,7 +8,7 @@ pub const DIR_ENTRY_SIZE: usize = 64;
 stored_enum! {
     /// Storage type of a tensor. Layouts in `SPEC.md` § Weight types and [`crate::quant`].
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-    pub enum DType: u32 {
+    pub enum DType: u32 as "tensor dtype" {
         /// IEEE binary32.
         F32 = 0,
         /// IEEE binary16.
@@ -23,10 +23,6 @@ stored_enum! {
 }
 
 impl DType {
-    /// Decodes the stored value.
-    pub fn from_u32(value: u32) -> Result<Self, Error> {
-        Self::decode(value).ok_or(Error::BadEnum { what: "tensor dtype", value })
-    }
     /// Lower-case name as used on the command line.
     pub fn name(self) -> &'static str {
         match self {

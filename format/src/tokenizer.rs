@@ -15,7 +15,7 @@ pub const TOKENIZER_HEADER_SIZE: usize = 96;
 stored_enum! {
     /// Tokenizer model family.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum TokenizerKind: u32 {
+    pub enum TokenizerKind: u32 as "tokenizer kind" {
         /// GPT-2 style byte-level BPE: tokens are raw byte strings, every byte has
         /// a token, merges are ranked.
         ByteLevelBpe = 1,
@@ -32,7 +32,7 @@ stored_enum! {
 stored_enum! {
     /// How text is split into chunks before BPE runs on each chunk.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum PreTokenizer: u32 {
+    pub enum PreTokenizer: u32 as "pre-tokenizer" {
         /// No split: the whole text (between special tokens) is one chunk.
         None = 0,
         /// GPT-2's regex (`ByteLevel` with `use_regex`):
@@ -46,20 +46,6 @@ stored_enum! {
         /// Qwen2's regex: Llama 3's with `\p{N}` (one numeric character) in
         /// place of `\p{N}{1,3}`.
         Qwen2 = 4,
-    }
-}
-
-impl TokenizerKind {
-    /// Decodes the stored value.
-    pub fn from_u32(value: u32) -> Result<Self, Error> {
-        Self::decode(value).ok_or(Error::BadEnum { what: "tokenizer kind", value })
-    }
-}
-
-impl PreTokenizer {
-    /// Decodes the stored value.
-    pub fn from_u32(value: u32) -> Result<Self, Error> {
-        Self::decode(value).ok_or(Error::BadEnum { what: "pre-tokenizer", value })
     }
 }
 
