@@ -4,8 +4,8 @@
 #
 #   cargo +nightly miri test -p ferrite-format --test reader_errors
 #   cargo +nightly miri test -p ferrite-kernels --lib --features libm/force-soft-floats
-#   MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-num-cpus=4" \
-#     cargo +nightly miri test -p ferrite-runtime --lib --features libm/force-soft-floats parallel::
+#   MIRIFLAGS=-Zmiri-num-cpus=4 \
+#     cargo +nightly miri test -p ferrite-runtime --lib --features libm/force-soft-floats -- pool:: parallel::
 #
 # Miri interprets code about a thousand times slower than it runs natively,
 # so these tests do less under `cfg(miri)`, each saying so where it does:
@@ -14,8 +14,9 @@
 # its fixtures repeat their first rows' data and are built once per config;
 # the kernels' property tests run 24 cases instead of 256. Every test still
 # runs except the quantizer searches of reference.rs (`search_tests`: safe
-# float code, far too slow interpreted). The runtime's only unsafe code (parallel.rs: threads writing disjoint
-# rows of one output through a raw pointer) is checked too.
+# float code, far too slow interpreted), and the Matrix property tests run
+# 6. The runtime's unsafe code (pool.rs, the session's worker threads, and
+# parallel.rs, threads writing disjoint rows of one output) is checked too.
 #
 # Takes about 10 minutes on 2 cores (the first run also builds Miri's
 # sysroot). MIRIFLAGS passes options through, e.g.
@@ -35,15 +36,13 @@ SOFT_FLOATS=(--features libm/force-soft-floats)
 step "miri: ferrite-kernels (lib)"
 cargo "+$TOOLCHAIN" miri test -p ferrite-kernels --lib "${SOFT_FLOATS[@]}"
 
-# Tree Borrows for this one: rayon's crossbeam-epoch breaks the (stricter,
-# experimental) Stacked Borrows rules in its own code, a known limitation
-# (crossbeam-rs/crossbeam#996, rayon-rs/rayon#1185; crossbeam's CI uses Tree
-# Borrows too). Data races and out-of-bounds accesses are checked either way.
-# rayon's global pool keeps its threads (and their memory) to the end of the
-# process by design, hence -Zmiri-ignore-leaks; four CPUs give four workers.
-step "miri: ferrite-runtime parallel matmul (lib, parallel::, Tree Borrows)"
-MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-num-cpus=4" \
-    cargo "+$TOOLCHAIN" miri test -p ferrite-runtime --lib "${SOFT_FLOATS[@]}" parallel::
+# The session's thread pool (pool.rs: a job published through an atomic
+# pointer, parts claimed by compare-exchange, a region's output written in
+# disjoint pieces through a raw pointer) and the threaded matmul over it,
+# with four CPUs so that the pool has workers.
+step "miri: ferrite-runtime thread pool and parallel matmul (lib, pool:: parallel::)"
+MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-num-cpus=4" \
+    cargo "+$TOOLCHAIN" miri test -p ferrite-runtime --lib "${SOFT_FLOATS[@]}" -- pool:: parallel::
 
 step "miri: ferrite-format reader_errors"
 cargo "+$TOOLCHAIN" miri test -p ferrite-format --test reader_errors

@@ -131,8 +131,11 @@ run_step() { # NAME
     esac
 }
 
+times=()
 for s in "${chosen[@]}"; do
     step "[$(field 1 "$s")] $(field 3 "$s")"
+    started=$SECONDS
     run_step "$(field 1 "$s")"
+    times+=("$(field 1 "$s") $((SECONDS - started))s")
 done
-step "test.sh: passed: $(for s in "${chosen[@]}"; do printf '%s ' "$(field 1 "$s")"; done)"
+step "test.sh: passed in $((SECONDS / 60)) min $((SECONDS % 60)) s (set-up included): ${times[*]}"
