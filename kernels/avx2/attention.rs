@@ -14,6 +14,7 @@ use half::f16;
 
 use super::hsum;
 use crate::reference;
+use crate::rows::axpy_rows_kernels;
 use crate::Q8Rows;
 
 /// Scores of one query over keys `stride` apart: per key exactly [`dot`]'s
@@ -137,96 +138,15 @@ unsafe fn dot_rows_with(
     }
 }
 
-/// Weighted sum of value rows: per element `out[j] = fma(p[i], v[i][j],
-/// out[j])` over rows in order (as [`axpy`] row by row), with 64-float
-/// chunks of `out` held in registers across the rows.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-    // SAFETY: loads read `v[i * stride + j..+8]` with `j + 8 <= hd` and
-    // `i < p.len()`, inside `v` (checked below); stores write `out`.
-    unsafe {
-        axpy_rows_with(
-            p,
-            stride,
-            out,
-            v.len(),
-            |i, j| _mm256_loadu_ps(v.as_ptr().add(i * stride + j)),
-            |i, j| v[i * stride + j],
-        )
-    }
-}
-
-/// [`axpy_rows`] over f16 values (F16C), in the same order.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
-    // SAFETY: as in `axpy_rows`; 8 f16 are 16 bytes.
-    unsafe {
-        axpy_rows_with(
-            p,
-            stride,
-            out,
-            v.len(),
-            |i, j| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i * stride + j).cast())),
-            |i, j| v[i * stride + j].to_f32(),
-        )
-    }
-}
-
-/// The loop of [`axpy_rows`] over rows whose 8 values at `(row i, j)` are
-/// `load8(i, j)` (one value: `load1`).
-///
-/// # Safety
-/// `load8(i, j)` must be sound for `i < p.len()`, `j + 8 <= out.len()`
-/// whenever `(p.len() - 1) * stride + out.len() <= v_len`; the CPU has
-/// AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn axpy_rows_with(
-    p: &[f32],
-    stride: usize,
-    out: &mut [f32],
-    v_len: usize,
-    load8: impl Fn(usize, usize) -> __m256,
-    load1: impl Fn(usize, usize) -> f32,
-) {
-    let hd = out.len();
-    if p.is_empty() || hd == 0 {
-        return;
-    }
-    let end = (p.len() - 1).checked_mul(stride).and_then(|e| e.checked_add(hd));
-    assert!(end.is_some_and(|e| e <= v_len), "value rows out of bounds");
-    let full = hd / 8 * 8;
-    let mut j0 = 0;
-    while j0 < full {
-        let w = (full - j0).min(64) / 8;
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (c, a) in acc.iter_mut().enumerate().take(w) {
-            // SAFETY: `j0 + 8c + 8 <= full <= hd`.
-            *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(j0 + 8 * c)) };
-        }
-        for (i, &pi) in p.iter().enumerate() {
-            let pv = _mm256_set1_ps(pi);
-            for (c, a) in acc.iter_mut().enumerate().take(w) {
-                *a = _mm256_fmadd_ps(pv, load8(i, j0 + 8 * c), *a);
-            }
-        }
-        for (c, a) in acc.iter().enumerate().take(w) {
-            // SAFETY: as for the loads.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j0 + 8 * c), *a) };
-        }
-        j0 += 8 * w;
-    }
-    for (i, &pi) in p.iter().enumerate() {
-        for j in full..hd {
-            out[j] += pi * load1(i, j);
-        }
-    }
+axpy_rows_kernels! {
+    pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C", vec: __m256, lanes: 8,
+    zero: _mm256_setzero_ps(),
+    splat: |x| _mm256_set1_ps(x),
+    load: |p| _mm256_loadu_ps(p),
+    store: |p, v| _mm256_storeu_ps(p, v),
+    load_f16: |p| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+    fma: |acc, a, b| _mm256_fmadd_ps(a, b, acc),
+    load_q8: load_q8,
 }
 
 /// [`dot_rows`] over int8 keys: each key's 8 values at a time are
@@ -250,26 +170,6 @@ pub(super) unsafe fn dot_rows_q8(q: &[f32], k: Q8Rows<'_>, scale: f32, out: &mut
             k.qs.len(),
             |i, j| load_q8(k.qs.as_ptr().add(i * k.stride + j), *k.scales.get_unchecked(i * k.scale_stride)),
             |i, j| k.qs[i * k.stride + j] as f32 * k.scales[i * k.scale_stride],
-        )
-    }
-}
-
-/// [`axpy_rows`] over int8 values (`q as f32 * scale`), in the same order.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn axpy_rows_q8(p: &[f32], v: Q8Rows<'_>, out: &mut [f32]) {
-    assert!(v.holds(p.len(), out.len()), "value rows out of bounds");
-    // SAFETY: as in `dot_rows_q8`, for rows `i < p.len()`.
-    unsafe {
-        axpy_rows_with(
-            p,
-            v.stride,
-            out,
-            v.qs.len(),
-            |i, j| load_q8(v.qs.as_ptr().add(i * v.stride + j), *v.scales.get_unchecked(i * v.scale_stride)),
-            |i, j| v.qs[i * v.stride + j] as f32 * v.scales[i * v.scale_stride],
         )
     }
 }

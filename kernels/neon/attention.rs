@@ -15,6 +15,7 @@ use half::f16;
 use super::load_f16x4;
 use super::vector::{dot, dot_by, dot_f16};
 use crate::reference;
+use crate::rows::axpy_rows_kernels;
 use crate::Q8Rows;
 
 /// Scores of one query over keys `stride` apart: `scale * dot(q, key)`
@@ -44,92 +45,15 @@ pub(crate) unsafe fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f3
     }
 }
 
-/// Weighted sum of value rows: per element `out[j] = fma(p[i], v[i][j],
-/// out[j])` over rows in order (as [`axpy`] row by row), with 64-float
-/// chunks of `out` held in registers across the rows.
-///
-/// # Safety
-/// The CPU has NEON (the tier's detection).
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-    // SAFETY: loads read `v[i * stride + j..+4]` with `j + 4 <= hd` and
-    // `i < p.len()`, inside `v` (checked in `axpy_rows_with`).
-    unsafe {
-        axpy_rows_with(
-            p,
-            stride,
-            out,
-            v.len(),
-            |i, j| vld1q_f32(v.as_ptr().add(i * stride + j)),
-            |i, j| v[i * stride + j],
-        )
-    }
-}
-
-/// [`axpy_rows`] over f16 values, in the same order.
-///
-/// # Safety
-/// The CPU has NEON (the tier's detection).
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
-    // SAFETY: as in `axpy_rows`; 4 f16 are 8 bytes.
-    unsafe {
-        axpy_rows_with(
-            p,
-            stride,
-            out,
-            v.len(),
-            |i, j| load_f16x4(v.as_ptr().add(i * stride + j)),
-            |i, j| v[i * stride + j].to_f32(),
-        )
-    }
-}
-
-/// # Safety
-/// `load4(i, j)` must be sound for `i < p.len()`, `j + 4 <= out.len()`
-/// whenever `(p.len() - 1) * stride + out.len() <= v_len`; NEON present.
-#[target_feature(enable = "neon")]
-#[inline]
-unsafe fn axpy_rows_with(
-    p: &[f32],
-    stride: usize,
-    out: &mut [f32],
-    v_len: usize,
-    load4: impl Fn(usize, usize) -> float32x4_t,
-    load1: impl Fn(usize, usize) -> f32,
-) {
-    let hd = out.len();
-    if p.is_empty() || hd == 0 {
-        return;
-    }
-    let end = (p.len() - 1).checked_mul(stride).and_then(|e| e.checked_add(hd));
-    assert!(end.is_some_and(|e| e <= v_len), "value rows out of bounds");
-    let full = hd / 4 * 4;
-    let mut j0 = 0;
-    while j0 < full {
-        let w = (full - j0).min(64) / 4;
-        let mut acc = [vdupq_n_f32(0.0); 16];
-        for (c, a) in acc.iter_mut().enumerate().take(w) {
-            // SAFETY: `j0 + 4c + 4 <= full <= hd`.
-            *a = unsafe { vld1q_f32(out.as_ptr().add(j0 + 4 * c)) };
-        }
-        for (i, &pi) in p.iter().enumerate() {
-            let pv = vdupq_n_f32(pi);
-            for (c, a) in acc.iter_mut().enumerate().take(w) {
-                *a = vfmaq_f32(*a, pv, load4(i, j0 + 4 * c));
-            }
-        }
-        for (c, a) in acc.iter().enumerate().take(w) {
-            // SAFETY: as for the loads.
-            unsafe { vst1q_f32(out.as_mut_ptr().add(j0 + 4 * c), *a) };
-        }
-        j0 += 4 * w;
-    }
-    for (i, &pi) in p.iter().enumerate() {
-        for (j, o) in out.iter_mut().enumerate().skip(full) {
-            *o += pi * load1(i, j);
-        }
-    }
+axpy_rows_kernels! {
+    pub(crate), feature: "neon", cpu: "NEON", vec: float32x4_t, lanes: 4,
+    zero: vdupq_n_f32(0.0),
+    splat: |x| vdupq_n_f32(x),
+    load: |p| vld1q_f32(p),
+    store: |p, v| vst1q_f32(p, v),
+    load_f16: |p| load_f16x4(p),
+    fma: |acc, a, b| vfmaq_f32(acc, a, b),
+    load_q8: load_q8x4,
 }
 
 /// [`dot_rows`] over int8 keys: each key's values `q as f32 * scale`
@@ -145,27 +69,6 @@ pub(crate) unsafe fn dot_rows_q8(q: &[f32], k: Q8Rows<'_>, scale: f32, out: &mut
         let (row, s) = (&k.qs[i * k.stride..i * k.stride + hd], k.scales[i * k.scale_stride]);
         // SAFETY: `dot_by` loads `row[j..j + 4]` with `j + 4 <= hd`.
         *o = scale * unsafe { dot_by(q, |j| load_q8x4(row.as_ptr().add(j), s), |j| row[j] as f32 * s) };
-    }
-}
-
-/// [`axpy_rows`] over int8 values (`q as f32 * scale`), in the same order.
-///
-/// # Safety
-/// The CPU has NEON (the tier's detection).
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn axpy_rows_q8(p: &[f32], v: Q8Rows<'_>, out: &mut [f32]) {
-    assert!(v.holds(p.len(), out.len()), "value rows out of bounds");
-    // SAFETY: loads read `v.qs[i * stride + j..+4]` with `j + 4 <= hd` and
-    // `i < p.len()`, and scale `i * scale_stride`: inside (checked above).
-    unsafe {
-        axpy_rows_with(
-            p,
-            v.stride,
-            out,
-            v.qs.len(),
-            |i, j| load_q8x4(v.qs.as_ptr().add(i * v.stride + j), *v.scales.get_unchecked(i * v.scale_stride)),
-            |i, j| v.qs[i * v.stride + j] as f32 * v.scales[i * v.scale_stride],
-        )
     }
 }
 

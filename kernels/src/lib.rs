@@ -18,6 +18,7 @@ use half::f16;
 mod matrix;
 pub mod quantize;
 pub mod reference;
+mod rows;
 mod tiles;
 
 #[macro_use]
