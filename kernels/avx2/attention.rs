@@ -13,8 +13,7 @@ use core::arch::x86_64::*;
 use half::f16;
 
 use super::hsum;
-use crate::reference;
-use crate::rows::axpy_rows_kernels;
+use crate::rows::{axpy_rows_kernels, q8_rows_kernels};
 use crate::Q8Rows;
 
 /// Scores of one query over keys `stride` apart: per key exactly [`dot`]'s
@@ -224,66 +223,40 @@ unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
     (d, if d > 0.0 { 1.0 / d } else { 0.0 })
 }
 
-/// `reference::quantize_rows_q8`, 8 values at a time.
+q8_rows_kernels!(pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C", lanes: 8);
+
+/// The int8 levels of the 8 values at `x` times `inv` stored at `q`
+/// (`reference::quant_kv`; a NaN stored as 0, as `NaN as i8`).
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn quantize_rows_q8(src: &[f32], width: usize, dst: &mut [i8], scales: &mut [f32]) {
-    if width == 0 {
-        return;
-    }
-    let rows = src.len() / width;
-    assert!(dst.len() >= rows * width && scales.len() >= rows, "int8 rows out of bounds");
-    let full = width / 8 * 8;
-    for (i, x) in src.chunks_exact(width).enumerate() {
-        // SAFETY: AVX2/FMA present (the caller's guarantee).
-        let (d, inv) = unsafe { kv_scale(x) };
-        let iv = _mm256_set1_ps(inv);
-        let q = &mut dst[i * width..(i + 1) * width];
-        for j in (0..full).step_by(8) {
-            // SAFETY: `j + 8 <= width`, the length of `x` and `q`.
-            let r = quant_kv8(_mm256_mul_ps(unsafe { _mm256_loadu_ps(x.as_ptr().add(j)) }, iv));
-            // NaN converts to i32::MIN: stored as 0, as `NaN as i8`.
-            let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
-            let v = _mm256_and_si256(_mm256_cvtps_epi32(r), ord);
-            let w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            // SAFETY: as above.
-            unsafe { _mm_storel_epi64(q.as_mut_ptr().add(j).cast(), _mm_packs_epi16(w, w)) };
-        }
-        for j in full..width {
-            q[j] = reference::quant_kv(x[j], inv) as i8;
-        }
-        scales[i] = d;
-    }
+/// 8 floats readable at `x`, 8 bytes writable at `q`; the CPU has AVX2 and
+/// FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn quantize_chunk(x: *const f32, inv: f32, q: *mut i8) {
+    // SAFETY: 8 readable floats (the caller's guarantee).
+    let r = quant_kv8(_mm256_mul_ps(unsafe { _mm256_loadu_ps(x) }, _mm256_set1_ps(inv)));
+    // NaN converts to i32::MIN: stored as 0, as `NaN as i8`.
+    let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+    let v = _mm256_and_si256(_mm256_cvtps_epi32(r), ord);
+    let w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    // SAFETY: 8 writable bytes (the caller's guarantee).
+    unsafe { _mm_storel_epi64(q.cast(), _mm_packs_epi16(w, w)) };
 }
 
-/// `reference::round_q8`, 8 values at a time.
+/// The 8 values at `p` rounded in place to their int8 levels (of `x *
+/// inv`) times `d`.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn round_q8(x: &mut [f32], width: usize) {
-    if width == 0 {
-        return;
-    }
-    let full = width / 8 * 8;
-    for row in x.chunks_exact_mut(width) {
-        // SAFETY: AVX2/FMA present (the caller's guarantee).
-        let (d, inv) = unsafe { kv_scale(row) };
-        let (iv, dv) = (_mm256_set1_ps(inv), _mm256_set1_ps(d));
-        for j in (0..full).step_by(8) {
-            // SAFETY: `j + 8 <= width`, the length of `row`.
-            unsafe {
-                let p = row.as_mut_ptr().add(j);
-                let r = quant_kv8(_mm256_mul_ps(_mm256_loadu_ps(p), iv));
-                // The stored level as f32: +0 for a zero level, 0 for NaN.
-                let r = _mm256_and_ps(_mm256_add_ps(r, _mm256_setzero_ps()), _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
-                _mm256_storeu_ps(p, _mm256_mul_ps(r, dv));
-            }
-        }
-        for v in &mut row[full..] {
-            *v = (reference::quant_kv(*v, inv) as i8) as f32 * d;
-        }
+/// 8 floats readable and writable at `p`; the CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn round_chunk(p: *mut f32, inv: f32, d: f32) {
+    // SAFETY: 8 readable and writable floats (the caller's guarantee).
+    unsafe {
+        let r = quant_kv8(_mm256_mul_ps(_mm256_loadu_ps(p), _mm256_set1_ps(inv)));
+        // The stored level as f32: +0 for a zero level, 0 for NaN.
+        let r = _mm256_and_ps(_mm256_add_ps(r, _mm256_setzero_ps()), _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+        _mm256_storeu_ps(p, _mm256_mul_ps(r, _mm256_set1_ps(d)));
     }
 }

@@ -11,7 +11,7 @@ use half::f16;
 use super::lanes;
 use super::vector::{dot, dot_f16};
 use crate::reference::{self, Matrix};
-use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, int_matmul, matmul_f_rows, rows_fit, RowKind};
+use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, RowKind};
 use crate::{Acts, ActsMut, Out};
 
 /// `reference::quantize_acts`, 32 values at a time.
@@ -228,25 +228,14 @@ pub(super) unsafe fn tiles<K: TileKind, const T: usize>(
     acc.map(|v| lanes(v))
 }
 
-/// `reference::matmul_f`: f32 weights dotted in place, f16 through F16C,
-/// quantized rows dequantized once per row ([`dequantize_row`]) for all
-/// the tokens; per (row, token) exactly [`dot`]'s arithmetic.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul_f(
-    m: &Matrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    x_stride: usize,
-    n: usize,
-    out: &mut Out<'_>,
-    row: &mut [f32],
-) {
-    // SAFETY (the three closures): AVX2/FMA/F16C present (the caller's guarantee).
-    let (dot, dot_f16) = (|a: &[f32], b: &[f32]| unsafe { dot(a, b) }, |a: &[f32], b: &[f16]| unsafe { dot_f16(a, b) });
-    matmul_f_rows(m, rows, x, x_stride, n, out, row, dot, dot_f16, |r, dst| unsafe { dequantize_row(m, r, dst) });
+float_matmul! {
+    /// `reference::matmul_f`: f32 weights dotted in place, f16 through F16C,
+    /// quantized rows dequantized once per row ([`dequantize_row`]) for all
+    /// the tokens; per (row, token) exactly [`dot`]'s arithmetic.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (the tier's detection).
+    pub(super), "avx2,fma,f16c"
 }
 
 /// Row `r` of a quantized matrix into `dst` (`cols` floats), the values of

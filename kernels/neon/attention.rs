@@ -14,8 +14,7 @@ use half::f16;
 
 use super::load_f16x4;
 use super::vector::{dot, dot_by, dot_f16};
-use crate::reference;
-use crate::rows::axpy_rows_kernels;
+use crate::rows::{axpy_rows_kernels, q8_rows_kernels};
 use crate::Q8Rows;
 
 /// Scores of one query over keys `stride` apart: `scale * dot(q, key)`
@@ -115,58 +114,32 @@ unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
     (d, if d > 0.0 { 1.0 / d } else { 0.0 })
 }
 
-/// `reference::quantize_rows_q8`, 4 values at a time.
+q8_rows_kernels!(pub(crate), feature: "neon", cpu: "NEON", lanes: 4);
+
+/// The int8 levels of the 4 values at `x` times `inv` stored at `q`
+/// (`reference::quant_kv`).
 ///
 /// # Safety
-/// The CPU has NEON (the tier's detection).
+/// 4 floats readable at `x`, 4 bytes writable at `q`; NEON present.
 #[target_feature(enable = "neon")]
-pub(crate) unsafe fn quantize_rows_q8(src: &[f32], width: usize, dst: &mut [i8], scales: &mut [f32]) {
-    if width == 0 {
-        return;
-    }
-    let rows = src.len() / width;
-    assert!(dst.len() >= rows * width && scales.len() >= rows, "int8 rows out of bounds");
-    let full = width / 4 * 4;
-    for (i, x) in src.chunks_exact(width).enumerate() {
-        // SAFETY: NEON present (the caller's guarantee).
-        let (d, inv) = unsafe { kv_scale(x) };
-        let q = &mut dst[i * width..(i + 1) * width];
-        for j in (0..full).step_by(4) {
-            // SAFETY: `j + 4 <= width`, the length of `x` and `q`.
-            let v = quant_kv4(vmulq_n_f32(unsafe { vld1q_f32(x.as_ptr().add(j)) }, inv));
-            let b = vmovn_s16(vcombine_s16(vmovn_s32(v), vdup_n_s16(0)));
-            // SAFETY: as above (4 bytes: lane 0 of the 32-bit view).
-            unsafe { vst1_lane_s32::<0>(q.as_mut_ptr().add(j).cast(), vreinterpret_s32_s8(b)) };
-        }
-        for j in full..width {
-            q[j] = reference::quant_kv(x[j], inv) as i8;
-        }
-        scales[i] = d;
-    }
+#[inline]
+unsafe fn quantize_chunk(x: *const f32, inv: f32, q: *mut i8) {
+    // SAFETY: 4 readable floats (the caller's guarantee).
+    let v = quant_kv4(vmulq_n_f32(unsafe { vld1q_f32(x) }, inv));
+    let b = vmovn_s16(vcombine_s16(vmovn_s32(v), vdup_n_s16(0)));
+    // SAFETY: 4 writable bytes (the caller's guarantee): lane 0 of the
+    // 32-bit view.
+    unsafe { vst1_lane_s32::<0>(q.cast(), vreinterpret_s32_s8(b)) };
 }
 
-/// `reference::round_q8`, 4 values at a time.
+/// The 4 values at `p` rounded in place to their int8 levels (of `x *
+/// inv`) times `d`.
 ///
 /// # Safety
-/// The CPU has NEON (the tier's detection).
+/// 4 floats readable and writable at `p`; NEON present.
 #[target_feature(enable = "neon")]
-pub(crate) unsafe fn round_q8(x: &mut [f32], width: usize) {
-    if width == 0 {
-        return;
-    }
-    let full = width / 4 * 4;
-    for row in x.chunks_exact_mut(width) {
-        // SAFETY: NEON present (the caller's guarantee).
-        let (d, inv) = unsafe { kv_scale(row) };
-        for j in (0..full).step_by(4) {
-            // SAFETY: `j + 4 <= width`, the length of `row`.
-            unsafe {
-                let p = row.as_mut_ptr().add(j);
-                vst1q_f32(p, vmulq_n_f32(vcvtq_f32_s32(quant_kv4(vmulq_n_f32(vld1q_f32(p), inv))), d));
-            }
-        }
-        for v in &mut row[full..] {
-            *v = (reference::quant_kv(*v, inv) as i8) as f32 * d;
-        }
-    }
+#[inline]
+unsafe fn round_chunk(p: *mut f32, inv: f32, d: f32) {
+    // SAFETY: 4 readable and writable floats (the caller's guarantee).
+    unsafe { vst1q_f32(p, vmulq_n_f32(vcvtq_f32_s32(quant_kv4(vmulq_n_f32(vld1q_f32(p), inv))), d)) };
 }

@@ -14,7 +14,7 @@ use super::lanes;
 use super::load_f16x8;
 use super::vector::{dot, dot_f16};
 use crate::reference::Matrix;
-use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, int_matmul, matmul_f_rows, rows_fit, RowKind};
+use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, RowKind};
 use crate::{Acts, ActsMut, Out};
 
 /// Quantizes the 32 floats at `src` into `dst` (see
@@ -297,25 +297,14 @@ pub(crate) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_
     int_matmul!(m, rows, acts, n, out, neon_tiles, Q4, Q8)
 }
 
-/// `reference::matmul_f`: f32 weights dotted in place, f16 through
-/// `FCVTL`, quantized rows dequantized once per row ([`dequantize_row`])
-/// for all the tokens; per (row, token) exactly [`dot`]'s arithmetic.
-///
-/// # Safety
-/// The CPU has NEON (the tier's detection).
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn matmul_f(
-    m: &Matrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    x_stride: usize,
-    n: usize,
-    out: &mut Out<'_>,
-    row: &mut [f32],
-) {
-    // SAFETY (the three closures): NEON present (the caller's guarantee).
-    let (dot, dot_f16) = (|a: &[f32], b: &[f32]| unsafe { dot(a, b) }, |a: &[f32], b: &[f16]| unsafe { dot_f16(a, b) });
-    matmul_f_rows(m, rows, x, x_stride, n, out, row, dot, dot_f16, |r, dst| unsafe { dequantize_row(m, r, dst) });
+float_matmul! {
+    /// `reference::matmul_f`: f32 weights dotted in place, f16 through
+    /// `FCVTL`, quantized rows dequantized once per row ([`dequantize_row`])
+    /// for all the tokens; per (row, token) exactly [`dot`]'s arithmetic.
+    ///
+    /// # Safety
+    /// The CPU has NEON (the tier's detection).
+    pub(crate), "neon"
 }
 
 /// Row `r` of a quantized matrix into `dst` (`cols` floats), the values of

@@ -1,7 +1,9 @@
 //! What every SIMD tier's attention kernels share: the weighted sum of
 //! value rows (`axpy_rows` over f32, f16 and int8 rows), written once as
 //! [`axpy_rows_kernels!`] over a tier's vector vocabulary (its register
-//! type, lane count and the few intrinsics the loop uses). A macro, not a
+//! type, lane count and the few intrinsics the loop uses), and the loops of
+//! the int8 KV rows' quantization ([`q8_rows_kernels!`]) over the tier's
+//! per-register steps. A macro, not a
 //! generic function: the loop must be compiled with the tier's
 //! `#[target_feature]`s for its intrinsics to inline, and those differ by
 //! tier.
@@ -165,3 +167,67 @@ macro_rules! axpy_rows_kernels {
 }
 #[allow(unused_imports)]
 pub(crate) use axpy_rows_kernels;
+
+/// Defines the tier's `quantize_rows_q8` and `round_q8` (see
+/// `reference::quantize_rows_q8`, `reference::round_q8`): per row of
+/// `width` values the scale from the enclosing module's `kv_scale(row) ->
+/// (d, inv)`, then `$lanes` values at a time through its
+/// `quantize_chunk(x, inv, q)` (int8 levels of `x * inv` stored at `q`) or
+/// `round_chunk(p, inv, d)` (the levels times `d`, in place), the rest with
+/// the reference's scalar code.
+#[allow(unused_macros)]
+macro_rules! q8_rows_kernels {
+    ($vis:vis, feature: $feature:literal, cpu: $cpu:literal, lanes: $lanes:literal $(,)?) => {
+        /// `reference::quantize_rows_q8`, a register of values at a time.
+        ///
+        /// # Safety
+        #[doc = concat!("The CPU has ", $cpu, " (the tier's detection).")]
+        #[target_feature(enable = $feature)]
+        $vis unsafe fn quantize_rows_q8(src: &[f32], width: usize, dst: &mut [i8], scales: &mut [f32]) {
+            if width == 0 {
+                return;
+            }
+            let rows = src.len() / width;
+            assert!(dst.len() >= rows * width && scales.len() >= rows, "int8 rows out of bounds");
+            let full = width / $lanes * $lanes;
+            for (i, x) in src.chunks_exact(width).enumerate() {
+                // SAFETY: the tier's features present (the caller's guarantee).
+                let (d, inv) = unsafe { kv_scale(x) };
+                let q = &mut dst[i * width..(i + 1) * width];
+                for j in (0..full).step_by($lanes) {
+                    // SAFETY: `j + lanes <= width`, the length of `x` and `q`.
+                    unsafe { quantize_chunk(x.as_ptr().add(j), inv, q.as_mut_ptr().add(j)) };
+                }
+                for (q, &x) in q.iter_mut().zip(x).skip(full) {
+                    *q = $crate::reference::quant_kv(x, inv) as i8;
+                }
+                scales[i] = d;
+            }
+        }
+
+        /// `reference::round_q8`, a register of values at a time.
+        ///
+        /// # Safety
+        #[doc = concat!("The CPU has ", $cpu, " (the tier's detection).")]
+        #[target_feature(enable = $feature)]
+        $vis unsafe fn round_q8(x: &mut [f32], width: usize) {
+            if width == 0 {
+                return;
+            }
+            let full = width / $lanes * $lanes;
+            for row in x.chunks_exact_mut(width) {
+                // SAFETY: the tier's features present (the caller's guarantee).
+                let (d, inv) = unsafe { kv_scale(row) };
+                for j in (0..full).step_by($lanes) {
+                    // SAFETY: `j + lanes <= width`, the length of `row`.
+                    unsafe { round_chunk(row.as_mut_ptr().add(j), inv, d) };
+                }
+                for v in &mut row[full..] {
+                    *v = ($crate::reference::quant_kv(*v, inv) as i8) as f32 * d;
+                }
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use q8_rows_kernels;

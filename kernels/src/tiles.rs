@@ -113,6 +113,37 @@ pub(crate) fn matmul_f_rows(
     }
 }
 
+/// Defines a tier's `unsafe fn matmul_f` (doc comments first, then the
+/// visibility and the tier's features) as [`matmul_f_rows`] over the
+/// enclosing module's `dot`, `dot_f16` and `dequantize_row(m, r, dst)`, all
+/// `unsafe fn`s that need only those features.
+#[allow(unused_macros)]
+macro_rules! float_matmul {
+    ($(#[$doc:meta])* $vis:vis, $feature:literal) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feature)]
+        $vis unsafe fn matmul_f(
+            m: &$crate::Matrix<'_>,
+            rows: core::ops::Range<usize>,
+            x: &[f32],
+            x_stride: usize,
+            n: usize,
+            out: &mut $crate::Out<'_>,
+            row: &mut [f32],
+        ) {
+            // SAFETY (the three closures): the tier's features present (the
+            // caller's guarantee), all that `dot`, `dot_f16` and
+            // `dequantize_row` need.
+            let dot = |a: &[f32], b: &[f32]| unsafe { dot(a, b) };
+            let dot_f16 = |a: &[f32], b: &[half::f16]| unsafe { dot_f16(a, b) };
+            let dequantize = |r: usize, dst: &mut [f32]| unsafe { dequantize_row(m, r, dst) };
+            $crate::tiles::matmul_f_rows(m, rows, x, x_stride, n, out, row, dot, dot_f16, dequantize);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use float_matmul;
+
 /// Row `r` of a quantized matrix group by group, for a tier's SIMD
 /// dequantization into `dst` (`cols` floats): `unpack(kind, words, scale,
 /// min, group)` gets the row's 4-byte words of each group's tile in element
