@@ -6,12 +6,11 @@ use core::arch::x86_64::*;
 use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
-use half::f16;
 
 use super::lanes;
 use super::vector::{dot, dot_f16};
 use crate::reference::{self, Matrix};
-use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, RowKind};
+use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, Planes, RowKind};
 use crate::{Acts, ActsMut, Out};
 
 /// `reference::quantize_acts`, 32 values at a time.
@@ -202,14 +201,8 @@ pub(super) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_
 /// `check_shapes` passed for these rows and tokens; the CPU has AVX2, FMA
 /// and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn tiles<K: TileKind, const T: usize>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) -> [[f32; 8]; T] {
+pub(super) unsafe fn tiles<K: TileKind, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
+    let Planes { qs, scales, groups, acts } = p;
     let mut acc = [_mm256_setzero_ps(); T];
     for g in 0..groups {
         let ti = quant::tile_index(groups, block, g);

@@ -8,13 +8,12 @@ use core::arch::aarch64::*;
 use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
-use half::f16;
 
 use super::lanes;
 use super::load_f16x8;
 use super::vector::{dot, dot_f16};
 use crate::reference::Matrix;
-use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, RowKind};
+use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, Planes, RowKind};
 use crate::{Acts, ActsMut, Out};
 
 /// Quantizes the 32 floats at `src` into `dst` (see
@@ -250,14 +249,8 @@ unsafe fn chunk_pair_neon(acc: &mut [int32x4_t; 4], w: [int8x16_t; 4], a: *const
 /// # Safety
 /// Shapes checked by `check_shapes` for these rows and tokens; NEON present.
 #[target_feature(enable = "neon")]
-unsafe fn neon_tiles<K: NeonKind, const T: usize>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) -> [[f32; 8]; T] {
+unsafe fn neon_tiles<K: NeonKind, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
+    let Planes { qs, scales, groups, acts } = p;
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for g in 0..groups {
         let ti = quant::tile_index(groups, block, g);

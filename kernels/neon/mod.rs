@@ -94,14 +94,8 @@ macro_rules! by_element_tiles {
     ($(#[$attr:meta])* $name:ident, $feature:literal, $dot:ident, signed: $signed:literal, |$u:ident| $prepare:expr) => {
         $(#[$attr])*
         #[target_feature(enable = $feature)]
-        unsafe fn $name<K: NeonKind, const T: usize>(
-            block: usize,
-            t0: usize,
-            qs: &[u8],
-            scales: &[f16],
-            groups: usize,
-            acts: &Acts<'_>,
-        ) -> [[f32; 8]; T] {
+        unsafe fn $name<K: NeonKind, const T: usize>(p: $crate::tiles::Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
+            let $crate::tiles::Planes { qs, scales, groups, acts } = p;
             let off = if $signed { 0 } else { K::OFFSET as i32 };
             let mut acc = [[vdupq_n_f32(0.0); 2]; T];
             for g in 0..groups {

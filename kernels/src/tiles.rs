@@ -33,18 +33,33 @@ impl IntKind {
     }
 }
 
-/// The quantized planes of `m`, their type and groups per row, after
-/// [`check_shapes`] for `rows` and `n` tokens of `acts` (`None` for float
-/// weights, which `matmul_q` leaves alone, and for no rows).
+/// What a tier's tile kernel reads: a quantized matrix's planes, its
+/// groups per row and the activations, after [`check_shapes`] (which is
+/// what makes the kernels' unchecked loads sound).
+#[derive(Clone, Copy)]
+pub(crate) struct Planes<'a> {
+    /// The tiles, `tile_bytes` each.
+    pub(crate) qs: &'a [u8],
+    /// One scale per row and group, in tile order.
+    pub(crate) scales: &'a [f16],
+    /// Groups of 32 per row.
+    pub(crate) groups: usize,
+    /// The quantized activations.
+    pub(crate) acts: &'a Acts<'a>,
+}
+
+/// The quantized planes of `m` and their type, after [`check_shapes`] for
+/// `rows` and `n` tokens of `acts` (`None` for float weights, which
+/// `matmul_q` leaves alone, and for no rows).
 ///
 /// # Panics
 /// If the shapes do not fit (see [`check_shapes`]).
-pub(crate) fn int_planes<'w>(
-    m: &Matrix<'w>,
+pub(crate) fn int_planes<'a>(
+    m: &Matrix<'a>,
     rows: &Range<usize>,
-    acts: &Acts<'_>,
+    acts: &'a Acts<'a>,
     n: usize,
-) -> Option<(&'w [u8], &'w [f16], IntKind, usize)> {
+) -> Option<(Planes<'a>, IntKind)> {
     let (qs, scales, kind) = match m.w {
         Weights::Q4 { qs, scales } => (qs, scales, IntKind::Q4),
         Weights::Q8 { qs, scales } => (qs, scales, IntKind::Q8),
@@ -57,7 +72,7 @@ pub(crate) fn int_planes<'w>(
     }
     let groups = m.cols.div_ceil(GROUP);
     check_shapes(qs, scales, kind.tile_bytes(), groups, rows, acts, n);
-    Some((qs, scales, kind, groups))
+    Some((Planes { qs, scales, groups, acts }, kind))
 }
 
 /// A quantized weight type as the float product sees it.
@@ -289,15 +304,15 @@ pub(crate) use drive_tiles;
 #[allow(unused_macros)]
 macro_rules! int_matmul {
     ($m:expr, $rows:expr, $acts:expr, $n:expr, $out:expr, $tiles:ident, $q4:ty, $q8:ty) => {{
-        let Some((qs, scales, kind, groups)) = $crate::tiles::int_planes($m, &$rows, $acts, $n) else { return };
+        let Some((p, kind)) = $crate::tiles::int_planes($m, &$rows, $acts, $n) else { return };
         // SAFETY (both): shapes checked by `int_planes`; the tier's features
         // present (the caller's guarantee).
         match kind {
             $crate::tiles::IntKind::Q4 => {
-                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q4, T>(b, t0, qs, scales, groups, $acts) })
+                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q4, T>(p, b, t0) })
             }
             $crate::tiles::IntKind::Q8 => {
-                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q8, T>(b, t0, qs, scales, groups, $acts) })
+                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q8, T>(p, b, t0) })
             }
         }
     }};
