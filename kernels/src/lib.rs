@@ -19,6 +19,7 @@ mod matrix;
 pub mod quantize;
 pub mod reference;
 mod rows;
+mod simd;
 mod tiles;
 
 #[macro_use]
