@@ -44,6 +44,7 @@ use core::arch::asm;
 
 use half::f16;
 
+use crate::simd::vocabulary;
 use crate::{Kernels, Tier, REFERENCE};
 
 /// Defines `$name(acc, w, a) -> acc`, one multiply-accumulate instruction
@@ -253,6 +254,16 @@ pub(crate) fn lanes(lo: float32x4_t, hi: float32x4_t) -> [f32; 8] {
     o
 }
 
+/// The four lanes of `v`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn lanes4(v: float32x4_t) -> [f32; 4] {
+    let mut o = [0f32; 4];
+    // SAFETY: `o` has 4 floats.
+    unsafe { vst1q_f32(o.as_mut_ptr(), v) };
+    o
+}
+
 /// Sums four accumulators' lanes.
 #[target_feature(enable = "neon")]
 #[inline]
@@ -260,115 +271,35 @@ pub(crate) fn hsum4(acc: &[float32x4_t; 4]) -> f32 {
     vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])))
 }
 
-/// The tier's vector vocabulary for the loops every SIMD tier shares
-/// (`crate::vector`): 4 f32 lanes in a `float32x4_t`.
-mod v {
-    use core::arch::aarch64::*;
-
-    use half::f16;
-
-    /// One register of floats.
-    pub(super) type F = float32x4_t;
-    /// Its lanes.
-    pub(super) const N: usize = 4;
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn zero() -> F {
-        vdupq_n_f32(0.0)
+vocabulary! {
+    /// The tier's vector vocabulary for the loops every SIMD tier shares
+    /// (`crate::simd`): 4 f32 lanes in a `float32x4_t`.
+    feature: "neon", F = float32x4_t, N = 4;
+    uses {
+        use core::arch::aarch64::*;
+        use half::f16;
     }
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn splat(x: f32) -> F {
-        vdupq_n_f32(x)
+    fns {
+        fn zero() -> F = vdupq_n_f32(0.0);
+        fn splat(x: f32) -> F = vdupq_n_f32(x);
+        fn add(a: F, b: F) -> F = vaddq_f32(a, b);
+        fn sub(a: F, b: F) -> F = vsubq_f32(a, b);
+        fn mul(a: F, b: F) -> F = vmulq_f32(a, b);
+        /// `max(a, b)` (`FMAX`: NaN when either is).
+        fn max(a: F, b: F) -> F = vmaxq_f32(a, b);
+        /// `acc + a * b`, fused.
+        fn fma(acc: F, a: F, b: F) -> F = vfmaq_f32(acc, a, b);
+        fn lanes(v: F) -> [f32; N] = super::lanes4(v);
+        /// The largest lane (`FMAXV`).
+        fn hmax(v: F) -> f32 = vmaxvq_f32(v);
+        fn hsum(v: F) -> f32 = vaddvq_f32(v);
+        /// The sum of `dot`'s accumulators.
+        fn hsum_acc(acc: &[F; 16 / N]) -> f32 = super::hsum4(acc);
     }
-
-    /// # Safety
-    /// 4 floats readable at `p`; NEON present.
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) unsafe fn load(p: *const f32) -> F {
-        // SAFETY: the caller's guarantee.
-        unsafe { vld1q_f32(p) }
-    }
-
-    /// # Safety
-    /// 4 f16 (8 bytes) readable at `p`; NEON present.
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) unsafe fn load_f16(p: *const f16) -> F {
-        // SAFETY: the caller's guarantee.
-        unsafe { super::load_f16x4(p) }
-    }
-
-    /// # Safety
-    /// 4 floats writable at `p`; NEON present.
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) unsafe fn store(p: *mut f32, v: F) {
-        // SAFETY: the caller's guarantee.
-        unsafe { vst1q_f32(p, v) }
-    }
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn add(a: F, b: F) -> F {
-        vaddq_f32(a, b)
-    }
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn sub(a: F, b: F) -> F {
-        vsubq_f32(a, b)
-    }
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn mul(a: F, b: F) -> F {
-        vmulq_f32(a, b)
-    }
-
-    /// `max(a, b)` (`FMAX`: NaN when either is).
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn max(a: F, b: F) -> F {
-        vmaxq_f32(a, b)
-    }
-
-    /// `acc + a * b`, fused.
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn fma(acc: F, a: F, b: F) -> F {
-        vfmaq_f32(acc, a, b)
-    }
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn lanes(v: F) -> [f32; N] {
-        let mut o = [0f32; N];
-        // SAFETY: `o` has 4 floats.
-        unsafe { vst1q_f32(o.as_mut_ptr(), v) };
-        o
-    }
-
-    /// The largest lane (`FMAXV`).
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn hmax(v: F) -> f32 {
-        vmaxvq_f32(v)
-    }
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn hsum(v: F) -> f32 {
-        vaddvq_f32(v)
-    }
-
-    /// The sum of `dot`'s accumulators.
-    #[target_feature(enable = "neon")]
-    #[inline]
-    pub(super) fn hsum_acc(acc: &[F; 16 / N]) -> f32 {
-        super::hsum4(acc)
+    unsafe_fns {
+        fn load(p: *const f32) -> F = vld1q_f32(p);
+        /// 4 f16 (8 bytes) as f32.
+        fn load_f16(p: *const f16) -> F = super::load_f16x4(p);
+        fn store(p: *mut f32, v: F) = vst1q_f32(p, v);
     }
 }

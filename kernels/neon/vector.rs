@@ -6,7 +6,6 @@
 
 use core::arch::aarch64::*;
 
-
 use super::v;
 use crate::simd::vector_kernels;
 

@@ -1,7 +1,7 @@
 //! What every SIMD tier's vector kernels share: the loops of the dot
 //! products, `axpy`, softmax and SwiGLU, written once as
-//! [`vector_kernels!`] over a tier's vector vocabulary, a module `v` in
-//! scope where the macro is invoked:
+//! [`vector_kernels!`] over a tier's vector vocabulary, a module `v` (made
+//! by [`vocabulary!`]) in scope where the macro is invoked:
 //!
 //! - `F`, the register of `N` f32 lanes; `zero()`, `splat(x)`;
 //! - `load(p)`, `load_f16(p)` (`N` f16 as f32), `store(p, v)`: unaligned,
@@ -212,3 +212,52 @@ macro_rules! vector_kernels {
 }
 #[allow(unused_imports)]
 pub(crate) use vector_kernels;
+
+/// A tier's vector vocabulary (see the module docs): `mod v` with the
+/// register type `F` of `N` lanes and, compiled with `$feature`, inlined,
+/// one function per line, safe (`fns`) or `unsafe` (`unsafe_fns`: loads
+/// and stores, whose pointer must hold the register's lanes).
+#[allow(unused_macros)]
+macro_rules! vocabulary {
+    (
+        $(#[$doc:meta])* feature: $feature:literal, F = $f:ty, N = $n:literal;
+        uses { $($use:item)* }
+        fns { $($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? = $body:expr;)* }
+        unsafe_fns { $($(#[$um:meta])* fn $uname:ident($($ua:ident: $ut:ty),*) $(-> $ur:ty)? = $ubody:expr;)* }
+    ) => {
+        $(#[$doc])*
+        mod v {
+            $($use)*
+
+            /// One register of floats.
+            pub(super) type F = $f;
+            /// Its lanes.
+            pub(super) const N: usize = $n;
+
+            $(
+                $(#[$m])*
+                #[target_feature(enable = $feature)]
+                #[inline]
+                pub(super) fn $name($($a: $t),*) $(-> $r)? {
+                    $body
+                }
+            )*
+
+            $(
+                $(#[$um])*
+                ///
+                /// # Safety
+                /// The register's lanes readable (loads) or writable
+                /// (stores) at the pointer; the tier's features present.
+                #[target_feature(enable = $feature)]
+                #[inline]
+                pub(super) unsafe fn $uname($($ua: $ut),*) $(-> $ur)? {
+                    // SAFETY: the caller's guarantee.
+                    unsafe { $ubody }
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use vocabulary;
