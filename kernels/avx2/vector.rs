@@ -11,21 +11,6 @@ use crate::simd::vector_kernels;
 
 vector_kernels!(pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C");
 
-/// RMSNorm with a vector sum of squares.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let n = x.len();
-    // SAFETY: AVX2/FMA present (module invariant).
-    let ss = unsafe { dot(x, x) } / n as f32;
-    let scale = 1.0 / libm::sqrtf(ss + eps);
-    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-        *o = w * (v * scale);
-    }
-}
-
 /// `exp(x)` on 8 lanes: `x = n ln2 + r` (`|r| <= ln2 / 2`, Cody-Waite
 /// split), `exp(r)` by a degree-6 polynomial, `2^n` through the exponent
 /// bits. Relative error within a few ulp of `expf` over the clamped range

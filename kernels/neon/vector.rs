@@ -11,33 +11,6 @@ use crate::simd::vector_kernels;
 
 vector_kernels!(pub(crate), feature: "neon", cpu: "NEON");
 
-/// RMSNorm with a vector sum of squares; `w * (v * scale)` per element as
-/// the reference.
-///
-/// # Safety
-/// The CPU has NEON (the tier's detection).
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let n = x.len();
-    // SAFETY: NEON present (module invariant).
-    let ss = unsafe { dot(x, x) } / n as f32;
-    let scale = 1.0 / libm::sqrtf(ss + eps);
-    let len = n.min(weight.len()).min(out.len());
-    let sv = vdupq_n_f32(scale);
-    let mut i = 0;
-    // SAFETY: `i + 4 <= len` and the three slices have at least `len`.
-    while i + 4 <= len {
-        unsafe {
-            let v = vmulq_f32(vld1q_f32(x.as_ptr().add(i)), sv);
-            vst1q_f32(out.as_mut_ptr().add(i), vmulq_f32(vld1q_f32(weight.as_ptr().add(i)), v));
-        }
-        i += 4;
-    }
-    for j in i..len {
-        out[j] = weight[j] * (x[j] * scale);
-    }
-}
-
 /// `exp(x)` on 4 lanes: `x = n ln2 + r` (`|r| <= ln2 / 2`, Cody-Waite
 /// split), `exp(r)` by a degree-6 polynomial, `2^n` through the exponent
 /// bits; the same constants and clamping as the x86 tiers. Relative error

@@ -418,17 +418,7 @@ pub fn rope_with(head: &mut [f32], cs: &[f32]) {
 mod tests {
     use super::*;
     use ferrite_format::quant::{Q4_GROUP_BYTES, Q8_GROUP_BYTES};
-
-    /// Pseudo-random values in [-scale, scale).
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
-            })
-            .collect()
-    }
+    use ferrite_test_support::rng::values;
 
     /// `matmul` over every storage type, widths around the group size and
     /// strides wider than the rows (the padding must never be read), against

@@ -1,5 +1,5 @@
 //! What every SIMD tier's vector kernels share: the loops of the dot
-//! products, `axpy`, softmax and SwiGLU, written once as
+//! products, `axpy`, RMSNorm, softmax and SwiGLU, written once as
 //! [`vector_kernels!`] over a tier's vector vocabulary, a module `v` (made
 //! by [`vocabulary!`]) in scope where the macro is invoked:
 //!
@@ -18,8 +18,8 @@
 //! same operations in the same order on every tier but for the register
 //! width, which the tier tests pin against the reference.
 
-/// Defines `dot`, `dot_f16`, `dot_by`, `axpy`, `axpy_f16`, `softmax` and
-/// `swiglu` (visibility `$vis`, features `$feature`, `# Safety` naming
+/// Defines `dot`, `dot_f16`, `dot_by`, `axpy`, `axpy_f16`, `rmsnorm`,
+/// `softmax` and `swiglu` (visibility `$vis`, features `$feature`, `# Safety` naming
 /// `$cpu`) over the vocabulary `v` (see the module docs).
 #[allow(unused_macros)]
 macro_rules! vector_kernels {
@@ -125,6 +125,33 @@ macro_rules! vector_kernels {
             }
             for j in i..n {
                 y[j] += a * load1(j);
+            }
+        }
+
+        /// RMSNorm with a vector sum of squares ([`dot`]); `w * (v *
+        /// scale)` per element as the reference.
+        ///
+        /// # Safety
+        #[doc = concat!("The CPU has ", $cpu, " (the tier's detection).")]
+        #[target_feature(enable = $feature)]
+        $vis unsafe fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+            let n = x.len();
+            // SAFETY: the tier's features present (the caller's guarantee).
+            let ss = unsafe { dot(x, x) } / n as f32;
+            let scale = 1.0 / libm::sqrtf(ss + eps);
+            let len = n.min(weight.len()).min(out.len());
+            let sv = v::splat(scale);
+            let mut i = 0;
+            // SAFETY: `i + N <= len` and the three slices have at least `len`.
+            while i + v::N <= len {
+                unsafe {
+                    let xv = v::mul(v::load(x.as_ptr().add(i)), sv);
+                    v::store(out.as_mut_ptr().add(i), v::mul(v::load(weight.as_ptr().add(i)), xv));
+                }
+                i += v::N;
+            }
+            for j in i..len {
+                out[j] = weight[j] * (x[j] * scale);
             }
         }
 
