@@ -219,8 +219,7 @@ unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
         m = _mm256_max_ps(_mm256_and_ps(unsafe { _mm256_loadu_ps(row.as_ptr().add(j)) }, abs), m);
     }
     let amax = super::lanes(m).iter().chain(&row[full..]).fold(0.0f32, |a, &x| a.max(x.abs()));
-    let d = amax / 127.0;
-    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+    crate::reference::int8_scale(amax)
 }
 
 q8_rows_kernels!(pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C", lanes: 8);

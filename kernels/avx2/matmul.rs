@@ -38,8 +38,7 @@ pub(super) unsafe fn quantize_acts(x: &[f32], x_stride: usize, n: usize, cols: u
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
             let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
             let amax = _mm_cvtss_f32(m);
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let (d, id) = reference::int8_scale(amax);
             let idv = _mm256_set1_ps(id);
             // Round to nearest even (the MXCSR default), as `roundevenf`.
             let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, idv)));

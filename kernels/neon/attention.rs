@@ -110,8 +110,7 @@ unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
         m = vmaxnmq_f32(m, vabsq_f32(unsafe { vld1q_f32(row.as_ptr().add(j)) }));
     }
     let amax = row[full..].iter().fold(vmaxnmvq_f32(m), |a, &x| a.max(x.abs()));
-    let d = amax / 127.0;
-    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+    crate::reference::int8_scale(amax)
 }
 
 q8_rows_kernels!(pub(crate), feature: "neon", cpu: "NEON", lanes: 4);

@@ -10,8 +10,8 @@ use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 
+use super::load_f16x8;
 use super::matmul::{signed, NeonKind, Q4, Q8};
-use super::{lanes, load_f16x8};
 use crate::tiles::{drive_tiles, int_matmul};
 use crate::{Acts, Matrix, Out};
 

@@ -19,8 +19,8 @@ use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 
+use super::load_f16x8;
 use super::matmul::{NeonKind, Q4, Q8};
-use super::{lanes, load_f16x8};
 use crate::tiles::{int_planes, store_rows, IntKind, Planes};
 use crate::{Acts, Matrix, Out};
 

@@ -9,9 +9,9 @@ use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 
-use super::lanes;
 use super::load_f16x8;
 use super::vector::{dot, dot_f16};
+use super::{fold_group, token_lanes};
 use crate::reference::Matrix;
 use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, Planes, RowKind};
 use crate::{Acts, ActsMut, Out};
@@ -37,8 +37,7 @@ unsafe fn quantize_group(src: *const f32, dst: *mut i8) -> (f32, i32) {
         m = vmaxnmq_f32(m, vabsq_f32(v));
     }
     let amax = vmaxnmvq_f32(m);
-    let d = amax / 127.0;
-    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let (d, id) = crate::reference::int8_scale(amax);
     let idv = vdupq_n_f32(id);
     let (lo, hi) = (vdupq_n_s32(-127), vdupq_n_s32(127));
     // One f32 product and round-to-nearest-even (`FCVTNS`; NaN gives 0)
@@ -269,16 +268,10 @@ unsafe fn neon_tiles<K: NeonKind, const T: usize>(p: Planes<'_>, block: usize, t
         for (t, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
             let ag = (t0 + t) * groups + g;
             let (lo, hi) = (vpaddq_s32(isum[0], isum[1]), vpaddq_s32(isum[2], isum[3]));
-            let ad = vdupq_n_f32(acts.d[ag]);
-            acc[0] = vaddq_f32(acc[0], vmulq_f32(vcvtq_f32_s32(lo), vmulq_f32(wd_lo, ad)));
-            acc[1] = vaddq_f32(acc[1], vmulq_f32(vcvtq_f32_s32(hi), vmulq_f32(wd_hi, ad)));
+            fold_group(acc, [lo, hi], (wd_lo, wd_hi), acts.d[ag]);
         }
     }
-    let mut out = [[0f32; 8]; T];
-    for (o, &[lo, hi]) in out.iter_mut().zip(&acc) {
-        *o = lanes(lo, hi);
-    }
-    out
+    token_lanes(&acc)
 }
 
 /// `reference::matmul_q` with `SMULL`/`SADALP`.

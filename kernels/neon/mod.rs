@@ -123,16 +123,10 @@ macro_rules! by_element_tiles {
                     let corr = vdupq_n_s32(off * acts.sums[ag]);
                     let lo = vsubq_s32(vaddq_s32(lo0, lo1), corr);
                     let hi = vsubq_s32(vaddq_s32(hi0, hi1), corr);
-                    let ad = vdupq_n_f32(acts.d[ag]);
-                    acc[0] = vaddq_f32(acc[0], vmulq_f32(vcvtq_f32_s32(lo), vmulq_f32(wd_lo, ad)));
-                    acc[1] = vaddq_f32(acc[1], vmulq_f32(vcvtq_f32_s32(hi), vmulq_f32(wd_hi, ad)));
+                    super::fold_group(acc, [lo, hi], (wd_lo, wd_hi), acts.d[ag]);
                 }
             }
-            let mut out = [[0f32; 8]; T];
-            for (o, &[lo, hi]) in out.iter_mut().zip(&acc) {
-                *o = lanes(lo, hi);
-            }
-            out
+            super::token_lanes(&acc)
         }
     };
 }
@@ -252,6 +246,28 @@ pub(crate) fn lanes(lo: float32x4_t, hi: float32x4_t) -> [f32; 8] {
         vst1q_f32(o.as_mut_ptr().add(4), hi);
     }
     o
+}
+
+/// One group's exact sums of rows 0..4 and 4..8 (`isum`) folded into a
+/// token's accumulators as `reference::matmul_q` does: `acc + isum as f32 *
+/// (wd * ad)`, not fused (`wd`: the rows' scales, `ad`: the token's).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) fn fold_group(acc: &mut [float32x4_t; 2], isum: [int32x4_t; 2], wd: (float32x4_t, float32x4_t), ad: f32) {
+    let ad = vdupq_n_f32(ad);
+    acc[0] = vaddq_f32(acc[0], vmulq_f32(vcvtq_f32_s32(isum[0]), vmulq_f32(wd.0, ad)));
+    acc[1] = vaddq_f32(acc[1], vmulq_f32(vcvtq_f32_s32(isum[1]), vmulq_f32(wd.1, ad)));
+}
+
+/// Each token's two accumulators as the 8 rows' lanes.
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) fn token_lanes<const T: usize>(acc: &[[float32x4_t; 2]; T]) -> [[f32; 8]; T] {
+    let mut out = [[0f32; 8]; T];
+    for (o, &[lo, hi]) in out.iter_mut().zip(acc) {
+        *o = lanes(lo, hi);
+    }
+    out
 }
 
 /// The four lanes of `v`.

@@ -107,7 +107,14 @@ pub fn quantize_acts(x: &[f32], x_stride: usize, n: usize, cols: usize, acts: &m
 /// A group's activation scale `max|x| / 127` and its inverse (0 for 0).
 #[inline]
 pub fn act_scale(src: &[f32]) -> (f32, f32) {
-    let amax = src.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+    int8_scale(src.iter().fold(0.0f32, |m, &x| m.max(x.abs())))
+}
+
+/// The int8 scale `amax / 127` of values of largest magnitude `amax`, and
+/// its inverse (0 for 0): [`act_scale`]'s rule, which every tier's
+/// activation and KV quantization follows.
+#[inline]
+pub(crate) fn int8_scale(amax: f32) -> (f32, f32) {
     let d = amax / 127.0;
     (d, if d > 0.0 { 1.0 / d } else { 0.0 })
 }
