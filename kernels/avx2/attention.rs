@@ -12,7 +12,7 @@ use core::arch::x86_64::*;
 
 use half::f16;
 
-use super::hsum;
+use super::{hsum, v};
 use crate::rows::{axpy_rows_kernels, q8_rows_kernels};
 use crate::Q8Rows;
 
@@ -32,7 +32,7 @@ pub(super) unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, scale: f32, o
             scale,
             out,
             k.len(),
-            |i, j| _mm256_loadu_ps(k.as_ptr().add(i * stride + j)),
+            |i, j| v::load(k.as_ptr().add(i * stride + j)),
             |i, j| k[i * stride + j],
         )
     }
@@ -52,7 +52,7 @@ pub(super) unsafe fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f3
             scale,
             out,
             k.len(),
-            |i, j| _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i * stride + j).cast())),
+            |i, j| v::load_f16(k.as_ptr().add(i * stride + j)),
             |i, j| k[i * stride + j].to_f32(),
         )
     }
@@ -137,16 +137,7 @@ unsafe fn dot_rows_with(
     }
 }
 
-axpy_rows_kernels! {
-    pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C", vec: __m256, lanes: 8,
-    zero: _mm256_setzero_ps(),
-    splat: |x| _mm256_set1_ps(x),
-    load: |p| _mm256_loadu_ps(p),
-    store: |p, v| _mm256_storeu_ps(p, v),
-    load_f16: |p| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
-    fma: |acc, a, b| _mm256_fmadd_ps(a, b, acc),
-    load_q8: load_q8,
-}
+axpy_rows_kernels!(pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C", load_q8: load_q8);
 
 /// [`dot_rows`] over int8 keys: each key's 8 values at a time are
 /// `q as f32 * scale` (the values [`round_q8`] gives fresh keys).
@@ -222,7 +213,7 @@ unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
     crate::reference::int8_scale(amax)
 }
 
-q8_rows_kernels!(pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C", lanes: 8);
+q8_rows_kernels!(pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C");
 
 /// The int8 levels of the 8 values at `x` times `inv` stored at `q`
 /// (`reference::quant_kv`; a NaN stored as 0, as `NaN as i8`).

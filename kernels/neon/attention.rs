@@ -12,8 +12,8 @@ use core::arch::aarch64::*;
 
 use half::f16;
 
-use super::load_f16x4;
 use super::vector::{dot, dot_by, dot_f16};
+use super::v;
 use crate::rows::{axpy_rows_kernels, q8_rows_kernels};
 use crate::Q8Rows;
 
@@ -44,16 +44,7 @@ pub(crate) unsafe fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f3
     }
 }
 
-axpy_rows_kernels! {
-    pub(crate), feature: "neon", cpu: "NEON", vec: float32x4_t, lanes: 4,
-    zero: vdupq_n_f32(0.0),
-    splat: |x| vdupq_n_f32(x),
-    load: |p| vld1q_f32(p),
-    store: |p, v| vst1q_f32(p, v),
-    load_f16: |p| load_f16x4(p),
-    fma: |acc, a, b| vfmaq_f32(acc, a, b),
-    load_q8: load_q8x4,
-}
+axpy_rows_kernels!(pub(crate), feature: "neon", cpu: "NEON", load_q8: load_q8x4);
 
 /// [`dot_rows`] over int8 keys: each key's values `q as f32 * scale`
 /// (those [`round_q8`] gives fresh keys) in [`dot`]'s order.
@@ -113,7 +104,7 @@ unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
     crate::reference::int8_scale(amax)
 }
 
-q8_rows_kernels!(pub(crate), feature: "neon", cpu: "NEON", lanes: 4);
+q8_rows_kernels!(pub(crate), feature: "neon", cpu: "NEON");
 
 /// The int8 levels of the 4 values at `x` times `inv` stored at `q`
 /// (`reference::quant_kv`).

@@ -1,36 +1,21 @@
 //! What every SIMD tier's attention kernels share: the weighted sum of
 //! value rows (`axpy_rows` over f32, f16 and int8 rows), written once as
-//! [`axpy_rows_kernels!`] over a tier's vector vocabulary (its register
-//! type, lane count and the few intrinsics the loop uses), and the loops of
-//! the int8 KV rows' quantization ([`q8_rows_kernels!`]) over the tier's
-//! per-register steps. A macro, not a
-//! generic function: the loop must be compiled with the tier's
-//! `#[target_feature]`s for its intrinsics to inline, and those differ by
-//! tier.
+//! [`axpy_rows_kernels!`] over a tier's vector vocabulary (`crate::simd`),
+//! and the loops of the int8 KV rows' quantization ([`q8_rows_kernels!`])
+//! over the tier's per-register steps. Macros, not generic functions: the
+//! loops must be compiled with the tier's `#[target_feature]`s for its
+//! intrinsics to inline, and those differ by tier.
 
 /// Defines the tier's `axpy_rows`, `axpy_rows_f16` and `axpy_rows_q8`
-/// (see `reference::axpy_rows`): per element `out[j] = fma(p[i], v[i][j],
-/// out[j])` over rows in order (as `axpy` row by row), with 64-float chunks
-/// of `out` held in registers across the rows, and the last
-/// `hd % lanes` elements `out[j] += p[i] * v[i][j]` (not fused), row by row.
-///
-/// `$vec` is the register type of `$lanes` floats; `zero`, `splat(x)`,
-/// `load(p)`/`store(p, v)` (unaligned f32), `load_f16(p)` (`$lanes` f16 as
-/// f32), `fma(acc, a, b)` (`acc + a * b`, fused) and `load_q8(p, scale)`
-/// (`$lanes` int8 values times `scale`) its operations, each an expression
-/// in the named arguments.
+/// (see `reference::axpy_rows`) over the tier's vector vocabulary `v`
+/// (`crate::simd`): per element `out[j] = fma(p[i], v[i][j], out[j])` over
+/// rows in order (as `axpy` row by row), with 64-float chunks of `out` held
+/// in registers across the rows, and the last `hd % N` elements `out[j] +=
+/// p[i] * v[i][j]` (not fused), row by row. `$load_q8(p, scale)` gives a
+/// register of int8 values at `p` times `scale`.
 #[allow(unused_macros)]
 macro_rules! axpy_rows_kernels {
-    (
-        $vis:vis, feature: $feature:literal, cpu: $cpu:literal, vec: $vec:ty, lanes: $lanes:literal,
-        zero: $zero:expr,
-        splat: |$sx:ident| $splat:expr,
-        load: |$lp:ident| $load:expr,
-        store: |$sp:ident, $sv:ident| $store:expr,
-        load_f16: |$hp:ident| $load_f16:expr,
-        fma: |$fa:ident, $fb:ident, $fc:ident| $fma:expr,
-        load_q8: $load_q8:path $(,)?
-    ) => {
+    ($vis:vis, feature: $feature:literal, cpu: $cpu:literal, load_q8: $load_q8:path $(,)?) => {
         /// Weighted sum of value rows: per element `out[j] = fma(p[i],
         /// v[i][j], out[j])` over rows in order (as `axpy` row by row),
         /// with 64-float chunks of `out` held in registers across the rows.
@@ -39,11 +24,11 @@ macro_rules! axpy_rows_kernels {
         #[doc = concat!("The CPU has ", $cpu, " (the tier's detection).")]
         #[target_feature(enable = $feature)]
         $vis unsafe fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-            // SAFETY: loads read `v[i * stride + j..+lanes]` with `j + lanes
-            // <= hd` and `i < p.len()`, inside `v` (checked in
+            // SAFETY: loads read `v[i * stride + j..+N]` with `j + N <= hd`
+            // and `i < p.len()`, inside `v` (checked in
             // `axpy_rows_with`).
             unsafe {
-                axpy_rows_with(p, stride, out, v.len(), |i, j| load(v.as_ptr().add(i * stride + j)), |i, j| {
+                axpy_rows_with(p, stride, out, v.len(), |i, j| v::load(v.as_ptr().add(i * stride + j)), |i, j| {
                     v[i * stride + j]
                 })
             }
@@ -55,9 +40,9 @@ macro_rules! axpy_rows_kernels {
         #[doc = concat!("The CPU has ", $cpu, " (the tier's detection).")]
         #[target_feature(enable = $feature)]
         $vis unsafe fn axpy_rows_f16(p: &[f32], v: &[half::f16], stride: usize, out: &mut [f32]) {
-            // SAFETY: as in `axpy_rows` (`lanes` f16 read by `load_f16`).
+            // SAFETY: as in `axpy_rows` (`N` f16 read by `load_f16`).
             unsafe {
-                axpy_rows_with(p, stride, out, v.len(), |i, j| load_f16(v.as_ptr().add(i * stride + j)), |i, j| {
+                axpy_rows_with(p, stride, out, v.len(), |i, j| v::load_f16(v.as_ptr().add(i * stride + j)), |i, j| {
                     v[i * stride + j].to_f32()
                 })
             }
@@ -71,8 +56,8 @@ macro_rules! axpy_rows_kernels {
         #[target_feature(enable = $feature)]
         $vis unsafe fn axpy_rows_q8(p: &[f32], v: $crate::Q8Rows<'_>, out: &mut [f32]) {
             assert!(v.holds(p.len(), out.len()), "value rows out of bounds");
-            // SAFETY: loads read `v.qs[i * stride + j..+lanes]` with `j +
-            // lanes <= hd` and `i < p.len()`, and scale `i * scale_stride`:
+            // SAFETY: loads read `v.qs[i * stride + j..+N]` with `j + N <=
+            // hd` and `i < p.len()`, and scale `i * scale_stride`:
             // inside (checked above and in `axpy_rows_with`).
             unsafe {
                 axpy_rows_with(
@@ -86,33 +71,11 @@ macro_rules! axpy_rows_kernels {
             }
         }
 
-        /// One register of unaligned floats at `p`.
-        ///
-        /// # Safety
-        /// A register's floats readable at `p`; the tier's features present.
-        #[target_feature(enable = $feature)]
-        #[inline]
-        unsafe fn load($lp: *const f32) -> $vec {
-            // SAFETY: the caller's guarantee.
-            unsafe { $load }
-        }
-
-        /// One register's worth of f16 at `p`, as f32.
-        ///
-        /// # Safety
-        /// That many f16 readable at `p`; the tier's features present.
-        #[target_feature(enable = $feature)]
-        #[inline]
-        unsafe fn load_f16($hp: *const half::f16) -> $vec {
-            // SAFETY: the caller's guarantee.
-            unsafe { $load_f16 }
-        }
-
         /// The loop of [`axpy_rows`] over rows whose register of values at
         /// `(row i, j)` is `load_n(i, j)` (one value: `load1`).
         ///
         /// # Safety
-        /// `load_n(i, j)` must be sound for `i < p.len()`, `j + lanes <=
+        /// `load_n(i, j)` must be sound for `i < p.len()`, `j + N <=
         /// out.len()` whenever `(p.len() - 1) * stride + out.len() <= v_len`;
         /// the tier's features present.
         #[target_feature(enable = $feature)]
@@ -122,7 +85,7 @@ macro_rules! axpy_rows_kernels {
             stride: usize,
             out: &mut [f32],
             v_len: usize,
-            load_n: impl Fn(usize, usize) -> $vec,
+            load_n: impl Fn(usize, usize) -> v::F,
             load1: impl Fn(usize, usize) -> f32,
         ) {
             let hd = out.len();
@@ -131,31 +94,26 @@ macro_rules! axpy_rows_kernels {
             }
             let end = (p.len() - 1).checked_mul(stride).and_then(|e| e.checked_add(hd));
             assert!(end.is_some_and(|e| e <= v_len), "value rows out of bounds");
-            let splat = |$sx: f32| $splat;
-            let fma = |$fa: $vec, $fb: $vec, $fc: $vec| $fma;
-            let full = hd / $lanes * $lanes;
+            let full = hd / v::N * v::N;
             let mut j0 = 0;
             while j0 < full {
-                let w = (full - j0).min(64) / $lanes;
-                let mut acc = [$zero; 64 / $lanes];
+                let w = (full - j0).min(64) / v::N;
+                let mut acc = [v::zero(); 64 / v::N];
                 for (c, a) in acc.iter_mut().enumerate().take(w) {
-                    // SAFETY: `j0 + lanes * (c + 1) <= full <= hd`.
-                    *a = unsafe { load(out.as_ptr().add(j0 + $lanes * c)) };
+                    // SAFETY: `j0 + N * (c + 1) <= full <= hd`.
+                    *a = unsafe { v::load(out.as_ptr().add(j0 + v::N * c)) };
                 }
                 for (i, &pi) in p.iter().enumerate() {
-                    let pv = splat(pi);
+                    let pv = v::splat(pi);
                     for (c, a) in acc.iter_mut().enumerate().take(w) {
-                        *a = fma(*a, pv, load_n(i, j0 + $lanes * c));
+                        *a = v::fma(*a, pv, load_n(i, j0 + v::N * c));
                     }
                 }
                 for (c, a) in acc.iter().enumerate().take(w) {
                     // SAFETY: as for the loads.
-                    unsafe {
-                        let ($sp, $sv) = (out.as_mut_ptr().add(j0 + $lanes * c), *a);
-                        $store
-                    };
+                    unsafe { v::store(out.as_mut_ptr().add(j0 + v::N * c), *a) };
                 }
-                j0 += $lanes * w;
+                j0 += v::N * w;
             }
             for (i, &pi) in p.iter().enumerate() {
                 for (j, o) in out.iter_mut().enumerate().skip(full) {
@@ -171,13 +129,13 @@ pub(crate) use axpy_rows_kernels;
 /// Defines the tier's `quantize_rows_q8` and `round_q8` (see
 /// `reference::quantize_rows_q8`, `reference::round_q8`): per row of
 /// `width` values the scale from the enclosing module's `kv_scale(row) ->
-/// (d, inv)`, then `$lanes` values at a time through its
+/// (d, inv)`, then a register (`v::N` values) at a time through its
 /// `quantize_chunk(x, inv, q)` (int8 levels of `x * inv` stored at `q`) or
 /// `round_chunk(p, inv, d)` (the levels times `d`, in place), the rest with
 /// the reference's scalar code.
 #[allow(unused_macros)]
 macro_rules! q8_rows_kernels {
-    ($vis:vis, feature: $feature:literal, cpu: $cpu:literal, lanes: $lanes:literal $(,)?) => {
+    ($vis:vis, feature: $feature:literal, cpu: $cpu:literal $(,)?) => {
         /// `reference::quantize_rows_q8`, a register of values at a time.
         ///
         /// # Safety
@@ -189,13 +147,13 @@ macro_rules! q8_rows_kernels {
             }
             let rows = src.len() / width;
             assert!(dst.len() >= rows * width && scales.len() >= rows, "int8 rows out of bounds");
-            let full = width / $lanes * $lanes;
+            let full = width / v::N * v::N;
             for (i, x) in src.chunks_exact(width).enumerate() {
                 // SAFETY: the tier's features present (the caller's guarantee).
                 let (d, inv) = unsafe { kv_scale(x) };
                 let q = &mut dst[i * width..(i + 1) * width];
-                for j in (0..full).step_by($lanes) {
-                    // SAFETY: `j + lanes <= width`, the length of `x` and `q`.
+                for j in (0..full).step_by(v::N) {
+                    // SAFETY: `j + N <= width`, the length of `x` and `q`.
                     unsafe { quantize_chunk(x.as_ptr().add(j), inv, q.as_mut_ptr().add(j)) };
                 }
                 for (q, &x) in q.iter_mut().zip(x).skip(full) {
@@ -214,12 +172,12 @@ macro_rules! q8_rows_kernels {
             if width == 0 {
                 return;
             }
-            let full = width / $lanes * $lanes;
+            let full = width / v::N * v::N;
             for row in x.chunks_exact_mut(width) {
                 // SAFETY: the tier's features present (the caller's guarantee).
                 let (d, inv) = unsafe { kv_scale(row) };
-                for j in (0..full).step_by($lanes) {
-                    // SAFETY: `j + lanes <= width`, the length of `row`.
+                for j in (0..full).step_by(v::N) {
+                    // SAFETY: `j + N <= width`, the length of `row`.
                     unsafe { round_chunk(row.as_mut_ptr().add(j), inv, d) };
                 }
                 for v in &mut row[full..] {
