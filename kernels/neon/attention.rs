@@ -12,8 +12,8 @@ use core::arch::aarch64::*;
 
 use half::f16;
 
-use super::vector::{dot, dot_by, dot_f16};
 use super::v;
+use super::vector::{dot, dot_by, dot_f16};
 use crate::rows::{axpy_rows_kernels, q8_rows_kernels};
 use crate::Q8Rows;
 

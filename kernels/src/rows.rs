@@ -8,28 +8,28 @@
 
 /// Defines the tier's `axpy_rows`, `axpy_rows_f16` and `axpy_rows_q8`
 /// (see `reference::axpy_rows`) over the tier's vector vocabulary `v`
-/// (`crate::simd`): per element `out[j] = fma(p[i], v[i][j], out[j])` over
+/// (`crate::simd`): per element `out[j] = fma(p[i], vals[i][j], out[j])` over
 /// rows in order (as `axpy` row by row), with 64-float chunks of `out` held
 /// in registers across the rows, and the last `hd % N` elements `out[j] +=
-/// p[i] * v[i][j]` (not fused), row by row. `$load_q8(p, scale)` gives a
+/// p[i] * vals[i][j]` (not fused), row by row. `$load_q8(p, scale)` gives a
 /// register of int8 values at `p` times `scale`.
 #[allow(unused_macros)]
 macro_rules! axpy_rows_kernels {
     ($vis:vis, feature: $feature:literal, cpu: $cpu:literal, load_q8: $load_q8:path $(,)?) => {
         /// Weighted sum of value rows: per element `out[j] = fma(p[i],
-        /// v[i][j], out[j])` over rows in order (as `axpy` row by row),
+        /// vals[i][j], out[j])` over rows in order (as `axpy` row by row),
         /// with 64-float chunks of `out` held in registers across the rows.
         ///
         /// # Safety
         #[doc = concat!("The CPU has ", $cpu, " (the tier's detection).")]
         #[target_feature(enable = $feature)]
-        $vis unsafe fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-            // SAFETY: loads read `v[i * stride + j..+N]` with `j + N <= hd`
-            // and `i < p.len()`, inside `v` (checked in
+        $vis unsafe fn axpy_rows(p: &[f32], vals: &[f32], stride: usize, out: &mut [f32]) {
+            // SAFETY: loads read `vals[i * stride + j..+N]` with `j + N <= hd`
+            // and `i < p.len()`, inside `vals` (checked in
             // `axpy_rows_with`).
             unsafe {
-                axpy_rows_with(p, stride, out, v.len(), |i, j| v::load(v.as_ptr().add(i * stride + j)), |i, j| {
-                    v[i * stride + j]
+                axpy_rows_with(p, stride, out, vals.len(), |i, j| v::load(vals.as_ptr().add(i * stride + j)), |i, j| {
+                    vals[i * stride + j]
                 })
             }
         }
@@ -39,11 +39,11 @@ macro_rules! axpy_rows_kernels {
         /// # Safety
         #[doc = concat!("The CPU has ", $cpu, " (the tier's detection).")]
         #[target_feature(enable = $feature)]
-        $vis unsafe fn axpy_rows_f16(p: &[f32], v: &[half::f16], stride: usize, out: &mut [f32]) {
+        $vis unsafe fn axpy_rows_f16(p: &[f32], vals: &[half::f16], stride: usize, out: &mut [f32]) {
             // SAFETY: as in `axpy_rows` (`N` f16 read by `load_f16`).
             unsafe {
-                axpy_rows_with(p, stride, out, v.len(), |i, j| v::load_f16(v.as_ptr().add(i * stride + j)), |i, j| {
-                    v[i * stride + j].to_f32()
+                axpy_rows_with(p, stride, out, vals.len(), |i, j| v::load_f16(vals.as_ptr().add(i * stride + j)), |i, j| {
+                    vals[i * stride + j].to_f32()
                 })
             }
         }
@@ -54,19 +54,19 @@ macro_rules! axpy_rows_kernels {
         /// # Safety
         #[doc = concat!("The CPU has ", $cpu, " (the tier's detection).")]
         #[target_feature(enable = $feature)]
-        $vis unsafe fn axpy_rows_q8(p: &[f32], v: $crate::Q8Rows<'_>, out: &mut [f32]) {
-            assert!(v.holds(p.len(), out.len()), "value rows out of bounds");
-            // SAFETY: loads read `v.qs[i * stride + j..+N]` with `j + N <=
+        $vis unsafe fn axpy_rows_q8(p: &[f32], vals: $crate::Q8Rows<'_>, out: &mut [f32]) {
+            assert!(vals.holds(p.len(), out.len()), "value rows out of bounds");
+            // SAFETY: loads read `vals.qs[i * stride + j..+N]` with `j + N <=
             // hd` and `i < p.len()`, and scale `i * scale_stride`:
             // inside (checked above and in `axpy_rows_with`).
             unsafe {
                 axpy_rows_with(
                     p,
-                    v.stride,
+                    vals.stride,
                     out,
-                    v.qs.len(),
-                    |i, j| $load_q8(v.qs.as_ptr().add(i * v.stride + j), *v.scales.get_unchecked(i * v.scale_stride)),
-                    |i, j| v.qs[i * v.stride + j] as f32 * v.scales[i * v.scale_stride],
+                    vals.qs.len(),
+                    |i, j| $load_q8(vals.qs.as_ptr().add(i * vals.stride + j), *vals.scales.get_unchecked(i * vals.scale_stride)),
+                    |i, j| vals.qs[i * vals.stride + j] as f32 * vals.scales[i * vals.scale_stride],
                 )
             }
         }
