@@ -12,8 +12,8 @@ use core::arch::x86_64::*;
 
 use half::f16;
 
-use super::hsum;
-use crate::reference;
+use super::{hsum, v};
+use crate::rows::{axpy_rows_kernels, q8_rows_kernels};
 use crate::Q8Rows;
 
 /// Scores of one query over keys `stride` apart: per key exactly [`dot`]'s
@@ -32,7 +32,7 @@ pub(super) unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, scale: f32, o
             scale,
             out,
             k.len(),
-            |i, j| _mm256_loadu_ps(k.as_ptr().add(i * stride + j)),
+            |i, j| v::load(k.as_ptr().add(i * stride + j)),
             |i, j| k[i * stride + j],
         )
     }
@@ -52,7 +52,7 @@ pub(super) unsafe fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f3
             scale,
             out,
             k.len(),
-            |i, j| _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i * stride + j).cast())),
+            |i, j| v::load_f16(k.as_ptr().add(i * stride + j)),
             |i, j| k[i * stride + j].to_f32(),
         )
     }
@@ -137,97 +137,7 @@ unsafe fn dot_rows_with(
     }
 }
 
-/// Weighted sum of value rows: per element `out[j] = fma(p[i], v[i][j],
-/// out[j])` over rows in order (as [`axpy`] row by row), with 64-float
-/// chunks of `out` held in registers across the rows.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-    // SAFETY: loads read `v[i * stride + j..+8]` with `j + 8 <= hd` and
-    // `i < p.len()`, inside `v` (checked below); stores write `out`.
-    unsafe {
-        axpy_rows_with(
-            p,
-            stride,
-            out,
-            v.len(),
-            |i, j| _mm256_loadu_ps(v.as_ptr().add(i * stride + j)),
-            |i, j| v[i * stride + j],
-        )
-    }
-}
-
-/// [`axpy_rows`] over f16 values (F16C), in the same order.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
-    // SAFETY: as in `axpy_rows`; 8 f16 are 16 bytes.
-    unsafe {
-        axpy_rows_with(
-            p,
-            stride,
-            out,
-            v.len(),
-            |i, j| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i * stride + j).cast())),
-            |i, j| v[i * stride + j].to_f32(),
-        )
-    }
-}
-
-/// The loop of [`axpy_rows`] over rows whose 8 values at `(row i, j)` are
-/// `load8(i, j)` (one value: `load1`).
-///
-/// # Safety
-/// `load8(i, j)` must be sound for `i < p.len()`, `j + 8 <= out.len()`
-/// whenever `(p.len() - 1) * stride + out.len() <= v_len`; the CPU has
-/// AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn axpy_rows_with(
-    p: &[f32],
-    stride: usize,
-    out: &mut [f32],
-    v_len: usize,
-    load8: impl Fn(usize, usize) -> __m256,
-    load1: impl Fn(usize, usize) -> f32,
-) {
-    let hd = out.len();
-    if p.is_empty() || hd == 0 {
-        return;
-    }
-    let end = (p.len() - 1).checked_mul(stride).and_then(|e| e.checked_add(hd));
-    assert!(end.is_some_and(|e| e <= v_len), "value rows out of bounds");
-    let full = hd / 8 * 8;
-    let mut j0 = 0;
-    while j0 < full {
-        let w = (full - j0).min(64) / 8;
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (c, a) in acc.iter_mut().enumerate().take(w) {
-            // SAFETY: `j0 + 8c + 8 <= full <= hd`.
-            *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(j0 + 8 * c)) };
-        }
-        for (i, &pi) in p.iter().enumerate() {
-            let pv = _mm256_set1_ps(pi);
-            for (c, a) in acc.iter_mut().enumerate().take(w) {
-                *a = _mm256_fmadd_ps(pv, load8(i, j0 + 8 * c), *a);
-            }
-        }
-        for (c, a) in acc.iter().enumerate().take(w) {
-            // SAFETY: as for the loads.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j0 + 8 * c), *a) };
-        }
-        j0 += 8 * w;
-    }
-    for (i, &pi) in p.iter().enumerate() {
-        for j in full..hd {
-            out[j] += pi * load1(i, j);
-        }
-    }
-}
+axpy_rows_kernels!(pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C", load_q8: load_q8);
 
 /// [`dot_rows`] over int8 keys: each key's 8 values at a time are
 /// `q as f32 * scale` (the values [`round_q8`] gives fresh keys).
@@ -250,26 +160,6 @@ pub(super) unsafe fn dot_rows_q8(q: &[f32], k: Q8Rows<'_>, scale: f32, out: &mut
             k.qs.len(),
             |i, j| load_q8(k.qs.as_ptr().add(i * k.stride + j), *k.scales.get_unchecked(i * k.scale_stride)),
             |i, j| k.qs[i * k.stride + j] as f32 * k.scales[i * k.scale_stride],
-        )
-    }
-}
-
-/// [`axpy_rows`] over int8 values (`q as f32 * scale`), in the same order.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn axpy_rows_q8(p: &[f32], v: Q8Rows<'_>, out: &mut [f32]) {
-    assert!(v.holds(p.len(), out.len()), "value rows out of bounds");
-    // SAFETY: as in `dot_rows_q8`, for rows `i < p.len()`.
-    unsafe {
-        axpy_rows_with(
-            p,
-            v.stride,
-            out,
-            v.qs.len(),
-            |i, j| load_q8(v.qs.as_ptr().add(i * v.stride + j), *v.scales.get_unchecked(i * v.scale_stride)),
-            |i, j| v.qs[i * v.stride + j] as f32 * v.scales[i * v.scale_stride],
         )
     }
 }
@@ -320,70 +210,43 @@ unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
         m = _mm256_max_ps(_mm256_and_ps(unsafe { _mm256_loadu_ps(row.as_ptr().add(j)) }, abs), m);
     }
     let amax = super::lanes(m).iter().chain(&row[full..]).fold(0.0f32, |a, &x| a.max(x.abs()));
-    let d = amax / 127.0;
-    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+    crate::reference::int8_scale(amax)
 }
 
-/// `reference::quantize_rows_q8`, 8 values at a time.
+q8_rows_kernels!(pub(super), feature: "avx2,fma,f16c", cpu: "AVX2, FMA and F16C");
+
+/// The int8 levels of the 8 values at `x` times `inv` stored at `q`
+/// (`reference::quant_kv`; a NaN stored as 0, as `NaN as i8`).
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn quantize_rows_q8(src: &[f32], width: usize, dst: &mut [i8], scales: &mut [f32]) {
-    if width == 0 {
-        return;
-    }
-    let rows = src.len() / width;
-    assert!(dst.len() >= rows * width && scales.len() >= rows, "int8 rows out of bounds");
-    let full = width / 8 * 8;
-    for (i, x) in src.chunks_exact(width).enumerate() {
-        // SAFETY: AVX2/FMA present (the caller's guarantee).
-        let (d, inv) = unsafe { kv_scale(x) };
-        let iv = _mm256_set1_ps(inv);
-        let q = &mut dst[i * width..(i + 1) * width];
-        for j in (0..full).step_by(8) {
-            // SAFETY: `j + 8 <= width`, the length of `x` and `q`.
-            let r = quant_kv8(_mm256_mul_ps(unsafe { _mm256_loadu_ps(x.as_ptr().add(j)) }, iv));
-            // NaN converts to i32::MIN: stored as 0, as `NaN as i8`.
-            let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
-            let v = _mm256_and_si256(_mm256_cvtps_epi32(r), ord);
-            let w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            // SAFETY: as above.
-            unsafe { _mm_storel_epi64(q.as_mut_ptr().add(j).cast(), _mm_packs_epi16(w, w)) };
-        }
-        for j in full..width {
-            q[j] = reference::quant_kv(x[j], inv) as i8;
-        }
-        scales[i] = d;
-    }
+/// 8 floats readable at `x`, 8 bytes writable at `q`; the CPU has AVX2 and
+/// FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn quantize_chunk(x: *const f32, inv: f32, q: *mut i8) {
+    // SAFETY: 8 readable floats (the caller's guarantee).
+    let r = quant_kv8(_mm256_mul_ps(unsafe { _mm256_loadu_ps(x) }, _mm256_set1_ps(inv)));
+    // NaN converts to i32::MIN: stored as 0, as `NaN as i8`.
+    let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+    let v = _mm256_and_si256(_mm256_cvtps_epi32(r), ord);
+    let w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    // SAFETY: 8 writable bytes (the caller's guarantee).
+    unsafe { _mm_storel_epi64(q.cast(), _mm_packs_epi16(w, w)) };
 }
 
-/// `reference::round_q8`, 8 values at a time.
+/// The 8 values at `p` rounded in place to their int8 levels (of `x *
+/// inv`) times `d`.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn round_q8(x: &mut [f32], width: usize) {
-    if width == 0 {
-        return;
-    }
-    let full = width / 8 * 8;
-    for row in x.chunks_exact_mut(width) {
-        // SAFETY: AVX2/FMA present (the caller's guarantee).
-        let (d, inv) = unsafe { kv_scale(row) };
-        let (iv, dv) = (_mm256_set1_ps(inv), _mm256_set1_ps(d));
-        for j in (0..full).step_by(8) {
-            // SAFETY: `j + 8 <= width`, the length of `row`.
-            unsafe {
-                let p = row.as_mut_ptr().add(j);
-                let r = quant_kv8(_mm256_mul_ps(_mm256_loadu_ps(p), iv));
-                // The stored level as f32: +0 for a zero level, 0 for NaN.
-                let r = _mm256_and_ps(_mm256_add_ps(r, _mm256_setzero_ps()), _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
-                _mm256_storeu_ps(p, _mm256_mul_ps(r, dv));
-            }
-        }
-        for v in &mut row[full..] {
-            *v = (reference::quant_kv(*v, inv) as i8) as f32 * d;
-        }
+/// 8 floats readable and writable at `p`; the CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn round_chunk(p: *mut f32, inv: f32, d: f32) {
+    // SAFETY: 8 readable and writable floats (the caller's guarantee).
+    unsafe {
+        let r = quant_kv8(_mm256_mul_ps(_mm256_loadu_ps(p), _mm256_set1_ps(inv)));
+        // The stored level as f32: +0 for a zero level, 0 for NaN.
+        let r = _mm256_and_ps(_mm256_add_ps(r, _mm256_setzero_ps()), _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+        _mm256_storeu_ps(p, _mm256_mul_ps(r, _mm256_set1_ps(d)));
     }
 }

@@ -20,7 +20,7 @@ use half::f16;
 
 use super::hsum;
 use crate::reference::{Matrix, Weights};
-use crate::tiles::{drive_tiles, int_planes, rows_fit, store_rows, IntKind};
+use crate::tiles::{drive_tiles, int_planes, rows_fit, store_rows, IntKind, Planes};
 use crate::{Acts, Out};
 
 /// [`matmul_q_vnni`] (safe: the AVX-512 table is only reachable after
@@ -243,12 +243,12 @@ impl VnniKind for Q8 {
 /// The CPU has the AVX-512 tier's features.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn matmul_q_vnni(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    let Some((qs, scales, kind, groups)) = int_planes(m, &rows, acts, n) else { return };
+    let Some((p, kind)) = int_planes(m, &rows, acts, n) else { return };
     // SAFETY (both): shapes checked by `int_planes`; features present (the caller's
     // guarantee).
     match kind {
-        IntKind::Q4 => unsafe { by_width::<Q4>(rows, qs, scales, groups, acts, n, out) },
-        IntKind::Q8 => unsafe { by_width::<Q8>(rows, qs, scales, groups, acts, n, out) },
+        IntKind::Q4 => unsafe { by_width::<Q4>(rows, p, n, out) },
+        IntKind::Q8 => unsafe { by_width::<Q8>(rows, p, n, out) },
     }
 }
 
@@ -260,15 +260,7 @@ unsafe fn matmul_q_vnni(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: 
 /// # Safety
 /// As [`vnni_tiles`], for every block of `rows` and tokens `0..n`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn by_width<K: VnniKind>(
-    rows: Range<usize>,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-    n: usize,
-    out: &mut Out<'_>,
-) {
+unsafe fn by_width<K: VnniKind>(rows: Range<usize>, p: Planes<'_>, n: usize, out: &mut Out<'_>) {
     let (first, end) = (rows.start / ROW_BLOCK, rows.end.div_ceil(ROW_BLOCK));
     let pairs_end = if n >= 2 { first + (end - first) / 2 * 2 } else { first };
     // SAFETY (both): forwarded from the caller (the pairs' blocks lie in
@@ -280,16 +272,10 @@ unsafe fn by_width<K: VnniKind>(
             let used = (n - t0).min(4);
             let mut lanes = [[0f32; 16]; 4];
             match used {
-                1 => {
-                    lanes[..1].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 1>(block, t0, qs, scales, groups, acts) })
-                }
-                2 => {
-                    lanes[..2].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 2>(block, t0, qs, scales, groups, acts) })
-                }
-                3 => {
-                    lanes[..3].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 3>(block, t0, qs, scales, groups, acts) })
-                }
-                _ => lanes = unsafe { vnni_tiles::<Zmm, K, 4>(block, t0, qs, scales, groups, acts) },
+                1 => lanes[..1].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 1>(p, block, t0) }),
+                2 => lanes[..2].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 2>(p, block, t0) }),
+                3 => lanes[..3].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 3>(p, block, t0) }),
+                _ => lanes = unsafe { vnni_tiles::<Zmm, K, 4>(p, block, t0) },
             }
             for (i, l) in lanes.iter().take(used).enumerate() {
                 for half in 0..2 {
@@ -303,7 +289,7 @@ unsafe fn by_width<K: VnniKind>(
         block += 2;
     }
     let rest = (pairs_end * ROW_BLOCK).max(rows.start)..rows.end;
-    drive_tiles!(rest, n, out, |b, t0, T| unsafe { vnni_tiles::<Ymm, K, T>(b, t0, qs, scales, groups, acts) }
+    drive_tiles!(rest, n, out, |b, t0, T| unsafe { vnni_tiles::<Ymm, K, T>(p, b, t0) }
         .map(|l| [l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]));
 }
 
@@ -314,14 +300,8 @@ unsafe fn by_width<K: VnniKind>(
 /// # Safety
 /// `check_shapes` passed for these blocks and tokens; AVX-512 present.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn vnni_tiles<W: Width, K: VnniKind, const T: usize>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) -> [[f32; 16]; T] {
+unsafe fn vnni_tiles<W: Width, K: VnniKind, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 16]; T] {
+    let Planes { qs, scales, groups, acts } = p;
     // SAFETY (loads below): `check_shapes` covered every tile of the row
     // blocks and every activation group of the tokens.
     let (zi, zf) = unsafe { W::zero() };

@@ -6,12 +6,11 @@ use core::arch::x86_64::*;
 use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
-use half::f16;
 
 use super::lanes;
 use super::vector::{dot, dot_f16};
 use crate::reference::{self, Matrix};
-use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, int_matmul, matmul_f_rows, rows_fit, RowKind};
+use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, Planes, RowKind};
 use crate::{Acts, ActsMut, Out};
 
 /// `reference::quantize_acts`, 32 values at a time.
@@ -39,8 +38,7 @@ pub(super) unsafe fn quantize_acts(x: &[f32], x_stride: usize, n: usize, cols: u
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
             let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
             let amax = _mm_cvtss_f32(m);
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let (d, id) = reference::int8_scale(amax);
             let idv = _mm256_set1_ps(id);
             // Round to nearest even (the MXCSR default), as `roundevenf`.
             let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, idv)));
@@ -202,14 +200,8 @@ pub(super) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_
 /// `check_shapes` passed for these rows and tokens; the CPU has AVX2, FMA
 /// and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn tiles<K: TileKind, const T: usize>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) -> [[f32; 8]; T] {
+pub(super) unsafe fn tiles<K: TileKind, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
+    let Planes { qs, scales, groups, acts } = p;
     let mut acc = [_mm256_setzero_ps(); T];
     for g in 0..groups {
         let ti = quant::tile_index(groups, block, g);
@@ -228,25 +220,14 @@ pub(super) unsafe fn tiles<K: TileKind, const T: usize>(
     acc.map(|v| lanes(v))
 }
 
-/// `reference::matmul_f`: f32 weights dotted in place, f16 through F16C,
-/// quantized rows dequantized once per row ([`dequantize_row`]) for all
-/// the tokens; per (row, token) exactly [`dot`]'s arithmetic.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (the tier's detection).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul_f(
-    m: &Matrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    x_stride: usize,
-    n: usize,
-    out: &mut Out<'_>,
-    row: &mut [f32],
-) {
-    // SAFETY (the three closures): AVX2/FMA/F16C present (the caller's guarantee).
-    let (dot, dot_f16) = (|a: &[f32], b: &[f32]| unsafe { dot(a, b) }, |a: &[f32], b: &[f16]| unsafe { dot_f16(a, b) });
-    matmul_f_rows(m, rows, x, x_stride, n, out, row, dot, dot_f16, |r, dst| unsafe { dequantize_row(m, r, dst) });
+float_matmul! {
+    /// `reference::matmul_f`: f32 weights dotted in place, f16 through F16C,
+    /// quantized rows dequantized once per row ([`dequantize_row`]) for all
+    /// the tokens; per (row, token) exactly [`dot`]'s arithmetic.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (the tier's detection).
+    pub(super), "avx2,fma,f16c"
 }
 
 /// Row `r` of a quantized matrix into `dst` (`cols` floats), the values of

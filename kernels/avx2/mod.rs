@@ -28,6 +28,7 @@
 
 use core::arch::x86_64::*;
 
+use crate::simd::vocabulary;
 use crate::{Kernels, Tier, REFERENCE};
 
 mod attention;
@@ -110,4 +111,37 @@ fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
     _mm_cvtss_f32(s)
+}
+
+vocabulary! {
+    /// The tier's vector vocabulary for the loops every SIMD tier shares
+    /// (`crate::simd`): 8 f32 lanes in a `__m256`.
+    feature: "avx2,fma,f16c", F = __m256, N = 8;
+    uses {
+        use core::arch::x86_64::*;
+        use half::f16;
+    }
+    fns {
+        fn zero() -> F = _mm256_setzero_ps();
+        fn splat(x: f32) -> F = _mm256_set1_ps(x);
+        fn add(a: F, b: F) -> F = _mm256_add_ps(a, b);
+        fn sub(a: F, b: F) -> F = _mm256_sub_ps(a, b);
+        fn mul(a: F, b: F) -> F = _mm256_mul_ps(a, b);
+        /// `max(a, b)` (`b` when either is NaN).
+        fn max(a: F, b: F) -> F = _mm256_max_ps(a, b);
+        /// `acc + a * b`, fused.
+        fn fma(acc: F, a: F, b: F) -> F = _mm256_fmadd_ps(a, b, acc);
+        fn lanes(v: F) -> [f32; N] = super::lanes(v);
+        /// The largest lane, from -inf (`f32::max`: a NaN lane loses).
+        fn hmax(v: F) -> f32 = lanes(v).iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        fn hsum(v: F) -> f32 = super::hsum(v);
+        /// The sum of `dot`'s accumulators.
+        fn hsum_acc(acc: &[F; 16 / N]) -> f32 = hsum(add(acc[0], acc[1]));
+    }
+    unsafe_fns {
+        fn load(p: *const f32) -> F = _mm256_loadu_ps(p);
+        /// 8 f16 (16 bytes) as f32.
+        fn load_f16(p: *const f16) -> F = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
+        fn store(p: *mut f32, v: F) = _mm256_storeu_ps(p, v);
+    }
 }

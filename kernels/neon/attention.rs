@@ -12,9 +12,9 @@ use core::arch::aarch64::*;
 
 use half::f16;
 
-use super::load_f16x4;
+use super::v;
 use super::vector::{dot, dot_by, dot_f16};
-use crate::reference;
+use crate::rows::{axpy_rows_kernels, q8_rows_kernels};
 use crate::Q8Rows;
 
 /// Scores of one query over keys `stride` apart: `scale * dot(q, key)`
@@ -44,93 +44,7 @@ pub(crate) unsafe fn dot_rows_f16(q: &[f32], k: &[f16], stride: usize, scale: f3
     }
 }
 
-/// Weighted sum of value rows: per element `out[j] = fma(p[i], v[i][j],
-/// out[j])` over rows in order (as [`axpy`] row by row), with 64-float
-/// chunks of `out` held in registers across the rows.
-///
-/// # Safety
-/// The CPU has NEON (the tier's detection).
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn axpy_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-    // SAFETY: loads read `v[i * stride + j..+4]` with `j + 4 <= hd` and
-    // `i < p.len()`, inside `v` (checked in `axpy_rows_with`).
-    unsafe {
-        axpy_rows_with(
-            p,
-            stride,
-            out,
-            v.len(),
-            |i, j| vld1q_f32(v.as_ptr().add(i * stride + j)),
-            |i, j| v[i * stride + j],
-        )
-    }
-}
-
-/// [`axpy_rows`] over f16 values, in the same order.
-///
-/// # Safety
-/// The CPU has NEON (the tier's detection).
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn axpy_rows_f16(p: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
-    // SAFETY: as in `axpy_rows`; 4 f16 are 8 bytes.
-    unsafe {
-        axpy_rows_with(
-            p,
-            stride,
-            out,
-            v.len(),
-            |i, j| load_f16x4(v.as_ptr().add(i * stride + j)),
-            |i, j| v[i * stride + j].to_f32(),
-        )
-    }
-}
-
-/// # Safety
-/// `load4(i, j)` must be sound for `i < p.len()`, `j + 4 <= out.len()`
-/// whenever `(p.len() - 1) * stride + out.len() <= v_len`; NEON present.
-#[target_feature(enable = "neon")]
-#[inline]
-unsafe fn axpy_rows_with(
-    p: &[f32],
-    stride: usize,
-    out: &mut [f32],
-    v_len: usize,
-    load4: impl Fn(usize, usize) -> float32x4_t,
-    load1: impl Fn(usize, usize) -> f32,
-) {
-    let hd = out.len();
-    if p.is_empty() || hd == 0 {
-        return;
-    }
-    let end = (p.len() - 1).checked_mul(stride).and_then(|e| e.checked_add(hd));
-    assert!(end.is_some_and(|e| e <= v_len), "value rows out of bounds");
-    let full = hd / 4 * 4;
-    let mut j0 = 0;
-    while j0 < full {
-        let w = (full - j0).min(64) / 4;
-        let mut acc = [vdupq_n_f32(0.0); 16];
-        for (c, a) in acc.iter_mut().enumerate().take(w) {
-            // SAFETY: `j0 + 4c + 4 <= full <= hd`.
-            *a = unsafe { vld1q_f32(out.as_ptr().add(j0 + 4 * c)) };
-        }
-        for (i, &pi) in p.iter().enumerate() {
-            let pv = vdupq_n_f32(pi);
-            for (c, a) in acc.iter_mut().enumerate().take(w) {
-                *a = vfmaq_f32(*a, pv, load4(i, j0 + 4 * c));
-            }
-        }
-        for (c, a) in acc.iter().enumerate().take(w) {
-            // SAFETY: as for the loads.
-            unsafe { vst1q_f32(out.as_mut_ptr().add(j0 + 4 * c), *a) };
-        }
-        j0 += 4 * w;
-    }
-    for (i, &pi) in p.iter().enumerate() {
-        for (j, o) in out.iter_mut().enumerate().skip(full) {
-            *o += pi * load1(i, j);
-        }
-    }
-}
+axpy_rows_kernels!(pub(crate), feature: "neon", cpu: "NEON", load_q8: load_q8x4);
 
 /// [`dot_rows`] over int8 keys: each key's values `q as f32 * scale`
 /// (those [`round_q8`] gives fresh keys) in [`dot`]'s order.
@@ -145,27 +59,6 @@ pub(crate) unsafe fn dot_rows_q8(q: &[f32], k: Q8Rows<'_>, scale: f32, out: &mut
         let (row, s) = (&k.qs[i * k.stride..i * k.stride + hd], k.scales[i * k.scale_stride]);
         // SAFETY: `dot_by` loads `row[j..j + 4]` with `j + 4 <= hd`.
         *o = scale * unsafe { dot_by(q, |j| load_q8x4(row.as_ptr().add(j), s), |j| row[j] as f32 * s) };
-    }
-}
-
-/// [`axpy_rows`] over int8 values (`q as f32 * scale`), in the same order.
-///
-/// # Safety
-/// The CPU has NEON (the tier's detection).
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn axpy_rows_q8(p: &[f32], v: Q8Rows<'_>, out: &mut [f32]) {
-    assert!(v.holds(p.len(), out.len()), "value rows out of bounds");
-    // SAFETY: loads read `v.qs[i * stride + j..+4]` with `j + 4 <= hd` and
-    // `i < p.len()`, and scale `i * scale_stride`: inside (checked above).
-    unsafe {
-        axpy_rows_with(
-            p,
-            v.stride,
-            out,
-            v.qs.len(),
-            |i, j| load_q8x4(v.qs.as_ptr().add(i * v.stride + j), *v.scales.get_unchecked(i * v.scale_stride)),
-            |i, j| v.qs[i * v.stride + j] as f32 * v.scales[i * v.scale_stride],
-        )
     }
 }
 
@@ -208,62 +101,35 @@ unsafe fn kv_scale(row: &[f32]) -> (f32, f32) {
         m = vmaxnmq_f32(m, vabsq_f32(unsafe { vld1q_f32(row.as_ptr().add(j)) }));
     }
     let amax = row[full..].iter().fold(vmaxnmvq_f32(m), |a, &x| a.max(x.abs()));
-    let d = amax / 127.0;
-    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+    crate::reference::int8_scale(amax)
 }
 
-/// `reference::quantize_rows_q8`, 4 values at a time.
+q8_rows_kernels!(pub(crate), feature: "neon", cpu: "NEON");
+
+/// The int8 levels of the 4 values at `x` times `inv` stored at `q`
+/// (`reference::quant_kv`).
 ///
 /// # Safety
-/// The CPU has NEON (the tier's detection).
+/// 4 floats readable at `x`, 4 bytes writable at `q`; NEON present.
 #[target_feature(enable = "neon")]
-pub(crate) unsafe fn quantize_rows_q8(src: &[f32], width: usize, dst: &mut [i8], scales: &mut [f32]) {
-    if width == 0 {
-        return;
-    }
-    let rows = src.len() / width;
-    assert!(dst.len() >= rows * width && scales.len() >= rows, "int8 rows out of bounds");
-    let full = width / 4 * 4;
-    for (i, x) in src.chunks_exact(width).enumerate() {
-        // SAFETY: NEON present (the caller's guarantee).
-        let (d, inv) = unsafe { kv_scale(x) };
-        let q = &mut dst[i * width..(i + 1) * width];
-        for j in (0..full).step_by(4) {
-            // SAFETY: `j + 4 <= width`, the length of `x` and `q`.
-            let v = quant_kv4(vmulq_n_f32(unsafe { vld1q_f32(x.as_ptr().add(j)) }, inv));
-            let b = vmovn_s16(vcombine_s16(vmovn_s32(v), vdup_n_s16(0)));
-            // SAFETY: as above (4 bytes: lane 0 of the 32-bit view).
-            unsafe { vst1_lane_s32::<0>(q.as_mut_ptr().add(j).cast(), vreinterpret_s32_s8(b)) };
-        }
-        for j in full..width {
-            q[j] = reference::quant_kv(x[j], inv) as i8;
-        }
-        scales[i] = d;
-    }
+#[inline]
+unsafe fn quantize_chunk(x: *const f32, inv: f32, q: *mut i8) {
+    // SAFETY: 4 readable floats (the caller's guarantee).
+    let v = quant_kv4(vmulq_n_f32(unsafe { vld1q_f32(x) }, inv));
+    let b = vmovn_s16(vcombine_s16(vmovn_s32(v), vdup_n_s16(0)));
+    // SAFETY: 4 writable bytes (the caller's guarantee): lane 0 of the
+    // 32-bit view.
+    unsafe { vst1_lane_s32::<0>(q.cast(), vreinterpret_s32_s8(b)) };
 }
 
-/// `reference::round_q8`, 4 values at a time.
+/// The 4 values at `p` rounded in place to their int8 levels (of `x *
+/// inv`) times `d`.
 ///
 /// # Safety
-/// The CPU has NEON (the tier's detection).
+/// 4 floats readable and writable at `p`; NEON present.
 #[target_feature(enable = "neon")]
-pub(crate) unsafe fn round_q8(x: &mut [f32], width: usize) {
-    if width == 0 {
-        return;
-    }
-    let full = width / 4 * 4;
-    for row in x.chunks_exact_mut(width) {
-        // SAFETY: NEON present (the caller's guarantee).
-        let (d, inv) = unsafe { kv_scale(row) };
-        for j in (0..full).step_by(4) {
-            // SAFETY: `j + 4 <= width`, the length of `row`.
-            unsafe {
-                let p = row.as_mut_ptr().add(j);
-                vst1q_f32(p, vmulq_n_f32(vcvtq_f32_s32(quant_kv4(vmulq_n_f32(vld1q_f32(p), inv))), d));
-            }
-        }
-        for v in &mut row[full..] {
-            *v = (reference::quant_kv(*v, inv) as i8) as f32 * d;
-        }
-    }
+#[inline]
+unsafe fn round_chunk(p: *mut f32, inv: f32, d: f32) {
+    // SAFETY: 4 readable and writable floats (the caller's guarantee).
+    unsafe { vst1q_f32(p, vmulq_n_f32(vcvtq_f32_s32(quant_kv4(vmulq_n_f32(vld1q_f32(p), inv))), d)) };
 }

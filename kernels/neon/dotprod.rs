@@ -9,10 +9,9 @@ use core::arch::asm;
 use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
-use half::f16;
 
+use super::load_f16x8;
 use super::matmul::{signed, NeonKind, Q4, Q8};
-use super::{lanes, load_f16x8};
 use crate::tiles::{drive_tiles, int_matmul};
 use crate::{Acts, Matrix, Out};
 

@@ -18,11 +18,10 @@ use core::arch::asm;
 use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
-use half::f16;
 
+use super::load_f16x8;
 use super::matmul::{NeonKind, Q4, Q8};
-use super::{lanes, load_f16x8};
-use crate::tiles::{int_planes, store_rows, IntKind};
+use crate::tiles::{int_planes, store_rows, IntKind, Planes};
 use crate::{Acts, Matrix, Out};
 
 /// [`matmul_q_i8mm`] (safe: the i8mm table is only reachable after
@@ -38,12 +37,12 @@ pub(super) fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: u
 /// The CPU has NEON and i8mm.
 #[target_feature(enable = "neon,i8mm")]
 unsafe fn matmul_q_i8mm(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    let Some((qs, scales, kind, groups)) = int_planes(m, &rows, acts, n) else { return };
+    let Some((p, kind)) = int_planes(m, &rows, acts, n) else { return };
     // SAFETY: shapes checked by `int_planes`; features present (the caller's guarantee).
     unsafe {
         match kind {
-            IntKind::Q4 => drive::<Q4>(&rows, n, out, qs, scales, groups, acts),
-            IntKind::Q8 => drive::<Q8>(&rows, n, out, qs, scales, groups, acts),
+            IntKind::Q4 => drive::<Q4>(&rows, n, out, p),
+            IntKind::Q8 => drive::<Q8>(&rows, n, out, p),
         }
     }
 }
@@ -54,15 +53,7 @@ unsafe fn matmul_q_i8mm(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: 
 /// # Safety
 /// Shapes checked by `check_shapes`; NEON and i8mm present.
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn drive<K: NeonKind>(
-    rows: &Range<usize>,
-    n: usize,
-    out: &mut Out<'_>,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) {
+unsafe fn drive<K: NeonKind>(rows: &Range<usize>, n: usize, out: &mut Out<'_>, p: Planes<'_>) {
     for block in rows.start / ROW_BLOCK..rows.end.div_ceil(ROW_BLOCK) {
         let mut t0 = 0;
         while t0 < n {
@@ -70,18 +61,18 @@ unsafe fn drive<K: NeonKind>(
             // tokens `t0 ..` used are below `n`.
             let used = match n - t0 {
                 1 => {
-                    let [l] = unsafe { usdot_tiles::<K, 1>(block, t0, qs, scales, groups, acts) };
+                    let [l] = unsafe { usdot_tiles::<K, 1>(p, block, t0) };
                     store_rows(out, rows, t0, block, &l);
                     1
                 }
                 2 | 3 => {
-                    let [[a, b]] = unsafe { mmla_tiles::<K, 1>(block, t0, qs, scales, groups, acts) };
+                    let [[a, b]] = unsafe { mmla_tiles::<K, 1>(p, block, t0) };
                     store_rows(out, rows, t0, block, &a);
                     store_rows(out, rows, t0 + 1, block, &b);
                     2
                 }
                 _ => {
-                    let pairs = unsafe { mmla_tiles::<K, 2>(block, t0, qs, scales, groups, acts) };
+                    let pairs = unsafe { mmla_tiles::<K, 2>(p, block, t0) };
                     for (i, l) in pairs.iter().flatten().enumerate() {
                         store_rows(out, rows, t0 + i, block, l);
                     }
@@ -122,14 +113,8 @@ by_element_tiles!(
 /// # Safety
 /// As [`drive`], for tokens `t0 .. t0 + 2P`.
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn mmla_tiles<K: NeonKind, const P: usize>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) -> [[[f32; 8]; 2]; P] {
+unsafe fn mmla_tiles<K: NeonKind, const P: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[[f32; 8]; 2]; P] {
+    let Planes { qs, scales, groups, acts } = p;
     let off = K::OFFSET as i32;
     // acc[p][rp]: rows 2rp, 2rp + 1 × tokens t0 + 2p, t0 + 2p + 1.
     let mut acc = [[vdupq_n_f32(0.0); 4]; P];

@@ -8,13 +8,12 @@ use core::arch::aarch64::*;
 use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
-use half::f16;
 
-use super::lanes;
 use super::load_f16x8;
 use super::vector::{dot, dot_f16};
+use super::{fold_group, token_lanes};
 use crate::reference::Matrix;
-use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, int_matmul, matmul_f_rows, rows_fit, RowKind};
+use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, Planes, RowKind};
 use crate::{Acts, ActsMut, Out};
 
 /// Quantizes the 32 floats at `src` into `dst` (see
@@ -38,8 +37,7 @@ unsafe fn quantize_group(src: *const f32, dst: *mut i8) -> (f32, i32) {
         m = vmaxnmq_f32(m, vabsq_f32(v));
     }
     let amax = vmaxnmvq_f32(m);
-    let d = amax / 127.0;
-    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let (d, id) = crate::reference::int8_scale(amax);
     let idv = vdupq_n_f32(id);
     let (lo, hi) = (vdupq_n_s32(-127), vdupq_n_s32(127));
     // One f32 product and round-to-nearest-even (`FCVTNS`; NaN gives 0)
@@ -250,14 +248,8 @@ unsafe fn chunk_pair_neon(acc: &mut [int32x4_t; 4], w: [int8x16_t; 4], a: *const
 /// # Safety
 /// Shapes checked by `check_shapes` for these rows and tokens; NEON present.
 #[target_feature(enable = "neon")]
-unsafe fn neon_tiles<K: NeonKind, const T: usize>(
-    block: usize,
-    t0: usize,
-    qs: &[u8],
-    scales: &[f16],
-    groups: usize,
-    acts: &Acts<'_>,
-) -> [[f32; 8]; T] {
+unsafe fn neon_tiles<K: NeonKind, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
+    let Planes { qs, scales, groups, acts } = p;
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for g in 0..groups {
         let ti = quant::tile_index(groups, block, g);
@@ -276,16 +268,10 @@ unsafe fn neon_tiles<K: NeonKind, const T: usize>(
         for (t, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
             let ag = (t0 + t) * groups + g;
             let (lo, hi) = (vpaddq_s32(isum[0], isum[1]), vpaddq_s32(isum[2], isum[3]));
-            let ad = vdupq_n_f32(acts.d[ag]);
-            acc[0] = vaddq_f32(acc[0], vmulq_f32(vcvtq_f32_s32(lo), vmulq_f32(wd_lo, ad)));
-            acc[1] = vaddq_f32(acc[1], vmulq_f32(vcvtq_f32_s32(hi), vmulq_f32(wd_hi, ad)));
+            fold_group(acc, [lo, hi], (wd_lo, wd_hi), acts.d[ag]);
         }
     }
-    let mut out = [[0f32; 8]; T];
-    for (o, &[lo, hi]) in out.iter_mut().zip(&acc) {
-        *o = lanes(lo, hi);
-    }
-    out
+    token_lanes(&acc)
 }
 
 /// `reference::matmul_q` with `SMULL`/`SADALP`.
@@ -297,25 +283,14 @@ pub(crate) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_
     int_matmul!(m, rows, acts, n, out, neon_tiles, Q4, Q8)
 }
 
-/// `reference::matmul_f`: f32 weights dotted in place, f16 through
-/// `FCVTL`, quantized rows dequantized once per row ([`dequantize_row`])
-/// for all the tokens; per (row, token) exactly [`dot`]'s arithmetic.
-///
-/// # Safety
-/// The CPU has NEON (the tier's detection).
-#[target_feature(enable = "neon")]
-pub(crate) unsafe fn matmul_f(
-    m: &Matrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    x_stride: usize,
-    n: usize,
-    out: &mut Out<'_>,
-    row: &mut [f32],
-) {
-    // SAFETY (the three closures): NEON present (the caller's guarantee).
-    let (dot, dot_f16) = (|a: &[f32], b: &[f32]| unsafe { dot(a, b) }, |a: &[f32], b: &[f16]| unsafe { dot_f16(a, b) });
-    matmul_f_rows(m, rows, x, x_stride, n, out, row, dot, dot_f16, |r, dst| unsafe { dequantize_row(m, r, dst) });
+float_matmul! {
+    /// `reference::matmul_f`: f32 weights dotted in place, f16 through
+    /// `FCVTL`, quantized rows dequantized once per row ([`dequantize_row`])
+    /// for all the tokens; per (row, token) exactly [`dot`]'s arithmetic.
+    ///
+    /// # Safety
+    /// The CPU has NEON (the tier's detection).
+    pub(crate), "neon"
 }
 
 /// Row `r` of a quantized matrix into `dst` (`cols` floats), the values of

@@ -44,6 +44,7 @@ use core::arch::asm;
 
 use half::f16;
 
+use crate::simd::vocabulary;
 use crate::{Kernels, Tier, REFERENCE};
 
 /// Defines `$name(acc, w, a) -> acc`, one multiply-accumulate instruction
@@ -94,14 +95,8 @@ macro_rules! by_element_tiles {
     ($(#[$attr:meta])* $name:ident, $feature:literal, $dot:ident, signed: $signed:literal, |$u:ident| $prepare:expr) => {
         $(#[$attr])*
         #[target_feature(enable = $feature)]
-        unsafe fn $name<K: NeonKind, const T: usize>(
-            block: usize,
-            t0: usize,
-            qs: &[u8],
-            scales: &[f16],
-            groups: usize,
-            acts: &Acts<'_>,
-        ) -> [[f32; 8]; T] {
+        unsafe fn $name<K: NeonKind, const T: usize>(p: $crate::tiles::Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
+            let $crate::tiles::Planes { qs, scales, groups, acts } = p;
             let off = if $signed { 0 } else { K::OFFSET as i32 };
             let mut acc = [[vdupq_n_f32(0.0); 2]; T];
             for g in 0..groups {
@@ -128,16 +123,10 @@ macro_rules! by_element_tiles {
                     let corr = vdupq_n_s32(off * acts.sums[ag]);
                     let lo = vsubq_s32(vaddq_s32(lo0, lo1), corr);
                     let hi = vsubq_s32(vaddq_s32(hi0, hi1), corr);
-                    let ad = vdupq_n_f32(acts.d[ag]);
-                    acc[0] = vaddq_f32(acc[0], vmulq_f32(vcvtq_f32_s32(lo), vmulq_f32(wd_lo, ad)));
-                    acc[1] = vaddq_f32(acc[1], vmulq_f32(vcvtq_f32_s32(hi), vmulq_f32(wd_hi, ad)));
+                    super::fold_group(acc, [lo, hi], (wd_lo, wd_hi), acts.d[ag]);
                 }
             }
-            let mut out = [[0f32; 8]; T];
-            for (o, &[lo, hi]) in out.iter_mut().zip(&acc) {
-                *o = lanes(lo, hi);
-            }
-            out
+            super::token_lanes(&acc)
         }
     };
 }
@@ -259,9 +248,74 @@ pub(crate) fn lanes(lo: float32x4_t, hi: float32x4_t) -> [f32; 8] {
     o
 }
 
+/// One group's exact sums of rows 0..4 and 4..8 (`isum`) folded into a
+/// token's accumulators as `reference::matmul_q` does: `acc + isum as f32 *
+/// (wd * ad)`, not fused (`wd`: the rows' scales, `ad`: the token's).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) fn fold_group(acc: &mut [float32x4_t; 2], isum: [int32x4_t; 2], wd: (float32x4_t, float32x4_t), ad: f32) {
+    let ad = vdupq_n_f32(ad);
+    acc[0] = vaddq_f32(acc[0], vmulq_f32(vcvtq_f32_s32(isum[0]), vmulq_f32(wd.0, ad)));
+    acc[1] = vaddq_f32(acc[1], vmulq_f32(vcvtq_f32_s32(isum[1]), vmulq_f32(wd.1, ad)));
+}
+
+/// Each token's two accumulators as the 8 rows' lanes.
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) fn token_lanes<const T: usize>(acc: &[[float32x4_t; 2]; T]) -> [[f32; 8]; T] {
+    let mut out = [[0f32; 8]; T];
+    for (o, &[lo, hi]) in out.iter_mut().zip(acc) {
+        *o = lanes(lo, hi);
+    }
+    out
+}
+
+/// The four lanes of `v`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn lanes4(v: float32x4_t) -> [f32; 4] {
+    let mut o = [0f32; 4];
+    // SAFETY: `o` has 4 floats.
+    unsafe { vst1q_f32(o.as_mut_ptr(), v) };
+    o
+}
+
 /// Sums four accumulators' lanes.
 #[target_feature(enable = "neon")]
 #[inline]
 pub(crate) fn hsum4(acc: &[float32x4_t; 4]) -> f32 {
     vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])))
+}
+
+vocabulary! {
+    /// The tier's vector vocabulary for the loops every SIMD tier shares
+    /// (`crate::simd`): 4 f32 lanes in a `float32x4_t`.
+    feature: "neon", F = float32x4_t, N = 4;
+    uses {
+        use core::arch::aarch64::*;
+        use half::f16;
+    }
+    fns {
+        fn zero() -> F = vdupq_n_f32(0.0);
+        fn splat(x: f32) -> F = vdupq_n_f32(x);
+        fn add(a: F, b: F) -> F = vaddq_f32(a, b);
+        fn sub(a: F, b: F) -> F = vsubq_f32(a, b);
+        fn mul(a: F, b: F) -> F = vmulq_f32(a, b);
+        /// `max(a, b)` (`FMAX`: NaN when either is).
+        fn max(a: F, b: F) -> F = vmaxq_f32(a, b);
+        /// `acc + a * b`, fused.
+        fn fma(acc: F, a: F, b: F) -> F = vfmaq_f32(acc, a, b);
+        fn lanes(v: F) -> [f32; N] = super::lanes4(v);
+        /// The largest lane (`FMAXV`).
+        fn hmax(v: F) -> f32 = vmaxvq_f32(v);
+        fn hsum(v: F) -> f32 = vaddvq_f32(v);
+        /// The sum of `dot`'s accumulators.
+        fn hsum_acc(acc: &[F; 16 / N]) -> f32 = super::hsum4(acc);
+    }
+    unsafe_fns {
+        fn load(p: *const f32) -> F = vld1q_f32(p);
+        /// 4 f16 (8 bytes) as f32.
+        fn load_f16(p: *const f16) -> F = super::load_f16x4(p);
+        fn store(p: *mut f32, v: F) = vst1q_f32(p, v);
+    }
 }

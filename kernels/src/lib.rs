@@ -18,6 +18,8 @@ use half::f16;
 mod matrix;
 pub mod quantize;
 pub mod reference;
+mod rows;
+mod simd;
 mod tiles;
 
 #[macro_use]

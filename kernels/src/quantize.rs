@@ -346,13 +346,7 @@ mod tests {
         let mut qs = vec![0u8; groups * if q4 { 16 } else { 32 }];
         let mut scales = vec![f16::ZERO; groups];
         let mut back = vec![0f32; len];
-        if q4 {
-            quantize_row_q4(&src, &mut qs, &mut scales);
-            dequantize_row_q4(&qs, &scales, &mut back);
-        } else {
-            quantize_row_q8(&src, &mut qs, &mut scales);
-            dequantize_row_q8(&qs, &scales, &mut back);
-        }
+        super::tests::round_trip(&src, q4, &mut qs, &mut scales, &mut back);
         let (lo, hi) = if q4 { (-8.0f32, 7.0f32) } else { (-127.0, 127.0) };
         for (g, chunk) in src.chunks(GROUP).enumerate() {
             let d = scales[g].to_f32();
@@ -381,6 +375,18 @@ mod tests {
                 dequantize_row_q8(&qs, &scales, &mut full);
             }
             assert_eq!(&full[len..], &pad[..]);
+        }
+    }
+
+    /// `src` quantized to q4 (`q4`) or q8 into `qs`/`scales`, then
+    /// dequantized into `back`.
+    pub(super) fn round_trip(src: &[f32], q4: bool, qs: &mut [u8], scales: &mut [f16], back: &mut [f32]) {
+        if q4 {
+            quantize_row_q4(src, qs, scales);
+            dequantize_row_q4(qs, scales, back);
+        } else {
+            quantize_row_q8(src, qs, scales);
+            dequantize_row_q8(qs, scales, back);
         }
     }
 
@@ -501,13 +507,7 @@ mod search_tests {
                 let mut qs = [0u8; 32];
                 let mut sc = [f16::ZERO];
                 let mut back = vec![0f32; n];
-                if q4 {
-                    quantize_row_q4(&x, &mut qs, &mut sc);
-                    dequantize_row_q4(&qs, &sc, &mut back);
-                } else {
-                    quantize_row_q8(&x, &mut qs, &mut sc);
-                    dequantize_row_q8(&qs, &sc, &mut back);
-                }
+                super::tests::round_trip(&x, q4, &mut qs, &mut sc, &mut back);
                 let base = super::tests::baseline_sse(&x, q4);
                 prop_assert!(sse(&x, &back) <= base, "q4 {}: {} > {}", q4, sse(&x, &back), base);
             }
@@ -556,13 +556,7 @@ mod search_tests {
                 let mut qs = [0u8; 32];
                 let mut sc = [f16::ZERO];
                 let mut back = [0f32; 32];
-                if q4 {
-                    quantize_row_q4(&x, &mut qs, &mut sc);
-                    dequantize_row_q4(&qs, &sc, &mut back);
-                } else {
-                    quantize_row_q8(&x, &mut qs, &mut sc);
-                    dequantize_row_q8(&qs, &sc, &mut back);
-                }
+                super::tests::round_trip(&x, q4, &mut qs, &mut sc, &mut back);
                 searched += sse(&x, &back);
                 base += super::tests::baseline_sse(&x, q4);
             }

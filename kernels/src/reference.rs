@@ -107,7 +107,14 @@ pub fn quantize_acts(x: &[f32], x_stride: usize, n: usize, cols: usize, acts: &m
 /// A group's activation scale `max|x| / 127` and its inverse (0 for 0).
 #[inline]
 pub fn act_scale(src: &[f32]) -> (f32, f32) {
-    let amax = src.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+    int8_scale(src.iter().fold(0.0f32, |m, &x| m.max(x.abs())))
+}
+
+/// The int8 scale `amax / 127` of values of largest magnitude `amax`, and
+/// its inverse (0 for 0): [`act_scale`]'s rule, which every tier's
+/// activation and KV quantization follows.
+#[inline]
+pub(crate) fn int8_scale(amax: f32) -> (f32, f32) {
     let d = amax / 127.0;
     (d, if d > 0.0 { 1.0 / d } else { 0.0 })
 }
@@ -418,17 +425,7 @@ pub fn rope_with(head: &mut [f32], cs: &[f32]) {
 mod tests {
     use super::*;
     use ferrite_format::quant::{Q4_GROUP_BYTES, Q8_GROUP_BYTES};
-
-    /// Pseudo-random values in [-scale, scale).
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
-            })
-            .collect()
-    }
+    use ferrite_test_support::rng::values;
 
     /// `matmul` over every storage type, widths around the group size and
     /// strides wider than the rows (the padding must never be read), against

@@ -33,18 +33,33 @@ impl IntKind {
     }
 }
 
-/// The quantized planes of `m`, their type and groups per row, after
-/// [`check_shapes`] for `rows` and `n` tokens of `acts` (`None` for float
-/// weights, which `matmul_q` leaves alone, and for no rows).
+/// What a tier's tile kernel reads: a quantized matrix's planes, its
+/// groups per row and the activations, after [`check_shapes`] (which is
+/// what makes the kernels' unchecked loads sound).
+#[derive(Clone, Copy)]
+pub(crate) struct Planes<'a> {
+    /// The tiles, `tile_bytes` each.
+    pub(crate) qs: &'a [u8],
+    /// One scale per row and group, in tile order.
+    pub(crate) scales: &'a [f16],
+    /// Groups of 32 per row.
+    pub(crate) groups: usize,
+    /// The quantized activations.
+    pub(crate) acts: &'a Acts<'a>,
+}
+
+/// The quantized planes of `m` and their type, after [`check_shapes`] for
+/// `rows` and `n` tokens of `acts` (`None` for float weights, which
+/// `matmul_q` leaves alone, and for no rows).
 ///
 /// # Panics
 /// If the shapes do not fit (see [`check_shapes`]).
-pub(crate) fn int_planes<'w>(
-    m: &Matrix<'w>,
+pub(crate) fn int_planes<'a>(
+    m: &Matrix<'a>,
     rows: &Range<usize>,
-    acts: &Acts<'_>,
+    acts: &'a Acts<'a>,
     n: usize,
-) -> Option<(&'w [u8], &'w [f16], IntKind, usize)> {
+) -> Option<(Planes<'a>, IntKind)> {
     let (qs, scales, kind) = match m.w {
         Weights::Q4 { qs, scales } => (qs, scales, IntKind::Q4),
         Weights::Q8 { qs, scales } => (qs, scales, IntKind::Q8),
@@ -57,7 +72,7 @@ pub(crate) fn int_planes<'w>(
     }
     let groups = m.cols.div_ceil(GROUP);
     check_shapes(qs, scales, kind.tile_bytes(), groups, rows, acts, n);
-    Some((qs, scales, kind, groups))
+    Some((Planes { qs, scales, groups, acts }, kind))
 }
 
 /// A quantized weight type as the float product sees it.
@@ -112,6 +127,37 @@ pub(crate) fn matmul_f_rows(
         }
     }
 }
+
+/// Defines a tier's `unsafe fn matmul_f` (doc comments first, then the
+/// visibility and the tier's features) as [`matmul_f_rows`] over the
+/// enclosing module's `dot`, `dot_f16` and `dequantize_row(m, r, dst)`, all
+/// `unsafe fn`s that need only those features.
+#[allow(unused_macros)]
+macro_rules! float_matmul {
+    ($(#[$doc:meta])* $vis:vis, $feature:literal) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feature)]
+        $vis unsafe fn matmul_f(
+            m: &$crate::Matrix<'_>,
+            rows: core::ops::Range<usize>,
+            x: &[f32],
+            x_stride: usize,
+            n: usize,
+            out: &mut $crate::Out<'_>,
+            row: &mut [f32],
+        ) {
+            // SAFETY (the three closures): the tier's features present (the
+            // caller's guarantee), all that `dot`, `dot_f16` and
+            // `dequantize_row` need.
+            let dot = |a: &[f32], b: &[f32]| unsafe { dot(a, b) };
+            let dot_f16 = |a: &[f32], b: &[half::f16]| unsafe { dot_f16(a, b) };
+            let dequantize = |r: usize, dst: &mut [f32]| unsafe { dequantize_row(m, r, dst) };
+            $crate::tiles::matmul_f_rows(m, rows, x, x_stride, n, out, row, dot, dot_f16, dequantize);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use float_matmul;
 
 /// Row `r` of a quantized matrix group by group, for a tier's SIMD
 /// dequantization into `dst` (`cols` floats): `unpack(kind, words, scale,
@@ -258,15 +304,15 @@ pub(crate) use drive_tiles;
 #[allow(unused_macros)]
 macro_rules! int_matmul {
     ($m:expr, $rows:expr, $acts:expr, $n:expr, $out:expr, $tiles:ident, $q4:ty, $q8:ty) => {{
-        let Some((qs, scales, kind, groups)) = $crate::tiles::int_planes($m, &$rows, $acts, $n) else { return };
+        let Some((p, kind)) = $crate::tiles::int_planes($m, &$rows, $acts, $n) else { return };
         // SAFETY (both): shapes checked by `int_planes`; the tier's features
         // present (the caller's guarantee).
         match kind {
             $crate::tiles::IntKind::Q4 => {
-                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q4, T>(b, t0, qs, scales, groups, $acts) })
+                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q4, T>(p, b, t0) })
             }
             $crate::tiles::IntKind::Q8 => {
-                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q8, T>(b, t0, qs, scales, groups, $acts) })
+                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q8, T>(p, b, t0) })
             }
         }
     }};

@@ -63,6 +63,12 @@ fn quantized(dtype: DType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>,
     (tiles, tile_scales)
 }
 
+/// The q4 or q8 (`dtype`) `[rows, cols]` matrix over these planes.
+fn int_matrix<'a>(dtype: DType, qs: &'a [u8], scales: &'a [f16], rows: usize, cols: usize) -> Matrix<'a> {
+    let w = if dtype == DType::Q4 { Weights::Q4 { qs, scales } } else { Weights::Q8 { qs, scales } };
+    Matrix::new(w, rows, cols).expect("matrix shape")
+}
+
 /// A random q4a `[rows, cols]` matrix in the file's tiled layout: quants,
 /// scales, minimums.
 fn quantized_q4a(rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f16>, Vec<f16>) {
@@ -119,12 +125,7 @@ fn check_case(rows: usize, cols: usize, n: usize, lo: usize, hi: usize, seed: u6
     let acts = ferrite_kernels::Acts { qs: &want_acts.0, d: &want_acts.1, sums: &want_acts.2 };
     for dtype in [DType::Q4, DType::Q8] {
         let (qs, scales) = quantized(dtype, rows, cols, &mut rng);
-        let w = if dtype == DType::Q4 {
-            Weights::Q4 { qs: &qs, scales: &scales }
-        } else {
-            Weights::Q8 { qs: &qs, scales: &scales }
-        };
-        let m = Matrix::new(w, rows, cols).expect("matrix shape");
+        let m = int_matrix(dtype, &qs, &scales, rows, cols);
         let run = |k: &Kernels| {
             let mut out = vec![f32::NAN; n * out_stride];
             let (_, part) = Out::new(&mut out, out_stride).split_at_row(lo);
@@ -474,12 +475,7 @@ fn extreme_quants_match_reference() {
         let tile = if dtype == DType::Q4 { 128 } else { 256 };
         let qs: Vec<u8> = (0..rows / 8 * groups * tile).map(|i| if i % 7 == 3 { !byte } else { byte }).collect();
         let scales = vec![f16::from_f32(0.01); rows * groups];
-        let w = if dtype == DType::Q4 {
-            Weights::Q4 { qs: &qs, scales: &scales }
-        } else {
-            Weights::Q8 { qs: &qs, scales: &scales }
-        };
-        let m = Matrix::new(w, rows, cols).expect("matrix shape");
+        let m = int_matrix(dtype, &qs, &scales, rows, cols);
         let run = |k: &Kernels| {
             let mut out = vec![f32::NAN; n * rows];
             (k.matmul_q)(&m, 0..rows, &acts, n, &mut Out::new(&mut out, rows));
