@@ -261,23 +261,27 @@ impl<'a, T> Shards<'a, T> {
 mod tests {
     use super::*;
 
+    /// Regions per pool: 2000 natively, 200 under Miri (`scripts/miri.sh`,
+    /// where each is interpreted about a thousand times slower).
+    const REGIONS: usize = if cfg!(miri) { 200 } else { 2000 };
+
     #[test]
     fn every_part_runs_once_per_region() {
         for threads in [1, 2, 3, 5] {
             let pool = Pool::new(threads).expect("pool");
             assert_eq!(pool.threads(), threads);
             let counts: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
-            for region in 0..2000 {
+            for region in 0..REGIONS {
                 let parts = 1 + region % 7;
                 pool.run(parts, &|i| {
                     counts[i].fetch_add(1, Ordering::Relaxed);
                 });
-                if region % 500 == 0 {
+                if region % (REGIONS / 4) == 0 {
                     // Let the workers fall asleep now and then.
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
             }
-            let want: Vec<usize> = (0..8).map(|i| (0..2000).filter(|r| 1 + r % 7 > i).count()).collect();
+            let want: Vec<usize> = (0..8).map(|i| (0..REGIONS).filter(|r| 1 + r % 7 > i).count()).collect();
             let got: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
             assert_eq!(got, want, "{threads} threads");
         }
