@@ -42,6 +42,9 @@ reader_log=$(mktemp)
 CARGO_TARGET_DIR=target/miri-reader cargo "+$TOOLCHAIN" miri test -p ferrite-format --test reader_errors \
     >"$reader_log" 2>&1 &
 reader_pid=$!
+# If a foreground step fails, stop the background cargo and drop its log
+# rather than leave it running after this script.
+trap 'kill "$reader_pid" 2>/dev/null || true; rm -f "$reader_log"' EXIT
 
 step "miri: ferrite-kernels (lib)"
 cargo "+$TOOLCHAIN" miri test -p ferrite-kernels --lib "${SOFT_FLOATS[@]}"
@@ -54,10 +57,8 @@ step "miri: ferrite-runtime thread pool and parallel matmul (lib, pool:: paralle
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-num-cpus=4" \
     cargo "+$TOOLCHAIN" miri test -p ferrite-runtime --lib "${SOFT_FLOATS[@]}" -- pool:: parallel::
 
-
 step "miri: ferrite-format reader_errors (output)"
 status=0
 wait "$reader_pid" || status=$?
 cat "$reader_log" >&2
-rm -f "$reader_log"
 ((status == 0)) || die "reader_errors failed under Miri (status $status)"
