@@ -38,7 +38,7 @@ max_len() {
         converter_ingest) echo 16384 ;;
         gguf_reader) echo 16384 ;;
         hf_json) echo 8192 ;;
-        session_ring) echo 1024 ;;
+        session_ring) echo 128 ;;    # 3 header bytes + the 8 x 12 ids it reads
     esac
 }
 
