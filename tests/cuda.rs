@@ -23,8 +23,10 @@ use ferrite_cuda::{Buf, CudaConfig, CudaModel, CudaSession, DevActs, DevMatrix, 
 use ferrite_format::writer::AlignedBytes;
 use ferrite_format::{quant, DType};
 use ferrite_kernels::reference as k;
-use ferrite_kernels::{Acts, ActsMut, Out};
+use ferrite_kernels::{Acts, Out};
 use ferrite_runtime::{KvType, Model, Session, SessionConfig};
+use ferrite_test_support::quant::{host_acts, quantize_tiled};
+use ferrite_test_support::rng::values;
 use half::f16;
 use safetensors::SafeTensors;
 
@@ -48,17 +50,6 @@ fn repo() -> PathBuf {
     }
 }
 
-/// Pseudo-random values in [-scale, scale).
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
-        })
-        .collect()
-}
-
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -77,29 +68,13 @@ fn down(gpu: &Gpu, b: &Buf, n: usize) -> Vec<f32> {
 /// rows quantized by the reference, then tiled by `quant::tile_rows`), as
 /// bytes.
 fn matrix_bytes(src: &[f32], rows: usize, cols: usize, dtype: DType) -> Vec<u8> {
-    let groups = cols.div_ceil(quant::GROUP);
     match dtype {
         DType::F32 => f32_bytes(src),
         DType::F16 => src.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
         DType::Q4A => panic!("the CUDA kernels do not read q4a"),
         DType::Q4 | DType::Q8 => {
-            let gb = if dtype == DType::Q4 { quant::Q4_GROUP_BYTES } else { quant::Q8_GROUP_BYTES };
-            let mut logical = vec![0u8; rows * groups * gb];
-            let mut scales = vec![f16::ZERO; rows * groups];
-            for r in 0..rows {
-                let row = &src[r * cols..(r + 1) * cols];
-                let q = &mut logical[r * groups * gb..(r + 1) * groups * gb];
-                let s = &mut scales[r * groups..(r + 1) * groups];
-                if dtype == DType::Q4 {
-                    k::quantize_row_q4(row, q, s);
-                } else {
-                    k::quantize_row_q8(row, q, s);
-                }
-            }
-            let mut qs = vec![0u8; quant::scales_offset(dtype, rows, cols)];
-            let mut tile_scales = vec![f16::ZERO; quant::padded_rows(rows) * groups];
-            quant::tile_rows(dtype, &logical, &scales, rows, groups, &mut qs, &mut tile_scales);
-            qs.extend(tile_scales.iter().flat_map(|s| s.to_le_bytes()));
+            let (mut qs, scales) = quantize_tiled(src, rows, cols, dtype);
+            qs.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
             qs
         }
     }
@@ -138,20 +113,6 @@ impl ActBufs {
     fn dev(&self) -> DevActs {
         DevActs { q: self.q.ptr(), d: self.d.ptr(), sums: self.sums.ptr() }
     }
-}
-
-/// The host's int8 activations of `x` (`reference::quantize_acts`).
-struct HostActs {
-    qs: Vec<i8>,
-    d: Vec<f32>,
-    sums: Vec<i32>,
-}
-
-fn host_acts(x: &[f32], n: usize, cols: usize) -> HostActs {
-    let groups = cols.div_ceil(quant::GROUP);
-    let mut a = HostActs { qs: vec![0; n * groups * 32], d: vec![0.0; n * groups], sums: vec![0; n * groups] };
-    k::quantize_acts(x, cols, n, cols, &mut ActsMut { qs: &mut a.qs, d: &mut a.d, sums: &mut a.sums });
-    a
 }
 
 /// GEMV (n = 1) and GEMM (n > 1) of every storage type against the

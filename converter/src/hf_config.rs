@@ -10,6 +10,55 @@ use crate::error::{Error, ErrorKind, Result};
 /// Supported architectures, as named in `config.json`.
 pub const SUPPORTED_ARCHS: [&str; 3] = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
 
+/// The dimensions of a model, as each reader (`config.json` here, GGUF
+/// metadata in `gguf::model`) finds and checks them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    pub(crate) n_layers: u32,
+    pub(crate) d_model: u32,
+    pub(crate) n_heads: u32,
+    pub(crate) n_kv_heads: u32,
+    pub(crate) head_dim: u32,
+    pub(crate) ffn_dim: u32,
+    pub(crate) vocab_size: u32,
+    pub(crate) trained_ctx: u32,
+}
+
+impl Shape {
+    /// The record of an `arch` model of this shape with plain RoPE at
+    /// `rope_theta` and nothing else set (no scaling, flags, special ids
+    /// or window): what each reader starts from and completes from its
+    /// source. Every field is spelled out, so that a new one is decided
+    /// here.
+    pub(crate) fn config(self, arch: Arch, rope_theta: f32, norm_eps: f32) -> ModelConfig {
+        ModelConfig {
+            arch: arch as u32,
+            n_layers: self.n_layers,
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            ffn_dim: self.ffn_dim,
+            vocab_size: self.vocab_size,
+            trained_ctx: self.trained_ctx,
+            rope_theta,
+            rope_scaling: RopeScaling::None as u32,
+            rope_factor: 1.0,
+            rope_low_freq_factor: 0.0,
+            rope_high_freq_factor: 0.0,
+            rope_original_ctx: 0,
+            norm_eps,
+            activation: 0,
+            flags: 0,
+            bos_id: 0,
+            sliding_window: 0,
+            n_stop_ids: 0,
+            stop_ids: [0; MAX_STOP_IDS],
+            reserved: [0; 140],
+        }
+    }
+}
+
 /// What the converter takes from `config.json` and `generation_config.json`.
 #[derive(Clone, Debug)]
 pub struct HfConfig {
@@ -192,31 +241,8 @@ pub fn read(dir: &Path) -> Result<HfConfig> {
         }
         Some(_) => return Err(k.err("rope_parameters", "must be an object")),
     };
-    let mut config = ModelConfig {
-        arch: arch as u32,
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        ffn_dim,
-        vocab_size,
-        trained_ctx,
-        rope_theta: theta as f32,
-        rope_scaling: RopeScaling::None as u32,
-        rope_factor: 1.0,
-        rope_low_freq_factor: 0.0,
-        rope_high_freq_factor: 0.0,
-        rope_original_ctx: 0,
-        norm_eps,
-        activation: 0,
-        flags: 0,
-        bos_id: 0,
-        sliding_window: 0,
-        n_stop_ids: 0,
-        stop_ids: [0; MAX_STOP_IDS],
-        reserved: [0; 140],
-    };
+    let shape = Shape { n_layers, d_model, n_heads, n_kv_heads, head_dim, ffn_dim, vocab_size, trained_ctx };
+    let mut config = shape.config(arch, theta as f32, norm_eps);
     if let Some(s) = scaling {
         let sk = Keys { path: &path, map: s };
         let kind = sk.str_opt("rope_type")?.or(sk.str_opt("type")?).unwrap_or("default");

@@ -116,19 +116,10 @@ pub const GEMM_ROW_BLOCKS: usize = GEMM_TR as usize / quant::ROW_BLOCK;
 mod tests {
     use super::*;
     use ferrite_kernels::reference as k;
-    use ferrite_kernels::{ActsMut, Out};
+    use ferrite_kernels::Out;
+    use ferrite_test_support::quant::{host_acts, quantize_tiled, HostActs};
+    use ferrite_test_support::rng::values;
     use half::f16;
-
-    /// Pseudo-random values in [-scale, scale).
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
-            })
-            .collect()
-    }
 
     /// A random `[rows, cols]` q4/q8 matrix in the file layout: tiled
     /// quants, then scales (as `quant::tile_rows` writes them).
@@ -138,26 +129,8 @@ mod tests {
     }
 
     fn tiled(dtype: DType, rows: usize, cols: usize, seed: u64) -> Tiled {
-        let src = values(rows * cols, seed, 2.0);
-        let groups = cols.div_ceil(quant::GROUP);
-        let gb = if dtype == DType::Q4 { quant::Q4_GROUP_BYTES } else { quant::Q8_GROUP_BYTES };
-        let mut logical = vec![0u8; rows * groups * gb];
-        let mut scales = vec![f16::ZERO; rows * groups];
-        for r in 0..rows {
-            let row = &src[r * cols..(r + 1) * cols];
-            let q = &mut logical[r * groups * gb..(r + 1) * groups * gb];
-            let s = &mut scales[r * groups..(r + 1) * groups];
-            if dtype == DType::Q4 {
-                k::quantize_row_q4(row, q, s);
-            } else {
-                k::quantize_row_q8(row, q, s);
-            }
-        }
-        let prow = quant::padded_rows(rows);
-        let mut qs = vec![0u8; quant::scales_offset(dtype, rows, cols)];
-        let mut tile_scales = vec![f16::ZERO; prow * groups];
-        quant::tile_rows(dtype, &logical, &scales, rows, groups, &mut qs, &mut tile_scales);
-        Tiled { qs, scales: tile_scales }
+        let (qs, scales) = quantize_tiled(&values(rows * cols, seed, 2.0), rows, cols, dtype);
+        Tiled { qs, scales }
     }
 
     impl Tiled {
@@ -257,29 +230,6 @@ mod tests {
         }
     }
 
-    /// `int8` activations of `x` as `reference::quantize_acts` makes them.
-    struct HostActs {
-        qs: Vec<i8>,
-        d: Vec<f32>,
-        sums: Vec<i32>,
-    }
-
-    fn acts(x: &[f32], n: usize, cols: usize) -> HostActs {
-        let groups = cols.div_ceil(quant::GROUP);
-        let mut a =
-            HostActs { qs: vec![0; n * groups * quant::GROUP], d: vec![0.0; n * groups], sums: vec![0; n * groups] };
-        k::quantize_acts(x, cols, n, cols, &mut ActsMut { qs: &mut a.qs, d: &mut a.d, sums: &mut a.sums });
-        a
-    }
-
-    impl HostActs {
-        /// Activation word `w` (elements 4w .. 4w + 4) of token `t`'s group `g`.
-        fn word(&self, groups: usize, t: usize, g: usize, w: usize) -> u32 {
-            let at = (t * groups + g) * quant::GROUP + 4 * w;
-            u32::from_le_bytes([self.qs[at] as u8, self.qs[at + 1] as u8, self.qs[at + 2] as u8, self.qs[at + 3] as u8])
-        }
-    }
-
     /// Emulates `gemv_q4` / `gemv_q8` with the mirrored indexing: every
     /// lane's loads, its dp4a products and per-lane f32 accumulation, the
     /// reductions. Also returns each (row, group)'s exact integer sum,
@@ -343,7 +293,7 @@ mod tests {
                 let t = tiled(dtype, rows, cols, 100 + case as u64);
                 let m = t.matrix(dtype, rows, cols);
                 let x = values(cols, 200 + case as u64, 1.0);
-                let a = acts(&x, 1, cols);
+                let a = host_acts(&x, 1, cols);
                 let (got, isums) = emulate_gemv(dtype, &t, &a, rows, cols);
                 let groups = cols.div_ceil(quant::GROUP);
                 let mut want = vec![0f32; rows];
@@ -450,7 +400,7 @@ mod tests {
                     let t = tiled(dtype, rows, cols, 300 + case as u64);
                     let m = t.matrix(dtype, rows, cols);
                     let x = values(n * cols, 400 + case as u64, 1.0);
-                    let a = acts(&x, n, cols);
+                    let a = host_acts(&x, n, cols);
                     let got = emulate_gemm(dtype, &t, &a, rows, cols, n);
                     let mut want = vec![0f32; n * rows];
                     let ra = ferrite_kernels::Acts { qs: &a.qs, d: &a.d, sums: &a.sums };

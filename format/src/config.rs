@@ -10,23 +10,14 @@ stored_enum! {
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Arch: u32 as "architecture" {
         /// `LlamaForCausalLM` (Llama 2/3, SmolLM/SmolLM2, TinyLlama).
-        Llama = 1,
+        Llama = 1 => "LlamaForCausalLM",
         /// `MistralForCausalLM`.
-        Mistral = 2,
+        Mistral = 2 => "MistralForCausalLM",
         /// `Qwen2ForCausalLM` (q/k/v projection biases).
-        Qwen2 = 3,
+        Qwen2 = 3 => "Qwen2ForCausalLM",
     }
-}
-
-impl Arch {
     /// The Hugging Face class name.
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            Arch::Llama => "LlamaForCausalLM",
-            Arch::Mistral => "MistralForCausalLM",
-            Arch::Qwen2 => "Qwen2ForCausalLM",
-        }
-    }
+    fn hf_name;
 }
 
 stored_enum! {

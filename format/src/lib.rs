@@ -22,8 +22,34 @@
 /// Declares a field-less enum stored as a `$repr` number, with `decode`
 /// (the inverse of `as $repr`), so that each variant's number is written
 /// once; with `as "what"` also `from_u32`, the decoding that names `what`
-/// in its error.
+/// in its error. Variants written `Variant = 1 => "name",` and a trailing
+/// `fn name_fn;` also give `name_fn(self) -> &'static str`, each variant's
+/// name beside its number.
 macro_rules! stored_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident: $repr:ident $(as $what:literal)? {
+            $($(#[$vmeta:meta])* $variant:ident = $value:literal => $vname:literal,)+
+        }
+        $(#[$fmeta:meta])*
+        fn $name_fn:ident;
+    ) => {
+        stored_enum! {
+            $(#[$meta])*
+            pub enum $name: $repr $(as $what)? {
+                $($(#[$vmeta])* $variant = $value,)+
+            }
+        }
+
+        impl $name {
+            $(#[$fmeta])*
+            pub fn $name_fn(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $vname,)+
+                }
+            }
+        }
+    };
     (
         $(#[$meta:meta])*
         pub enum $name:ident: $repr:ident $(as $what:literal)? {

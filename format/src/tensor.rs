@@ -10,29 +10,21 @@ stored_enum! {
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub enum DType: u32 as "tensor dtype" {
         /// IEEE binary32.
-        F32 = 0,
+        F32 = 0 => "f32",
         /// IEEE binary16.
-        F16 = 1,
+        F16 = 1 => "f16",
         /// 8-bit symmetric, groups of 32 with an f16 scale.
-        Q8 = 2,
+        Q8 = 2 => "q8",
         /// 4-bit symmetric, groups of 32 with an f16 scale.
-        Q4 = 3,
+        Q4 = 3 => "q4",
         /// 4-bit asymmetric, groups of 32 with an f16 scale and an f16 minimum.
-        Q4A = 4,
+        Q4A = 4 => "q4a",
     }
+    /// Lower-case name as used on the command line.
+    fn name;
 }
 
 impl DType {
-    /// Lower-case name as used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::Q8 => "q8",
-            DType::Q4 => "q4",
-            DType::Q4A => "q4a",
-        }
-    }
     /// Whether the type is grouped-quantized.
     pub fn is_quantized(self) -> bool {
         matches!(self, DType::Q8 | DType::Q4 | DType::Q4A)
@@ -66,30 +58,32 @@ stored_enum! {
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub enum LayerRole: u32 {
         /// `input_layernorm`: `[d_model]`.
-        AttnNorm = 16,
+        AttnNorm = 16 => "attn_norm",
         /// `q_proj`: `[n_heads * head_dim, d_model]`.
-        AttnQ = 17,
+        AttnQ = 17 => "attn_q",
         /// `k_proj`: `[n_kv_heads * head_dim, d_model]`.
-        AttnK = 18,
+        AttnK = 18 => "attn_k",
         /// `v_proj`: `[n_kv_heads * head_dim, d_model]`.
-        AttnV = 19,
+        AttnV = 19 => "attn_v",
         /// `o_proj`: `[d_model, n_heads * head_dim]`.
-        AttnO = 20,
+        AttnO = 20 => "attn_o",
         /// `q_proj.bias`: `[n_heads * head_dim]`.
-        AttnQBias = 21,
+        AttnQBias = 21 => "attn_q_bias",
         /// `k_proj.bias`: `[n_kv_heads * head_dim]`.
-        AttnKBias = 22,
+        AttnKBias = 22 => "attn_k_bias",
         /// `v_proj.bias`: `[n_kv_heads * head_dim]`.
-        AttnVBias = 23,
+        AttnVBias = 23 => "attn_v_bias",
         /// `post_attention_layernorm`: `[d_model]`.
-        FfnNorm = 24,
+        FfnNorm = 24 => "ffn_norm",
         /// `gate_proj`: `[ffn_dim, d_model]`.
-        FfnGate = 25,
+        FfnGate = 25 => "ffn_gate",
         /// `up_proj`: `[ffn_dim, d_model]`.
-        FfnUp = 26,
+        FfnUp = 26 => "ffn_up",
         /// `down_proj`: `[d_model, ffn_dim]`.
-        FfnDown = 27,
+        FfnDown = 27 => "ffn_down",
     }
+    /// Short name, e.g. `attn_q`.
+    fn name;
 }
 
 impl LayerRole {
@@ -122,23 +116,6 @@ impl LayerRole {
     /// Whether this role is a bias.
     pub fn is_bias(self) -> bool {
         matches!(self, LayerRole::AttnQBias | LayerRole::AttnKBias | LayerRole::AttnVBias)
-    }
-    /// Short name, e.g. `attn_q`.
-    pub fn name(self) -> &'static str {
-        match self {
-            LayerRole::AttnNorm => "attn_norm",
-            LayerRole::AttnQ => "attn_q",
-            LayerRole::AttnK => "attn_k",
-            LayerRole::AttnV => "attn_v",
-            LayerRole::AttnO => "attn_o",
-            LayerRole::AttnQBias => "attn_q_bias",
-            LayerRole::AttnKBias => "attn_k_bias",
-            LayerRole::AttnVBias => "attn_v_bias",
-            LayerRole::FfnNorm => "ffn_norm",
-            LayerRole::FfnGate => "ffn_gate",
-            LayerRole::FfnUp => "ffn_up",
-            LayerRole::FfnDown => "ffn_down",
-        }
     }
 }
 

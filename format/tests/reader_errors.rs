@@ -237,6 +237,54 @@ fn repeat_rows(out: &mut Vec<u8>, rows: usize, drawn: usize, row_bytes: usize) {
     }
 }
 
+/// Appends `rows` logical rows of `cols` quants to `out`: group by group,
+/// `draw` for each element inside the row (the padding of a partial last
+/// group stays zero), the group then packed by `pack`.
+fn draw_quant_rows<T: Copy + Default>(
+    out: &mut Vec<u8>,
+    rows: usize,
+    cols: usize,
+    rng: &mut Rng,
+    draw: impl Fn(&mut Rng) -> T,
+    pack: impl Fn(&[T; GROUP], &mut Vec<u8>),
+) {
+    for _ in 0..rows {
+        for g in 0..cols.div_ceil(GROUP) {
+            let mut vals = [T::default(); GROUP];
+            for (j, v) in vals.iter_mut().enumerate() {
+                if g * GROUP + j < cols {
+                    *v = draw(rng);
+                }
+            }
+            pack(&vals, out);
+        }
+    }
+}
+
+/// `n` positive group scales.
+fn draw_scales(n: usize, rng: &mut Rng) -> Vec<f16> {
+    (0..n).map(|_| f16::from_f32(0.001 + 0.05 * (rng.unit() + 1.0) / 2.0)).collect()
+}
+
+/// The logical quant rows `logical` (`groups` groups of `group_bytes` a
+/// row) and their per-group planes (the scales, then q4a's minimums) as
+/// the file holds them (`quant` module documentation): the quants in 8-row
+/// tiles, then each plane tiled likewise.
+fn tiled(dtype: DType, logical: &[u8], planes: &[&[f16]], rows: usize, groups: usize, group_bytes: usize) -> Vec<u8> {
+    let padded = quant::padded_rows(rows);
+    let mut tiles = vec![0u8; padded * groups * group_bytes];
+    let mut tiled_planes = Vec::new();
+    for plane in planes {
+        let mut tiled_plane = vec![f16::ZERO; padded * groups];
+        quant::tile_rows(dtype, logical, plane, rows, groups, &mut tiles, &mut tiled_plane);
+        tiled_planes.push(tiled_plane);
+    }
+    for plane in tiled_planes {
+        tiles.extend(plane.iter().flat_map(|s| s.to_le_bytes()));
+    }
+    tiles
+}
+
 /// Deterministic contents for a tensor: finite floats, or quant planes with
 /// zero quants in the padding of a partial last group and positive scales.
 ///
@@ -264,68 +312,46 @@ fn tensor_data(dtype: DType, rows: u32, cols: u32, rng: &mut Rng) -> Vec<u8> {
         }
         DType::Q4A => {
             let groups = cols.div_ceil(GROUP);
-            for _ in 0..drawn {
-                for g in 0..groups {
-                    let mut vals = [0u8; GROUP];
-                    for (j, v) in vals.iter_mut().enumerate() {
-                        if g * GROUP + j < cols {
-                            *v = rng.below(16) as u8;
-                        }
-                    }
+            draw_quant_rows(
+                &mut out,
+                drawn,
+                cols,
+                rng,
+                |rng| rng.below(16) as u8,
+                |vals, out| {
                     let mut packed = [0u8; quant::Q4_GROUP_BYTES];
-                    quant::q4a_pack(&vals, &mut packed);
+                    quant::q4a_pack(vals, &mut packed);
                     out.extend_from_slice(&packed);
-                }
-            }
+                },
+            );
             repeat_rows(&mut out, rows, drawn, groups * quant::Q4_GROUP_BYTES);
-            let scales: Vec<f16> =
-                (0..rows * groups).map(|_| f16::from_f32(0.001 + 0.05 * (rng.unit() + 1.0) / 2.0)).collect();
+            let scales = draw_scales(rows * groups, rng);
             let mins: Vec<f16> = (0..rows * groups).map(|_| f16::from_f32(-0.4 * (rng.unit() + 1.0))).collect();
-            // 8-row tiles; the minimums tile like the scales.
-            let padded = quant::padded_rows(rows);
-            let mut tiles = vec![0u8; padded * groups * quant::Q4_GROUP_BYTES];
-            let mut tile_scales = vec![f16::ZERO; padded * groups];
-            let mut tile_mins = vec![f16::ZERO; padded * groups];
-            quant::tile_rows(dtype, &out, &scales, rows, groups, &mut tiles, &mut tile_scales);
-            quant::tile_rows(dtype, &out, &mins, rows, groups, &mut tiles, &mut tile_mins);
-            out = tiles;
-            out.extend(tile_scales.iter().flat_map(|s| s.to_le_bytes()));
-            out.extend(tile_mins.iter().flat_map(|s| s.to_le_bytes()));
+            // The minimums tile like the scales.
+            out = tiled(dtype, &out, &[&scales, &mins], rows, groups, quant::Q4_GROUP_BYTES);
         }
         DType::Q8 | DType::Q4 => {
             let groups = cols.div_ceil(GROUP);
-            for _ in 0..drawn {
-                for g in 0..groups {
-                    let mut vals = [0i8; GROUP];
-                    for (j, v) in vals.iter_mut().enumerate() {
-                        if g * GROUP + j < cols {
-                            *v = if dtype == DType::Q8 {
-                                (rng.below(255) as i16 - 127) as i8 // -127..=127
-                            } else {
-                                rng.below(16) as i8 - 8
-                            };
-                        }
-                    }
-                    if dtype == DType::Q8 {
-                        out.extend(vals.iter().map(|&v| v as u8));
-                    } else {
-                        let mut packed = [0u8; quant::Q4_GROUP_BYTES];
-                        quant::q4_pack(&vals, &mut packed);
-                        out.extend_from_slice(&packed);
-                    }
+            let draw = |rng: &mut Rng| {
+                if dtype == DType::Q8 {
+                    (rng.below(255) as i16 - 127) as i8 // -127..=127
+                } else {
+                    rng.below(16) as i8 - 8
                 }
-            }
+            };
+            draw_quant_rows(&mut out, drawn, cols, rng, draw, |vals, out| {
+                if dtype == DType::Q8 {
+                    out.extend(vals.iter().map(|&v| v as u8));
+                } else {
+                    let mut packed = [0u8; quant::Q4_GROUP_BYTES];
+                    quant::q4_pack(vals, &mut packed);
+                    out.extend_from_slice(&packed);
+                }
+            });
             let group_bytes = if dtype == DType::Q8 { quant::Q8_GROUP_BYTES } else { quant::Q4_GROUP_BYTES };
             repeat_rows(&mut out, rows, drawn, groups * group_bytes);
-            let scales: Vec<f16> =
-                (0..rows * groups).map(|_| f16::from_f32(0.001 + 0.05 * (rng.unit() + 1.0) / 2.0)).collect();
-            // The file holds 8-row tiles (`quant` module documentation).
-            let padded = quant::padded_rows(rows);
-            let mut tiles = vec![0u8; padded * groups * group_bytes];
-            let mut tile_scales = vec![f16::ZERO; padded * groups];
-            quant::tile_rows(dtype, &out, &scales, rows, groups, &mut tiles, &mut tile_scales);
-            out = tiles;
-            out.extend(tile_scales.iter().flat_map(|s| s.to_le_bytes()));
+            let scales = draw_scales(rows * groups, rng);
+            out = tiled(dtype, &out, &[&scales], rows, groups, group_bytes);
         }
     }
     assert_eq!(out.len() as u64, dtype.tensor_bytes(rows as u64, cols as u64).unwrap());
@@ -1326,6 +1352,15 @@ fn err_bad_enum() {
 fn err_bad_config() {
     let fx = small();
     type Edit = fn(&mut ModelConfig);
+    /// Llama 3.1 RoPE scaling by 8 with these frequency factors and original
+    /// context.
+    fn llama3_rope(c: &mut ModelConfig, low_freq_factor: f32, high_freq_factor: f32, original_ctx: u32) {
+        c.rope_scaling = 1;
+        c.rope_factor = 8.0;
+        c.rope_low_freq_factor = low_freq_factor;
+        c.rope_high_freq_factor = high_freq_factor;
+        c.rope_original_ctx = original_ctx;
+    }
     let cases: Vec<(&str, Edit)> = vec![
         ("n_layers", |c| c.n_layers = 0),
         ("d_model", |c| c.d_model = 0),
@@ -1358,20 +1393,8 @@ fn err_bad_config() {
             c.rope_scaling = 1;
             c.rope_factor = f32::INFINITY;
         }),
-        ("rope_low/high_freq_factor", |c| {
-            c.rope_scaling = 1;
-            c.rope_factor = 8.0;
-            c.rope_low_freq_factor = 4.0;
-            c.rope_high_freq_factor = 1.0;
-            c.rope_original_ctx = 64;
-        }),
-        ("rope_original_ctx", |c| {
-            c.rope_scaling = 1;
-            c.rope_factor = 8.0;
-            c.rope_low_freq_factor = 1.0;
-            c.rope_high_freq_factor = 4.0;
-            c.rope_original_ctx = 0;
-        }),
+        ("rope_low/high_freq_factor", |c| llama3_rope(c, 4.0, 1.0, 64)),
+        ("rope_original_ctx", |c| llama3_rope(c, 1.0, 4.0, 0)),
         ("bos_id", |c| c.bos_id = 40),
         ("flags", |c| c.flags = ModelConfig::FLAG_ADD_BOS),
         ("sliding_window", |c| {

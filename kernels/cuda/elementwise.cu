@@ -101,26 +101,27 @@ quantize_acts(const float* __restrict__ x, signed char* __restrict__ aq, float* 
 // out[t] = row ids[t] of the embedding table, dequantized; grid = n,
 // block 256. q4/q8 tables are tiled (common.cuh): row `row` is row
 // row % 8 of row block row / 8.
-extern "C" __global__ void __launch_bounds__(256)
-embed_q4(const u32* __restrict__ ids, const unsigned char* __restrict__ qs, const __half* __restrict__ scales,
-         float* __restrict__ out, u32 cols) {
+template <bool IS_Q4>
+__device__ __forceinline__ void embed_tiled(const u32* __restrict__ ids, const unsigned char* __restrict__ qs,
+                                            const __half* __restrict__ scales, float* __restrict__ out, u32 cols) {
     const u32 row = ids[blockIdx.x], groups = (cols + GROUP - 1) / GROUP, r = row % 8;
     for (u32 i = threadIdx.x; i < cols; i += blockDim.x) {
         const size_t tile = (size_t)(row / 8) * groups + i / GROUP;
-        out[(size_t)blockIdx.x * cols + i] =
-            (float)q4_at(qs + tile * Q4_TILE, r, i % GROUP) * __half2float(scales[tile * 8 + r]);
+        const int q = IS_Q4 ? q4_at(qs + tile * Q4_TILE, r, i % GROUP) : q8_at(qs + tile * Q8_TILE, r, i % GROUP);
+        out[(size_t)blockIdx.x * cols + i] = (float)q * __half2float(scales[tile * 8 + r]);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+embed_q4(const u32* __restrict__ ids, const unsigned char* __restrict__ qs, const __half* __restrict__ scales,
+         float* __restrict__ out, u32 cols) {
+    embed_tiled<true>(ids, qs, scales, out, cols);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
 embed_q8(const u32* __restrict__ ids, const unsigned char* __restrict__ qs, const __half* __restrict__ scales,
          float* __restrict__ out, u32 cols) {
-    const u32 row = ids[blockIdx.x], groups = (cols + GROUP - 1) / GROUP, r = row % 8;
-    for (u32 i = threadIdx.x; i < cols; i += blockDim.x) {
-        const size_t tile = (size_t)(row / 8) * groups + i / GROUP;
-        out[(size_t)blockIdx.x * cols + i] =
-            (float)q8_at(qs + tile * Q8_TILE, r, i % GROUP) * __half2float(scales[tile * 8 + r]);
-    }
+    embed_tiled<false>(ids, qs, scales, out, cols);
 }
 
 extern "C" __global__ void __launch_bounds__(256)

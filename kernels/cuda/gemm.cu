@@ -29,6 +29,21 @@
 struct Q4 {};
 struct Q8 {};
 
+// Writes a thread's 4 rows x 2 tokens of results, acc[i][j] for row
+// row0 + 16i and token tok0 + 16j, to out [n, rows] (those inside it).
+__device__ __forceinline__ void store_acc(float acc[4][2], float* __restrict__ out, u32 row0, u32 tok0, u32 rows,
+                                          u32 n) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const u32 t = tok0 + 16 * j;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const u32 r = row0 + 16 * i;
+            if (t < n && r < rows) out[(size_t)t * rows + r] = acc[i][j];
+        }
+    }
+}
+
 // Weight words of group g for the block's 8 row blocks: ws[row][k] = four
 // quants (elements 4k .. 4k + 3) of row `row` (0..63). Returns the offset
 // the words carry (q4: 8, q8: 0).
@@ -109,15 +124,7 @@ __device__ __forceinline__ void gemm_q(const unsigned char* __restrict__ qs, con
                 acc[i][j] = __fadd_rn(acc[i][j], __fmul_rn((float)s, __fmul_rn(wd[tr + 16 * i], xd[tt + 16 * j])));
             }
     }
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        const u32 t = tok_base + tt + 16 * j;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const u32 r = row_base + tr + 16 * i;
-            if (t < n && r < rows) out[(size_t)t * rows + r] = acc[i][j];
-        }
-    }
+    store_acc(acc, out, row_base + tr, tok_base + tt, rows, n);
 }
 
 // Writes the 8 values of part `part` (0..3: elements 8 * part .. + 7) of
@@ -177,15 +184,7 @@ __device__ __forceinline__ void gemm_f(const T* __restrict__ w, const float* __r
                 for (int j = 0; j < 2; j++) acc[i][j] += a[i] * b[j];
         }
     }
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        const u32 t = tok_base + tt + 16 * j;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const u32 r = row_base + tr + 16 * i;
-            if (t < n && r < rows) out[(size_t)t * rows + r] = acc[i][j];
-        }
-    }
+    store_acc(acc, out, row_base + tr, tok_base + tt, rows, n);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2)

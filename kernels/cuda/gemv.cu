@@ -59,57 +59,71 @@ __device__ __forceinline__ void scales4(const __half* __restrict__ scales, size_
     d[3] = __high2float(b);
 }
 
+// What gemv_q4 and gemv_q8 differ in: the tile size (a tile spans TILE / 16
+// lanes of a warp step) and a lane's integer dot products s[r] of its four
+// words (rows 4h + r of chunk c) with the activation words `aw` of their
+// group.
+struct Q4 {
+    static constexpr u32 TILE = Q4_TILE;
+    // Low nibbles meet activation word c (elements 4c..), high nibbles
+    // word 4 + c (16 + 4c..).
+    static __device__ __forceinline__ void dots(const u32 w[4], const int* __restrict__ aw, u32 c, int s[4]) {
+        const int alo = __ldg(aw + c), ahi = __ldg(aw + 4 + c);
+        // 8 * (sum of the 8 activations met here): the nibbles are q + 8.
+        const int corr = __dp4a(0x08080808, alo, __dp4a(0x08080808, ahi, 0));
+#pragma unroll
+        for (int r = 0; r < 4; r++) s[r] = __dp4a(q4_lo(w[r]), alo, __dp4a(q4_hi(w[r]), ahi, 0)) - corr;
+    }
+};
+
+struct Q8 {
+    static constexpr u32 TILE = Q8_TILE;
+    static __device__ __forceinline__ void dots(const u32 w[4], const int* __restrict__ aw, u32 c, int s[4]) {
+        const int a = __ldg(aw + c);
+#pragma unroll
+        for (int r = 0; r < 4; r++) s[r] = __dp4a(q8_signed(w[r]), a, 0);
+    }
+};
+
+template <typename Kind>
+__device__ __forceinline__ void gemv_q(const unsigned char* __restrict__ qs, const __half* __restrict__ scales,
+                                       const signed char* __restrict__ aq, const float* __restrict__ ad,
+                                       float* __restrict__ y, u32 rows, u32 cols) {
+    // Lanes per tile (q4: 8, q8: 16) and tiles per warp step (q4: 4, q8: 2).
+    constexpr u32 LANES = Kind::TILE / 16, TILES = WARP / LANES;
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, b = blockIdx.x;
+    const u32 groups = (cols + GROUP - 1) / GROUP;
+    const u32 h = lane & 1, c = (lane % LANES) >> 1;
+    const unsigned char* run = qs + (size_t)b * groups * Kind::TILE;
+    const int* aw = reinterpret_cast<const int*>(aq);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+    for (u32 g = TILES * warp + lane / LANES; g < groups; g += TILES * GEMV_WARPS) {
+        const uint4 q = __ldg(reinterpret_cast<const uint4*>(run + (size_t)g * Kind::TILE + 16 * (lane % LANES)));
+        const u32 w[4] = {q.x, q.y, q.z, q.w};
+        int s[4];
+        Kind::dots(w, aw + g * 8, c, s);
+        const float da = __ldg(ad + g);
+        float d[4];
+        scales4(scales, (size_t)b * groups + g, h, d);
+#pragma unroll
+        for (int r = 0; r < 4; r++) acc[r] += (float)s[r] * (d[r] * da);
+    }
+    gemv_store(acc, y, b, rows);
+}
+
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
 gemv_q4(const unsigned char* __restrict__ qs, const __half* __restrict__ scales, const float* __restrict__ x,
         const signed char* __restrict__ aq, const float* __restrict__ ad, const int* __restrict__ asum,
         float* __restrict__ y, u32 rows, u32 cols) {
-    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, b = blockIdx.x;
-    const u32 groups = (cols + GROUP - 1) / GROUP;
-    const u32 h = lane & 1, c = (lane & 7) >> 1;
-    const unsigned char* run = qs + (size_t)b * groups * Q4_TILE;
-    const int* aw = reinterpret_cast<const int*>(aq);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 4
-    for (u32 g = 4 * warp + (lane >> 3); g < groups; g += 4 * GEMV_WARPS) {
-        const uint4 q = __ldg(reinterpret_cast<const uint4*>(run + (size_t)g * Q4_TILE + 16 * (lane & 7)));
-        const int alo = __ldg(aw + g * 8 + c), ahi = __ldg(aw + g * 8 + 4 + c);
-        // 8 * (sum of the 8 activations met here): the nibbles are q + 8.
-        const int corr = __dp4a(0x08080808, alo, __dp4a(0x08080808, ahi, 0));
-        const float da = __ldg(ad + g);
-        float d[4];
-        scales4(scales, (size_t)b * groups + g, h, d);
-        const u32 w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int s = __dp4a(q4_lo(w[r]), alo, __dp4a(q4_hi(w[r]), ahi, 0)) - corr;
-            acc[r] += (float)s * (d[r] * da);
-        }
-    }
-    gemv_store(acc, y, b, rows);
+    gemv_q<Q4>(qs, scales, aq, ad, y, rows, cols);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
 gemv_q8(const unsigned char* __restrict__ qs, const __half* __restrict__ scales, const float* __restrict__ x,
         const signed char* __restrict__ aq, const float* __restrict__ ad, const int* __restrict__ asum,
         float* __restrict__ y, u32 rows, u32 cols) {
-    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, b = blockIdx.x;
-    const u32 groups = (cols + GROUP - 1) / GROUP;
-    const u32 h = lane & 1, c = (lane & 15) >> 1;
-    const unsigned char* run = qs + (size_t)b * groups * Q8_TILE;
-    const int* aw = reinterpret_cast<const int*>(aq);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 4
-    for (u32 g = 2 * warp + (lane >> 4); g < groups; g += 2 * GEMV_WARPS) {
-        const uint4 q = __ldg(reinterpret_cast<const uint4*>(run + (size_t)g * Q8_TILE + 16 * (lane & 15)));
-        const int a = __ldg(aw + g * 8 + c);
-        const float da = __ldg(ad + g);
-        float d[4];
-        scales4(scales, (size_t)b * groups + g, h, d);
-        const u32 w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int r = 0; r < 4; r++) acc[r] += (float)__dp4a(q8_signed(w[r]), a, 0) * (d[r] * da);
-    }
-    gemv_store(acc, y, b, rows);
+    gemv_q<Q8>(qs, scales, aq, ad, y, rows, cols);
 }
 
 // f16/f32 rows are not padded: warp w takes rows 8b + 2w and 8b + 2w + 1,

@@ -56,6 +56,15 @@ pub(crate) struct KvShape {
     pub head_dim: usize,
 }
 
+impl KvShape {
+    /// The elements of a plane that the `n` (at least one) rows of KV head
+    /// `kvh` from `row` span: the first row's head to the last row's.
+    fn head_span(self, row: usize, kvh: usize, n: usize) -> core::ops::Range<usize> {
+        let at = row * self.kv_dim + kvh * self.head_dim;
+        at..at + (n - 1) * self.kv_dim + self.head_dim
+    }
+}
+
 impl KvStore<'_> {
     /// Rounds rows of fresh keys or values to the cache's precision in place
     /// (exactly what `write` then a read back would give), so a token
@@ -95,11 +104,9 @@ impl KvStore<'_> {
     /// The `n` rows of KV head `kvh` from `row` of an int8 plane.
     fn q8_rows<'q>(qs: &'q [i8], scales: &'q [f32], row: usize, kvh: usize, n: usize, s: KvShape) -> Q8Rows<'q> {
         let heads = s.kv_dim / s.head_dim;
-        let at = row * s.kv_dim + kvh * s.head_dim;
-        let end = at + (n - 1) * s.kv_dim + s.head_dim;
         let first = row * heads + kvh;
         Q8Rows {
-            qs: &qs[at..end],
+            qs: &qs[s.head_span(row, kvh, n)],
             scales: &scales[first..first + (n - 1) * heads + 1],
             stride: s.kv_dim,
             scale_stride: heads,
@@ -114,11 +121,10 @@ impl KvStore<'_> {
         if n == 0 {
             return;
         }
-        let at = row * s.kv_dim + kvh * s.head_dim;
-        let end = at + (n - 1) * s.kv_dim + s.head_dim;
+        let span = s.head_span(row, kvh, n);
         match self {
-            KvStore::F32 { k, .. } => (kern.dot_rows)(q, &k[at..end], s.kv_dim, scale, out),
-            KvStore::F16 { k, .. } => (kern.dot_rows_f16)(q, &k[at..end], s.kv_dim, scale, out),
+            KvStore::F32 { k, .. } => (kern.dot_rows)(q, &k[span], s.kv_dim, scale, out),
+            KvStore::F16 { k, .. } => (kern.dot_rows_f16)(q, &k[span], s.kv_dim, scale, out),
             KvStore::Q8 { k, ks, .. } => (kern.dot_rows_q8)(q, Self::q8_rows(k, ks, row, kvh, n, s), scale, out),
         }
     }
@@ -130,11 +136,10 @@ impl KvStore<'_> {
         if n == 0 {
             return;
         }
-        let at = row * s.kv_dim + kvh * s.head_dim;
-        let end = at + (n - 1) * s.kv_dim + s.head_dim;
+        let span = s.head_span(row, kvh, n);
         match self {
-            KvStore::F32 { v, .. } => (kern.axpy_rows)(p, &v[at..end], s.kv_dim, out),
-            KvStore::F16 { v, .. } => (kern.axpy_rows_f16)(p, &v[at..end], s.kv_dim, out),
+            KvStore::F32 { v, .. } => (kern.axpy_rows)(p, &v[span], s.kv_dim, out),
+            KvStore::F16 { v, .. } => (kern.axpy_rows_f16)(p, &v[span], s.kv_dim, out),
             KvStore::Q8 { v, vs, .. } => (kern.axpy_rows_q8)(p, Self::q8_rows(v, vs, row, kvh, n, s), out),
         }
     }

@@ -302,6 +302,106 @@ pub(super) unsafe fn put<T>(out: *mut T, value: T) {
     unsafe { out.write(value) }
 }
 
+/// Checks the caller's optional output `out`: NULL (nothing is written) or
+/// aligned.
+pub(super) fn check_optional<T>(out: *mut T, what: &str) -> FfiResult {
+    if out.is_null() {
+        Ok(())
+    } else {
+        check_ptr(out, what)
+    }
+}
+
+/// Writes `value` to the caller's optional output `out`, which was checked
+/// with [`check_optional`]: nothing when it is NULL.
+///
+/// # Safety
+///
+/// `out` must be NULL or valid for a write of `T`.
+pub(super) unsafe fn put_optional<T>(out: *mut T, value: T) {
+    if !out.is_null() {
+        // SAFETY: non-NULL and checked; valid for a write (the caller's
+        // contract).
+        unsafe { put(out, value) }
+    }
+}
+
+/// Checks the caller's outputs `ptr` and `len` (named `what[0]` and
+/// `what[1]` in errors), then sets them to the address and length of the
+/// slice `items` returns. The slice is not copied: it must outlive what the
+/// caller does with it (it belongs to a handle).
+///
+/// # Safety
+///
+/// `ptr` and `len` must be NULL or valid for a write.
+pub(super) unsafe fn put_slice<'a, T: 'a>(
+    ptr: *mut *const T,
+    len: *mut usize,
+    what: [&str; 2],
+    items: impl FnOnce() -> FfiResult<&'a [T]>,
+) -> FfiResult {
+    check_ptr(ptr, what[0])?;
+    check_ptr(len, what[1])?;
+    let items = items()?;
+    // SAFETY: both are valid for a write (the caller's contract; checked
+    // non-NULL and aligned).
+    unsafe {
+        put(ptr, items.as_ptr());
+        put(len, items.len());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Handles
+
+/// What every constructor of a handle shares: `*out` is set to NULL first,
+/// so that it is NULL on every failure, then to the handle `make` returns.
+///
+/// # Safety
+///
+/// `out` must be NULL or valid for a write.
+pub(super) unsafe fn new_handle<T>(out: *mut *mut T, make: impl FnOnce() -> FfiResult<Box<T>>) -> FerriteStatus {
+    guard(|| {
+        check_ptr(out, "out")?;
+        // SAFETY: `out` is valid for a write (the caller's contract; checked
+        // non-NULL and aligned).
+        unsafe { put(out, core::ptr::null_mut()) };
+        let handle = make()?;
+        // SAFETY: as above.
+        unsafe { put(out, Box::into_raw(handle)) };
+        Ok(())
+    })
+}
+
+/// What every `ferrite_*_free` shares: NULL is a no-op; otherwise `ptr`
+/// (named `what` in errors) is checked, `may_free` may refuse (and nothing
+/// is freed), and `release` takes the handle back.
+///
+/// # Safety
+///
+/// `ptr` must be NULL or a live handle made by [`new_handle`], not used
+/// after this returns `OK`.
+pub(super) unsafe fn free_handle<T>(
+    ptr: *mut T,
+    what: &str,
+    may_free: impl FnOnce(&T) -> FfiResult,
+    release: impl FnOnce(Box<T>),
+) -> FerriteStatus {
+    guard(|| {
+        if ptr.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a live handle (the caller's contract).
+        may_free(unsafe { handle(ptr, what) }?)?;
+        // SAFETY: the pointer came from `Box::into_raw` in `new_handle` and
+        // is live (the caller's contract); the reference `may_free` had is
+        // gone.
+        release(unsafe { Box::from_raw(ptr) });
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Version and errors
 

@@ -7,7 +7,9 @@ use core::ops::ControlFlow;
 
 use ferrite_runtime::generate::{self, End, GenBuffers, GenError, GenOptions, History, Observer};
 
-use super::boundary::{check_ptr, fail, handle, handle_mut, put, slice_in, Failure, FerriteStatus, FfiResult};
+use super::boundary::{
+    check_optional, fail, handle, handle_mut, put_optional, slice_in, Failure, FerriteStatus, FfiResult,
+};
 use super::sampler::FerriteSampler;
 use super::session::{with_session, FerriteSession};
 
@@ -131,9 +133,7 @@ pub unsafe extern "C" fn ferrite_generate(
                 // SAFETY: valid for a read (the caller's contract).
                 *handle(callbacks, "callbacks")?
             };
-            if !result.is_null() {
-                check_ptr(result, "result")?;
-            }
+            check_optional(result, "result")?;
             run(session, model, s, prompt, opts, callbacks, result)
         })
     }
@@ -184,11 +184,9 @@ fn run(
         End::Observer => (FERRITE_END_CALLBACK, None),
         End::Backend(e) => (FERRITE_END_ERROR, Some(Failure::from(e))),
     };
-    if !result.is_null() {
-        let r = FerriteGenerateResult { generated: done.generated, decode_steps: done.decode_steps, end };
-        // SAFETY: checked non-NULL and aligned; valid for a write (the
-        // caller's contract).
-        unsafe { put(result, r) };
-    }
+    let r = FerriteGenerateResult { generated: done.generated, decode_steps: done.decode_steps, end };
+    // SAFETY: checked by `check_optional`; NULL or valid for a write (the
+    // caller's contract).
+    unsafe { put_optional(result, r) };
     error.map_or(Ok(()), Err)
 }

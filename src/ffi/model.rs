@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ferrite_runtime::tokenizer::Tokenizer;
 use ferrite_runtime::{Error, Model};
 
-use super::boundary::{c_path, check_ptr, fail, guard, handle, put, slice_in, Failure, FerriteStatus, FfiResult};
+use super::boundary::{
+    c_path, check_ptr, fail, free_handle, guard, handle, new_handle, put, put_slice, slice_in, Failure, FerriteStatus,
+    FfiResult,
+};
 
 /// A model (`ferrite_model` in C): the mapped file or the caller's bytes,
 /// and a count of the sessions opened on it.
@@ -17,8 +20,8 @@ pub struct FerriteModel {
 }
 
 impl FerriteModel {
-    fn new_handle(model: Model<'static>) -> *mut FerriteModel {
-        Box::into_raw(Box::new(FerriteModel { model, sessions: AtomicUsize::new(0) }))
+    fn boxed(model: Model<'static>) -> Box<FerriteModel> {
+        Box::new(FerriteModel { model, sessions: AtomicUsize::new(0) })
     }
 
     pub(super) fn tokenizer(&self) -> FfiResult<Tokenizer<'_>> {
@@ -40,11 +43,7 @@ impl FerriteModel {
 /// valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn ferrite_model_open(path: *const c_char, out: *mut *mut FerriteModel) -> FerriteStatus {
-    guard(|| {
-        check_ptr(out, "out")?;
-        // SAFETY: `out` is valid for a write (the caller's contract; checked
-        // non-NULL and aligned).
-        unsafe { put(out, core::ptr::null_mut()) };
+    let open = || {
         // SAFETY: NULL or a NUL-terminated string (the caller's contract).
         let path = unsafe { c_path(path, "path") }?;
         let model = Model::open(path).map_err(|e| {
@@ -57,10 +56,10 @@ pub unsafe extern "C" fn ferrite_model_open(path: *const c_char, out: *mut *mut 
                 None => fail(FerriteStatus::IO, format!("{}: {e}", path.display())),
             }
         })?;
-        // SAFETY: as above.
-        unsafe { put(out, FerriteModel::new_handle(model)) };
-        Ok(())
-    })
+        Ok(FerriteModel::boxed(model))
+    };
+    // SAFETY: `out` is NULL or valid for a write (the caller's contract).
+    unsafe { new_handle(out, open) }
 }
 
 /// Validates the Ferrite file in the caller's buffer `data[0..len]`, which
@@ -78,19 +77,15 @@ pub unsafe extern "C" fn ferrite_model_from_bytes(
     len: usize,
     out: *mut *mut FerriteModel,
 ) -> FerriteStatus {
-    guard(|| {
-        check_ptr(out, "out")?;
-        // SAFETY: `out` is valid for a write (the caller's contract).
-        unsafe { put(out, core::ptr::null_mut()) };
+    let open = || {
         check_ptr(data, "data")?;
         // SAFETY: `len` readable bytes that outlive the model (the caller's
         // contract), so the unbounded lifetime is the model's.
         let bytes: &'static [u8] = unsafe { slice_in(data, len, "data") }?;
-        let model = Model::from_bytes(bytes)?;
-        // SAFETY: as above.
-        unsafe { put(out, FerriteModel::new_handle(model)) };
-        Ok(())
-    })
+        Ok(FerriteModel::boxed(Model::from_bytes(bytes)?))
+    };
+    // SAFETY: `out` is NULL or valid for a write (the caller's contract).
+    unsafe { new_handle(out, open) }
 }
 
 /// Frees a model. NULL is a no-op. Refuses with `MODEL_IN_USE` (and frees
@@ -102,24 +97,15 @@ pub unsafe extern "C" fn ferrite_model_from_bytes(
 /// returns `OK`.
 #[no_mangle]
 pub unsafe extern "C" fn ferrite_model_free(model: *mut FerriteModel) -> FerriteStatus {
-    guard(|| {
-        if model.is_null() {
-            return Ok(());
+    let may_free = |m: &FerriteModel| match m.sessions.load(Ordering::Acquire) {
+        0 => Ok(()),
+        live => {
+            Err(fail(FerriteStatus::MODEL_IN_USE, format!("{live} session(s) still use this model: free them first")))
         }
-        // SAFETY: a live model handle (the caller's contract).
-        let m = unsafe { handle(model, "model") }?;
-        let live = m.sessions.load(Ordering::Acquire);
-        if live != 0 {
-            return Err(fail(
-                FerriteStatus::MODEL_IN_USE,
-                format!("{live} session(s) still use this model: free them first"),
-            ));
-        }
-        // SAFETY: the pointer came from `Box::into_raw` in `new_handle`,
-        // and no session borrows the model (counted above).
-        drop(unsafe { Box::from_raw(model) });
-        Ok(())
-    })
+    };
+    // SAFETY: NULL or a live model handle, not used afterwards (the
+    // caller's contract); freed only when no session borrows it.
+    unsafe { free_handle(model, "model", may_free, drop) }
 }
 
 /// What `ferrite_model_get_info` reports (`ferrite_model_info` in C).
@@ -223,14 +209,7 @@ pub unsafe extern "C" fn ferrite_model_stop_ids(
     guard(|| {
         // SAFETY: a live model (the caller's contract).
         let m = unsafe { handle(model, "model") }?;
-        check_ptr(ids, "ids")?;
-        check_ptr(n, "n")?;
-        let stops = m.model.config().stop_ids();
-        // SAFETY: both are valid for a write (the caller's contract).
-        unsafe {
-            put(ids, stops.as_ptr());
-            put(n, stops.len());
-        }
-        Ok(())
+        // SAFETY: both are NULL or valid for a write (the caller's contract).
+        unsafe { put_slice(ids, n, ["ids", "n"], || Ok(m.model.config().stop_ids())) }
     })
 }

@@ -2,7 +2,9 @@
 
 use ferrite_runtime::sampler::{self, Sampler, SamplerConfig};
 
-use super::boundary::{check_ptr, guard, handle, handle_mut, invalid, put, slice_in, FerriteStatus};
+use super::boundary::{
+    check_ptr, free_handle, guard, handle, handle_mut, invalid, new_handle, put, slice_in, FerriteStatus,
+};
 
 /// How to choose the next token (`ferrite_sampler_config` in C); see
 /// `ferrite_runtime::sampler::SamplerConfig`.
@@ -94,10 +96,7 @@ pub unsafe extern "C" fn ferrite_sampler_new(
     vocab_size: usize,
     out: *mut *mut FerriteSampler,
 ) -> FerriteStatus {
-    guard(|| {
-        check_ptr(out, "out")?;
-        // SAFETY: `out` is valid for a write (the caller's contract).
-        unsafe { put(out, core::ptr::null_mut()) };
+    let make = || {
         // SAFETY: readable (the caller's contract).
         let cfg = unsafe { handle(cfg, "cfg") }?;
         if vocab_size == 0 || u32::try_from(vocab_size).is_err() {
@@ -105,12 +104,10 @@ pub unsafe extern "C" fn ferrite_sampler_new(
         }
         let sampler = Sampler::new(cfg.to_rust())?;
         let recent = vec![0; sampler.config().repeat_last_n.saturating_mul(2).saturating_add(64)];
-        let handle =
-            Box::new(FerriteSampler { sampler, logits: vec![0.0; vocab_size], scratch: vec![0; vocab_size], recent });
-        // SAFETY: as above.
-        unsafe { put(out, Box::into_raw(handle)) };
-        Ok(())
-    })
+        Ok(Box::new(FerriteSampler { sampler, logits: vec![0.0; vocab_size], scratch: vec![0; vocab_size], recent }))
+    };
+    // SAFETY: `out` is NULL or valid for a write (the caller's contract).
+    unsafe { new_handle(out, make) }
 }
 
 /// Frees a sampler. NULL is a no-op.
@@ -120,16 +117,9 @@ pub unsafe extern "C" fn ferrite_sampler_new(
 /// `sampler` must be NULL or a live sampler, not used after this returns.
 #[no_mangle]
 pub unsafe extern "C" fn ferrite_sampler_free(sampler: *mut FerriteSampler) -> FerriteStatus {
-    guard(|| {
-        if sampler.is_null() {
-            return Ok(());
-        }
-        check_ptr(sampler, "sampler")?;
-        // SAFETY: from `Box::into_raw` in `ferrite_sampler_new`, live (the
-        // caller's contract).
-        drop(unsafe { Box::from_raw(sampler) });
-        Ok(())
-    })
+    // SAFETY: NULL or a live sampler, not used afterwards (the caller's
+    // contract).
+    unsafe { free_handle(sampler, "sampler", |_| Ok(()), drop) }
 }
 
 /// Restarts the sampler's random stream from `seed`.

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use ferrite_runtime::{Error, KvType, Session, SessionConfig};
 
 use super::boundary::{
-    check_ptr, fail, guard, handle, handle_mut, invalid, put, slice_in, slice_out, FerriteStatus, FfiResult,
+    check_optional, check_ptr, fail, free_handle, guard, handle, handle_mut, invalid, new_handle, put, put_optional,
+    slice_in, slice_out, FerriteStatus, FfiResult,
 };
 use super::model::FerriteModel;
 
@@ -204,10 +205,7 @@ pub unsafe extern "C" fn ferrite_session_new(
     arena_len: usize,
     out: *mut *mut FerriteSession,
 ) -> FerriteStatus {
-    guard(|| {
-        check_ptr(out, "out")?;
-        // SAFETY: `out` is valid for a write (the caller's contract).
-        unsafe { put(out, core::ptr::null_mut()) };
+    let make = || {
         // SAFETY: a live model that outlives the session, so borrowing it
         // for the unbounded lifetime the session type asks for is sound
         // while the session lives; `ferrite_model_free` refuses until the
@@ -229,11 +227,10 @@ pub unsafe extern "C" fn ferrite_session_new(
         let arena: &'static mut [u8] = unsafe { slice_out(arena.cast::<u8>(), needed, "arena") }?;
         let session = Session::new(&m.model, &plan, arena)?;
         m.sessions.fetch_add(1, Ordering::AcqRel);
-        let handle = Box::into_raw(Box::new(FerriteSession { session, model: m, poisoned: false }));
-        // SAFETY: as above.
-        unsafe { put(out, handle) };
-        Ok(())
-    })
+        Ok(Box::new(FerriteSession { session, model: m, poisoned: false }))
+    };
+    // SAFETY: `out` is NULL or valid for a write (the caller's contract).
+    unsafe { new_handle(out, make) }
 }
 
 /// Frees a session (not its arena, which the caller owns). NULL is a no-op.
@@ -243,19 +240,16 @@ pub unsafe extern "C" fn ferrite_session_new(
 /// `sess` must be NULL or a live session, not used after this returns.
 #[no_mangle]
 pub unsafe extern "C" fn ferrite_session_free(sess: *mut FerriteSession) -> FerriteStatus {
-    guard(|| {
-        if sess.is_null() {
-            return Ok(());
-        }
-        check_ptr(sess, "session")?;
-        // SAFETY: the pointer came from `Box::into_raw` in
-        // `ferrite_session_new` and is live (the caller's contract).
-        let s = unsafe { Box::from_raw(sess) };
+    // The model's count is released after the session (which borrows the
+    // model) is dropped.
+    let release = |s: Box<FerriteSession>| {
         let model = s.model;
         drop(s);
         model.sessions.fetch_sub(1, Ordering::AcqRel);
-        Ok(())
-    })
+    };
+    // SAFETY: NULL or a live session, not used afterwards (the caller's
+    // contract).
+    unsafe { free_handle(sess, "session", |_| Ok(()), release) }
 }
 
 /// Empties the session's KV cache (a new conversation).
@@ -381,14 +375,10 @@ pub unsafe extern "C" fn ferrite_session_prefill(
         with_session(sess, |s, _| {
             // SAFETY: `n` readable ids (the caller's contract).
             let ids = slice_in(ids, n, "ids")?;
-            if !logits_out.is_null() {
-                check_ptr(logits_out, "logits_out")?;
-            }
-            let logits = s.prefill(ids)?;
-            if !logits_out.is_null() {
-                // SAFETY: checked above; valid for a write (the caller's contract).
-                put(logits_out, logits.as_ptr());
-            }
+            check_optional(logits_out, "logits_out")?;
+            // SAFETY: checked above; NULL or valid for a write (the caller's
+            // contract).
+            put_optional(logits_out, s.prefill(ids)?.as_ptr());
             Ok(())
         })
     }
@@ -409,14 +399,10 @@ pub unsafe extern "C" fn ferrite_session_step(
     // SAFETY: the caller's contract.
     unsafe {
         with_session(sess, |s, _| {
-            if !logits_out.is_null() {
-                check_ptr(logits_out, "logits_out")?;
-            }
-            let logits = s.step(id)?;
-            if !logits_out.is_null() {
-                // SAFETY: checked above; valid for a write (the caller's contract).
-                put(logits_out, logits.as_ptr());
-            }
+            check_optional(logits_out, "logits_out")?;
+            // SAFETY: checked above; NULL or valid for a write (the caller's
+            // contract).
+            put_optional(logits_out, s.step(id)?.as_ptr());
             Ok(())
         })
     }

@@ -5,7 +5,7 @@ use core::ffi::c_char;
 
 use ferrite_runtime::tokenizer::{Tokenizer, TokenizerError};
 
-use super::boundary::{check_ptr, guard, handle, invalid, put, slice_in, slice_out, FerriteStatus};
+use super::boundary::{check_ptr, guard, handle, invalid, put, put_slice, slice_in, slice_out, FerriteStatus};
 use super::model::FerriteModel;
 
 /// Encodes the UTF-8 text `text[0..len]` (no BOS added: see
@@ -74,15 +74,8 @@ pub unsafe extern "C" fn ferrite_token_bytes(
     guard(|| {
         // SAFETY: a live model (the caller's contract).
         let m = unsafe { handle(model, "model") }?;
-        check_ptr(ptr, "ptr")?;
-        check_ptr(len, "len")?;
-        let bytes = m.tokenizer()?.token_bytes(id)?;
-        // SAFETY: both are valid for a write (the caller's contract).
-        unsafe {
-            put(ptr, bytes.as_ptr());
-            put(len, bytes.len());
-        }
-        Ok(())
+        // SAFETY: both are NULL or valid for a write (the caller's contract).
+        unsafe { put_slice(ptr, len, ["ptr", "len"], || Ok(m.tokenizer()?.token_bytes(id)?)) }
     })
 }
 

@@ -6,16 +6,19 @@
 //! - [`alloc`]: a counting global allocator, for the tests that prove a
 //!   session allocates nothing after `Session::new`;
 //! - [`fixtures`]: where the fixtures and the fetched models are;
-//! - [`convert`] (feature `convert`): a fixture converted to `.frt` in memory.
+//! - [`convert`] (feature `convert`): a fixture converted to `.frt` in memory;
+//! - [`quant`] (feature `quant`): q4/q8 matrices in the file's tiled layout.
 //!
-//! Without its `convert` feature it depends on no crate of the workspace, so
-//! that any of them may use it.
+//! Without its `convert` and `quant` features it depends on no crate of the
+//! workspace, so that any of them may use it.
 //! Test code: it panics (with a message) where a test should fail.
 
 pub mod alloc;
 #[cfg(feature = "convert")]
 pub mod convert;
 pub mod fixtures;
+#[cfg(feature = "quant")]
+pub mod quant;
 pub mod rng;
 
 /// Index of the largest value, the lowest index on ties (greedy decoding);

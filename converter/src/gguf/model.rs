@@ -1,11 +1,11 @@
 //! What GGUF metadata says about the model: its record (`llama` and
 //! `qwen2`), the HF names of its tensors, and llama.cpp's Q/K row order.
 
-use ferrite_format::{Arch, ModelConfig, RopeScaling, MAX_STOP_IDS};
+use ferrite_format::{Arch, ModelConfig, RopeScaling};
 
 use super::{GgufFile, Value};
 use crate::error::{Error, ErrorKind, Result};
-use crate::hf_config::HfConfig;
+use crate::hf_config::{HfConfig, Shape};
 
 /// The HF name of a GGUF tensor name (`blk.3.attn_q.weight` →
 /// `model.layers.3.self_attn.q_proj.weight`); `None` for names Ferrite does
@@ -96,31 +96,8 @@ pub fn read_config(g: &GgufFile) -> Result<HfConfig> {
         .and_then(Value::as_f64)
         .ok_or_else(|| g.err(format!("metadata {} is missing", key("attention.layer_norm_rms_epsilon"))))?;
     let rope_theta = g.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0);
-    let mut config = ModelConfig {
-        arch: arch as u32,
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        ffn_dim,
-        vocab_size,
-        trained_ctx,
-        rope_theta: rope_theta as f32,
-        rope_scaling: RopeScaling::None as u32,
-        rope_factor: 1.0,
-        rope_low_freq_factor: 0.0,
-        rope_high_freq_factor: 0.0,
-        rope_original_ctx: 0,
-        norm_eps: norm_eps as f32,
-        activation: 0,
-        flags: 0,
-        bos_id: 0,
-        sliding_window: 0,
-        n_stop_ids: 0,
-        stop_ids: [0; MAX_STOP_IDS],
-        reserved: [0; 140],
-    };
+    let shape = Shape { n_layers, d_model, n_heads, n_kv_heads, head_dim, ffn_dim, vocab_size, trained_ctx };
+    let mut config = shape.config(arch, rope_theta as f32, norm_eps as f32);
     match g.str_key(&key("rope.scaling.type"))? {
         None | Some("none") => {}
         Some("linear") => {

@@ -6,7 +6,7 @@
 
 use ferrite_format::tokenizer::PreTokenizer;
 
-use super::pretokenize::{llama3_match_len, DigitPieces, Gpt2Chunks};
+use super::pretokenize::{digit_pieces, gpt2_chunks, llama3_chunks};
 use super::{push, Tokenizer, TokenizerError};
 
 /// Tokens of a chunk merged on the stack (with their pair ranks) when the
@@ -27,14 +27,14 @@ impl<'a> Tokenizer<'a> {
         match self.view.pretokenizer() {
             PreTokenizer::None => self.encode_chunk(text.as_bytes(), out, n),
             PreTokenizer::Gpt2 => {
-                for chunk in Gpt2Chunks::new(text) {
+                for chunk in gpt2_chunks(text) {
                     self.encode_chunk(chunk.as_bytes(), out, n)?;
                 }
                 Ok(())
             }
             PreTokenizer::Gpt2Digits => {
-                for piece in DigitPieces::new(text) {
-                    for chunk in Gpt2Chunks::new(piece) {
+                for piece in digit_pieces(text) {
+                    for chunk in gpt2_chunks(piece) {
                         self.encode_chunk(chunk.as_bytes(), out, n)?;
                     }
                 }
@@ -42,14 +42,8 @@ impl<'a> Tokenizer<'a> {
             }
             PreTokenizer::Llama3 | PreTokenizer::Qwen2 => {
                 let max_digits = if self.view.pretokenizer() == PreTokenizer::Llama3 { 3 } else { 1 };
-                let mut rest = text;
-                while !rest.is_empty() {
-                    let len = llama3_match_len(rest, max_digits);
-                    let Some((chunk, tail)) = rest.split_at_checked(len) else {
-                        break;
-                    };
+                for chunk in llama3_chunks(text, max_digits) {
                     self.encode_chunk(chunk.as_bytes(), out, n)?;
-                    rest = tail;
                 }
                 Ok(())
             }

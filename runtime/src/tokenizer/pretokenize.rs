@@ -96,7 +96,7 @@ fn gpt2_match_len(s: &str) -> usize {
 /// at the start of `s` (with `max_digits` = 3; Qwen2's regex is the same
 /// with 1); 0 only if `s` is empty. As with GPT-2's, some alternative
 /// always matches at the first character, so the chunks tile the text.
-pub(super) fn llama3_match_len(s: &str, max_digits: usize) -> usize {
+fn llama3_match_len(s: &str, max_digits: usize) -> usize {
     let Some(first) = s.chars().next() else {
         return 0;
     };
@@ -157,54 +157,51 @@ pub(super) fn llama3_match_len(s: &str, max_digits: usize) -> usize {
     }
 }
 
-/// The chunks of GPT-2's regex over a text.
-pub(super) struct Gpt2Chunks<'t> {
+/// The pieces `piece_len` cuts a text into, front to back: each is as long
+/// as `piece_len` says of the text that remains (0: nothing remains). Every
+/// pre-tokenizer here is one such length function.
+pub(super) struct Pieces<'t, F> {
     rest: &'t str,
+    piece_len: F,
 }
 
-impl<'t> Gpt2Chunks<'t> {
-    pub(super) fn new(text: &'t str) -> Self {
-        Self { rest: text }
-    }
-}
-
-impl<'t> Iterator for Gpt2Chunks<'t> {
+impl<'t, F: Fn(&str) -> usize> Iterator for Pieces<'t, F> {
     type Item = &'t str;
     fn next(&mut self) -> Option<&'t str> {
-        let len = gpt2_match_len(self.rest);
+        let len = (self.piece_len)(self.rest);
         if len == 0 {
             return None;
         }
-        let (chunk, rest) = self.rest.split_at_checked(len)?;
+        let (piece, rest) = self.rest.split_at_checked(len)?;
         self.rest = rest;
-        Some(chunk)
+        Some(piece)
     }
+}
+
+/// The chunks of GPT-2's regex over a text.
+pub(super) fn gpt2_chunks(text: &str) -> Pieces<'_, fn(&str) -> usize> {
+    Pieces { rest: text, piece_len: gpt2_match_len }
+}
+
+/// The chunks of Llama 3's regex (`max_digits` 3) or Qwen2's (1) over a
+/// text.
+pub(super) fn llama3_chunks(text: &str, max_digits: usize) -> Pieces<'_, impl Fn(&str) -> usize> {
+    Pieces { rest: text, piece_len: move |s: &str| llama3_match_len(s, max_digits) }
 }
 
 /// HF's `Digits(individual_digits = true)`: every numeric character
 /// ([`char::is_numeric`]) alone, the text between them as one piece.
-pub(super) struct DigitPieces<'t> {
-    rest: &'t str,
+pub(super) fn digit_pieces(text: &str) -> Pieces<'_, fn(&str) -> usize> {
+    Pieces { rest: text, piece_len: digit_piece_len }
 }
 
-impl<'t> DigitPieces<'t> {
-    pub(super) fn new(text: &'t str) -> Self {
-        Self { rest: text }
-    }
-}
-
-impl<'t> Iterator for DigitPieces<'t> {
-    type Item = &'t str;
-    fn next(&mut self) -> Option<&'t str> {
-        let first = self.rest.chars().next()?;
-        let len = if first.is_numeric() {
-            first.len_utf8()
-        } else {
-            self.rest.chars().take_while(|c| !c.is_numeric()).map(char::len_utf8).sum()
-        };
-        let (piece, rest) = self.rest.split_at_checked(len)?;
-        self.rest = rest;
-        Some(piece)
+/// Byte length of the piece of [`digit_pieces`] at the start of `s`; 0 only
+/// if `s` is empty.
+fn digit_piece_len(s: &str) -> usize {
+    match s.chars().next() {
+        None => 0,
+        Some(first) if first.is_numeric() => first.len_utf8(),
+        Some(_) => s.chars().take_while(|c| !c.is_numeric()).map(char::len_utf8).sum(),
     }
 }
 
@@ -216,9 +213,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gpt2_chunks() {
+    fn gpt2_and_digit_pieces() {
         fn chunks(s: &str) -> Vec<&str> {
-            Gpt2Chunks::new(s).collect()
+            gpt2_chunks(s).collect()
         }
         assert_eq!(chunks("Hello world"), ["Hello", " world"]);
         assert_eq!(chunks("it's I'M we'll"), ["it", "'s", " I", "'", "M", " we", "'ll"]);
@@ -228,21 +225,16 @@ mod tests {
         assert_eq!(chunks("'''s"), ["'''", "s"]);
         assert_eq!(chunks("\u{3000}\u{3000}日本"), ["\u{3000}", "\u{3000}", "日本"]);
         fn digits(s: &str) -> Vec<&str> {
-            DigitPieces::new(s).collect()
+            digit_pieces(s).collect()
         }
         assert_eq!(digits("ab 12c٣"), ["ab ", "1", "2", "c", "٣"]);
     }
     #[test]
     fn llama3_and_qwen2_chunks() {
         fn chunks(s: &str, max_digits: usize) -> Vec<&str> {
-            let mut rest = s;
-            let mut v = Vec::new();
-            while !rest.is_empty() {
-                let len = llama3_match_len(rest, max_digits);
-                assert!(len > 0);
-                v.push(&rest[..len]);
-                rest = &rest[len..];
-            }
+            let v: Vec<&str> = llama3_chunks(s, max_digits).collect();
+            // The chunks tile the text: no piece of length 0 stopped them early.
+            assert_eq!(v.concat(), s);
             v
         }
         assert_eq!(chunks("Hello world", 3), ["Hello", " world"]);
