@@ -19,10 +19,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
-use ferrite_format::quant::{self, padded_rows, tile_rows};
+use ferrite_format::quant;
 use ferrite_format::DType;
-use ferrite_kernels::reference::{self, Matrix, Weights};
-use ferrite_kernels::{Acts, ActsMut, Kernels, Out, Tier};
+use ferrite_kernels::reference::{Matrix, Weights};
+use ferrite_kernels::{ActsMut, Kernels, Out, Tier};
+use ferrite_test_support::quant::{host_acts, quantize_tiled};
 use half::f16;
 
 /// `[rows, cols]` of SmolLM2-135M's matrices: attention q/o, FFN gate/up,
@@ -45,43 +46,8 @@ type Rng = ferrite_test_support::rng::Lcg;
 /// A random q4/q8 `[rows, cols]` matrix in the file's tiled layout
 /// (quants, scales).
 fn quantized(dtype: DType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f16>) {
-    let groups = cols.div_ceil(quant::GROUP);
-    let row_q = quant::row_quant_bytes(dtype, cols);
-    let mut logical = vec![0u8; rows * row_q];
-    let mut scales = vec![f16::ZERO; rows * groups];
-    let mut src = vec![0f32; cols];
-    for r in 0..rows {
-        src.iter_mut().for_each(|x| *x = rng.f32(1.0));
-        let (q, s) = (&mut logical[r * row_q..(r + 1) * row_q], &mut scales[r * groups..(r + 1) * groups]);
-        match dtype {
-            DType::Q4 => reference::quantize_row_q4(&src, q, s),
-            _ => reference::quantize_row_q8(&src, q, s),
-        }
-    }
-    let mut tiles = vec![0u8; padded_rows(rows) * row_q];
-    let mut tile_scales = vec![f16::ZERO; padded_rows(rows) * groups];
-    tile_rows(dtype, &logical, &scales, rows, groups, &mut tiles, &mut tile_scales);
-    (tiles, tile_scales)
-}
-
-/// `n` rows of `cols` activations quantized to int8 (reference kernel;
-/// every tier computes the same values).
-struct QuantActs {
-    qs: Vec<i8>,
-    d: Vec<f32>,
-    sums: Vec<i32>,
-}
-
-impl QuantActs {
-    fn new(x: &[f32], n: usize, cols: usize) -> Self {
-        let g = cols.div_ceil(quant::GROUP);
-        let mut a = QuantActs { qs: vec![0; n * g * quant::GROUP], d: vec![0.0; n * g], sums: vec![0; n * g] };
-        reference::quantize_acts(x, cols, n, cols, &mut ActsMut { qs: &mut a.qs, d: &mut a.d, sums: &mut a.sums });
-        a
-    }
-    fn acts(&self) -> Acts<'_> {
-        Acts { qs: &self.qs, d: &self.d, sums: &self.sums }
-    }
+    let src: Vec<f32> = (0..rows * cols).map(|_| rng.f32(1.0)).collect();
+    quantize_tiled(&src, rows, cols, dtype)
 }
 
 /// Phases of a matrix product: (name, tokens).
@@ -130,7 +96,7 @@ fn bench_matmul_q(c: &mut Criterion) {
             let m = Matrix::new(w, rows, cols).expect("matrix shape");
             for (phase, n) in PHASES {
                 let x = rng.vec(n * cols, 1.0);
-                let acts = QuantActs::new(&x, n, cols);
+                let acts = host_acts(&x, n, cols);
                 let mut out = vec![0f32; n * rows];
                 let group = format!("matmul_q/{name}/{phase}");
                 let shape = format!("{rows}x{cols}");

@@ -3,7 +3,7 @@
 
 use ferrite_format::{quant, DType};
 use ferrite_kernels::reference as k;
-use ferrite_kernels::ActsMut;
+use ferrite_kernels::{Acts, ActsMut};
 use half::f16;
 
 /// `src` (`[rows, cols]`, row-major) as a q4 or q8 matrix in the file
@@ -60,6 +60,11 @@ pub fn host_acts(x: &[f32], n: usize, cols: usize) -> HostActs {
 }
 
 impl HostActs {
+    /// The activations as the kernels take them.
+    pub fn acts(&self) -> Acts<'_> {
+        Acts { qs: &self.qs, d: &self.d, sums: &self.sums }
+    }
+
     /// Activation word `w` (elements 4w .. 4w + 4, little-endian) of row
     /// `t`'s group `g`, `groups` groups a row.
     pub fn word(&self, groups: usize, t: usize, g: usize, w: usize) -> u32 {
