@@ -212,7 +212,9 @@ pub(super) unsafe fn tiles<K: TileKind, const T: usize>(p: Planes<'_>, block: us
         for (t, acc) in acc.iter_mut().enumerate() {
             let ag = (t0 + t) * groups + g;
             let dot = unsafe { K::dot(&w, acts.qs.as_ptr().add(ag * GROUP)) };
-            let isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(K::OFFSET * acts.sums[ag]));
+            // (A kind without offset reads no sums: `K::OFFSET` is a constant.)
+            let isum =
+                if K::OFFSET == 0 { dot } else { _mm256_sub_epi32(dot, _mm256_set1_epi32(K::OFFSET * acts.sums[ag])) };
             let s = _mm256_mul_ps(wd, _mm256_set1_ps(acts.d[ag]));
             *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), s));
         }

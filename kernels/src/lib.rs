@@ -144,6 +144,28 @@ impl<'a> Out<'a> {
         // other reference observes or writes this element concurrently.
         unsafe { self.ptr.add(i).write(v) }
     }
+
+    /// Writes `out[t * stride + r0 + k] = vals[k]` for every `k`: one run of
+    /// consecutive rows of token `t`, checked once (as [`Out::set`] checks
+    /// each element).
+    ///
+    /// # Panics
+    /// If the rows `r0..r0 + vals.len()` are not all in this writer's rows
+    /// or the run is out of bounds.
+    #[inline]
+    pub fn set_run(&mut self, t: usize, r0: usize, vals: &[f32]) {
+        let end_row = r0.checked_add(vals.len());
+        let start = t.checked_mul(self.stride).and_then(|i| i.checked_add(r0));
+        let end = start.and_then(|i| i.checked_add(vals.len())).filter(|&e| e <= self.len);
+        let inside = end_row.is_some_and(|e| r0 >= self.rows.start && e <= self.rows.end);
+        assert!(inside && end.is_some(), "matmul output index out of range");
+        let start = start.unwrap_or_default();
+        // SAFETY: `start + vals.len() <= len` (checked), so the run is inside
+        // the borrowed slice; its rows lie in this writer's rows, which no
+        // other writer of the same slice holds (as in `set`), and `vals` is a
+        // distinct borrow, so the regions do not overlap.
+        unsafe { core::ptr::copy_nonoverlapping(vals.as_ptr(), self.ptr.add(start), vals.len()) }
+    }
 }
 
 /// An [`Out`] that the parts of one parallel region write together, each

@@ -241,13 +241,17 @@ pub(crate) fn check_shapes(
 
 /// Stores the lanes of rows `8 * block ..+8` for token `t`, those that lie
 /// in the call's `rows` (a block's other rows are not the caller's).
-#[inline]
+#[inline(always)]
 pub(crate) fn store_rows(out: &mut Out<'_>, rows: &Range<usize>, t: usize, block: usize, lanes: &[f32; ROW_BLOCK]) {
-    for (i, &v) in lanes.iter().enumerate() {
-        let r = block * ROW_BLOCK + i;
-        if rows.contains(&r) {
-            out.set(t, r, v);
-        }
+    // The block's rows clipped to `rows`, written as one run (one check).
+    let first = block * ROW_BLOCK;
+    let lo = rows.start.max(first);
+    let hi = rows.end.min(first + ROW_BLOCK);
+    if lo == first && hi == first + ROW_BLOCK {
+        // The common case, a whole block: a fixed-length run.
+        out.set_run(t, first, lanes);
+    } else if lo < hi {
+        out.set_run(t, lo, &lanes[lo - first..hi - first]);
     }
 }
 
