@@ -13,7 +13,8 @@
 #   no-std     the no_std crates build for a Cortex-M4F (thumbv7em-none-eabihf)
 #   workspace  every test of the workspace in release mode (the model tests
 #              are too slow unoptimized), with the SmolLM2 f32 folder
-#              (scripts/fetch-models.sh, cached under ~/.cache/ferrite) and
+#              and the Qwen2.5-Coder-1.5B Q4_K_M GGUF (scripts/fetch-models.sh,
+#              cached under ~/.cache/ferrite) and
 #              llama.cpp's tokenizer test vectors (scripts/fetch-llama-cpp-src.sh)
 #   x86-tiers  detection and the kernel and tiny golden tests under
 #              qemu-x86_64 -cpu Haswell, no SIGILL when a tier is missing
@@ -95,7 +96,7 @@ step "set-up: bash scripts/setup.sh ${needs[*]}"
 bash scripts/setup.sh "${needs[@]}"
 
 models_fetched=0
-fetch_models() { # sets FERRITE_SMOLLM2_DIR, FERRITE_SMOLLM2_GGUF (once)
+fetch_models() { # sets FERRITE_SMOLLM2_DIR, FERRITE_SMOLLM2_GGUF, FERRITE_QWEN_GGUF (once)
     ((models_fetched)) && return
     step "fetching SmolLM2-135M-Instruct (cached)"
     FERRITE_SMOLLM2_DIR=$(bash scripts/fetch-models.sh | tail -1)
@@ -103,6 +104,9 @@ fetch_models() { # sets FERRITE_SMOLLM2_DIR, FERRITE_SMOLLM2_GGUF (once)
     # The GGUF that folder was made from (tests/gguf_import.rs).
     FERRITE_SMOLLM2_GGUF="$(dirname "$FERRITE_SMOLLM2_DIR")/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
     export FERRITE_SMOLLM2_GGUF
+    step "fetching Qwen2.5-Coder-1.5B-Instruct Q4_K_M (cached)"
+    FERRITE_QWEN_GGUF=$(bash scripts/fetch-models.sh qwen2.5-coder-1.5b | tail -1)
+    export FERRITE_QWEN_GGUF
     models_fetched=1
 }
 

@@ -211,6 +211,15 @@ fn dequantize(view: &ferrite_format::TensorView<'_>) -> Vec<f32> {
     match view.dtype {
         DType::F32 => view.as_f32().expect("f32 data").to_vec(),
         DType::F16 => view.as_f16().expect("f16 data").iter().map(|h| h.to_f32()).collect(),
+        DType::Q5_0 | DType::Q5_1 | DType::Q4K | DType::Q5K | DType::Q6K => {
+            let w = ferrite_kernels::Weights::from_planes(view.dtype, view.planes().expect("planes")).expect("weights");
+            let m = ferrite_kernels::Matrix::new(w, rows, cols).expect("shape");
+            let mut out = vec![0f32; rows * cols];
+            for (r, row) in out.chunks_mut(cols).enumerate() {
+                m.dequantize_row(r, row);
+            }
+            out
+        }
         DType::Q8 | DType::Q4 | DType::Q4A => {
             let (qs, scales, mins) = logical_planes(view);
             let row_q = quant::row_quant_bytes(view.dtype, cols);
@@ -1409,6 +1418,7 @@ fn summary_stats_are_consistent_with_the_file() {
                             assert!((bpw - want).abs() < 1e-12, "{what} {}: {bpw} bits/weight, want {want}", dt.name());
                         }
                     }
+                    other => panic!("{what}: {} from an HF folder", other.name()),
                 }
                 // Exact types have no error (f16: only for the f16 source).
                 let rmse = st.relative_rmse();
@@ -1419,6 +1429,7 @@ fn summary_stats_are_consistent_with_the_file() {
                     DType::Q8 => assert!(rmse > 0.0 && rmse < 0.01, "{what}: q8 rel. RMSE {rmse}"),
                     DType::Q4 => assert!(rmse > 0.01 && rmse < 0.2, "{what}: q4 rel. RMSE {rmse}"),
                     DType::Q4A => assert!(rmse > 0.01 && rmse < 0.2, "{what}: q4a rel. RMSE {rmse}"),
+                    other => panic!("{what}: {} from an HF folder", other.name()),
                 }
             }
             assert_eq!(summary.by_type.values().map(|s| s.tensors).sum::<usize>(), n_tensors, "{what}");

@@ -71,7 +71,7 @@ fn matrix_bytes(src: &[f32], rows: usize, cols: usize, dtype: DType) -> Vec<u8> 
     match dtype {
         DType::F32 => f32_bytes(src),
         DType::F16 => src.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
-        DType::Q4A => panic!("the CUDA kernels do not read q4a"),
+        other => panic!("the CUDA kernels do not read {}", other.name()),
         DType::Q4 | DType::Q8 => {
             let (mut qs, scales) = quantize_tiled(src, rows, cols, dtype);
             qs.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
@@ -87,7 +87,7 @@ fn reference_matrix<'a>(bytes: &'a [u8], rows: usize, cols: usize, dtype: DType)
         DType::F16 => k::Weights::F16(bytemuck::cast_slice(bytes)),
         DType::Q8 => k::Weights::Q8 { qs: &bytes[..at], scales: bytemuck::cast_slice(&bytes[at..]) },
         DType::Q4 => k::Weights::Q4 { qs: &bytes[..at], scales: bytemuck::cast_slice(&bytes[at..]) },
-        DType::Q4A => panic!("the CUDA kernels do not read q4a"),
+        other => panic!("the CUDA kernels do not read {}", other.name()),
     };
     k::Matrix::new(w, rows, cols).expect("matrix shape")
 }

@@ -187,6 +187,72 @@ fn convert_bytes(bytes: &[u8]) -> Result<(), ferrite_converter::Error> {
     r.map(|_| ())
 }
 
+/// A GGUF of `b`'s tensors with tensor `index`'s data replaced by `data`
+/// (the builder writes zeros; tensors are 32-byte aligned, in order, at the
+/// end of the file).
+fn with_data(b: &GgufBuilder, index: usize, data: &[u8]) -> Vec<u8> {
+    let mut bytes = b.bytes();
+    let sizes: Vec<usize> = b.tensors.iter().map(|t| (t.3 as usize).div_ceil(32) * 32).collect();
+    let start = bytes.len() - sizes.iter().sum::<usize>() + sizes[..index].iter().sum::<usize>();
+    bytes[start..start + data.len()].copy_from_slice(data);
+    bytes
+}
+
+/// Without `--weights`, a Q5_0 attn_q (a tensor llama.cpp permuted for
+/// RoPE) is transcoded into q5_0 with its rows un-permuted: it dequantizes
+/// to exactly the f32 values `--weights f32` stores; `--weights q8`
+/// requantizes it instead, and the summary's error says so.
+#[test]
+fn gguf_tensors_keep_their_types_unless_an_option_names_them() {
+    let mut b = GgufBuilder::llama();
+    b.llama_tensors();
+    // blk.0.attn_q.weight [64, 64] as Q5_0: 2 blocks of 22 bytes per row.
+    b.tensors[3].2 = 6;
+    b.tensors[3].3 = 64 * 2 * 22;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut data: Vec<u8> = (0..64 * 2 * 22)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    for (i, block) in data.chunks_exact_mut(22).enumerate() {
+        block[..2].copy_from_slice(&half::f16::from_f32(0.01 + i as f32 * 1e-4).to_le_bytes());
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("m.gguf");
+    std::fs::write(&input, with_data(&b, 3, &data)).expect("write");
+    let run = |opts: &Options, name: &str| {
+        let out = tmp.path().join(name);
+        let summary = convert(&input, &out, opts, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        (summary, AlignedBytes::read(&out).expect("read"))
+    };
+    let keep = ferrite_converter::KeepTypes { weights: true, embed: true };
+    let (kept, kept_bytes) = run(&Options { keep, ..Default::default() }, "kept.frt");
+    let (_, f32_bytes) = run(&Options { weights: DType::F32, ..Default::default() }, "f32.frt");
+    let (q8, _) = run(&Options { weights: DType::Q8, ..Default::default() }, "q8.frt");
+    let role = Role::Layer(0, LayerRole::AttnQ);
+    let kept_file = File::parse(kept_bytes.as_slice()).expect("parse");
+    let view = kept_file.tensor(role).expect("attn_q");
+    assert_eq!(view.dtype, DType::Q5_0);
+    assert_eq!(kept.by_type[&DType::Q5_0].sum_sq_err, 0.0, "transcoding is exact");
+    let w = ferrite_kernels::Weights::from_planes(DType::Q5_0, view.planes().expect("planes")).expect("weights");
+    let m = ferrite_kernels::Matrix::new(w, 64, 64).expect("shape");
+    let mut got = vec![0f32; 64 * 64];
+    for (r, row) in got.chunks_mut(64).enumerate() {
+        m.dequantize_row(r, row);
+    }
+    let f32_file = File::parse(f32_bytes.as_slice()).expect("parse");
+    let want = f32_file.tensor(role).expect("attn_q").as_f32().expect("f32").to_vec();
+    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "kept q5_0 values differ from f32's");
+    assert!(want.iter().any(|&v| v != 0.0), "the test data is all zero");
+    // The F32 tensors stayed f32; --weights q8 requantized attn_q.
+    assert!(kept.by_type.keys().all(|d| [DType::F32, DType::Q5_0].contains(d)), "{:?}", kept.by_type.keys());
+    assert!(!q8.by_type.contains_key(&DType::Q5_0) && q8.by_type[&DType::Q8].sum_sq_err > 0.0);
+}
+
 #[test]
 fn a_valid_small_gguf_converts() {
     let mut b = GgufBuilder::llama();
@@ -233,11 +299,15 @@ fn malformed_gguf_files_end_in_errors() {
         assert!(convert_bytes(&good[..cut]).is_err(), "prefix of {cut} bytes converted");
     }
 
-    // A tensor type the converter does not read, on a tensor it needs.
-    let mut b = GgufBuilder::llama();
-    b.llama_tensors();
-    b.tensors[3].2 = 12; // blk.0.attn_q.weight as Q4_K
-    expect_err(&b.bytes(), ErrorKind::Unsupported, "blk.0.attn_q.weight has ggml type Q4_K (type 12)");
+    // Tensor types the converter does not read, on a tensor it needs.
+    for (ty, name) in
+        [(10, "Q2_K (type 10)"), (11, "Q3_K (type 11)"), (23, "IQ4_XS (type 23)"), (39, "MXFP4 (type 39)")]
+    {
+        let mut b = GgufBuilder::llama();
+        b.llama_tensors();
+        b.tensors[3].2 = ty; // blk.0.attn_q.weight
+        expect_err(&b.bytes(), ErrorKind::Unsupported, &format!("blk.0.attn_q.weight has ggml type {name}"));
+    }
 
     // A row length that is not a whole number of blocks.
     let mut b = GgufBuilder::llama();

@@ -217,7 +217,7 @@ pub(crate) fn suffix(dtype: DType) -> &'static str {
         DType::F16 => "f16",
         DType::F32 => "f32",
         // Refused when the model is uploaded (`CudaModel::new`).
-        DType::Q4A => "q4a",
+        other => other.name(),
     }
 }
 
@@ -315,9 +315,10 @@ impl CudaModel {
             if let Some(m) = by_index.get(&t.index) {
                 return Ok(*m);
             }
-            if t.dtype == DType::Q4A {
+            if !matches!(t.dtype, DType::F32 | DType::F16 | DType::Q4 | DType::Q8) {
                 return Err(CudaError::Unsupported(format!(
-                    "{role:?} is q4a, which the CUDA kernels do not read yet; convert with --weights q4 or q8"
+                    "{role:?} is {}, which the CUDA kernels do not read yet; convert with --weights q4 or q8",
+                    t.dtype.name()
                 )));
             }
             let buf = gpu.upload(t.data)?;

@@ -110,7 +110,8 @@ pub enum Error {
         /// Found `[rows, cols]`.
         found: [u32; 2],
     },
-    /// A weight type is not allowed for this tensor (e.g. a quantized norm).
+    /// A weight type is not allowed for this tensor (e.g. a quantized norm,
+    /// or a K type on rows that are not a multiple of 256).
     BadDType {
         /// The tensor's index in the directory.
         index: u32,
@@ -206,7 +207,7 @@ impl fmt::Display for Error {
                 "tensor #{index} has shape {found:?}, the config implies {expected:?}"
             ),
             Error::BadDType { index, dtype } => {
-                write!(f, "tensor #{index} has weight type {dtype}, not allowed for its role")
+                write!(f, "tensor #{index} has weight type {dtype}, not allowed for its role or shape")
             }
             Error::DirectoryOrder { index } => write!(
                 f,

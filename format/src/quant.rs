@@ -11,7 +11,7 @@
 //! in its low nibble and element `j + 16` in its high nibble, each stored as
 //! the unsigned value `q + 8` (`q` in -8..=7).
 //!
-//! **Tiles (version 2).** On disk, rows are taken in blocks of
+//! **Tiles (since version 2).** On disk, rows are taken in blocks of
 //! [`ROW_BLOCK`] = 8 (the row count is padded to a multiple of 8 with rows
 //! of zero quants and zero scales) and each block's group `g` is one *tile*,
 //! so that one 32-byte load holds four consecutive quants of each of eight
@@ -41,6 +41,11 @@
 //!
 //! Padding rows hold q4 byte `0x88` / q8 byte `0x80` (value 0) / q4a byte
 //! `0x00`, and scale (and minimum) 0.
+//!
+//! **Planes (version 3).** Every quantized type, q5_0, q5_1 and the K
+//! types (q4k, q5k, q6k: llama.cpp's semantics) included, is a list of
+//! [`planes`] laid out by one rule ([`Plane`]); `SPEC.md` § The 5-bit and K
+//! types gives the values.
 
 use crate::DType;
 
@@ -138,31 +143,17 @@ pub fn padded_rows(rows: usize) -> usize {
     rows.div_ceil(ROW_BLOCK) * ROW_BLOCK
 }
 
-/// Quant bytes plus scale (and, for q4a, minimum) bytes per group of one row.
-pub fn group_bytes(dtype: DType) -> usize {
-    match dtype {
-        DType::Q8 => Q8_GROUP_BYTES + 2,
-        DType::Q4 => Q4_GROUP_BYTES + 2,
-        DType::Q4A => Q4_GROUP_BYTES + 4,
-        DType::F32 => GROUP * 4,
-        DType::F16 => GROUP * 2,
-    }
-}
-
-/// Quant bytes of one logical row (scales excluded) for a quantized `dtype`.
+/// Quant bytes of one logical row (the quants plane only) for a quantized
+/// `dtype`.
 pub fn row_quant_bytes(dtype: DType, cols: usize) -> usize {
-    let g = cols.div_ceil(GROUP);
-    match dtype {
-        DType::Q4 | DType::Q4A => g * Q4_GROUP_BYTES,
-        _ => g * Q8_GROUP_BYTES,
-    }
+    cols.div_ceil(GROUP) * tile_bytes(dtype) / ROW_BLOCK
 }
 
-/// Bytes of one tile (8 rows × one group of quants).
+/// Bytes of one tile of the quants plane (8 rows × one group).
 pub fn tile_bytes(dtype: DType) -> usize {
     match dtype {
-        DType::Q4 | DType::Q4A => Q4_TILE_BYTES,
-        _ => Q8_TILE_BYTES,
+        DType::Q8 => Q8_TILE_BYTES,
+        _ => Q4_TILE_BYTES,
     }
 }
 
@@ -178,7 +169,8 @@ pub fn mins_offset(rows: usize, cols: usize) -> usize {
     scales_offset(DType::Q4A, rows, cols) + padded_rows(rows) * cols.div_ceil(GROUP) * 2
 }
 
-/// Converts whole row blocks from the logical row-major form to tiles.
+/// Converts whole row blocks from the logical row-major form to tiles
+/// (q8, q4 and q4a; the other types go plane by plane, [`tile_plane`]).
 ///
 /// `logical` holds `n_rows` rows of `groups` logical groups (q4: 16 bytes,
 /// q8: 32 `i8` as bytes), `scales` their `n_rows * groups` scales;
@@ -286,5 +278,208 @@ pub fn q4a_get(group: &[u8], j: usize) -> u8 {
 pub fn q4a_pack(values: &[u8; GROUP], out: &mut [u8]) {
     for j in 0..16 {
         out[j] = (values[j] & 0x0F) | ((values[j + 16] & 0x0F) << 4);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Planes: every quantized type as a list of planes (version 3).
+
+/// Elements per super-block of the K types ([`DType::is_k_quant`]).
+pub const SUPER: usize = 256;
+/// Groups per super-block.
+pub const SUPER_GROUPS: usize = SUPER / GROUP;
+/// What a stored q5_0 level adds to its signed value (`q + 16`).
+pub const Q5_OFFSET: i32 = 16;
+/// What a stored q6k level adds to its signed value (`q + 32`).
+pub const Q6_OFFSET: i32 = 32;
+
+/// How often a plane has a unit: once per group of 32 elements of a row,
+/// or once per super-block of 256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Per {
+    /// One unit per (row, group).
+    Group,
+    /// One unit per (row, super-block).
+    Super,
+}
+
+/// One plane of a quantized tensor: `unit` bytes per row and group (or
+/// super-block), laid out in 8-row tiles (`SPEC.md` § Weight types):
+/// tile `(b, i)` (row block `b`, group or super-block `i`) is at
+/// `tile_index(count, b, i) * 8 * unit`; inside it, units of 4 bytes or
+/// more are cut into 32-byte chunks (bytes `4c..4c + 4` of row `r` at
+/// `32c + 4r`), smaller units are the 8 rows' units in row order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plane {
+    /// What it holds (`quants`, `high`, `scales`, `mins`, `d`, `dmin`).
+    pub name: &'static str,
+    /// Group or super-block.
+    pub per: Per,
+    /// Bytes per row and group (or super-block).
+    pub unit: usize,
+}
+
+impl Plane {
+    const fn new(name: &'static str, per: Per, unit: usize) -> Self {
+        Plane { name, per, unit }
+    }
+
+    /// Units per row of `cols` elements (whole groups or super-blocks).
+    pub fn count(&self, cols: u64) -> Option<u64> {
+        let n = match self.per {
+            Per::Group => GROUP as u64,
+            Per::Super => SUPER as u64,
+        };
+        Some(cols.checked_add(n - 1)? / n)
+    }
+
+    /// Bytes per row of `cols` elements.
+    pub fn row_bytes(&self, cols: u64) -> Option<u64> {
+        self.count(cols)?.checked_mul(self.unit as u64)
+    }
+
+    /// Bytes of the plane for `[rows, cols]` (rows padded to whole blocks).
+    pub fn bytes(&self, rows: usize, cols: usize) -> Option<usize> {
+        let rows = rows.checked_next_multiple_of(ROW_BLOCK)?;
+        rows.checked_mul(usize::try_from(self.row_bytes(cols as u64)?).ok()?)
+    }
+
+    /// Offset inside a tile of byte `k` (0..unit) of row `r` (0..8).
+    #[inline]
+    pub fn tile_byte(&self, r: usize, k: usize) -> usize {
+        if self.unit.is_multiple_of(CHUNK_ROW_BYTES) {
+            tile_byte(k / CHUNK_ROW_BYTES, r, k % CHUNK_ROW_BYTES)
+        } else {
+            r * self.unit + k
+        }
+    }
+
+    /// Offset in the plane of byte `k` of row `row`'s unit `i`, `count`
+    /// units per row.
+    #[inline]
+    pub fn byte(&self, count: usize, row: usize, i: usize, k: usize) -> usize {
+        tile_index(count, row / ROW_BLOCK, i) * ROW_BLOCK * self.unit + self.tile_byte(row % ROW_BLOCK, k)
+    }
+}
+
+const QUANTS8: Plane = Plane::new("quants", Per::Group, Q8_GROUP_BYTES);
+const QUANTS4: Plane = Plane::new("quants", Per::Group, Q4_GROUP_BYTES);
+const HIGH1: Plane = Plane::new("high", Per::Group, 4);
+const HIGH2: Plane = Plane::new("high", Per::Group, 8);
+const SCALES: Plane = Plane::new("scales", Per::Group, 2);
+const MINS: Plane = Plane::new("mins", Per::Group, 2);
+const SUB_SCALES: Plane = Plane::new("scales", Per::Group, 1);
+const SUB_MINS: Plane = Plane::new("mins", Per::Group, 1);
+const Q6_SCALES: Plane = Plane::new("scales", Per::Group, 2);
+const D: Plane = Plane::new("d", Per::Super, 2);
+const DMIN: Plane = Plane::new("dmin", Per::Super, 2);
+
+/// The planes of a quantized type, in file order (empty for f32/f16).
+///
+/// - q8, q4: quants, scales (f16); q4a: quants, scales, mins (f16).
+/// - q5_0: quants (low 4 bits), high (bit 4 of each level: a little-endian
+///   u32 per group, bit `j` for element `j`), scales (f16).
+/// - q5_1: as q5_0, then mins (f16).
+/// - q4k: quants, scales (u8, 6-bit), mins (u8, 6-bit), d, dmin (f16 per
+///   super-block); q5k: quants, high, then as q4k.
+/// - q6k: quants (low 4 bits), high (bits 4..6: a little-endian u64 per
+///   group, bits `2j..2j + 2` for element `j`), scales (two i8 per group:
+///   elements 0..16 and 16..32), d (f16 per super-block).
+pub fn planes(dtype: DType) -> &'static [Plane] {
+    match dtype {
+        DType::F32 | DType::F16 => &[],
+        DType::Q8 => &[QUANTS8, SCALES],
+        DType::Q4 => &[QUANTS4, SCALES],
+        DType::Q4A => &[QUANTS4, SCALES, MINS],
+        DType::Q5_0 => &[QUANTS4, HIGH1, SCALES],
+        DType::Q5_1 => &[QUANTS4, HIGH1, SCALES, MINS],
+        DType::Q4K => &[QUANTS4, SUB_SCALES, SUB_MINS, D, DMIN],
+        DType::Q5K => &[QUANTS4, HIGH1, SUB_SCALES, SUB_MINS, D, DMIN],
+        DType::Q6K => &[QUANTS4, HIGH2, Q6_SCALES, D],
+    }
+}
+
+/// The most planes a type has.
+pub const MAX_PLANES: usize = 6;
+
+/// Splits a quantized tensor's bytes into its planes (in [`planes`]'
+/// order; the entries past them are empty), or `None` if `data` is shorter
+/// than the planes or a size overflows. Longer data is allowed.
+pub fn split_planes(dtype: DType, data: &[u8], rows: usize, cols: usize) -> Option<[&[u8]; MAX_PLANES]> {
+    let mut out: [&[u8]; MAX_PLANES] = [&[]; MAX_PLANES];
+    let mut rest = data;
+    for (o, p) in out.iter_mut().zip(planes(dtype)) {
+        let (plane, tail) = rest.split_at_checked(p.bytes(rows, cols)?)?;
+        *o = plane;
+        rest = tail;
+    }
+    Some(out)
+}
+
+/// Tiles one plane: `logical` holds `n_rows` rows of `count` units of
+/// `plane.unit` bytes, row-major; writes the `padded_rows(n_rows)` rows'
+/// tiles into `tiled` (padding rows: `pad` bytes).
+///
+/// # Panics
+/// If a buffer is shorter than those sizes (callers size them).
+pub fn tile_plane(plane: &Plane, logical: &[u8], n_rows: usize, count: usize, pad: u8, tiled: &mut [u8]) {
+    let u = plane.unit;
+    for row in 0..padded_rows(n_rows) {
+        for i in 0..count {
+            for k in 0..u {
+                let v = if row < n_rows { logical[(row * count + i) * u + k] } else { pad };
+                tiled[plane.byte(count, row, i, k)] = v;
+            }
+        }
+    }
+}
+
+/// Reads row `row`'s `count` units of one tiled plane back into the
+/// logical row-major form (`count * plane.unit` bytes into `logical`).
+///
+/// # Panics
+/// If `row` is beyond the plane or `logical` is too short.
+pub fn untile_plane_row(plane: &Plane, tiled: &[u8], row: usize, count: usize, logical: &mut [u8]) {
+    let u = plane.unit;
+    for i in 0..count {
+        for k in 0..u {
+            logical[i * u + k] = tiled[plane.byte(count, row, i, k)];
+        }
+    }
+}
+
+/// The level (unsigned, before any offset) of element `j` (0..32) of row
+/// `r` (0..8) of a tile of the nibble quants plane and, for q5_0/q5_1/q5k
+/// (`high_bits` 1) and q6k (`high_bits` 2), the matching tile of the high
+/// plane.
+#[inline]
+pub fn tile_level(quants: &[u8], high: &[u8], high_bits: u32, r: usize, j: usize) -> u8 {
+    let low = q4_tile_nibble(quants, r, j);
+    let hi = match high_bits {
+        1 => (high[HIGH1.tile_byte(r, j / 8)] >> (j % 8)) & 1,
+        2 => (high[HIGH2.tile_byte(r, j / 4)] >> (2 * (j % 4))) & 3,
+        _ => 0,
+    };
+    low | (hi << 4)
+}
+
+/// Packs the 32 levels of one group into its logical quants unit (16
+/// bytes, low 4 bits: byte `j` holds element `j` low, `j + 16` high) and,
+/// when `high` is not empty, its high unit (`high.len()` 4: bit 4 of each
+/// level; 8: bits 4..6).
+pub fn pack_levels(levels: &[u8; GROUP], quants: &mut [u8], high: &mut [u8]) {
+    for j in 0..16 {
+        quants[j] = (levels[j] & 0x0F) | ((levels[j + 16] & 0x0F) << 4);
+    }
+    match high.len() {
+        4 => {
+            let bits = levels.iter().enumerate().fold(0u32, |acc, (j, &l)| acc | (((l >> 4) as u32 & 1) << j));
+            high.copy_from_slice(&bits.to_le_bytes());
+        }
+        8 => {
+            let bits = levels.iter().enumerate().fold(0u64, |acc, (j, &l)| acc | (((l >> 4) as u64 & 3) << (2 * j)));
+            high.copy_from_slice(&bits.to_le_bytes());
+        }
+        _ => {}
     }
 }

@@ -56,9 +56,10 @@ impl<'a> TensorView<'a> {
         bytemuck::try_cast_slice(self.data).ok()
     }
     /// For q8/q4/q4a: `(quants, scales)` planes (see [`crate::quant`]); a
-    /// q4a tensor's minimums are [`TensorView::mins`].
+    /// q4a tensor's minimums are [`TensorView::mins`]. The other quantized
+    /// types: [`TensorView::planes`].
     pub fn quant_planes(&self) -> Option<(&'a [u8], &'a [f16])> {
-        if !self.dtype.is_quantized() {
+        if !matches!(self.dtype, DType::Q8 | DType::Q4 | DType::Q4A) {
             return None;
         }
         let (rows, cols) = (self.rows as usize, self.cols as usize);
@@ -66,6 +67,14 @@ impl<'a> TensorView<'a> {
         let (qs, rest) = self.data.split_at_checked(split)?;
         let scales = rest.get(..quant::padded_rows(rows).checked_mul(cols.div_ceil(quant::GROUP))?.checked_mul(2)?)?;
         Some((qs, bytemuck::try_cast_slice(scales).ok()?))
+    }
+    /// For any quantized type: its planes in [`quant::planes`]' order (the
+    /// entries past them are empty).
+    pub fn planes(&self) -> Option<[&'a [u8]; quant::MAX_PLANES]> {
+        if !self.dtype.is_quantized() {
+            return None;
+        }
+        quant::split_planes(self.dtype, self.data, self.rows as usize, self.cols as usize)
     }
     /// For q4a: the minimums plane, one f16 per group (see [`crate::quant`]).
     pub fn mins(&self) -> Option<&'a [f16]> {
@@ -238,8 +247,11 @@ impl<'a> File<'a> {
             if e.n_dims != n_dims || [e.rows, e.cols] != expected {
                 return Err(Error::BadShape { index, expected, found: [e.rows, e.cols] });
             }
-            // Vectors (norms, biases) are f32; matrices any type.
-            if role.is_vector() && dtype != DType::F32 {
+            // Vectors (norms, biases) are f32; matrices any type, but the
+            // K types need whole super-blocks of 256 per row.
+            if (role.is_vector() && dtype != DType::F32)
+                || (dtype.is_k_quant() && !(e.cols as usize).is_multiple_of(quant::SUPER))
+            {
                 return Err(Error::BadDType { index, dtype: e.dtype });
             }
             let size =

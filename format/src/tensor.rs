@@ -19,15 +19,35 @@ stored_enum! {
         Q4 = 3 => "q4",
         /// 4-bit asymmetric, groups of 32 with an f16 scale and an f16 minimum.
         Q4A = 4 => "q4a",
+        /// 5-bit symmetric (llama.cpp's Q5_0): groups of 32, levels 0..=31
+        /// minus 16, an f16 scale.
+        Q5_0 = 5 => "q5_0",
+        /// 5-bit asymmetric (llama.cpp's Q5_1): groups of 32, levels 0..=31,
+        /// an f16 scale and an f16 minimum.
+        Q5_1 = 6 => "q5_1",
+        /// llama.cpp's Q4_K: super-blocks of 256 (8 groups of 32), 4-bit
+        /// levels, 6-bit group scales and minimums, f16 `d` and `dmin`.
+        Q4K = 7 => "q4k",
+        /// llama.cpp's Q5_K: as q4k with 5-bit levels.
+        Q5K = 8 => "q5k",
+        /// llama.cpp's Q6_K: super-blocks of 256 (16 sub-blocks of 16),
+        /// 6-bit levels minus 32, int8 sub-block scales, one f16 `d`.
+        Q6K = 9 => "q6k",
     }
     /// Lower-case name as used on the command line.
     fn name;
 }
 
 impl DType {
-    /// Whether the type is grouped-quantized.
+    /// Whether the type is grouped-quantized (stored in 8-row tiles, see
+    /// [`crate::quant`]).
     pub fn is_quantized(self) -> bool {
-        matches!(self, DType::Q8 | DType::Q4 | DType::Q4A)
+        !matches!(self, DType::F32 | DType::F16)
+    }
+    /// Whether the type is one of llama.cpp's K types (super-blocks of 256
+    /// elements: a row's length must be a multiple of 256).
+    pub fn is_k_quant(self) -> bool {
+        matches!(self, DType::Q4K | DType::Q5K | DType::Q6K)
     }
     /// Bytes one row of `cols` elements occupies, or `None` on overflow.
     /// Quantized rows are padded to whole groups (see [`crate::quant`]).
@@ -35,10 +55,7 @@ impl DType {
         match self {
             DType::F32 => cols.checked_mul(4),
             DType::F16 => cols.checked_mul(2),
-            DType::Q8 | DType::Q4 | DType::Q4A => {
-                let groups = quant::groups(cols)?;
-                groups.checked_mul(quant::group_bytes(self) as u64)
-            }
+            _ => quant::planes(self).iter().try_fold(0u64, |sum, p| sum.checked_add(p.row_bytes(cols)?)),
         }
     }
     /// Bytes a `[rows, cols]` tensor occupies, or `None` on overflow.

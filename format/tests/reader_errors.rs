@@ -353,6 +353,8 @@ fn tensor_data(dtype: DType, rows: u32, cols: u32, rng: &mut Rng) -> Vec<u8> {
             let scales = draw_scales(rows * groups, rng);
             out = tiled(dtype, &out, &[&scales], rows, groups, group_bytes);
         }
+        // The fixtures' mixes draw only the types above.
+        other => panic!("no fixture data for {}", other.name()),
     }
     assert_eq!(out.len() as u64, dtype.tensor_bytes(rows as u64, cols as u64).unwrap());
     out
@@ -857,6 +859,7 @@ fn check_fixture(fx: &Fixture) {
                     }
                 }
             }
+            other => panic!("no fixture has {}", other.name()),
         }
     }
     // Output resolves to the embedding exactly when tied.
@@ -1303,7 +1306,7 @@ fn err_bad_enum() {
     let q = fx.index_of(Role::Layer(0, LayerRole::AttnQ));
     let l1 = fx.index_of(Role::Layer(1, LayerRole::AttnNorm));
     // Directory fields.
-    for v in [5, 255, u32::MAX] {
+    for v in [10, 255, u32::MAX] {
         let b = fx.mutated(|b| edit_entry(b, q, |e| e.dtype = v));
         assert_err!(b, Error::BadEnum { what: "tensor dtype", value } if value == v);
     }
@@ -1452,6 +1455,11 @@ fn err_bad_dtype() {
         (Role::Layer(0, LayerRole::AttnQBias), DType::Q8),
         (Role::Layer(1, LayerRole::AttnVBias), DType::F16),
         (Role::Layer(1, LayerRole::AttnNorm), DType::Q4A),
+        (Role::Layer(0, LayerRole::FfnNorm), DType::Q5_0),
+        // K types on rows that are not whole super-blocks of 256.
+        (Role::Layer(0, LayerRole::AttnQ), DType::Q4K),
+        (Role::Layer(1, LayerRole::FfnUp), DType::Q5K),
+        (Role::Layer(1, LayerRole::FfnDown), DType::Q6K),
     ] {
         let i = fx.index_of(role);
         let b = fx.mutated(|b| edit_entry(b, i, |e| e.dtype = dtype as u32));

@@ -3,6 +3,7 @@
 //! kernel takes.
 
 use ferrite_format::quant::{self, GROUP, Q4_GROUP_BYTES, Q4_TILE_BYTES, Q8_GROUP_BYTES, Q8_TILE_BYTES, ROW_BLOCK};
+use ferrite_format::DType;
 use half::f16;
 
 use crate::reference::tile_of;
@@ -37,13 +38,137 @@ pub enum Weights<'a> {
         /// `rows * groups` minimums.
         mins: &'a [f16],
     },
+    /// q5_0 planes: the levels' low 4 bits (q4 tiles), their bit 4, one
+    /// scale per group.
+    Q5_0 {
+        /// `rows * groups * 16` bytes.
+        qs: &'a [u8],
+        /// `rows * groups * 4` bytes.
+        qh: &'a [u8],
+        /// `rows * groups` scales.
+        scales: &'a [f16],
+    },
+    /// q5_1 planes: as q5_0, and one minimum per group.
+    Q5_1 {
+        /// `rows * groups * 16` bytes.
+        qs: &'a [u8],
+        /// `rows * groups * 4` bytes.
+        qh: &'a [u8],
+        /// `rows * groups` scales.
+        scales: &'a [f16],
+        /// `rows * groups` minimums.
+        mins: &'a [f16],
+    },
+    /// q4k planes: 4-bit levels, 6-bit group scales and minimums, `d` and
+    /// `dmin` per super-block.
+    Q4K {
+        /// `rows * groups * 16` bytes.
+        qs: &'a [u8],
+        /// `rows * groups` 6-bit scales.
+        scales: &'a [u8],
+        /// `rows * groups` 6-bit minimums.
+        mins: &'a [u8],
+        /// `rows * supers` super-block scales.
+        d: &'a [f16],
+        /// `rows * supers` super-block minimum scales.
+        dmin: &'a [f16],
+    },
+    /// q5k planes: as q4k, with bit 4 of each level in `qh`.
+    Q5K {
+        /// `rows * groups * 16` bytes.
+        qs: &'a [u8],
+        /// `rows * groups * 4` bytes.
+        qh: &'a [u8],
+        /// `rows * groups` 6-bit scales.
+        scales: &'a [u8],
+        /// `rows * groups` 6-bit minimums.
+        mins: &'a [u8],
+        /// `rows * supers` super-block scales.
+        d: &'a [f16],
+        /// `rows * supers` super-block minimum scales.
+        dmin: &'a [f16],
+    },
+    /// q6k planes: the levels' low 4 bits, their bits 4..6, two int8
+    /// scales per group (one per 16 elements), `d` per super-block.
+    Q6K {
+        /// `rows * groups * 16` bytes.
+        qs: &'a [u8],
+        /// `rows * groups * 8` bytes.
+        qh: &'a [u8],
+        /// `rows * groups * 2` scales.
+        scales: &'a [i8],
+        /// `rows * supers` super-block scales.
+        d: &'a [f16],
+    },
 }
 
-impl Weights<'_> {
+impl<'a> Weights<'a> {
     /// Whether the weights are q8/q4, multiplied by [`matmul_q`] with int8
     /// activations (q4a, f16 and f32 weights go through [`matmul_f`]).
     pub fn is_quantized(&self) -> bool {
         matches!(self, Weights::Q8 { .. } | Weights::Q4 { .. })
+    }
+
+    /// The storage type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Weights::F32(_) => DType::F32,
+            Weights::F16(_) => DType::F16,
+            Weights::Q8 { .. } => DType::Q8,
+            Weights::Q4 { .. } => DType::Q4,
+            Weights::Q4A { .. } => DType::Q4A,
+            Weights::Q5_0 { .. } => DType::Q5_0,
+            Weights::Q5_1 { .. } => DType::Q5_1,
+            Weights::Q4K { .. } => DType::Q4K,
+            Weights::Q5K { .. } => DType::Q5K,
+            Weights::Q6K { .. } => DType::Q6K,
+        }
+    }
+
+    /// The weights of a quantized tensor from its planes as bytes, in
+    /// [`quant::planes`]' order; `None` for f32/f16 or a plane of f16s that
+    /// is misaligned or of odd length.
+    pub fn from_planes(dtype: DType, p: [&'a [u8]; quant::MAX_PLANES]) -> Option<Self> {
+        let half = |b: &'a [u8]| bytemuck::try_cast_slice::<u8, f16>(b).ok();
+        Some(match dtype {
+            DType::Q8 => Weights::Q8 { qs: p[0], scales: half(p[1])? },
+            DType::Q4 => Weights::Q4 { qs: p[0], scales: half(p[1])? },
+            DType::Q4A => Weights::Q4A { qs: p[0], scales: half(p[1])?, mins: half(p[2])? },
+            DType::Q5_0 => Weights::Q5_0 { qs: p[0], qh: p[1], scales: half(p[2])? },
+            DType::Q5_1 => Weights::Q5_1 { qs: p[0], qh: p[1], scales: half(p[2])?, mins: half(p[3])? },
+            DType::Q4K => Weights::Q4K { qs: p[0], scales: p[1], mins: p[2], d: half(p[3])?, dmin: half(p[4])? },
+            DType::Q5K => {
+                Weights::Q5K { qs: p[0], qh: p[1], scales: p[2], mins: p[3], d: half(p[4])?, dmin: half(p[5])? }
+            }
+            DType::Q6K => Weights::Q6K { qs: p[0], qh: p[1], scales: bytemuck::cast_slice(p[2]), d: half(p[3])? },
+            _ => return None,
+        })
+    }
+
+    /// The lengths in elements of the planes of the types with more than
+    /// three, in [`quant::planes`]' order, and each element's size.
+    fn plane_lens(&self) -> [(usize, usize); quant::MAX_PLANES] {
+        let mut out = [(0, 1); quant::MAX_PLANES];
+        let lens: &[(usize, usize)] = &match *self {
+            Weights::Q5_0 { qs, qh, scales } => {
+                [(qs.len(), 1), (qh.len(), 1), (scales.len(), 2), (0, 1), (0, 1), (0, 1)]
+            }
+            Weights::Q5_1 { qs, qh, scales, mins } => {
+                [(qs.len(), 1), (qh.len(), 1), (scales.len(), 2), (mins.len(), 2), (0, 1), (0, 1)]
+            }
+            Weights::Q4K { qs, scales, mins, d, dmin } => {
+                [(qs.len(), 1), (scales.len(), 1), (mins.len(), 1), (d.len(), 2), (dmin.len(), 2), (0, 1)]
+            }
+            Weights::Q5K { qs, qh, scales, mins, d, dmin } => {
+                [(qs.len(), 1), (qh.len(), 1), (scales.len(), 1), (mins.len(), 1), (d.len(), 2), (dmin.len(), 2)]
+            }
+            Weights::Q6K { qs, qh, scales, d } => {
+                [(qs.len(), 1), (qh.len(), 1), (scales.len(), 1), (d.len(), 2), (0, 1), (0, 1)]
+            }
+            _ => [(0, 1); quant::MAX_PLANES],
+        };
+        out.copy_from_slice(lens);
+        out
     }
 }
 
@@ -123,6 +248,12 @@ impl<'a> Matrix<'a> {
                 check("scales", groups, scales.len())?;
                 check("mins", groups, mins.len())?;
             }
+            _ => {
+                // Every plane of the type, in elements of its slice type.
+                for (p, (given, size)) in quant::planes(w.dtype()).iter().zip(w.plane_lens()) {
+                    check(p.name, ov(p.bytes(rows, cols))? / size, given)?;
+                }
+            }
         }
         Ok(Matrix { w, rows, cols })
     }
@@ -195,6 +326,63 @@ impl Matrix<'_> {
                         *o = quant::q4_tile_nibble(tile, r % ROW_BLOCK, j) as f32 * d + m;
                     }
                 }
+            }
+            _ => self.dequantize_row_planes(r, dst),
+        }
+    }
+
+    /// [`Matrix::dequantize_row`] for q5_0, q5_1, q4k, q5k and q6k, with
+    /// llama.cpp's arithmetic in f32 (so the values are bit for bit those
+    /// of its `dequantize_row_*` and of the `gguf` package):
+    /// q5_0 `(u - 16) * d`; q5_1 `u * d + m`; q4k/q5k `(d * sc) * u - dmin
+    /// * m`; q6k `(d * sc) * (u - 32)`.
+    fn dequantize_row_planes(&self, r: usize, dst: &mut [f32]) {
+        let cols = self.cols;
+        let groups = cols.div_ceil(GROUP);
+        let supers = cols.div_ceil(quant::SUPER);
+        let (block, rr) = (r / ROW_BLOCK, r % ROW_BLOCK);
+        let (qs, qh, high_bits) = match self.w {
+            Weights::Q5_0 { qs, qh, .. } | Weights::Q5_1 { qs, qh, .. } | Weights::Q5K { qs, qh, .. } => (qs, qh, 1),
+            Weights::Q6K { qs, qh, .. } => (qs, qh, 2),
+            Weights::Q4K { qs, .. } => (qs, &[][..], 0),
+            _ => return,
+        };
+        let high_unit = 4 * high_bits as usize;
+        for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
+            let ti = quant::tile_index(groups, block, g);
+            let tile = &qs[ti * Q4_TILE_BYTES..(ti + 1) * Q4_TILE_BYTES];
+            let high = qh.get(ti * ROW_BLOCK * high_unit..(ti + 1) * ROW_BLOCK * high_unit).unwrap_or(&[]);
+            let level = |j: usize| quant::tile_level(tile, high, high_bits, rr, j);
+            let si = quant::scale_index(groups, r, g);
+            let di = quant::scale_index(supers, r, g / quant::SUPER_GROUPS);
+            match self.w {
+                Weights::Q5_0 { scales, .. } => {
+                    let d = scales[si].to_f32();
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        *o = (level(j) as i32 - quant::Q5_OFFSET) as f32 * d;
+                    }
+                }
+                Weights::Q5_1 { scales, mins, .. } => {
+                    let (d, m) = (scales[si].to_f32(), mins[si].to_f32());
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        *o = level(j) as f32 * d + m;
+                    }
+                }
+                Weights::Q4K { scales, mins, d, dmin, .. } | Weights::Q5K { scales, mins, d, dmin, .. } => {
+                    let d1 = d[di].to_f32() * scales[si] as f32;
+                    let m1 = dmin[di].to_f32() * mins[si] as f32;
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        *o = d1 * level(j) as f32 - m1;
+                    }
+                }
+                Weights::Q6K { scales, d, .. } => {
+                    let d = d[di].to_f32();
+                    let halves = [d * scales[2 * si] as f32, d * scales[2 * si + 1] as f32];
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        *o = halves[j / 16] * (level(j) as i32 - quant::Q6_OFFSET) as f32;
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -164,7 +164,8 @@ pub(crate) use float_matmul;
 /// min, group)` gets the row's 4-byte words of each group's tile in element
 /// order (q4/q4a: 4, q8: 8; [`quant::tile_byte`]), the group's scale and
 /// minimum (0 but for q4a) and fills the group's 32 values; the real ones
-/// are copied into `dst`. Float weights are left alone.
+/// are copied into `dst`. Float weights are left alone; q5_0, q5_1 and the
+/// K types are dequantized by [`Matrix::dequantize_row`].
 ///
 /// # Panics
 /// If the planes do not hold row `r` (callers validate shapes).
@@ -180,7 +181,9 @@ pub(crate) fn dequantize_row_by(
         Weights::Q4 { qs, scales } => (qs, scales, None, RowKind::Q4),
         Weights::Q4A { qs, scales, mins } => (qs, scales, Some(mins), RowKind::Q4A),
         Weights::Q8 { qs, scales } => (qs, scales, None, RowKind::Q8),
-        _ => return,
+        Weights::F32(_) | Weights::F16(_) => return,
+        // The types without a SIMD unpack yet: the reference, bit for bit.
+        _ => return m.dequantize_row(r, dst),
     };
     let bytes = if kind == RowKind::Q8 { quant::Q8_TILE_BYTES } else { quant::Q4_TILE_BYTES };
     let (block, rr) = (r / ROW_BLOCK, r % ROW_BLOCK);

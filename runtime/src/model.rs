@@ -105,6 +105,9 @@ pub(crate) fn matrix_of<'t>(t: &TensorView<'t>) -> Result<Matrix<'t>, Error> {
             let (qs, scales) = t.quant_planes().ok_or_else(bad)?;
             Weights::Q4A { qs, scales, mins: t.mins().ok_or_else(bad)? }
         }
+        DType::Q5_0 | DType::Q5_1 | DType::Q4K | DType::Q5K | DType::Q6K => {
+            Weights::from_planes(t.dtype, t.planes().ok_or_else(bad)?).ok_or_else(bad)?
+        }
     };
     // The reader checked every plane's size against the shape already.
     Matrix::new(w, t.rows as usize, t.cols as usize).map_err(|_| {

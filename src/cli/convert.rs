@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
-use ferrite_converter::{convert, Options, Progress, TensorType};
+use ferrite_converter::{convert, KeepTypes, Options, Progress, TensorType};
 use ferrite_format::DType;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -86,9 +86,15 @@ impl WeightsArg {
 /// generation_config.json, tokenizer.json and tokenizer_config.json
 /// (LlamaForCausalLM incl. llama3 RoPE scaling, MistralForCausalLM,
 /// Qwen2ForCausalLM; f32/f16/bf16 tensors), or a llama.cpp GGUF file (v3;
-/// architectures llama and qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors,
-/// dequantized and stored as --weights/--embed say; tokenizer and chat
-/// template from its metadata). Tokenizers: byte-level BPE (GPT-2, SmolLM,
+/// architectures llama and qwen2; tokenizer and chat template from its
+/// metadata). A GGUF's tensors keep their types, transcoded without
+/// dequantizing: Q4_K, Q5_K, Q6_K, Q5_0, Q5_1 become q4k, q5k, q6k, q5_0,
+/// q5_1; Q8_0, Q4_0, Q4_1 become q8, q4, q4a (a Q8_0 block holding -128 is
+/// requantized, with a warning); F16 stays f16, F32 and BF16 become f32.
+/// --weights (all matrices), --embed (the embedding/output table) and
+/// --tensor-type (the tensors it names) dequantize those tensors instead and
+/// store them as they say. Other ggml types (Q2_K, Q3_K, IQ*, TQ*, MXFP4)
+/// are refused, naming the type and the tensor. Tokenizers: byte-level BPE (GPT-2, SmolLM,
 /// Llama 3, Qwen2 pre-tokenizers) and SentencePiece-style BPE (Llama 2,
 /// TinyLlama, Mistral v0.1: byte fallback, scores). Norms and biases stay f32. The output is written to
 /// a temporary file beside OUT (.OUT.PID.XXXXXX.ferrite-tmp) and renamed into
@@ -105,11 +111,12 @@ pub struct Args {
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
     /// Type of the linear layers' weights (q4-mix: q4 with attn_v and
-    /// ffn_down at q8).
-    #[arg(long, value_enum, default_value = "q4")]
-    weights: WeightsArg,
+    /// ffn_down at q8) [default: q4; for a GGUF, each tensor's own type]
+    #[arg(long, value_enum)]
+    weights: Option<WeightsArg>,
     /// Type of the embedding/output table [default: q8 with --weights q4,
-    /// q4a or q4-mix, else the weights' type].
+    /// q4a or q4-mix, else the weights' type; for a GGUF without --weights,
+    /// the table's own type].
     #[arg(long, value_enum)]
     embed: Option<WeightType>,
     /// Store some tensors as another type, ROLE=TYPE or blk.N.ROLE=TYPE
@@ -130,10 +137,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
-    let (weights, mut tensor_types) = args.weights.resolve()?;
+    let (weights, mut tensor_types) = args.weights.unwrap_or(WeightsArg::Q4).resolve()?;
     tensor_types.extend(args.tensor_type);
-    let opts =
-        Options { weights, embed: args.embed.map(Into::into), allow_nonfinite: args.allow_nonfinite, tensor_types };
+    // A GGUF's tensors keep their types unless an option names them.
+    let keep = KeepTypes { weights: args.weights.is_none(), embed: args.weights.is_none() && args.embed.is_none() };
+    let opts = Options {
+        weights,
+        embed: args.embed.map(Into::into),
+        allow_nonfinite: args.allow_nonfinite,
+        tensor_types,
+        keep,
+    };
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     if args.quiet {
         bar.set_draw_target(ProgressDrawTarget::hidden());

@@ -39,3 +39,21 @@ pub fn smollm2_dir() -> PathBuf {
     );
     dir
 }
+
+/// The Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF that
+/// `bash scripts/fetch-models.sh qwen2.5-coder-1.5b` assembles
+/// (`FERRITE_QWEN_GGUF`, else under the cache); panics with how to fetch it.
+pub fn qwen_gguf() -> PathBuf {
+    let path = std::env::var_os("FERRITE_QWEN_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let cache = std::env::var_os("FERRITE_CACHE").map(PathBuf::from).unwrap_or(home.join(".cache/ferrite"));
+        cache.join("qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+    });
+    assert!(
+        path.is_file(),
+        "Qwen GGUF not found at {}: run `bash scripts/fetch-models.sh qwen2.5-coder-1.5b` first (the README's test \
+         command does)",
+        path.display()
+    );
+    path
+}

@@ -10,10 +10,11 @@ use std::path::Path;
 
 use ferrite_format::writer::{FileWriter, TensorSpec};
 use ferrite_format::{quant, DType};
-use ferrite_kernels::reference;
+use ferrite_kernels::{reference, Matrix, Weights};
 use half::f16;
 
 use super::source::Source;
+use super::transcode;
 use super::{Options, Progress, TypeStats};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -59,6 +60,14 @@ pub(super) struct Encoder<'a> {
     /// The whole tensor's minimums (q4a) in tile order, written after its
     /// scales: `[padded rows * groups]`.
     mins: Vec<f16>,
+    /// Transcoding: the slab's logical planes (`transcode::Logical`).
+    logical: transcode::Logical,
+    /// Transcoding: the slab's tiled planes (u16 storage: f16 planes are
+    /// read in place).
+    slab_planes: [Vec<u16>; quant::MAX_PLANES],
+    /// Transcoding: the whole tensor's tiled planes after the quants,
+    /// written at its end.
+    rest: [Vec<u8>; quant::MAX_PLANES],
 }
 
 impl<'a> Encoder<'a> {
@@ -78,6 +87,9 @@ impl<'a> Encoder<'a> {
             tiles: Vec::new(),
             scales: Vec::new(),
             mins: Vec::new(),
+            logical: Default::default(),
+            slab_planes: Default::default(),
+            rest: Default::default(),
         }
     }
 
@@ -121,12 +133,18 @@ impl<'a> Encoder<'a> {
                 DType::Q8 | DType::Q4 | DType::Q4A => {
                     self.quantized_slab(writer, spec.dtype, name, row, n_rows, cols)?
                 }
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "{name}: quantizing to {} is not supported yet (GGUF tensors of that type are \
+                             transcoded as they are when no --weights/--embed/--tensor-type names them)",
+                            other.name()
+                        ),
+                    ))
+                }
             }
-            for (x, y) in self.values.iter().zip(&self.back).filter(|(x, _)| x.is_finite()) {
-                let (x, y) = (*x as f64, *y as f64);
-                stats.sum_sq_err += (x - y) * (x - y);
-                stats.sum_sq += x * x;
-            }
+            self.add_errors(stats);
             progress(Progress::Advance(self.source.source_bytes(name, (n_rows * cols) as u64)));
             row += n_rows;
         }
@@ -146,6 +164,97 @@ impl<'a> Encoder<'a> {
                 if spec.dtype.is_quantized() { "quantized as 0" } else { "stored as they are" }
             )
         }))
+    }
+
+    /// Adds the slab's squared errors (`values` vs `back`) to `stats`.
+    fn add_errors(&self, stats: &mut TypeStats) {
+        for (x, y) in self.values.iter().zip(&self.back).filter(|(x, _)| x.is_finite()) {
+            let (x, y) = (*x as f64, *y as f64);
+            stats.sum_sq_err += (x - y) * (x - y);
+            stats.sum_sq += x * x;
+        }
+    }
+
+    /// Stores GGUF tensor `name` in `spec.dtype`, the Ferrite type that
+    /// holds its ggml type exactly, by transcoding its blocks slab by slab
+    /// (no dequantization: `transcode.rs`). The quants plane is written as
+    /// it goes, the other planes at the end. Each slab is dequantized back
+    /// (the kernels' reference) and compared with the source's values for
+    /// the error statistics, which are 0 unless Q8_0 blocks holding −128
+    /// were requantized; those are reported in the returned warning.
+    pub(super) fn transcoded<W: Write + Seek>(
+        &mut self,
+        writer: &mut FileWriter<W>,
+        spec: &TensorSpec,
+        name: &str,
+        stats: &mut TypeStats,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<Option<String>> {
+        let [rows, cols] = [spec.shape[0] as usize, spec.shape[1] as usize];
+        let internal = |what: String| Error::new(ErrorKind::Tensor, format!("{name}: {what}"));
+        let ty = self.source.gguf_type(name).ok_or_else(|| internal("not a GGUF tensor".into()))?;
+        let dtype = spec.dtype;
+        let planes = quant::planes(dtype);
+        let rows_per_slab = (SLAB_ELEMS / cols / quant::ROW_BLOCK).max(1) * quant::ROW_BLOCK;
+        stats.tensors += 1;
+        stats.params += (rows * cols) as u64;
+        stats.bytes += spec.bytes();
+        self.rest.iter_mut().for_each(Vec::clear);
+        let (mut requantized, mut nonfinite) = (0u64, None);
+        let mut row = 0;
+        while row < rows {
+            let n_rows = rows_per_slab.min(rows - row);
+            self.source.read_raw_rows(name, row, n_rows, &mut self.raw)?;
+            self.logical.iter_mut().for_each(Vec::clear);
+            requantized += transcode::transcode_blocks(ty, &self.raw, &mut self.logical);
+            for (i, p) in planes.iter().enumerate() {
+                let count = p.count(cols as u64).unwrap_or(0) as usize;
+                let bytes = p.bytes(n_rows, cols).ok_or_else(|| internal("plane size overflows".into()))?;
+                let words = &mut self.slab_planes[i];
+                words.clear();
+                words.resize(bytes / 2, 0);
+                let pad = transcode::pad_byte(dtype, i);
+                quant::tile_plane(p, &self.logical[i], n_rows, count, pad, bytemuck::cast_slice_mut(words));
+            }
+            // Back to f32 through the kernels, against the source's values.
+            let view: [&[u8]; quant::MAX_PLANES] = core::array::from_fn(|i| bytemuck::cast_slice(&self.slab_planes[i]));
+            let m = Weights::from_planes(dtype, view)
+                .and_then(|w| Matrix::new(w, n_rows, cols).ok())
+                .ok_or_else(|| internal(format!("transcoded {} planes do not fit [{n_rows}, {cols}]", dtype.name())))?;
+            self.back.clear();
+            self.back.resize(n_rows * cols, 0.0);
+            for (r, out) in self.back.chunks_mut(cols).enumerate() {
+                m.dequantize_row(r, out);
+            }
+            self.source.read_f32(name, cols, row * cols, n_rows * cols, &mut self.raw, &mut self.values)?;
+            // Stored as they are: a non-finite scale is refused unless allowed.
+            self.check_finite(name, DType::F32, row * cols, cols, &mut nonfinite)?;
+            self.add_errors(stats);
+            writer.write_chunk(bytemuck::cast_slice(&self.slab_planes[0])).map_err(|e| self.out_err(e))?;
+            for i in 1..planes.len() {
+                self.rest[i].extend_from_slice(bytemuck::cast_slice(&self.slab_planes[i]));
+            }
+            progress(Progress::Advance(self.source.source_bytes(name, (n_rows * cols) as u64)));
+            row += n_rows;
+        }
+        for i in 1..planes.len() {
+            writer.write_chunk(&self.rest[i]).map_err(|e| self.out_err(e))?;
+        }
+        writer.end_tensor().map_err(|e| self.out_err(e))?;
+        let mut notes = Vec::new();
+        if requantized > 0 {
+            notes.push(format!(
+                "{}: tensor {name}: {requantized} Q8_0 block(s) hold -128, which q8 cannot store: requantized",
+                self.source.path_of(name).display()
+            ));
+        }
+        if let Some(NonFinite { count, at, value }) = nonfinite {
+            notes.push(format!(
+                "{}: tensor {name} holds {count} non-finite value(s), the first {value} at element {at}: stored as they are",
+                self.source.path_of(name).display()
+            ));
+        }
+        Ok((!notes.is_empty()).then(|| notes.join("; ")))
     }
 
     /// Refuses a non-finite value in the slab starting at element `first`

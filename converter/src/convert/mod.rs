@@ -28,9 +28,10 @@ mod options;
 mod output;
 mod plan;
 mod source;
+mod transcode;
 
 use encode::Encoder;
-pub use options::{Options, TensorType};
+pub use options::{KeepTypes, Options, TensorType};
 use output::TempOutput;
 pub use output::{temp_owner, temp_prefix, TempOwner, TEMP_SUFFIX};
 use plan::TensorPlan;
@@ -151,7 +152,12 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
         let name = &plan.names[&spec.role];
         progress(Progress::Tensor { name, role: spec.role });
         let stats = summary.by_type.entry(spec.dtype).or_default();
-        if let Some(warning) = encoder.tensor(&mut writer, &spec, name, stats, progress)? {
+        let warning = if plan.transcoded.contains(&spec.role) {
+            encoder.transcoded(&mut writer, &spec, name, stats, progress)?
+        } else {
+            encoder.tensor(&mut writer, &spec, name, stats, progress)?
+        };
+        if let Some(warning) = warning {
             summary.warnings.push(warning);
         }
     }

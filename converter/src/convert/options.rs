@@ -26,12 +26,35 @@ pub struct Options {
     /// Per-tensor types that override `weights` and `embed`, applied in
     /// order (a later rule wins). Every rule must match some tensor.
     pub tensor_types: Vec<TensorType>,
+    /// For a GGUF input: which matrices keep their GGUF type instead of
+    /// `weights`/`embed` (stored in the Ferrite type that holds it
+    /// exactly, without dequantizing; see [`KeepTypes`]). A
+    /// `tensor_types` rule still wins. Ignored for HF folders.
+    pub keep: KeepTypes,
+}
+
+/// Which GGUF matrices keep their types ([`Options::keep`]): Q4_K, Q5_K,
+/// Q6_K, Q5_0, Q5_1 become q4k, q5k, q6k, q5_0, q5_1; Q8_0, Q4_0, Q4_1
+/// become q8, q4, q4a (a Q8_0 block holding −128 is requantized and the
+/// summary says so); F16 stays f16, F32 and BF16 become f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeepTypes {
+    /// The linear layers (instead of `weights`).
+    pub weights: bool,
+    /// The embedding and output tables (instead of `embed`).
+    pub embed: bool,
 }
 
 impl Default for Options {
     /// q4 weights, the default embedding type, non-finite weights refused.
     fn default() -> Self {
-        Options { weights: DType::Q4, embed: None, allow_nonfinite: false, tensor_types: Vec::new() }
+        Options {
+            weights: DType::Q4,
+            embed: None,
+            allow_nonfinite: false,
+            tensor_types: Vec::new(),
+            keep: KeepTypes::default(),
+        }
     }
 }
 
@@ -47,8 +70,22 @@ impl Options {
     /// The type of matrix `role`: the last matching [`TensorType`] rule,
     /// else `embed_dtype()` for the embedding/output table, else `weights`.
     pub fn dtype_of(&self, role: Role) -> DType {
-        let default = if matches!(role, Role::Embedding | Role::Output) { self.embed_dtype() } else { self.weights };
-        self.tensor_types.iter().rev().find(|t| t.matches(role)).map_or(default, |t| t.dtype)
+        self.dtype_of_source(role, None).0
+    }
+
+    /// [`Options::dtype_of`] for a matrix whose source stores it exactly as
+    /// `lossless` (a GGUF tensor's type, [`crate::gguf::GgmlType::lossless_dtype`]):
+    /// that type when [`Options::keep`] keeps it and no rule names it. The
+    /// second value says whether it was kept (transcoded, not requantized).
+    pub fn dtype_of_source(&self, role: Role, lossless: Option<DType>) -> (DType, bool) {
+        let table = matches!(role, Role::Embedding | Role::Output);
+        if let Some(rule) = self.tensor_types.iter().rev().find(|t| t.matches(role)) {
+            return (rule.dtype, false);
+        }
+        match lossless {
+            Some(d) if (table && self.keep.embed) || (!table && self.keep.weights) => (d, true),
+            _ => (if table { self.embed_dtype() } else { self.weights }, false),
+        }
     }
 }
 

@@ -18,6 +18,8 @@ pub(super) struct TensorPlan {
     /// Every tensor the file stores, with its shape and storage type, in
     /// role order (embedding, output norm, output, then layer by layer).
     pub(super) specs: Vec<TensorSpec>,
+    /// The roles whose GGUF blocks are transcoded (kept, not dequantized).
+    pub(super) transcoded: std::collections::BTreeSet<Role>,
 }
 
 impl TensorPlan {
@@ -81,6 +83,7 @@ impl TensorPlan {
             names.insert(role, name.clone());
         }
         let mut specs = Vec::new();
+        let mut transcoded = std::collections::BTreeSet::new();
         let mut roles = vec![Role::Embedding, Role::OutputNorm, Role::Output];
         for l in 0..config.n_layers {
             roles.extend(LayerRole::ALL.iter().map(|&r| Role::Layer(l, r)));
@@ -99,7 +102,12 @@ impl TensorPlan {
                     ),
                 ));
             }
-            let dtype = if role.is_vector() { DType::F32 } else { opts.dtype_of(role) };
+            let lossless = source.lossless_dtype(&names[&role]);
+            let (dtype, kept) =
+                if role.is_vector() { (DType::F32, false) } else { opts.dtype_of_source(role, lossless) };
+            if kept && dtype.is_quantized() {
+                transcoded.insert(role);
+            }
             specs.push(TensorSpec { role, dtype, shape: role.expected_shape(config) });
         }
         for rule in &opts.tensor_types {
@@ -110,7 +118,7 @@ impl TensorPlan {
                 ));
             }
         }
-        Ok(TensorPlan { names, specs })
+        Ok(TensorPlan { names, specs, transcoded })
     }
 
     /// Source bytes the conversion reads, for progress.

@@ -68,7 +68,8 @@ impl Source {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
                         format!(
-                            "{}: tensor {name} has ggml type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                            "{}: tensor {name} has ggml type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, \
+                             Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)",
                             file.path().display(),
                             gguf::ggml_type_name(t.type_id)
                         ),
@@ -121,6 +122,47 @@ impl Source {
                     let (block, bytes) = t.block();
                     elems / block * bytes
                 })
+            }
+        }
+    }
+
+    /// The Ferrite type that holds tensor `name` exactly, for a GGUF
+    /// source (`None` for HF folders).
+    pub(super) fn lossless_dtype(&self, name: &str) -> Option<ferrite_format::DType> {
+        match self {
+            Source::Hf(_) => None,
+            Source::Gguf { file, names, .. } => Some(file.tensors[names.get(name)?].ty?.lossless_dtype()),
+        }
+    }
+
+    /// The GGUF type of tensor `name` (`None` for HF folders).
+    pub(super) fn gguf_type(&self, name: &str) -> Option<gguf::GgmlType> {
+        match self {
+            Source::Hf(_) => None,
+            Source::Gguf { file, names, .. } => file.tensors[names.get(name)?].ty,
+        }
+    }
+
+    /// Rows `[first, first + n)` of GGUF tensor `name` in HF's row order
+    /// (llama.cpp's Q/K permutation undone), as the file stores them.
+    pub(super) fn read_raw_rows(&self, name: &str, first: usize, n: usize, out: &mut Vec<u8>) -> Result<()> {
+        let Source::Gguf { file, names, permuted_head_dim } = self else {
+            return Err(Error::new(ErrorKind::Tensor, format!("{name}: raw blocks come only from GGUF files")));
+        };
+        let g = names
+            .get(name)
+            .ok_or_else(|| Error::new(ErrorKind::Tensor, format!("the GGUF file has no tensor for {name}")))?;
+        let permuted = name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.k_proj.weight");
+        match permuted_head_dim.filter(|_| permuted) {
+            None => file.read_raw_rows(g, first, n, out),
+            Some(head_dim) => {
+                out.clear();
+                let mut row = Vec::new();
+                for r in first..first + n {
+                    file.read_raw_rows(g, gguf::permuted_row(r, head_dim), 1, &mut row)?;
+                    out.extend_from_slice(&row);
+                }
+                Ok(())
             }
         }
     }

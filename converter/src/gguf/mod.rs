@@ -31,6 +31,9 @@ mod reader;
 mod tokenizer;
 
 pub use model::{hf_tensor_name, permuted_row, read_config};
+#[cfg(test)]
+pub(crate) use reader::dequantize;
+pub(crate) use reader::k_scale_min;
 pub use tokenizer::read_tokenizer;
 
 /// The file's first four bytes.
@@ -79,8 +82,9 @@ impl Value {
     }
 }
 
-/// The ggml tensor types the converter reads.
+/// The ggml tensor types the converter reads (named as llama.cpp names them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum GgmlType {
     /// float32.
     F32,
@@ -94,6 +98,20 @@ pub enum GgmlType {
     Q4_0,
     /// Blocks of 32: f16 scale, f16 minimum, 16 bytes of 4-bit values.
     Q4_1,
+    /// Blocks of 32: f16 scale, 32 high bits, 16 bytes of low 4 bits;
+    /// levels 0..=31, offset −16.
+    Q5_0,
+    /// Blocks of 32: f16 scale, f16 minimum, 32 high bits, 16 bytes of low
+    /// 4 bits.
+    Q5_1,
+    /// Super-blocks of 256: f16 d and dmin, 12 bytes of 6-bit scales and
+    /// minimums of 8 sub-blocks of 32, 128 bytes of 4-bit levels.
+    Q4_K,
+    /// As Q4_K, with 32 bytes of high bits before the low 4 bits.
+    Q5_K,
+    /// Super-blocks of 256: 128 bytes of low 4 bits, 64 of high 2 bits, 16
+    /// int8 scales of sub-blocks of 16, f16 d; levels offset −32.
+    Q6_K,
 }
 
 impl GgmlType {
@@ -103,7 +121,12 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
+            12 => Self::Q4_K,
+            13 => Self::Q5_K,
+            14 => Self::Q6_K,
             30 => Self::BF16,
             _ => return None,
         })
@@ -116,6 +139,28 @@ impl GgmlType {
             Self::Q8_0 => (32, 34),
             Self::Q4_0 => (32, 18),
             Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
+            Self::Q4_K => (256, 144),
+            Self::Q5_K => (256, 176),
+            Self::Q6_K => (256, 210),
+        }
+    }
+    /// The Ferrite type that stores this type's values exactly (a Q8_0
+    /// block holding −128 is the one exception: it is requantized).
+    pub fn lossless_dtype(self) -> ferrite_format::DType {
+        use ferrite_format::DType;
+        match self {
+            Self::F32 | Self::BF16 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Q8_0 => DType::Q8,
+            Self::Q4_0 => DType::Q4,
+            Self::Q4_1 => DType::Q4A,
+            Self::Q5_0 => DType::Q5_0,
+            Self::Q5_1 => DType::Q5_1,
+            Self::Q4_K => DType::Q4K,
+            Self::Q5_K => DType::Q5K,
+            Self::Q6_K => DType::Q6K,
         }
     }
     /// Its name in llama.cpp.
@@ -127,6 +172,11 @@ impl GgmlType {
             Self::Q8_0 => "Q8_0",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q4_K => "Q4_K",
+            Self::Q5_K => "Q5_K",
+            Self::Q6_K => "Q6_K",
         }
     }
 }
@@ -134,14 +184,9 @@ impl GgmlType {
 /// Name of a ggml type number, for messages (`"Q4_K (type 12)"`).
 pub fn ggml_type_name(v: u32) -> String {
     let known = [
-        (6, "Q5_0"),
-        (7, "Q5_1"),
         (9, "Q8_1"),
         (10, "Q2_K"),
         (11, "Q3_K"),
-        (12, "Q4_K"),
-        (13, "Q5_K"),
-        (14, "Q6_K"),
         (15, "Q8_K"),
         (16, "IQ2_XXS"),
         (17, "IQ2_XS"),
@@ -157,6 +202,9 @@ pub fn ggml_type_name(v: u32) -> String {
         (27, "I64"),
         (28, "F64"),
         (29, "IQ1_M"),
+        (34, "TQ1_0"),
+        (35, "TQ2_0"),
+        (39, "MXFP4"),
     ];
     match GgmlType::from_u32(v) {
         Some(t) => t.name().to_string(),

@@ -276,6 +276,25 @@ impl GgufFile {
         dequantize(ty, scratch, out);
         Ok(())
     }
+
+    /// Reads rows `[first, first + n)` of tensor `name` (rows of `dims[0]`
+    /// elements) as the file stores them, whole blocks, into `out`.
+    pub fn read_raw_rows(&self, name: &str, first: usize, n: usize, out: &mut Vec<u8>) -> Result<()> {
+        let t = self.tensors.get(name).ok_or_else(|| self.err(format!("no tensor {name}")))?;
+        let ty =
+            t.ty.ok_or_else(|| self.err(format!("tensor {name} has unsupported type {}", ggml_type_name(t.type_id))))?;
+        let (block, block_bytes) = ty.block();
+        let row_bytes = t.dims[0] / block * block_bytes;
+        let rows = t.elems() / t.dims[0];
+        if (first + n) as u64 > rows {
+            return Err(self.err(format!("tensor {name}: read of rows {first}..{} past its {rows} rows", first + n)));
+        }
+        out.clear();
+        out.resize(n * row_bytes as usize, 0);
+        self.file
+            .read_exact_at(out, t.start + first as u64 * row_bytes)
+            .map_err(|e| self.err(format!("reading tensor {name}: {e}")))
+    }
 }
 
 fn half_at(b: &[u8], i: usize) -> f32 {
@@ -284,7 +303,7 @@ fn half_at(b: &[u8], i: usize) -> f32 {
 
 /// Appends the values of `raw` (whole blocks of `ty`) to `out`, as
 /// llama.cpp's reference dequantization computes them in f32.
-fn dequantize(ty: GgmlType, raw: &[u8], out: &mut Vec<f32>) {
+pub(crate) fn dequantize(ty: GgmlType, raw: &[u8], out: &mut Vec<f32>) {
     match ty {
         GgmlType::F32 => out.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         GgmlType::F16 => out.extend(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
@@ -311,5 +330,63 @@ fn dequantize(ty: GgmlType, raw: &[u8], out: &mut Vec<f32>) {
                 out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
             }
         }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let asym = ty == GgmlType::Q5_1;
+            for b in raw.chunks_exact(if asym { 24 } else { 22 }) {
+                let d = half_at(b, 0);
+                let (m, rest) = if asym { (half_at(b, 2), &b[4..]) } else { (0.0, &b[2..]) };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let qs = &rest[4..];
+                for j in 0..32 {
+                    let low = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+                    let level = low | (((qh >> j) & 1) as u8) << 4;
+                    out.push(if asym { d * level as f32 + m } else { d * (level as i32 - 16) as f32 });
+                }
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let five = ty == GgmlType::Q5_K;
+            for b in raw.chunks_exact(if five { 176 } else { 144 }) {
+                let (d, dmin) = (half_at(b, 0), half_at(b, 2));
+                let mut scales = [0u8; 12];
+                scales.copy_from_slice(&b[4..16]);
+                let (qh, qs) = if five { (&b[16..48], &b[48..]) } else { (&[][..], &b[16..]) };
+                for g in 0..8 {
+                    let (sc, mn) = k_scale_min(&scales, g);
+                    let (d1, m1) = (d * sc as f32, dmin * mn as f32);
+                    for j in 0..32 {
+                        let byte = qs[32 * (g / 2) + j];
+                        let low = if g % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+                        let high = if five { (qh[j] >> g) & 1 } else { 0 };
+                        out.push(d1 * (low | high << 4) as f32 - m1);
+                    }
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            for b in raw.chunks_exact(210) {
+                let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
+                let d = half_at(b, 208);
+                for e in 0..256 {
+                    let (h, r) = (e / 128, e % 128);
+                    let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f;
+                    let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
+                    let level = (low | high << 4) as i32 - 32;
+                    out.push(d * scales[e / 16] as i8 as f32 * level as f32);
+                }
+            }
+        }
+    }
+}
+
+/// The 6-bit scale and minimum of sub-block `g` (0..8) of a Q4_K/Q5_K
+/// super-block's 12 packed bytes: sub-blocks 0..4 in the low 6 bits of
+/// bytes `g` and `g + 4`; 4..8 in the nibbles of byte `g + 4` with their
+/// top 2 bits in the top bits of bytes `g - 4` and `g`.
+pub(crate) fn k_scale_min(s: &[u8; 12], g: usize) -> (u8, u8) {
+    if g < 4 {
+        (s[g] & 63, s[g + 4] & 63)
+    } else {
+        ((s[g + 4] & 0x0f) | ((s[g - 4] >> 6) << 4), (s[g + 4] >> 4) | ((s[g] >> 6) << 4))
     }
 }
