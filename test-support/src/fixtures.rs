@@ -27,11 +27,8 @@ pub fn smollm2_fixture() -> PathBuf {
 /// (`$FERRITE_CACHE`, else `~/.cache/ferrite`). Panics with what to run
 /// when it is missing.
 pub fn smollm2_dir() -> PathBuf {
-    let dir = std::env::var_os("FERRITE_SMOLLM2_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        let cache = std::env::var_os("FERRITE_CACHE").map(PathBuf::from).unwrap_or(home.join(".cache/ferrite"));
-        cache.join("smollm2-135m-f32")
-    });
+    let dir =
+        std::env::var_os("FERRITE_SMOLLM2_DIR").map(PathBuf::from).unwrap_or_else(|| cache().join("smollm2-135m-f32"));
     assert!(
         dir.join("model.safetensors").exists(),
         "SmolLM2 HF folder not found at {}: run `bash scripts/fetch-models.sh` first (the README's test command does)",
@@ -44,11 +41,9 @@ pub fn smollm2_dir() -> PathBuf {
 /// `bash scripts/fetch-models.sh qwen2.5-coder-1.5b` assembles
 /// (`FERRITE_QWEN_GGUF`, else under the cache); panics with how to fetch it.
 pub fn qwen_gguf() -> PathBuf {
-    let path = std::env::var_os("FERRITE_QWEN_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        let cache = std::env::var_os("FERRITE_CACHE").map(PathBuf::from).unwrap_or(home.join(".cache/ferrite"));
-        cache.join("qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
-    });
+    let path = std::env::var_os("FERRITE_QWEN_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache().join("qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"));
     assert!(
         path.is_file(),
         "Qwen GGUF not found at {}: run `bash scripts/fetch-models.sh qwen2.5-coder-1.5b` first (the README's test \
@@ -56,4 +51,11 @@ pub fn qwen_gguf() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Where `scripts/fetch-models.sh` caches models: `FERRITE_CACHE`, else
+/// `~/.cache/ferrite`.
+fn cache() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    std::env::var_os("FERRITE_CACHE").map(PathBuf::from).unwrap_or(home.join(".cache/ferrite"))
 }

@@ -17,6 +17,7 @@ use super::source::Source;
 use super::transcode;
 use super::{Options, Progress, TypeStats};
 use crate::error::{Error, ErrorKind, Result};
+use crate::gguf::GgmlType;
 
 /// Source elements converted per slab (bounds memory for large tensors).
 const SLAB_ELEMS: usize = 1 << 18;
@@ -99,16 +100,22 @@ impl<'a> Encoder<'a> {
 
     /// Converts source tensor `name` into `spec` and writes it whole to
     /// `writer`, slab by slab; counts it in `stats` and reports progress.
-    /// Returns the warning about the non-finite values it let through, if
-    /// any.
+    /// With `transcode`, a GGUF tensor's blocks are re-laid as they are
+    /// ([`Encoder::transcoded`]); else its values are read as f32 and
+    /// stored as `spec` says. Returns the warning about the non-finite
+    /// values it let through (or the blocks it requantized), if any.
     pub(super) fn tensor<W: Write + Seek>(
         &mut self,
         writer: &mut FileWriter<W>,
         spec: &TensorSpec,
         name: &str,
+        transcode: bool,
         stats: &mut TypeStats,
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<Option<String>> {
+        if let Some(ty) = self.source.gguf_type(name).filter(|_| transcode) {
+            return self.transcoded(writer, spec, name, ty, stats, progress);
+        }
         let [rows, cols] = [spec.shape[0] as usize, spec.shape[1] as usize];
         // Whole row blocks per slab, so quantized slabs tile independently.
         let rows_per_slab = (SLAB_ELEMS / cols / quant::ROW_BLOCK).max(1) * quant::ROW_BLOCK;
@@ -182,17 +189,17 @@ impl<'a> Encoder<'a> {
     /// (the kernels' reference) and compared with the source's values for
     /// the error statistics, which are 0 unless Q8_0 blocks holding −128
     /// were requantized; those are reported in the returned warning.
-    pub(super) fn transcoded<W: Write + Seek>(
+    fn transcoded<W: Write + Seek>(
         &mut self,
         writer: &mut FileWriter<W>,
         spec: &TensorSpec,
         name: &str,
+        ty: GgmlType,
         stats: &mut TypeStats,
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<Option<String>> {
         let [rows, cols] = [spec.shape[0] as usize, spec.shape[1] as usize];
         let internal = |what: String| Error::new(ErrorKind::Tensor, format!("{name}: {what}"));
-        let ty = self.source.gguf_type(name).ok_or_else(|| internal("not a GGUF tensor".into()))?;
         let dtype = spec.dtype;
         let planes = quant::planes(dtype);
         let rows_per_slab = (SLAB_ELEMS / cols / quant::ROW_BLOCK).max(1) * quant::ROW_BLOCK;
@@ -206,7 +213,20 @@ impl<'a> Encoder<'a> {
             let n_rows = rows_per_slab.min(rows - row);
             self.source.read_raw_rows(name, row, n_rows, &mut self.raw)?;
             self.logical.iter_mut().for_each(Vec::clear);
-            requantized += transcode::transcode_blocks(ty, &self.raw, &mut self.logical);
+            requantized += transcode::transcode_blocks(ty, &self.raw, &mut self.logical).map_err(|block| {
+                let (per_row, _) = ty.block();
+                let blocks_per_row = cols / per_row as usize;
+                Error::new(
+                    ErrorKind::NonFinite,
+                    format!(
+                        "{}: tensor {name}: row {} block {} of Q8_0 holds -128 and a scale too large to requantize \
+                         within f16",
+                        self.source.path_of(name).display(),
+                        row + block / blocks_per_row,
+                        block % blocks_per_row
+                    ),
+                )
+            })?;
             for (i, p) in planes.iter().enumerate() {
                 let count = p.count(cols as u64).unwrap_or(0) as usize;
                 let bytes = p.bytes(n_rows, cols).ok_or_else(|| internal("plane size overflows".into()))?;

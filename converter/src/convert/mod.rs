@@ -152,12 +152,8 @@ pub(crate) fn convert_with_sink<W: Write + Seek>(
         let name = &plan.names[&spec.role];
         progress(Progress::Tensor { name, role: spec.role });
         let stats = summary.by_type.entry(spec.dtype).or_default();
-        let warning = if plan.transcoded.contains(&spec.role) {
-            encoder.transcoded(&mut writer, &spec, name, stats, progress)?
-        } else {
-            encoder.tensor(&mut writer, &spec, name, stats, progress)?
-        };
-        if let Some(warning) = warning {
+        let transcode = plan.transcoded.contains(&spec.role);
+        if let Some(warning) = encoder.tensor(&mut writer, &spec, name, transcode, stats, progress)? {
             summary.warnings.push(warning);
         }
     }

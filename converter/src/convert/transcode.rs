@@ -18,14 +18,16 @@ pub(super) type Logical = [Vec<u8>; MAX_PLANES];
 
 /// Appends the logical units of `raw` (whole rows of `ty` blocks) to `out`
 /// for `ty.lossless_dtype()` (q8 quants stored excess-128, as on disk).
-/// Returns how many Q8_0 blocks had to be requantized.
+/// Returns how many Q8_0 blocks had to be requantized, or the index of one
+/// whose requantized scale would overflow f16 (a block scale above
+/// ~65 000 with −128 in it).
 ///
 /// Float types (f32/f16/bf16) append nothing: they go through the f32 path.
-pub(super) fn transcode_blocks(ty: GgmlType, raw: &[u8], out: &mut Logical) -> u64 {
+pub(super) fn transcode_blocks(ty: GgmlType, raw: &[u8], out: &mut Logical) -> Result<u64, usize> {
     let (_, block_bytes) = ty.block();
     let mut requantized = 0;
     let mut levels = [0u8; GROUP];
-    for b in raw.chunks_exact(block_bytes as usize) {
+    for (index, b) in raw.chunks_exact(block_bytes as usize).enumerate() {
         match ty {
             GgmlType::Q8_0 => {
                 let (mut qs, mut d) = ([0u8; GROUP], [f16::from_le_bytes([b[0], b[1]])]);
@@ -33,6 +35,9 @@ pub(super) fn transcode_blocks(ty: GgmlType, raw: &[u8], out: &mut Logical) -> u
                     // −128: requantize the block's values to −127..=127.
                     let values: [f32; GROUP] = core::array::from_fn(|j| d[0].to_f32() * (b[2 + j] as i8) as f32);
                     reference::quantize_row_q8(&values, &mut qs, &mut d);
+                    if !d[0].is_finite() {
+                        return Err(index);
+                    }
                     requantized += 1;
                 } else {
                     qs.copy_from_slice(&b[2..34]);
@@ -103,7 +108,7 @@ pub(super) fn transcode_blocks(ty: GgmlType, raw: &[u8], out: &mut Logical) -> u
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {}
         }
     }
-    requantized
+    Ok(requantized)
 }
 
 /// Appends one group's levels to the quants plane and, for `high` 4 or 8
@@ -141,7 +146,7 @@ mod tests {
         crate::gguf::dequantize(ty, raw, &mut want);
         let dtype = ty.lossless_dtype();
         let mut logical: Logical = Default::default();
-        transcode_blocks(ty, raw, &mut logical);
+        transcode_blocks(ty, raw, &mut logical).expect("scales in range");
         let mut data = Vec::new();
         for (i, p) in quant::planes(dtype).iter().enumerate() {
             let count = p.count(cols as u64).unwrap() as usize;
@@ -175,9 +180,9 @@ mod tests {
         ]
     }
 
-    /// A random finite f16 of moderate size, as bytes.
+    /// A random f16 of moderate size (below 256), as bytes.
     fn finite_f16(bits: u16) -> [u8; 2] {
-        let h = f16::from_bits(bits & 0x7bff);
+        let h = f16::from_bits(bits & 0x5bff);
         let h = if h.is_finite() { h } else { f16::from_f32(0.5) };
         h.to_le_bytes()
     }
@@ -223,6 +228,18 @@ mod tests {
             }
             assert!(exact > 0, "{name}: nothing compared");
         }
+    }
+
+    /// A Q8_0 block holding −128 whose requantized scale would overflow
+    /// f16 is reported, not stored as infinity.
+    #[test]
+    fn a_q8_0_block_too_large_to_requantize_is_an_error() {
+        let mut raw = vec![0u8; 2 * 34];
+        raw[..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
+        raw[34..36].copy_from_slice(&f16::MAX.to_le_bytes());
+        raw[34 + 2] = 0x80;
+        let mut out: Logical = Default::default();
+        assert_eq!(transcode_blocks(GgmlType::Q8_0, &raw, &mut out), Err(1));
     }
 
     proptest! {
