@@ -461,6 +461,40 @@ mod tests {
     proptest! {
         #![proptest_config(config())]
 
+        /// The same for the types laid out by `quant::planes` (q5_0, q5_1,
+        /// q4k, q5k, q6k): accepted exactly when every plane holds what the
+        /// shape needs (computed here in u128), and then the reference
+        /// dequantization of the last row stays inside the planes.
+        #[test]
+        fn new_accepts_exactly_the_shapes_the_k_planes_hold(
+            kind in 0usize..5,
+            rows in size(),
+            cols in size(),
+            lens in [0usize..1500, 0usize..400, 0usize..200, 0usize..200, 0usize..60, 0usize..60],
+        ) {
+            let dtype = [DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q5K, DType::Q6K][kind];
+            // u16 storage: f16 planes need 2-byte alignment; every length even.
+            let store: Vec<Vec<u16>> = lens.iter().map(|&l| vec![0x3c00; l]).collect();
+            let planes: [&[u8]; quant::MAX_PLANES] = core::array::from_fn(|i| bytemuck::cast_slice(&store[i][..]));
+            let w = Weights::from_planes(dtype, planes).expect("even, aligned planes");
+            let (r, c) = (rows as u128, cols as u128);
+            let padded = r.div_ceil(ROW_BLOCK as u128) * ROW_BLOCK as u128;
+            // The padded row count itself must fit in usize.
+            let fits = padded <= usize::MAX as u128 && quant::planes(dtype).iter().enumerate().all(|(i, p)| {
+                let per = if p.per == quant::Per::Group { GROUP } else { quant::SUPER } as u128;
+                let need = padded * c.div_ceil(per) * p.unit as u128;
+                need <= usize::MAX as u128 && need <= 2 * lens[i] as u128
+            });
+            let m = Matrix::new(w, rows, cols);
+            prop_assert_eq!(m.is_ok(), fits, "{:?}", m.err());
+            if let Ok(m) = m {
+                if rows > 0 && cols < 100 {
+                    let mut row = vec![0f32; cols];
+                    m.dequantize_row(rows - 1, &mut row);
+                }
+            }
+        }
+
         /// Any shape over any planes: `Matrix::new` accepts exactly the
         /// shapes the planes hold, huge ones included, and never panics.
         #[test]
