@@ -22,6 +22,17 @@ use crate::gguf::GgmlType;
 /// Source elements converted per slab (bounds memory for large tensors).
 const SLAB_ELEMS: usize = 1 << 18;
 
+/// Counts a tensor of `spec` in `stats`; returns its rows, columns and
+/// the rows per slab (whole row blocks, so quantized slabs tile
+/// independently).
+fn start_tensor(spec: &TensorSpec, stats: &mut TypeStats) -> (usize, usize, usize) {
+    let [rows, cols] = [spec.shape[0] as usize, spec.shape[1] as usize];
+    stats.tensors += 1;
+    stats.params += (rows * cols) as u64;
+    stats.bytes += spec.bytes();
+    (rows, cols, (SLAB_ELEMS / cols / quant::ROW_BLOCK).max(1) * quant::ROW_BLOCK)
+}
+
 /// Non-finite source values let through (`allow_nonfinite`) in one tensor.
 struct NonFinite {
     /// How many.
@@ -116,12 +127,7 @@ impl<'a> Encoder<'a> {
         if let Some(ty) = self.source.gguf_type(name).filter(|_| transcode) {
             return self.transcoded(writer, spec, name, ty, stats, progress);
         }
-        let [rows, cols] = [spec.shape[0] as usize, spec.shape[1] as usize];
-        // Whole row blocks per slab, so quantized slabs tile independently.
-        let rows_per_slab = (SLAB_ELEMS / cols / quant::ROW_BLOCK).max(1) * quant::ROW_BLOCK;
-        stats.tensors += 1;
-        stats.params += (rows * cols) as u64;
-        stats.bytes += spec.bytes();
+        let (rows, cols, rows_per_slab) = start_tensor(spec, stats);
         self.scales.clear();
         self.mins.clear();
         let mut nonfinite: Option<NonFinite> = None;
@@ -198,14 +204,10 @@ impl<'a> Encoder<'a> {
         stats: &mut TypeStats,
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<Option<String>> {
-        let [rows, cols] = [spec.shape[0] as usize, spec.shape[1] as usize];
+        let (rows, cols, rows_per_slab) = start_tensor(spec, stats);
         let internal = |what: String| Error::new(ErrorKind::Tensor, format!("{name}: {what}"));
         let dtype = spec.dtype;
         let planes = quant::planes(dtype);
-        let rows_per_slab = (SLAB_ELEMS / cols / quant::ROW_BLOCK).max(1) * quant::ROW_BLOCK;
-        stats.tensors += 1;
-        stats.params += (rows * cols) as u64;
-        stats.bytes += spec.bytes();
         self.rest.iter_mut().for_each(Vec::clear);
         let (mut requantized, mut nonfinite) = (0u64, None);
         let mut row = 0;
@@ -246,7 +248,9 @@ impl<'a> Encoder<'a> {
             for (r, out) in self.back.chunks_mut(cols).enumerate() {
                 m.dequantize_row(r, out);
             }
-            self.source.read_f32(name, cols, row * cols, n_rows * cols, &mut self.raw, &mut self.values)?;
+            // The source's values, from the blocks already read.
+            self.values.clear();
+            crate::gguf::dequantize(ty, &self.raw, &mut self.values);
             // Stored as they are: a non-finite scale is refused unless allowed.
             self.check_finite(name, DType::F32, row * cols, cols, &mut nonfinite)?;
             self.add_errors(stats);

@@ -146,14 +146,8 @@ impl Source {
     /// Rows `[first, first + n)` of GGUF tensor `name` in HF's row order
     /// (llama.cpp's Q/K permutation undone), as the file stores them.
     pub(super) fn read_raw_rows(&self, name: &str, first: usize, n: usize, out: &mut Vec<u8>) -> Result<()> {
-        let Source::Gguf { file, names, permuted_head_dim } = self else {
-            return Err(Error::new(ErrorKind::Tensor, format!("{name}: raw blocks come only from GGUF files")));
-        };
-        let g = names
-            .get(name)
-            .ok_or_else(|| Error::new(ErrorKind::Tensor, format!("the GGUF file has no tensor for {name}")))?;
-        let permuted = name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.k_proj.weight");
-        match permuted_head_dim.filter(|_| permuted) {
+        let (file, g, permuted) = self.gguf_tensor(name)?;
+        match permuted {
             None => file.read_raw_rows(g, first, n, out),
             Some(head_dim) => {
                 out.clear();
@@ -165,6 +159,19 @@ impl Source {
                 Ok(())
             }
         }
+    }
+
+    /// GGUF tensor `name`: the file, its GGUF name and, when llama.cpp
+    /// permuted its rows (Q and K of `llama`), the head dimension.
+    fn gguf_tensor(&self, name: &str) -> Result<(&GgufFile, &str, Option<usize>)> {
+        let Source::Gguf { file, names, permuted_head_dim } = self else {
+            return Err(Error::new(ErrorKind::Tensor, format!("{name}: not a GGUF tensor")));
+        };
+        let g = names
+            .get(name)
+            .ok_or_else(|| Error::new(ErrorKind::Tensor, format!("the GGUF file has no tensor for {name}")))?;
+        let permuted = name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.k_proj.weight");
+        Ok((file, g, permuted_head_dim.filter(|_| permuted)))
     }
 
     /// Elements `[first, first + count)` (whole rows of `cols`) of tensor
@@ -186,12 +193,9 @@ impl Source {
                     .ok_or_else(|| Error::new(ErrorKind::Tensor, format!("the checkpoint has no tensor {name}")))?;
                 c.read_f32(name, loc, first, count, scratch, out)
             }
-            Source::Gguf { file, names, permuted_head_dim } => {
-                let g = names
-                    .get(name)
-                    .ok_or_else(|| Error::new(ErrorKind::Tensor, format!("the GGUF file has no tensor for {name}")))?;
-                let permuted = name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.k_proj.weight");
-                match permuted_head_dim.filter(|_| permuted) {
+            Source::Gguf { .. } => {
+                let (file, g, permuted) = self.gguf_tensor(name)?;
+                match permuted {
                     None => file.read_f32(g, first, count, scratch, out),
                     Some(head_dim) => {
                         out.clear();

@@ -10,7 +10,7 @@ use ferrite_format::DType;
 use ferrite_kernels::reference;
 use half::f16;
 
-use crate::gguf::{k_scale_min, GgmlType};
+use crate::gguf::{k_levels, k_scale_min, GgmlType};
 
 /// The logical planes of some rows, one byte vector per plane of the
 /// target type (in [`quant::planes`]' order), each row after row.
@@ -26,7 +26,6 @@ pub(super) type Logical = [Vec<u8>; MAX_PLANES];
 pub(super) fn transcode_blocks(ty: GgmlType, raw: &[u8], out: &mut Logical) -> Result<u64, usize> {
     let (_, block_bytes) = ty.block();
     let mut requantized = 0;
-    let mut levels = [0u8; GROUP];
     for (index, b) in raw.chunks_exact(block_bytes as usize).enumerate() {
         match ty {
             GgmlType::Q8_0 => {
@@ -71,16 +70,10 @@ pub(super) fn transcode_blocks(ty: GgmlType, raw: &[u8], out: &mut Logical) -> R
                 let five = ty == GgmlType::Q5_K;
                 let mut scales = [0u8; 12];
                 scales.copy_from_slice(&b[4..16]);
-                let (qh, qs) = if five { (&b[16..48], &b[48..]) } else { (&[][..], &b[16..]) };
                 // Planes: quants, [high,] scales, mins, d, dmin.
                 let at = usize::from(five);
                 for g in 0..quant::SUPER_GROUPS {
-                    for (j, l) in levels.iter_mut().enumerate() {
-                        let byte = qs[32 * (g / 2) + j];
-                        let low = if g % 2 == 0 { byte & 0x0f } else { byte >> 4 };
-                        *l = low | if five { ((qh[j] >> g) & 1) << 4 } else { 0 };
-                    }
-                    push_levels(&levels, if five { 4 } else { 0 }, out);
+                    push_levels(&k_levels(ty, b, g), if five { 4 } else { 0 }, out);
                     let (sc, mn) = k_scale_min(&scales, g);
                     out[1 + at].push(sc);
                     out[2 + at].push(mn);
@@ -89,17 +82,9 @@ pub(super) fn transcode_blocks(ty: GgmlType, raw: &[u8], out: &mut Logical) -> R
                 out[4 + at].extend_from_slice(&b[2..4]);
             }
             GgmlType::Q6_K => {
-                let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
                 for g in 0..quant::SUPER_GROUPS {
-                    for (j, l) in levels.iter_mut().enumerate() {
-                        let e = GROUP * g + j;
-                        let (h, r) = (e / 128, e % 128);
-                        let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f;
-                        let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
-                        *l = low | high << 4;
-                    }
-                    push_levels(&levels, 8, out);
-                    out[2].extend_from_slice(&scales[2 * g..2 * g + 2]);
+                    push_levels(&k_levels(ty, b, g), 8, out);
+                    out[2].extend_from_slice(&b[192 + 2 * g..194 + 2 * g]);
                 }
                 out[3].extend_from_slice(&b[208..210]);
             }

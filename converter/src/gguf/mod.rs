@@ -31,9 +31,7 @@ mod reader;
 mod tokenizer;
 
 pub use model::{hf_tensor_name, permuted_row, read_config};
-#[cfg(test)]
-pub(crate) use reader::dequantize;
-pub(crate) use reader::k_scale_min;
+pub(crate) use reader::{dequantize, k_levels, k_scale_min};
 pub use tokenizer::read_tokenizer;
 
 /// The file's first four bytes.

@@ -345,38 +345,53 @@ pub(crate) fn dequantize(ty: GgmlType, raw: &[u8], out: &mut Vec<f32>) {
             }
         }
         GgmlType::Q4_K | GgmlType::Q5_K => {
-            let five = ty == GgmlType::Q5_K;
-            for b in raw.chunks_exact(if five { 176 } else { 144 }) {
+            for b in raw.chunks_exact(if ty == GgmlType::Q5_K { 176 } else { 144 }) {
                 let (d, dmin) = (half_at(b, 0), half_at(b, 2));
                 let mut scales = [0u8; 12];
                 scales.copy_from_slice(&b[4..16]);
-                let (qh, qs) = if five { (&b[16..48], &b[48..]) } else { (&[][..], &b[16..]) };
                 for g in 0..8 {
                     let (sc, mn) = k_scale_min(&scales, g);
                     let (d1, m1) = (d * sc as f32, dmin * mn as f32);
-                    for j in 0..32 {
-                        let byte = qs[32 * (g / 2) + j];
-                        let low = if g % 2 == 0 { byte & 0x0f } else { byte >> 4 };
-                        let high = if five { (qh[j] >> g) & 1 } else { 0 };
-                        out.push(d1 * (low | high << 4) as f32 - m1);
-                    }
+                    out.extend(k_levels(ty, b, g).iter().map(|&l| d1 * l as f32 - m1));
                 }
             }
         }
         GgmlType::Q6_K => {
             for b in raw.chunks_exact(210) {
-                let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
-                let d = half_at(b, 208);
-                for e in 0..256 {
-                    let (h, r) = (e / 128, e % 128);
-                    let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f;
-                    let high = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
-                    let level = (low | high << 4) as i32 - 32;
-                    out.push(d * scales[e / 16] as i8 as f32 * level as f32);
+                let (scales, d) = (&b[192..208], half_at(b, 208));
+                for g in 0..8 {
+                    for (j, &l) in k_levels(ty, b, g).iter().enumerate() {
+                        out.push(d * scales[2 * g + j / 16] as i8 as f32 * (l as i32 - 32) as f32);
+                    }
                 }
             }
         }
     }
+}
+
+/// The 32 levels (unsigned, before Q6_K's offset of 32) of sub-block `g`
+/// (0..8, elements `32g ..`) of one Q4_K, Q5_K or Q6_K super-block `b`:
+/// Q4_K/Q5_K's low nibbles of bytes `32 (g / 2) ..` (low for even `g`),
+/// Q5_K's bit `g` of its 32 high bytes; Q6_K's element `e` in half `h = e /
+/// 128` has its low 4 bits in byte `64h + e % 64` of `ql` (high nibble for
+/// `e % 128 >= 64`) and bits 4..6 in byte `32h + e % 32` of `qh`, shifted
+/// by `2 ((e % 128) / 32)`.
+pub(crate) fn k_levels(ty: GgmlType, b: &[u8], g: usize) -> [u8; 32] {
+    core::array::from_fn(|j| match ty {
+        GgmlType::Q6_K => {
+            let (ql, qh) = (&b[..128], &b[128..192]);
+            let (h, r) = ((32 * g + j) / 128, (32 * g + j) % 128);
+            let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f;
+            low | ((qh[32 * h + r % 32] >> (2 * (r / 32))) & 3) << 4
+        }
+        _ => {
+            let five = ty == GgmlType::Q5_K;
+            let qs = if five { &b[48..] } else { &b[16..] };
+            let byte = qs[32 * (g / 2) + j];
+            let low = if g.is_multiple_of(2) { byte & 0x0f } else { byte >> 4 };
+            low | if five { ((b[16 + j] >> g) & 1) << 4 } else { 0 }
+        }
+    })
 }
 
 /// The 6-bit scale and minimum of sub-block `g` (0..8) of a Q4_K/Q5_K
