@@ -377,21 +377,25 @@ pub(crate) fn dequantize(ty: GgmlType, raw: &[u8], out: &mut Vec<f32>) {
 /// `e % 128 >= 64`) and bits 4..6 in byte `32h + e % 32` of `qh`, shifted
 /// by `2 ((e % 128) / 32)`.
 pub(crate) fn k_levels(ty: GgmlType, b: &[u8], g: usize) -> [u8; 32] {
-    core::array::from_fn(|j| match ty {
-        GgmlType::Q6_K => {
-            let (ql, qh) = (&b[..128], &b[128..192]);
-            let (h, r) = ((32 * g + j) / 128, (32 * g + j) % 128);
-            let low = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f;
-            low | ((qh[32 * h + r % 32] >> (2 * (r / 32))) & 3) << 4
+    let mut out = [0u8; 32];
+    if ty == GgmlType::Q6_K {
+        // Element 32g + j: half h = g / 4, r = 32 (g % 4) + j inside it.
+        let (h, r0) = (g / 4, 32 * (g % 4));
+        let ql = &b[64 * h + r0 % 64..][..32];
+        let qh = &b[128 + 32 * h..][..32];
+        let (low_shift, high_shift) = (4 * (r0 / 64), 2 * (r0 / 32));
+        for ((o, &l), &hb) in out.iter_mut().zip(ql).zip(qh) {
+            *o = ((l >> low_shift) & 0x0f) | ((hb >> high_shift) & 3) << 4;
         }
-        _ => {
-            let five = ty == GgmlType::Q5_K;
-            let qs = if five { &b[48..] } else { &b[16..] };
-            let byte = qs[32 * (g / 2) + j];
-            let low = if g.is_multiple_of(2) { byte & 0x0f } else { byte >> 4 };
-            low | if five { ((b[16 + j] >> g) & 1) << 4 } else { 0 }
+    } else {
+        let five = ty == GgmlType::Q5_K;
+        let qs = &b[if five { 48 } else { 16 } + 32 * (g / 2)..][..32];
+        let low_shift = if g.is_multiple_of(2) { 0 } else { 4 };
+        for (j, (o, &q)) in out.iter_mut().zip(qs).enumerate() {
+            *o = (q >> low_shift) & 0x0f | if five { ((b[16 + j] >> g) & 1) << 4 } else { 0 };
         }
-    })
+    }
+    out
 }
 
 /// The 6-bit scale and minimum of sub-block `g` (0..8) of a Q4_K/Q5_K
