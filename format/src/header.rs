@@ -3,7 +3,7 @@ use bytemuck::{Pod, Zeroable};
 /// The eight magic bytes every Ferrite file starts with.
 pub const MAGIC: [u8; 8] = *b"FERRITE\0";
 /// The format version this crate reads and writes.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Written as a native `u32`; reads back as this value only on a matching
 /// (little-endian) machine.
 pub const ENDIAN_CHECK: u32 = 0x0102_0304;

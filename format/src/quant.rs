@@ -42,7 +42,7 @@
 //! Padding rows hold q4 byte `0x88` / q8 byte `0x80` (value 0) / q4a byte
 //! `0x00`, and scale (and minimum) 0.
 //!
-//! **Planes (version 3).** Every quantized type, q5_0, q5_1 and the K
+//! **Planes (version 3, high-bit order of version 4).** Every quantized type, q5_0, q5_1 and the K
 //! types (q4k, q5k, q6k: llama.cpp's semantics) included, is a list of
 //! [`planes`] laid out by one rule ([`Plane`]); `SPEC.md` § The 5-bit and K
 //! types gives the values.
@@ -282,7 +282,7 @@ pub fn q4a_pack(values: &[u8; GROUP], out: &mut [u8]) {
 }
 
 // ---------------------------------------------------------------------------
-// Planes: every quantized type as a list of planes (version 3).
+// Planes: every quantized type as a list of planes (version 3; version 4 high bits).
 
 /// Elements per super-block of the K types ([`DType::is_k_quant`]).
 pub const SUPER: usize = 256;
@@ -377,13 +377,13 @@ const DMIN: Plane = Plane::new("dmin", Per::Super, 2);
 /// The planes of a quantized type, in file order (empty for f32/f16).
 ///
 /// - q8, q4: quants, scales (f16); q4a: quants, scales, mins (f16).
-/// - q5_0: quants (low 4 bits), high (bit 4 of each level: a little-endian
-///   u32 per group, bit `j` for element `j`), scales (f16).
+/// - q5_0: quants (low 4 bits), high (bit 4 of each level, 4 bytes per
+///   group: [`high1_byte`]), scales (f16).
 /// - q5_1: as q5_0, then mins (f16).
 /// - q4k: quants, scales (u8, 6-bit), mins (u8, 6-bit), d, dmin (f16 per
 ///   super-block); q5k: quants, high, then as q4k.
-/// - q6k: quants (low 4 bits), high (bits 4..6: a little-endian u64 per
-///   group, bits `2j..2j + 2` for element `j`), scales (two i8 per group:
+/// - q6k: quants (low 4 bits), high (bits 4..6, 8 bytes per group:
+///   [`high2_byte`]), scales (two i8 per group:
 ///   elements 0..16 and 16..32), d (f16 per super-block).
 pub fn planes(dtype: DType) -> &'static [Plane] {
     match dtype {
@@ -448,6 +448,39 @@ pub fn untile_plane_row(plane: &Plane, tiled: &[u8], row: usize, count: usize, l
     }
 }
 
+/// Byte of a group's 1-bit `high` unit (q5_0, q5_1, q5k) holding bit 4
+/// of element `j`'s level: byte `j % 4`, bit `j / 4` ([`high1_shift`]).
+/// Element `4k + i` meets activation quants `4k..4k + 4` in chunk `k` of
+/// the unpacked nibbles, so shifting the unit's 4 bytes of each row by `k`
+/// puts every byte's bit where chunk `k` needs it (one shift per chunk).
+#[inline]
+pub fn high1_byte(j: usize) -> usize {
+    j % 4
+}
+
+/// The bit of [`high1_byte`] holding element `j`'s bit 4.
+#[inline]
+pub fn high1_shift(j: usize) -> usize {
+    j / 4
+}
+
+/// Byte of a group's 2-bit `high` unit (q6k) holding bits 4..6 of element
+/// `j`'s level: byte `4 * (j / 16) + j % 4`, bits `2 * ((j / 4) % 4)..+2`
+/// ([`high2_shift`]): the unit's two 4-byte words are its two tile chunks,
+/// word `h` holding elements `16h..16h + 16`, and chunk `k` of the
+/// unpacked nibbles finds its high bits in word `k / 4` shifted by `2 * (k
+/// % 4)`.
+#[inline]
+pub fn high2_byte(j: usize) -> usize {
+    4 * (j / 16) + j % 4
+}
+
+/// The lowest bit of [`high2_byte`] holding element `j`'s bits 4..6.
+#[inline]
+pub fn high2_shift(j: usize) -> usize {
+    2 * ((j / 4) % 4)
+}
+
 /// The level (unsigned, before any offset) of element `j` (0..32) of row
 /// `r` (0..8) of a tile of the nibble quants plane and, for q5_0/q5_1/q5k
 /// (`high_bits` 1) and q6k (`high_bits` 2), the matching tile of the high
@@ -456,8 +489,8 @@ pub fn untile_plane_row(plane: &Plane, tiled: &[u8], row: usize, count: usize, l
 pub fn tile_level(quants: &[u8], high: &[u8], high_bits: u32, r: usize, j: usize) -> u8 {
     let low = q4_tile_nibble(quants, r, j);
     let hi = match high_bits {
-        1 => (high[HIGH1.tile_byte(r, j / 8)] >> (j % 8)) & 1,
-        2 => (high[HIGH2.tile_byte(r, j / 4)] >> (2 * (j % 4))) & 3,
+        1 => (high[HIGH1.tile_byte(r, high1_byte(j))] >> high1_shift(j)) & 1,
+        2 => (high[HIGH2.tile_byte(r, high2_byte(j))] >> high2_shift(j)) & 3,
         _ => 0,
     };
     low | (hi << 4)
@@ -473,12 +506,16 @@ pub fn pack_levels(levels: &[u8; GROUP], quants: &mut [u8], high: &mut [u8]) {
     }
     match high.len() {
         4 => {
-            let bits = levels.iter().enumerate().fold(0u32, |acc, (j, &l)| acc | (((l >> 4) as u32 & 1) << j));
-            high.copy_from_slice(&bits.to_le_bytes());
+            high.fill(0);
+            for (j, &l) in levels.iter().enumerate() {
+                high[high1_byte(j)] |= ((l >> 4) & 1) << high1_shift(j);
+            }
         }
         8 => {
-            let bits = levels.iter().enumerate().fold(0u64, |acc, (j, &l)| acc | (((l >> 4) as u64 & 3) << (2 * j)));
-            high.copy_from_slice(&bits.to_le_bytes());
+            high.fill(0);
+            for (j, &l) in levels.iter().enumerate() {
+                high[high2_byte(j)] |= ((l >> 4) & 3) << high2_shift(j);
+            }
         }
         _ => {}
     }

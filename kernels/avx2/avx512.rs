@@ -249,6 +249,8 @@ unsafe fn matmul_q_vnni(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: 
     match kind {
         IntKind::Q4 => unsafe { by_width::<Q4>(rows, p, n, out) },
         IntKind::Q8 => unsafe { by_width::<Q8>(rows, p, n, out) },
+        // The types without VNNI tiles yet: the AVX2 tier's (the same bits).
+        _ => unsafe { super::matmul::matmul_q(m, rows, acts, n, out) },
     }
 }
 
@@ -301,7 +303,7 @@ unsafe fn by_width<K: VnniKind>(rows: Range<usize>, p: Planes<'_>, n: usize, out
 /// `check_shapes` passed for these blocks and tokens; AVX-512 present.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn vnni_tiles<W: Width, K: VnniKind, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 16]; T] {
-    let Planes { qs, scales, groups, acts } = p;
+    let Planes { qs, scales, groups, acts, .. } = p;
     // SAFETY (loads below): `check_shapes` covered every tile of the row
     // blocks and every activation group of the tokens.
     let (zi, zf) = unsafe { W::zero() };

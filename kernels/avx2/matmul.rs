@@ -6,6 +6,7 @@ use core::arch::x86_64::*;
 use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
+use half::f16;
 
 use super::lanes;
 use super::vector::{dot, dot_f16};
@@ -76,18 +77,20 @@ pub(super) unsafe fn quantize_acts(x: &[f32], x_stride: usize, n: usize, cols: u
 /// `pmaddubsw` (unsigned weights times signed activations). A new integer
 /// weight type adds an implementation (and its reference), not a loop.
 pub(super) trait TileKind {
-    /// Bytes of one tile.
-    const BYTES: usize;
-    /// How much each unpacked weight exceeds its signed value (corrected by
-    /// `OFFSET * sum(activations)` per group).
+    /// How much each unpacked weight exceeds its signed value (symmetric
+    /// kinds; corrected by `OFFSET * sum(activations)` per group).
     const OFFSET: i32;
+    /// Whether the kind is affine (`reference::matmul_q`'s `min` term).
+    const AFFINE: bool;
     /// An unpacked tile.
     type W: Copy;
-    /// Unpacks the tile at `tile`.
+    /// Unpacks row block `block`'s group `g`: the weights and the eight
+    /// rows' float factors (`IntGroup`'s `scale` and, affine kinds, `min`).
     ///
     /// # Safety
-    /// `BYTES` bytes readable at `tile`; the CPU has AVX2.
-    unsafe fn unpack(tile: *const u8) -> Self::W;
+    /// The planes hold that tile (`check_shapes`, `Matrix::new`); the CPU
+    /// has AVX2 and F16C.
+    unsafe fn unpack(p: &Planes<'_>, block: usize, g: usize) -> (Self::W, Factors);
     /// The eight rows' exact integer sums of unpacked weights times the 32
     /// activation quants at `a` (before the offset correction).
     ///
@@ -96,28 +99,175 @@ pub(super) trait TileKind {
     unsafe fn dot(w: &Self::W, a: *const i8) -> __m256i;
 }
 
-/// q4 tiles: chunk `c < 4` is the low nibbles of stored chunk `c`
-/// (elements `4c..4c+4`), chunk `4 + c` its high nibbles (elements
-/// `16 + 4c..`), so chunk `k` always meets activation quants `4k..4k+4`.
+/// The eight rows' float factors of a group (`IntGroup::scale`, `min`).
+#[derive(Clone, Copy)]
+pub(super) struct Factors {
+    scale: __m256,
+    min: __m256,
+}
+
+/// Eight f16 at `p` as f32.
+///
+/// # Safety
+/// 16 readable bytes at `p`; the CPU has F16C.
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn f16x8(p: *const f16) -> __m256 {
+    // SAFETY: the caller's guarantee.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+}
+
+/// Eight bytes at `p` (unsigned) as f32.
+///
+/// # Safety
+/// 8 readable bytes at `p`; the CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn u8x8(p: *const u8) -> __m256 {
+    // SAFETY: the caller's guarantee.
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(p.cast()) }))
+}
+
+/// The group scale (and q5_1's minimum) of tile `ti`, as f32.
+///
+/// # Safety
+/// As [`TileKind::unpack`].
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn group_factors(p: &Planes<'_>, ti: usize) -> Factors {
+    // SAFETY: the caller's guarantee (the mins plane only for q5_1).
+    unsafe {
+        let scale = f16x8(p.scales.as_ptr().add(ti * ROW_BLOCK));
+        let min = if p.mins.is_empty() { _mm256_setzero_ps() } else { f16x8(p.mins.as_ptr().add(ti * ROW_BLOCK)) };
+        Factors { scale, min }
+    }
+}
+
+/// q4k's and q5k's factors of tile `ti` in row block `block`, group `g`:
+/// `d * sc` and `-(dmin * m)`, each one f32 product (the reference's).
+///
+/// # Safety
+/// As [`TileKind::unpack`].
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn k_factors(p: &Planes<'_>, block: usize, g: usize, ti: usize) -> Factors {
+    let at = p.super_at(block, g);
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        let scale = _mm256_mul_ps(f16x8(p.d.as_ptr().add(at)), u8x8(p.sub.as_ptr().add(ti * ROW_BLOCK)));
+        let min = _mm256_mul_ps(f16x8(p.dmin.as_ptr().add(at)), u8x8(p.sub_mins.as_ptr().add(ti * ROW_BLOCK)));
+        Factors { scale, min: _mm256_xor_ps(min, _mm256_set1_ps(-0.0)) }
+    }
+}
+
+/// The nibble tile at byte `ti * 128` of the quants plane as 8 chunks:
+/// chunk `c < 4` is the low nibbles of stored chunk `c` (elements
+/// `4c..4c+4`), chunk `4 + c` its high nibbles (elements `16 + 4c..`), so
+/// chunk `k` always meets activation quants `4k..4k+4`.
+///
+/// # Safety
+/// As [`TileKind::unpack`].
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn nibbles(p: &Planes<'_>, ti: usize) -> [__m256i; 8] {
+    let mask = _mm256_set1_epi8(0x0F);
+    let tile = p.qs.as_ptr().wrapping_add(ti * quant::Q4_TILE_BYTES);
+    let mut w = [_mm256_setzero_si256(); 8];
+    for c in 0..4 {
+        // SAFETY: chunk `c` of the 128-byte tile (the caller's guarantee).
+        let v = unsafe { _mm256_loadu_si256(tile.add(c * quant::CHUNK_BYTES).cast()) };
+        w[c] = _mm256_and_si256(v, mask);
+        w[4 + c] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+    }
+    w
+}
+
+/// Adds bit 4 of the levels (the 1-bit high plane, 32 bytes per tile:
+/// byte `i` of row `r`'s word, bit `k`, for element `4k + i`) to the
+/// nibble chunks: chunk `k` takes the words' bit `k` of each byte, shifted
+/// to bit 4 (within each byte: the 16-bit shifts' carries are masked off).
+///
+/// # Safety
+/// As [`TileKind::unpack`].
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn add_high1(p: &Planes<'_>, ti: usize, w: &mut [__m256i; 8]) {
+    // SAFETY: tile `ti` of the high plane (the caller's guarantee).
+    let h = unsafe { _mm256_loadu_si256(p.qh.as_ptr().add(ti * quant::CHUNK_BYTES).cast()) };
+    let bit = _mm256_set1_epi8(0x10);
+    let at = |v: __m256i| _mm256_and_si256(v, bit);
+    let shifted = [
+        _mm256_slli_epi16::<4>(h),
+        _mm256_slli_epi16::<3>(h),
+        _mm256_slli_epi16::<2>(h),
+        _mm256_slli_epi16::<1>(h),
+        h,
+        _mm256_srli_epi16::<1>(h),
+        _mm256_srli_epi16::<2>(h),
+        _mm256_srli_epi16::<3>(h),
+    ];
+    for (w, s) in w.iter_mut().zip(shifted) {
+        *w = _mm256_or_si256(*w, at(s));
+    }
+}
+
+/// Adds bits 4..6 of q6k's levels (the 2-bit high plane, 64 bytes per
+/// tile: word `k / 4` of each row, bits `2 * (k % 4)` of each byte, for
+/// chunk `k`) to the nibble chunks.
+///
+/// # Safety
+/// As [`TileKind::unpack`].
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn add_high2(p: &Planes<'_>, ti: usize, w: &mut [__m256i; 8]) {
+    let base = p.qh.as_ptr().wrapping_add(ti * 2 * quant::CHUNK_BYTES);
+    let bits = _mm256_set1_epi8(0x30);
+    for h in 0..2 {
+        // SAFETY: chunk `h` of tile `ti` of the high plane (the caller's guarantee).
+        let v = unsafe { _mm256_loadu_si256(base.add(h * quant::CHUNK_BYTES).cast()) };
+        let shifted = [_mm256_slli_epi16::<4>(v), _mm256_slli_epi16::<2>(v), v, _mm256_srli_epi16::<2>(v)];
+        for (m, s) in shifted.into_iter().enumerate() {
+            w[4 * h + m] = _mm256_or_si256(w[4 * h + m], _mm256_and_si256(s, bits));
+        }
+    }
+}
+
+/// `sum_c pmaddubsw(w[c], a[4c..4c + 4])` over `chunks` in 16 bits, then
+/// widened: exact while `chunks * 2 * max(w) * 127 < 2^15`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dot_chunks(w: &[__m256i], a: *const i8, first: usize) -> __m256i {
+    let mut s16 = _mm256_setzero_si256();
+    for (c, &w) in w.iter().enumerate() {
+        // SAFETY: activation quants `4(first + c)..+4` of the 32 (the caller's guarantee).
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w, unsafe { bcast4(a.add(4 * (first + c))) }));
+    }
+    _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
+}
+
+/// Two halves of four chunks each through [`dot_chunks`] (5-bit levels:
+/// `4 * 2 * 31 * 127 < 2^15`).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dot_halves(w: &[__m256i; 8], a: *const i8) -> __m256i {
+    // SAFETY: forwarded from the caller.
+    unsafe { _mm256_add_epi32(dot_chunks(&w[..4], a, 0), dot_chunks(&w[4..], a, 4)) }
+}
+
+/// q4 tiles (nibbles `q + 8`).
 pub(super) struct Q4;
 
 impl TileKind for Q4 {
-    const BYTES: usize = quant::Q4_TILE_BYTES;
     const OFFSET: i32 = quant::Q4_OFFSET;
+    const AFFINE: bool = false;
     type W = [__m256i; 8];
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     #[inline]
-    unsafe fn unpack(tile: *const u8) -> Self::W {
-        let mask = _mm256_set1_epi8(0x0F);
-        let mut w = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            // SAFETY: chunk `c` of the 128-byte tile (the caller's guarantee).
-            let v = unsafe { _mm256_loadu_si256(tile.add(c * quant::CHUNK_BYTES).cast()) };
-            w[c] = _mm256_and_si256(v, mask);
-            w[4 + c] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-        }
-        w
+    unsafe fn unpack(p: &Planes<'_>, block: usize, g: usize) -> (Self::W, Factors) {
+        let ti = quant::tile_index(p.groups, block, g);
+        // SAFETY: the caller's guarantee.
+        unsafe { (nibbles(p, ti), group_factors(p, ti)) }
     }
 
     /// Pairs of products summed in 16 bits (`8 * 2 * 15 * 127 < 2^15`: no
@@ -125,12 +275,8 @@ impl TileKind for Q4 {
     #[target_feature(enable = "avx2")]
     #[inline]
     unsafe fn dot(w: &Self::W, a: *const i8) -> __m256i {
-        let mut s16 = _mm256_setzero_si256();
-        for (c, &w) in w.iter().enumerate() {
-            // SAFETY: activation quants `4c..4c+4` of the 32 (the caller's guarantee).
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w, unsafe { bcast4(a.add(4 * c)) }));
-        }
-        _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
+        // SAFETY: forwarded from the caller.
+        unsafe { dot_chunks(w, a, 0) }
     }
 }
 
@@ -139,13 +285,15 @@ impl TileKind for Q4 {
 pub(super) struct Q8;
 
 impl TileKind for Q8 {
-    const BYTES: usize = quant::Q8_TILE_BYTES;
     const OFFSET: i32 = 0;
+    const AFFINE: bool = false;
     type W = ([__m256i; 8], [__m256i; 8]);
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     #[inline]
-    unsafe fn unpack(tile: *const u8) -> Self::W {
+    unsafe fn unpack(p: &Planes<'_>, block: usize, g: usize) -> (Self::W, Factors) {
+        let ti = quant::tile_index(p.groups, block, g);
+        let tile = p.qs.as_ptr().wrapping_add(ti * quant::Q8_TILE_BYTES);
         let flip = _mm256_set1_epi8(0x80u8 as i8);
         let (mut w, mut wa) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
         for c in 0..8 {
@@ -153,7 +301,8 @@ impl TileKind for Q8 {
             w[c] = _mm256_xor_si256(unsafe { _mm256_loadu_si256(tile.add(c * quant::CHUNK_BYTES).cast()) }, flip);
             wa[c] = _mm256_abs_epi8(w[c]);
         }
-        (w, wa)
+        // SAFETY: the caller's guarantee.
+        ((w, wa), unsafe { group_factors(p, ti) })
     }
 
     /// One chunk's pairs at a time (`2 * 128 * 127 < 2^15`), widened.
@@ -166,6 +315,140 @@ impl TileKind for Q8 {
             // SAFETY: activation quants `4c..4c+4` of the 32 (the caller's guarantee).
             let b = _mm256_sign_epi8(unsafe { bcast4(a.add(4 * c)) }, w.0[c]);
             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(w.1[c], b), ones));
+        }
+        isum
+    }
+}
+
+/// q5_0 tiles: 5-bit levels `q + 16`, a group scale.
+pub(super) struct Q5_0;
+/// q5_1 tiles: 5-bit unsigned levels, a group scale and minimum.
+pub(super) struct Q5_1;
+/// q5k tiles: 5-bit unsigned levels, the K factors.
+pub(super) struct Q5K;
+
+/// The 5-bit kinds: nibbles plus the 1-bit plane, [`dot_halves`].
+macro_rules! five_bit {
+    ($kind:ty, $offset:expr, $affine:expr, |$p:ident, $block:ident, $g:ident, $ti:ident| $factors:expr) => {
+        impl TileKind for $kind {
+            const OFFSET: i32 = $offset;
+            const AFFINE: bool = $affine;
+            type W = [__m256i; 8];
+
+            #[target_feature(enable = "avx2,f16c")]
+            #[inline]
+            unsafe fn unpack($p: &Planes<'_>, $block: usize, $g: usize) -> (Self::W, Factors) {
+                let $ti = quant::tile_index($p.groups, $block, $g);
+                // SAFETY: the caller's guarantee.
+                unsafe {
+                    let mut w = nibbles($p, $ti);
+                    add_high1($p, $ti, &mut w);
+                    (w, $factors)
+                }
+            }
+
+            #[target_feature(enable = "avx2")]
+            #[inline]
+            unsafe fn dot(w: &Self::W, a: *const i8) -> __m256i {
+                // SAFETY: forwarded from the caller.
+                unsafe { dot_halves(w, a) }
+            }
+        }
+    };
+}
+
+five_bit!(Q5_0, quant::Q5_OFFSET, false, |p, _block, _g, ti| group_factors(p, ti));
+five_bit!(Q5_1, 0, true, |p, _block, _g, ti| group_factors(p, ti));
+five_bit!(Q5K, 0, true, |p, block, g, ti| k_factors(p, block, g, ti));
+
+/// q4k tiles: unsigned nibbles (q4's dot), the K factors.
+pub(super) struct Q4K;
+
+impl TileKind for Q4K {
+    const OFFSET: i32 = 0;
+    const AFFINE: bool = true;
+    type W = [__m256i; 8];
+
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn unpack(p: &Planes<'_>, block: usize, g: usize) -> (Self::W, Factors) {
+        let ti = quant::tile_index(p.groups, block, g);
+        // SAFETY: the caller's guarantee.
+        unsafe { (nibbles(p, ti), k_factors(p, block, g, ti)) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn dot(w: &Self::W, a: *const i8) -> __m256i {
+        // SAFETY: forwarded from the caller.
+        unsafe { dot_chunks(w, a, 0) }
+    }
+}
+
+/// q6k tiles: 6-bit levels made signed (`u - 32`, magnitudes for
+/// `pmaddubsw` and the signs moved onto the activations, as q8), each half
+/// group's sum weighted by its int8 scale with `pmaddwd`.
+pub(super) struct Q6K;
+
+impl TileKind for Q6K {
+    const OFFSET: i32 = 0;
+    const AFFINE: bool = false;
+    /// Signed levels, their magnitudes, and each half's scales as 16-bit
+    /// pairs (both halves of row `r`'s 32-bit lane).
+    type W = ([__m256i; 8], [__m256i; 8], [__m256i; 2]);
+
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn unpack(p: &Planes<'_>, block: usize, g: usize) -> (Self::W, Factors) {
+        let ti = quant::tile_index(p.groups, block, g);
+        // SAFETY: the caller's guarantee (16 scale bytes per tile: row `r`'s
+        // two at `2r`).
+        unsafe {
+            let mut w = nibbles(p, ti);
+            add_high2(p, ti, &mut w);
+            let off = _mm256_set1_epi8(quant::Q6_OFFSET as i8);
+            let signed = w.map(|u| _mm256_sub_epi8(u, off));
+            let sc = _mm_loadu_si128(p.sub.as_ptr().add(ti * 2 * ROW_BLOCK).cast());
+            let pick = |h: i8| {
+                let idx = _mm_setr_epi8(
+                    h,
+                    h,
+                    2 + h,
+                    2 + h,
+                    4 + h,
+                    4 + h,
+                    6 + h,
+                    6 + h,
+                    8 + h,
+                    8 + h,
+                    10 + h,
+                    10 + h,
+                    12 + h,
+                    12 + h,
+                    14 + h,
+                    14 + h,
+                );
+                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, idx))
+            };
+            let scale = f16x8(p.d.as_ptr().add(p.super_at(block, g)));
+            ((signed, signed.map(|v| _mm256_abs_epi8(v)), [pick(0), pick(1)]), Factors { scale, min: scale })
+        }
+    }
+
+    /// Per half, four chunks' pairs in 16 bits (`4 * 2 * 32 * 127 <
+    /// 2^15`), weighted by the half's scale and widened by one `pmaddwd`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn dot(w: &Self::W, a: *const i8) -> __m256i {
+        let mut isum = _mm256_setzero_si256();
+        for h in 0..2 {
+            let mut s16 = _mm256_setzero_si256();
+            for c in 4 * h..4 * h + 4 {
+                // SAFETY: activation quants `4c..4c+4` of the 32 (the caller's guarantee).
+                let b = _mm256_sign_epi8(unsafe { bcast4(a.add(4 * c)) }, w.0[c]);
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w.1[c], b));
+            }
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(s16, w.2[h]));
         }
         isum
     }
@@ -188,35 +471,48 @@ pub(super) unsafe fn bcast4(p: *const i8) -> __m256i {
 /// The CPU has AVX2, FMA and F16C (the tier's detection).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    int_matmul!(m, rows, acts, n, out, tiles, Q4, Q8)
+    int_matmul!(m, rows, acts, n, out, tiles, {
+        Q4 => Q4, Q8 => Q8, Q5_0 => Q5_0, Q5_1 => Q5_1, Q4K => Q4K, Q5K => Q5K, Q6K => Q6K,
+    })
 }
 
 /// Rows `8 * block ..+8` × tokens `t0 ..+T` of a `K` matrix: per group the
 /// tile is unpacked once, its exact integer sums for each token corrected
-/// by the offset and accumulated as `acc + isum * (wd * ad)` (not fused),
-/// as `reference::matmul_q` does.
+/// by the offset and accumulated as `reference::matmul_q` does (`acc +
+/// isum * (scale * ad)`, or affine `acc + (isum * scale + sum * min) *
+/// ad`, never fused).
 ///
 /// # Safety
 /// `check_shapes` passed for these rows and tokens; the CPU has AVX2, FMA
 /// and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tiles<K: TileKind, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
-    let Planes { qs, scales, groups, acts } = p;
+    let (groups, acts) = (p.groups, p.acts);
     let mut acc = [_mm256_setzero_ps(); T];
     for g in 0..groups {
-        let ti = quant::tile_index(groups, block, g);
-        // SAFETY (loads below): `check_shapes` covered every tile of the
-        // row blocks and every activation group of the tokens.
-        let w = unsafe { K::unpack(qs.as_ptr().add(ti * K::BYTES)) };
-        let wd = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(ti * ROW_BLOCK).cast())) };
+        // SAFETY (loads below): `check_shapes` and `Matrix::new` covered
+        // every tile of the row blocks and every activation group of the
+        // tokens.
+        let (w, f) = unsafe { K::unpack(&p, block, g) };
         for (t, acc) in acc.iter_mut().enumerate() {
             let ag = (t0 + t) * groups + g;
             let dot = unsafe { K::dot(&w, acts.qs.as_ptr().add(ag * GROUP)) };
-            // (A kind without offset reads no sums: `K::OFFSET` is a constant.)
-            let isum =
-                if K::OFFSET == 0 { dot } else { _mm256_sub_epi32(dot, _mm256_set1_epi32(K::OFFSET * acts.sums[ag])) };
-            let s = _mm256_mul_ps(wd, _mm256_set1_ps(acts.d[ag]));
-            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), s));
+            let ad = _mm256_set1_ps(acts.d[ag]);
+            *acc = if K::AFFINE {
+                let s = _mm256_mul_ps(_mm256_set1_ps(acts.sums[ag] as f32), f.min);
+                _mm256_add_ps(
+                    *acc,
+                    _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), f.scale), s), ad),
+                )
+            } else {
+                // (A kind without offset reads no sums: `K::OFFSET` is a constant.)
+                let isum = if K::OFFSET == 0 {
+                    dot
+                } else {
+                    _mm256_sub_epi32(dot, _mm256_set1_epi32(K::OFFSET * acts.sums[ag]))
+                };
+                _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(f.scale, ad)))
+            };
         }
     }
     acc.map(|v| lanes(v))

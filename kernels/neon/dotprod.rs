@@ -28,7 +28,7 @@ pub(super) fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: u
 /// The CPU has NEON and dotprod.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn matmul_q_sdot(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    int_matmul!(m, rows, acts, n, out, sdot_tiles, Q4, Q8)
+    int_matmul!(m, rows, acts, n, out, sdot_tiles, { Q4 => Q4, Q8 => Q8 })
 }
 
 mla_asm!(

@@ -43,6 +43,8 @@ unsafe fn matmul_q_i8mm(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: 
         match kind {
             IntKind::Q4 => drive::<Q4>(&rows, n, out, p),
             IntKind::Q8 => drive::<Q8>(&rows, n, out, p),
+            // The types without i8mm tiles yet: the dotprod tier's.
+            _ => super::dotprod::matmul_q(m, rows, acts, n, out),
         }
     }
 }
@@ -114,7 +116,7 @@ by_element_tiles!(
 /// As [`drive`], for tokens `t0 .. t0 + 2P`.
 #[target_feature(enable = "neon,i8mm")]
 unsafe fn mmla_tiles<K: NeonKind, const P: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[[f32; 8]; 2]; P] {
-    let Planes { qs, scales, groups, acts } = p;
+    let Planes { qs, scales, groups, acts, .. } = p;
     let off = K::OFFSET as i32;
     // acc[p][rp]: rows 2rp, 2rp + 1 × tokens t0 + 2p, t0 + 2p + 1.
     let mut acc = [[vdupq_n_f32(0.0); 4]; P];

@@ -249,7 +249,7 @@ unsafe fn chunk_pair_neon(acc: &mut [int32x4_t; 4], w: [int8x16_t; 4], a: *const
 /// Shapes checked by `check_shapes` for these rows and tokens; NEON present.
 #[target_feature(enable = "neon")]
 unsafe fn neon_tiles<K: NeonKind, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
-    let Planes { qs, scales, groups, acts } = p;
+    let Planes { qs, scales, groups, acts, .. } = p;
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for g in 0..groups {
         let ti = quant::tile_index(groups, block, g);
@@ -280,7 +280,7 @@ unsafe fn neon_tiles<K: NeonKind, const T: usize>(p: Planes<'_>, block: usize, t
 /// The CPU has NEON (the tier's detection).
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    int_matmul!(m, rows, acts, n, out, neon_tiles, Q4, Q8)
+    int_matmul!(m, rows, acts, n, out, neon_tiles, { Q4 => Q4, Q8 => Q8 })
 }
 
 float_matmul! {

@@ -96,7 +96,7 @@ macro_rules! by_element_tiles {
         $(#[$attr])*
         #[target_feature(enable = $feature)]
         unsafe fn $name<K: NeonKind, const T: usize>(p: $crate::tiles::Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
-            let $crate::tiles::Planes { qs, scales, groups, acts } = p;
+            let $crate::tiles::Planes { qs, scales, groups, acts, .. } = p;
             let off = if $signed { 0 } else { K::OFFSET as i32 };
             let mut acc = [[vdupq_n_f32(0.0); 2]; T];
             for g in 0..groups {

@@ -61,10 +61,11 @@ pub enum Weights<'a> {
 }
 
 impl<'a> Weights<'a> {
-    /// Whether the weights are q8/q4, multiplied by [`matmul_q`] with int8
-    /// activations (q4a, f16 and f32 weights go through [`matmul_f`]).
+    /// Whether the weights are multiplied by [`matmul_q`] with int8
+    /// activations: q8, q4, q5_0, q5_1 and the K types (q4a, f16 and f32
+    /// weights go through [`matmul_f`]).
     pub fn is_quantized(&self) -> bool {
-        matches!(self, Weights::Q8 { .. } | Weights::Q4 { .. })
+        !matches!(self, Weights::F32(_) | Weights::F16(_) | Weights::Q4A { .. })
     }
 
     /// The storage type.
@@ -289,61 +290,127 @@ impl Matrix<'_> {
         }
     }
 
+    /// The unsigned levels of row `r`'s group `g` of a q5_0, q5_1, q4k,
+    /// q5k or q6k matrix (zeros for the other types), before any offset
+    /// ([`quant::tile_level`]).
+    fn levels(&self, r: usize, g: usize) -> [u8; GROUP] {
+        let groups = self.cols.div_ceil(GROUP);
+        let (qs, qh, high_bits) = match self.w {
+            Weights::Q5_0 { qs, qh, .. } | Weights::Q5_1 { qs, qh, .. } | Weights::Q5K { qs, qh, .. } => (qs, qh, 1),
+            Weights::Q6K { qs, qh, .. } => (qs, qh, 2),
+            Weights::Q4K { qs, .. } => (qs, &[][..], 0),
+            _ => return [0; GROUP],
+        };
+        let high_unit = 4 * high_bits as usize;
+        let ti = quant::tile_index(groups, r / ROW_BLOCK, g);
+        let tile = &qs[ti * Q4_TILE_BYTES..(ti + 1) * Q4_TILE_BYTES];
+        let high = qh.get(ti * ROW_BLOCK * high_unit..(ti + 1) * ROW_BLOCK * high_unit).unwrap_or(&[]);
+        core::array::from_fn(|j| quant::tile_level(tile, high, high_bits, r % ROW_BLOCK, j))
+    }
+
+    /// The f32 factors of row `r`'s group `g` of a q5_0, q5_1, q4k, q5k or
+    /// q6k matrix: q5_0 `[scale, 0]`, q5_1 `[scale, min]`, q4k/q5k `[d ·
+    /// sc, dmin · m]`, q6k `[d · s0, d · s1]` (each product in f32).
+    fn factors(&self, r: usize, g: usize) -> [f32; 2] {
+        let groups = self.cols.div_ceil(GROUP);
+        let si = quant::scale_index(groups, r, g);
+        let di = quant::scale_index(self.cols.div_ceil(quant::SUPER), r, g / quant::SUPER_GROUPS);
+        match self.w {
+            Weights::Q5_0 { scales, .. } => [scales[si].to_f32(), 0.0],
+            Weights::Q5_1 { scales, mins, .. } => [scales[si].to_f32(), mins[si].to_f32()],
+            Weights::Q4K { scales, mins, d, dmin, .. } | Weights::Q5K { scales, mins, d, dmin, .. } => {
+                [d[di].to_f32() * scales[si] as f32, dmin[di].to_f32() * mins[si] as f32]
+            }
+            Weights::Q6K { scales, d, .. } => {
+                let d = d[di].to_f32();
+                [d * scales[2 * si] as f32, d * scales[2 * si + 1] as f32]
+            }
+            _ => [0.0; 2],
+        }
+    }
+
     /// [`Matrix::dequantize_row`] for q5_0, q5_1, q4k, q5k and q6k, with
     /// llama.cpp's arithmetic in f32 (so the values are bit for bit those
     /// of its `dequantize_row_*` and of the `gguf` package):
     /// q5_0 `(u - 16) * d`; q5_1 `u * d + m`; q4k/q5k `(d * sc) * u - dmin
     /// * m`; q6k `(d * sc) * (u - 32)`.
     fn dequantize_row_planes(&self, r: usize, dst: &mut [f32]) {
-        let cols = self.cols;
-        let groups = cols.div_ceil(GROUP);
-        let supers = cols.div_ceil(quant::SUPER);
-        let (block, rr) = (r / ROW_BLOCK, r % ROW_BLOCK);
-        let (qs, qh, high_bits) = match self.w {
-            Weights::Q5_0 { qs, qh, .. } | Weights::Q5_1 { qs, qh, .. } | Weights::Q5K { qs, qh, .. } => (qs, qh, 1),
-            Weights::Q6K { qs, qh, .. } => (qs, qh, 2),
-            Weights::Q4K { qs, .. } => (qs, &[][..], 0),
-            _ => return,
-        };
-        let high_unit = 4 * high_bits as usize;
         for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
-            let ti = quant::tile_index(groups, block, g);
-            let tile = &qs[ti * Q4_TILE_BYTES..(ti + 1) * Q4_TILE_BYTES];
-            let high = qh.get(ti * ROW_BLOCK * high_unit..(ti + 1) * ROW_BLOCK * high_unit).unwrap_or(&[]);
-            let level = |j: usize| quant::tile_level(tile, high, high_bits, rr, j);
-            let si = quant::scale_index(groups, r, g);
-            let di = quant::scale_index(supers, r, g / quant::SUPER_GROUPS);
-            match self.w {
-                Weights::Q5_0 { scales, .. } => {
-                    let d = scales[si].to_f32();
-                    for (j, o) in chunk.iter_mut().enumerate() {
-                        *o = (level(j) as i32 - quant::Q5_OFFSET) as f32 * d;
-                    }
-                }
-                Weights::Q5_1 { scales, mins, .. } => {
-                    let (d, m) = (scales[si].to_f32(), mins[si].to_f32());
-                    for (j, o) in chunk.iter_mut().enumerate() {
-                        *o = level(j) as f32 * d + m;
-                    }
-                }
-                Weights::Q4K { scales, mins, d, dmin, .. } | Weights::Q5K { scales, mins, d, dmin, .. } => {
-                    let d1 = d[di].to_f32() * scales[si] as f32;
-                    let m1 = dmin[di].to_f32() * mins[si] as f32;
-                    for (j, o) in chunk.iter_mut().enumerate() {
-                        *o = d1 * level(j) as f32 - m1;
-                    }
-                }
-                Weights::Q6K { scales, d, .. } => {
-                    let d = d[di].to_f32();
-                    let halves = [d * scales[2 * si] as f32, d * scales[2 * si + 1] as f32];
-                    for (j, o) in chunk.iter_mut().enumerate() {
-                        *o = halves[j / 16] * (level(j) as i32 - quant::Q6_OFFSET) as f32;
-                    }
-                }
-                _ => {}
+            let (u, [f0, f1]) = (self.levels(r, g), self.factors(r, g));
+            for (j, o) in chunk.iter_mut().enumerate() {
+                let u = u[j];
+                *o = match self.w {
+                    Weights::Q5_0 { .. } => (u as i32 - quant::Q5_OFFSET) as f32 * f0,
+                    Weights::Q5_1 { .. } => u as f32 * f0 + f1,
+                    Weights::Q4K { .. } | Weights::Q5K { .. } => f0 * u as f32 - f1,
+                    Weights::Q6K { .. } => [f0, f1][j / 16] * (u as i32 - quant::Q6_OFFSET) as f32,
+                    _ => 0.0,
+                };
             }
         }
     }
+
+    /// What the integer product ([`crate::reference::matmul_q`]) multiplies
+    /// for row `r`'s group `g`, or `None` for the types it leaves alone
+    /// (f32, f16, q4a).
+    pub(crate) fn int_group(&self, r: usize, g: usize) -> Option<IntGroup> {
+        let groups = self.cols.div_ceil(GROUP);
+        let rr = r % ROW_BLOCK;
+        let one = |w: [i32; GROUP], scale: f32| IntGroup { w, sub: [1, 1], scale, min: None };
+        Some(match self.w {
+            Weights::Q8 { qs, scales } => {
+                let (tile, d) = tile_of(qs, scales, Q8_TILE_BYTES, self.cols, r, g);
+                one(core::array::from_fn(|j| quant::q8_tile_get(tile, rr, j)), d)
+            }
+            Weights::Q4 { qs, scales } => {
+                let (tile, d) = tile_of(qs, scales, Q4_TILE_BYTES, self.cols, r, g);
+                one(core::array::from_fn(|j| quant::q4_tile_get(tile, rr, j)), d)
+            }
+            Weights::Q5_0 { .. } => {
+                let (u, [d, _]) = (self.levels(r, g), self.factors(r, g));
+                one(u.map(|u| u as i32 - quant::Q5_OFFSET), d)
+            }
+            Weights::Q6K { scales, d, .. } => {
+                let si = quant::scale_index(groups, r, g);
+                let di = quant::scale_index(self.cols.div_ceil(quant::SUPER), r, g / quant::SUPER_GROUPS);
+                IntGroup {
+                    w: self.levels(r, g).map(|u| u as i32 - quant::Q6_OFFSET),
+                    sub: [scales[2 * si] as i32, scales[2 * si + 1] as i32],
+                    scale: d[di].to_f32(),
+                    min: None,
+                }
+            }
+            Weights::Q5_1 { .. } | Weights::Q4K { .. } | Weights::Q5K { .. } => {
+                let (u, [f0, f1]) = (self.levels(r, g), self.factors(r, g));
+                // The K types subtract their minimum: its factor negated (exact).
+                let min = if matches!(self.w, Weights::Q5_1 { .. }) { f1 } else { -f1 };
+                IntGroup { w: u.map(i32::from), sub: [1, 1], scale: f0, min: Some(min) }
+            }
+            Weights::F32(_) | Weights::F16(_) | Weights::Q4A { .. } => return None,
+        })
+    }
+}
+
+/// One weight group as the integer product sees it ([`Matrix::int_group`]):
+/// with int8 activations `a` (scale `ad`, sum `s`) and `isum = sub[0] *
+/// sum_{j<16} w[j] a[j] + sub[1] * sum_{j>=16} w[j] a[j]` (exact), the
+/// group adds `isum as f32 * (scale * ad)` to the row's accumulator
+/// (symmetric types, `min` `None`) or `((isum as f32) * scale + (s as f32)
+/// * min) * ad` (affine types), each in f32 in exactly that order.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IntGroup {
+    /// The levels as multiplied: signed values (offsets removed) for q8,
+    /// q4, q5_0 and q6k; the unsigned levels for q5_1, q4k and q5k.
+    pub(crate) w: [i32; GROUP],
+    /// Integer factors of elements 0..16 and 16..32 (q6k's int8
+    /// sub-scales; 1 for the other types).
+    pub(crate) sub: [i32; 2],
+    /// The float scale: the group's (q8, q4, q5_0, q5_1), `d * sc`
+    /// (q4k, q5k) or the super-block's `d` (q6k).
+    pub(crate) scale: f32,
+    /// The affine types' minimum factor: q5_1's minimum, `-(dmin * m)`
+    /// for q4k and q5k.
+    pub(crate) min: Option<f32>,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! Layouts of the quantized types are defined in [`ferrite_format::quant`].
 
-use ferrite_format::quant::{self, GROUP, Q4_TILE_BYTES, Q8_TILE_BYTES, ROW_BLOCK};
+use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 use half::f16;
 
 pub use crate::matrix::{Matrix, ShapeError, Weights};
@@ -125,37 +125,37 @@ pub fn quant_act(x: f32, id: f32) -> i8 {
     libm::roundevenf(x * id).clamp(-127.0, 127.0) as i8
 }
 
-/// Integer matrix product with int8 activations, for q8/q4 weights:
-/// `out[t][r] = sum_g (scale[r][g] * acts.d[t][g]) * sum_j q[r][g][j] * a[t][g][j]`
-/// for the rows in `rows` and tokens `0..n`, accumulated over groups in
-/// order as `acc = acc + (isum as f32) * (wd * ad)` (f32, not fused).
-/// The integer sums are exact and every tier follows this order per
-/// (row, token), so all tiers agree bit for bit. Float weights are
-/// [`matmul_f`]'s; passing them here does nothing.
+/// Integer matrix product with int8 activations, for the weight types
+/// [`Weights::is_quantized`] names (q8, q4, q5_0, q5_1, q4k, q5k, q6k):
+/// `out[t][r]` for the rows in `rows` and tokens `0..n` is the sum over
+/// groups, in order, of what [`Matrix::int_group`] defines — for q8/q4
+/// `acc = acc + (isum as f32) * (wd * ad)` with the exact integer `isum =
+/// sum_j q[r][g][j] * a[t][g][j]`; q6k's `isum` weighs each half group by
+/// its int8 sub-scale; the affine types (q5_1, q4k, q5k) add `((isum as
+/// f32) * scale + (sum_a as f32) * min) * ad` (f32, never fused). The
+/// integer sums are exact and every tier follows this order per (row,
+/// token), so all tiers agree bit for bit. Other weights are [`matmul_f`]'s;
+/// passing them here does nothing.
 pub fn matmul_q(m: &Matrix<'_>, rows: core::ops::Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
     m.check_rows(&rows);
+    if !m.w.is_quantized() {
+        return;
+    }
     let groups = m.cols.div_ceil(GROUP);
-    let (qs, scales, gb, q4) = match m.w {
-        Weights::Q8 { qs, scales } => (qs, scales, Q8_TILE_BYTES, false),
-        Weights::Q4 { qs, scales } => (qs, scales, Q4_TILE_BYTES, true),
-        _ => return,
-    };
     for r in rows {
         for t in 0..n {
             let mut acc = 0.0f32;
             for g in 0..groups {
-                let (tile, wd) = tile_of(qs, scales, gb, m.cols, r, g);
-                let a = &acts.qs[(t * groups + g) * GROUP..(t * groups + g + 1) * GROUP];
-                let mut isum = 0i32;
-                for (j, &aj) in a.iter().enumerate() {
-                    let w = if q4 {
-                        quant::q4_tile_get(tile, r % ROW_BLOCK, j)
-                    } else {
-                        quant::q8_tile_get(tile, r % ROW_BLOCK, j)
-                    };
-                    isum += w * aj as i32;
-                }
-                acc += isum as f32 * (wd * acts.d[t * groups + g]);
+                let Some(w) = m.int_group(r, g) else { return };
+                let ag = t * groups + g;
+                let a = &acts.qs[ag * GROUP..(ag + 1) * GROUP];
+                let half = |h: usize| (16 * h..16 * h + 16).map(|j| w.w[j] * a[j] as i32).sum::<i32>();
+                let isum = w.sub[0] * half(0) + w.sub[1] * half(1);
+                let ad = acts.d[ag];
+                acc = match w.min {
+                    None => acc + isum as f32 * (w.scale * ad),
+                    Some(min) => acc + ((isum as f32) * w.scale + (acts.sums[ag] as f32) * min) * ad,
+                };
             }
             out.set(t, r, acc);
         }

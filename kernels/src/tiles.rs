@@ -21,35 +21,72 @@ pub(crate) enum IntKind {
     Q4,
     /// q8: bytes `q + 128`.
     Q8,
+    /// q5_0: nibbles and one high bit, `q + 16`.
+    Q5_0,
+    /// q5_1: nibbles and one high bit, unsigned, with a minimum.
+    Q5_1,
+    /// q4k: nibbles, unsigned, 6-bit sub-scales and minimums.
+    Q4K,
+    /// q5k: q4k with one high bit.
+    Q5K,
+    /// q6k: nibbles and two high bits, `q + 32`, int8 half-group scales.
+    Q6K,
 }
 
 impl IntKind {
-    /// Bytes of one tile.
+    /// Bytes of one tile of the quants plane.
     pub(crate) fn tile_bytes(self) -> usize {
         match self {
-            IntKind::Q4 => quant::Q4_TILE_BYTES,
             IntKind::Q8 => quant::Q8_TILE_BYTES,
+            _ => quant::Q4_TILE_BYTES,
         }
     }
 }
 
-/// What a tier's tile kernel reads: a quantized matrix's planes, its
-/// groups per row and the activations, after [`check_shapes`] (which is
-/// what makes the kernels' unchecked loads sound).
+/// What a tier's tile kernel reads: a quantized matrix's planes (those its
+/// type has; the others empty), its groups (and super-blocks) per row and
+/// the activations, after [`check_shapes`] and [`Matrix::new`]'s checks of
+/// every plane (which is what makes the kernels' unchecked loads sound).
 #[derive(Clone, Copy)]
 pub(crate) struct Planes<'a> {
-    /// The tiles, `tile_bytes` each.
+    /// The quants plane's tiles (`tile_bytes` each).
     pub(crate) qs: &'a [u8],
-    /// One scale per row and group, in tile order.
+    /// The high plane (q5_0, q5_1, q5k: 32 bytes per tile; q6k: 64).
+    pub(crate) qh: &'a [u8],
+    /// One f16 scale per row and group, in tile order (q4, q8, q5_0, q5_1).
     pub(crate) scales: &'a [f16],
+    /// q5_1's minimums, laid out like the scales.
+    pub(crate) mins: &'a [f16],
+    /// The K types' group scales: a byte per row and group (q4k, q5k; 8
+    /// per tile), q6k's two int8 per row and group (16 per tile).
+    pub(crate) sub: &'a [u8],
+    /// q4k's and q5k's group minimums, a byte per row and group.
+    pub(crate) sub_mins: &'a [u8],
+    /// The K types' `d` per row and super-block (8 f16 per tile).
+    pub(crate) d: &'a [f16],
+    /// q4k's and q5k's `dmin`, laid out like `d`.
+    pub(crate) dmin: &'a [f16],
     /// Groups of 32 per row.
     pub(crate) groups: usize,
+    /// Super-blocks of 256 per row.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // (the NEON tiers have no K tiles yet)
+    pub(crate) supers: usize,
     /// The quantized activations.
     pub(crate) acts: &'a Acts<'a>,
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // (the NEON tiers have no K tiles yet)
+impl Planes<'_> {
+    /// Index of the first of the 8 `d` (or `dmin`) values of group `g`'s
+    /// super-block in row block `block`.
+    #[inline(always)]
+    pub(crate) fn super_at(&self, block: usize, g: usize) -> usize {
+        quant::tile_index(self.supers, block, g / quant::SUPER_GROUPS) * ROW_BLOCK
+    }
+}
+
 /// The quantized planes of `m` and their type, after [`check_shapes`] for
-/// `rows` and `n` tokens of `acts` (`None` for float weights, which
+/// `rows` and `n` tokens of `acts` (`None` for float weights and q4a, which
 /// `matmul_q` leaves alone, and for no rows).
 ///
 /// # Panics
@@ -60,19 +97,60 @@ pub(crate) fn int_planes<'a>(
     acts: &'a Acts<'a>,
     n: usize,
 ) -> Option<(Planes<'a>, IntKind)> {
-    let (qs, scales, kind) = match m.w {
-        Weights::Q4 { qs, scales } => (qs, scales, IntKind::Q4),
-        Weights::Q8 { qs, scales } => (qs, scales, IntKind::Q8),
-        _ => return None,
+    let mut p = Planes {
+        qs: &[],
+        qh: &[],
+        scales: &[],
+        mins: &[],
+        sub: &[],
+        sub_mins: &[],
+        d: &[],
+        dmin: &[],
+        groups: m.cols.div_ceil(GROUP),
+        supers: m.cols.div_ceil(quant::SUPER),
+        acts,
+    };
+    let kind = match m.w {
+        Weights::Q4 { qs, scales } => {
+            (p.qs, p.scales) = (qs, scales);
+            IntKind::Q4
+        }
+        Weights::Q8 { qs, scales } => {
+            (p.qs, p.scales) = (qs, scales);
+            IntKind::Q8
+        }
+        Weights::Q5_0 { qs, qh, scales } => {
+            (p.qs, p.qh, p.scales) = (qs, qh, scales);
+            IntKind::Q5_0
+        }
+        Weights::Q5_1 { qs, qh, scales, mins } => {
+            (p.qs, p.qh, p.scales, p.mins) = (qs, qh, scales, mins);
+            IntKind::Q5_1
+        }
+        Weights::Q4K { qs, scales, mins, d, dmin } => {
+            (p.qs, p.sub, p.sub_mins, p.d, p.dmin) = (qs, scales, mins, d, dmin);
+            IntKind::Q4K
+        }
+        Weights::Q5K { qs, qh, scales, mins, d, dmin } => {
+            (p.qs, p.qh, p.sub, p.sub_mins, p.d, p.dmin) = (qs, qh, scales, mins, d, dmin);
+            IntKind::Q5K
+        }
+        Weights::Q6K { qs, qh, scales, d } => {
+            (p.qs, p.qh, p.sub, p.d) = (qs, qh, bytemuck::cast_slice(scales), d);
+            IntKind::Q6K
+        }
+        Weights::F32(_) | Weights::F16(_) | Weights::Q4A { .. } => return None,
     };
     m.check_rows(rows);
     if rows.is_empty() {
         // Nothing to write (and no token loop over a block of no rows).
         return None;
     }
-    let groups = m.cols.div_ceil(GROUP);
-    check_shapes(qs, scales, kind.tile_bytes(), groups, rows, acts, n);
-    Some((Planes { qs, scales, groups, acts }, kind))
+    // The group scales' plane where the type has one (the other planes:
+    // `Matrix::new` checked them all against the shape).
+    let scales = if p.scales.is_empty() { None } else { Some(p.scales) };
+    check_shapes(p.qs, scales, kind.tile_bytes(), p.groups, rows, acts, n);
+    Some((p, kind))
 }
 
 /// A quantized weight type as the float product sees it.
@@ -217,15 +295,17 @@ pub(crate) fn rows_fit(len: usize, n: usize, stride: usize, cols: usize) -> bool
     }
 }
 
-/// Checks that the planes hold every tile (of `tile_bytes`) of the row
-/// blocks of `rows` and `acts` every group of `n` tokens, so the kernels'
-/// unchecked loads stay in bounds.
+/// Checks that the quants plane (and the group scales, where given) hold
+/// every tile (of `tile_bytes`) of the row blocks of `rows` and `acts`
+/// every group of `n` tokens, so the kernels' unchecked loads stay in
+/// bounds. (Every plane of a [`Matrix`] was checked against its shape by
+/// [`Matrix::new`]; this is the last line for the loads it covers.)
 ///
 /// # Panics
 /// If they do not (callers validate shapes; this is the last line).
 pub(crate) fn check_shapes(
     qs: &[u8],
-    scales: &[f16],
+    scales: Option<&[f16]>,
     tile_bytes: usize,
     groups: usize,
     rows: &Range<usize>,
@@ -236,7 +316,7 @@ pub(crate) fn check_shapes(
     let quants = tiles.and_then(|t| t.checked_mul(tile_bytes));
     let n_scales = tiles.and_then(|t| t.checked_mul(ROW_BLOCK));
     assert!(
-        quants.is_some_and(|q| q <= qs.len()) && n_scales.is_some_and(|s| s <= scales.len()),
+        quants.is_some_and(|q| q <= qs.len()) && scales.is_none_or(|s| n_scales.is_some_and(|n| n <= s.len())),
         "weight planes too short"
     );
     assert!(acts_fit(acts.qs.len(), acts.d.len(), acts.sums.len(), n, groups), "activation buffers too short");
@@ -305,22 +385,25 @@ macro_rules! drive_tiles {
 pub(crate) use drive_tiles;
 
 /// The body of a tier's `matmul_q` over its tile loop `$tiles::<Kind, T>`
-/// (`$q4`, `$q8`: the tier's kinds): the checked planes, then
-/// [`drive_tiles!`]. The caller is the tier's `unsafe fn matmul_q`, whose
-/// contract (the tier's features) the loops need beyond the checks.
+/// for the kinds it implements (`IntKind::X => TierType`, ...): the checked
+/// planes, then [`drive_tiles!`]; the kinds the tier has no tiles for go to
+/// `reference::matmul_q` (the same values, bit for bit). The caller is the
+/// tier's `unsafe fn matmul_q`, whose contract (the tier's features) the
+/// loops need beyond the checks.
 #[allow(unused_macros)]
 macro_rules! int_matmul {
-    ($m:expr, $rows:expr, $acts:expr, $n:expr, $out:expr, $tiles:ident, $q4:ty, $q8:ty) => {{
+    ($m:expr, $rows:expr, $acts:expr, $n:expr, $out:expr, $tiles:ident, { $($kind:ident => $ty:ty),* $(,)? }) => {{
         let Some((p, kind)) = $crate::tiles::int_planes($m, &$rows, $acts, $n) else { return };
-        // SAFETY (both): shapes checked by `int_planes`; the tier's features
+        // SAFETY (all): shapes checked by `int_planes`; the tier's features
         // present (the caller's guarantee).
         match kind {
-            $crate::tiles::IntKind::Q4 => {
-                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q4, T>(p, b, t0) })
-            }
-            $crate::tiles::IntKind::Q8 => {
-                drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$q8, T>(p, b, t0) })
-            }
+            $(
+                $crate::tiles::IntKind::$kind => {
+                    drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$ty, T>(p, b, t0) })
+                }
+            )*
+            #[allow(unreachable_patterns)]
+            _ => $crate::reference::matmul_q($m, $rows, $acts, $n, $out),
         }
     }};
 }

@@ -95,6 +95,51 @@ fn quantized_q4a(rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f16>,
     (tiles, tile_scales, tile_mins)
 }
 
+/// The types with more planes than q4/q8: q5_0, q5_1, q4k, q5k, q6k.
+const PLANE_TYPES: [DType; 5] = [DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q5K, DType::Q6K];
+
+/// Random planes of a `dtype` (one of [`PLANE_TYPES`]) `[rows, cols]`
+/// matrix, padding rows included: the level planes random bytes (`fill`
+/// when given), the K types' 6-bit group scales and minimums in 0..64,
+/// q6k's int8 scales any byte, the f16 planes finite values of either sign.
+/// Stored as `u16` so the f16 planes are aligned.
+fn plane_data(dtype: DType, rows: usize, cols: usize, fill: Option<u8>, rng: &mut Rng) -> Vec<Vec<u16>> {
+    quant::planes(dtype)
+        .iter()
+        .map(|p| {
+            let bytes = p.bytes(rows, cols).expect("plane size");
+            let mut v = vec![0u16; bytes.div_ceil(2)];
+            let b: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
+            let f16_plane = p.unit == 2 && !(dtype == DType::Q6K && p.name == "scales");
+            if f16_plane {
+                let h: &mut [f16] = bytemuck::cast_slice_mut(&mut v);
+                for h in h.iter_mut() {
+                    *h = f16::from_f32(rng.f32(0.05));
+                }
+            } else {
+                for x in b.iter_mut() {
+                    let r = rng.next() as u8;
+                    *x = match p.name {
+                        "quants" | "high" => fill.unwrap_or(r),
+                        "scales" if dtype == DType::Q6K => fill.map_or(r, |f| if f & 1 == 0 { 0x80 } else { 0x7F }),
+                        _ => r % 64,
+                    };
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+/// The matrix over [`plane_data`]'s planes.
+fn plane_matrix(dtype: DType, planes: &[Vec<u16>], rows: usize, cols: usize) -> Matrix<'_> {
+    let mut p: [&[u8]; quant::MAX_PLANES] = [&[]; quant::MAX_PLANES];
+    for (p, (v, plane)) in p.iter_mut().zip(planes.iter().zip(quant::planes(dtype))) {
+        *p = &bytemuck::cast_slice(v)[..plane.bytes(rows, cols).unwrap()];
+    }
+    Matrix::new(Weights::from_planes(dtype, p).expect("planes"), rows, cols).expect("matrix shape")
+}
+
 fn quantize_acts(k: &Kernels, x: &[f32], stride: usize, n: usize, cols: usize) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
     let g = cols.div_ceil(32);
     let (mut qs, mut d, mut sums) = (vec![99i8; n * g * 32], vec![f32::NAN; n * g], vec![-1i32; n * g]);
@@ -162,6 +207,46 @@ fn check_case(rows: usize, cols: usize, n: usize, lo: usize, hi: usize, seed: u6
             );
         }
         // Float path over quantized weights (f32 activations).
+        check_float(&m, &x, stride, n, lo, hi, out_stride);
+    }
+    // The 5-bit and K types: integer paths bit for bit, and float paths.
+    for dtype in PLANE_TYPES {
+        let planes = plane_data(dtype, rows, cols, None, &mut rng);
+        let m = plane_matrix(dtype, &planes, rows, cols);
+        let run = |k: &Kernels| {
+            let mut out = vec![f32::NAN; n * out_stride];
+            let (_, part) = Out::new(&mut out, out_stride).split_at_row(lo);
+            let (mut part, _) = part.split_at_row(hi);
+            (k.matmul_q)(&m, lo..hi, &acts, n, &mut part);
+            out
+        };
+        let want = run(reference);
+        // The reference against the dequantized rows times the activations,
+        // within f32 rounding of the magnitudes (the affine types subtract
+        // their minimum's term).
+        let g = cols.div_ceil(32);
+        let mut row = vec![0f32; cols];
+        for r in lo..hi {
+            m.dequantize_row(r, &mut row);
+            for t in 0..n {
+                let (mut exact, mut mag) = (0f64, 0f64);
+                for j in 0..cols {
+                    let a = acts.qs[t * g * 32 + j] as f64 * acts.d[t * g + j / 32] as f64;
+                    exact += row[j] as f64 * a;
+                    mag += (row[j] as f64 * a).abs();
+                }
+                let got = want[t * out_stride + r] as f64;
+                assert!((got - exact).abs() <= 1e-5 * mag + 1e-12, "reference {dtype:?} r{r} t{t}: {got} vs {exact}");
+            }
+        }
+        for k in tiers() {
+            assert_eq!(
+                bits(&run(k)),
+                bits(&want),
+                "{} {dtype:?} matmul_q rows {lo}..{hi} of {rows}, cols {cols}, n {n}",
+                k.tier
+            );
+        }
         check_float(&m, &x, stride, n, lo, hi, out_stride);
     }
     // q4a (always the float path).
@@ -438,7 +523,10 @@ proptest! {
 
 #[test]
 fn edge_shapes() {
-    for (rows, cols, n) in [(1, 0, 1), (1, 1, 1), (8, 32, 1), (9, 33, 5), (16, 64, 4), (7, 31, 6), (24, 96, 9)] {
+    // (512 and 768 columns: several K super-blocks.)
+    for (rows, cols, n) in
+        [(1, 0, 1), (1, 1, 1), (8, 32, 1), (9, 33, 5), (16, 64, 4), (7, 31, 6), (24, 96, 9), (9, 512, 3), (16, 768, 1)]
+    {
         check_case(rows, cols, n, 0, rows, rows as u64 * 31 + cols as u64);
     }
 }
@@ -484,6 +572,27 @@ fn extreme_quants_match_reference() {
         let want = run(reference);
         for k in tiers() {
             assert_eq!(bits(&run(k)), bits(&want), "{} {dtype:?} byte {byte:#04x}", k.tier);
+        }
+    }
+    // Every level at its extreme (q5: 0 and 31, q6k: 0 and 63, i.e. -32
+    // and 31), q6k's scales at -128 and 127.
+    let mut rng = Rng(11);
+    let cols = 512;
+    let acts = quantize_acts(reference, &x.iter().cycle().take(n * cols).copied().collect::<Vec<_>>(), cols, n, cols);
+    let acts = ferrite_kernels::Acts { qs: &acts.0, d: &acts.1, sums: &acts.2 };
+    for dtype in PLANE_TYPES {
+        for fill in [0x00u8, 0xFF] {
+            let planes = plane_data(dtype, rows, cols, Some(fill), &mut rng);
+            let m = plane_matrix(dtype, &planes, rows, cols);
+            let run = |k: &Kernels| {
+                let mut out = vec![f32::NAN; n * rows];
+                (k.matmul_q)(&m, 0..rows, &acts, n, &mut Out::new(&mut out, rows));
+                out
+            };
+            let want = run(reference);
+            for k in tiers() {
+                assert_eq!(bits(&run(k)), bits(&want), "{} {dtype:?} fill {fill:#04x}", k.tier);
+            }
         }
     }
 }

@@ -54,15 +54,14 @@ pub(super) fn transcode_blocks(ty: GgmlType, raw: &[u8], out: &mut Logical) -> R
                 out[1].extend_from_slice(&b[..2]);
                 out[2].extend_from_slice(&b[2..4]);
             }
-            // Low nibbles and high bits in q5_0/q5_1's own order already.
+            // The low nibbles in q5_0/q5_1's own order; the high bits
+            // re-ordered into the file's high unit (`pack_levels`).
             GgmlType::Q5_0 => {
-                out[0].extend_from_slice(&b[6..22]);
-                out[1].extend_from_slice(&b[2..6]);
+                push_levels(&q5_levels(&b[6..22], &b[2..6]), 4, out);
                 out[2].extend_from_slice(&b[..2]);
             }
             GgmlType::Q5_1 => {
-                out[0].extend_from_slice(&b[8..24]);
-                out[1].extend_from_slice(&b[4..8]);
+                push_levels(&q5_levels(&b[8..24], &b[4..8]), 4, out);
                 out[2].extend_from_slice(&b[..2]);
                 out[3].extend_from_slice(&b[2..4]);
             }
@@ -94,6 +93,17 @@ pub(super) fn transcode_blocks(ty: GgmlType, raw: &[u8], out: &mut Logical) -> R
         }
     }
     Ok(requantized)
+}
+
+/// The 32 levels of a Q5_0/Q5_1 block from its 16 nibble bytes (element
+/// `j` in the low nibble of byte `j`, `j + 16` in its high nibble) and its
+/// little-endian u32 of high bits (bit `j` for element `j`).
+fn q5_levels(qs: &[u8], qh: &[u8]) -> [u8; GROUP] {
+    let high = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    core::array::from_fn(|j| {
+        let low = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+        low | ((((high >> j) & 1) as u8) << 4)
+    })
 }
 
 /// Appends one group's levels to the quants plane and, for `high` 4 or 8
