@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Ferrite vs llama.cpp on SmolLM2-135M-Instruct, same machine, same bits per
-# weight: pp512 and tg128 tokens/s at q4 and q8, 1 and 2 threads, and peak RSS.
+# Ferrite vs llama.cpp, same machine, same run: pp512 and tg128 tokens/s at 1
+# and 2 threads and peak RSS, on SmolLM2-135M-Instruct at the same bits per
+# weight (q4, q8) and on Qwen2.5-Coder-1.5B-Instruct's own Q4_K_M GGUF
+# (qwen: the very same weights on both sides, transcoded losslessly), with
+# each row's decode bandwidth against this machine's measured read bandwidth.
 #
 # Usage: bash scripts/bench-vs-llama-cpp.sh [--rounds N] [-r R] [-t 1,2] [-p 512] [-n 128]
 #                                           [--quants q4,q8] [--no-build] [--out FILE.md]
@@ -11,7 +14,9 @@
 #                bench back to back, the first of the two alternating by round
 #   -r R         repetitions inside each llama-bench / ferrite bench call (default 5)
 #   -t LIST      thread counts (default 1,2); -p / -n: prompt and generation lengths
-#   --quants     q4 (llama.cpp Q4_0 vs Ferrite q4 + q8 table), q8 (Q8_0 vs q8)
+#   --quants     q4 (llama.cpp Q4_0 vs Ferrite q4 + q8 table), q8 (Q8_0 vs q8),
+#                qwen (the Qwen Q4_K_M GGUF vs `ferrite convert` of it);
+#                default q4,q8,qwen
 #   --no-build   use the ferrite binary already built (target/release/ferrite)
 #   --out FILE   also write the markdown report there
 #   --idle PCT   before each call, wait until other processes keep the CPUs at
@@ -30,15 +35,25 @@
 #     in the Q4_0 file, as 576 columns are not a multiple of 256);
 #  3. converts the f32 HF folder (scripts/fetch-models.sh) to
 #     smollm2-135m.q4.frt (--weights q4 --embed q8: the same 4.5 / 8.5 bits
-#     per weight as Q4_0 / Q8_0) and smollm2-135m.q8.frt (again whenever the
-#     ferrite binary is newer than the file);
+#     per weight as Q4_0 / Q8_0) and smollm2-135m.q8.frt, and the Qwen GGUF
+#     (scripts/fetch-models.sh qwen2.5-coder-1.5b) to qwen2.5-coder-1.5b.frt
+#     (again whenever the ferrite binary is newer than the file); builds a
+#     small AVX2 read-bandwidth probe (bench/bw-probe, C, with cc: the
+#     threads each read their share of a 1 GiB buffer, best of 5 passes);
 #  4. runs the rounds; each call is wrapped to record its peak RSS
 #     (getrusage of the child, ru_maxrss) and the CPU time other processes
 #     took meanwhile; before each call it waits for the machine to be quiet
 #     (--idle) and records how busy it was;
+#  4b. runs the probe at each thread count once per round;
 #  5. prints (stdout) a markdown report: per configuration the median over
 #     rounds of each tool's mean tok/s, the spread (min-max over rounds),
-#     the ratio Ferrite / llama.cpp, and the median peak RSS of each.
+#     the ratio Ferrite / llama.cpp, and the median peak RSS of each; then
+#     per configuration the bytes decode reads per token (every matrix
+#     multiplied per token, from the Ferrite file's tensor sizes: all but
+#     the embedding table where the output table is separate), each tool's
+#     decode GB/s and share of the probe's bandwidth, the roof (probe /
+#     bytes per token) and the decode goal min(1.25 x llama.cpp, 90 % of
+#     the roof).
 # Raw JSON of every call is kept in bench/runs-<timestamp>/.
 # Progress goes to stderr. Not part of the test command (takes minutes).
 set -euo pipefail
@@ -51,7 +66,7 @@ REPS=5
 THREADS=1,2
 PP=512
 TG=128
-QUANTS=q4,q8
+QUANTS=q4,q8,qwen
 BUILD=1
 OUT=
 IDLE=15
@@ -100,32 +115,111 @@ HF=$(bash "$SCRIPT_DIR/fetch-models.sh" | tail -1)
 SRC_GGUF="$CACHE/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 [[ -f $SRC_GGUF ]] || die "$SRC_GGUF missing (scripts/fetch-models.sh makes it)"
 mkdir -p "$BENCH"
+fi
 
 # --- model files -----------------------------------------------------------
-gguf_type() { case $1 in q4) echo Q4_0 ;; q8) echo Q8_0 ;; *) die "unknown quant $1 (q4 or q8)" ;; esac; }
-gguf_of() { echo "$BENCH/smollm2-135m.$(gguf_type "$1").gguf"; }
-frt_of() { echo "$BENCH/smollm2-135m.$1.frt"; }
+QWEN_GGUF="$CACHE/qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+gguf_type() {
+    case $1 in q4) echo Q4_0 ;; q8) echo Q8_0 ;; qwen) echo Q4_K_M ;; *) die "unknown quant $1 (q4, q8 or qwen)" ;; esac
+}
+gguf_of() { case $1 in qwen) echo "$QWEN_GGUF" ;; *) echo "$BENCH/smollm2-135m.$(gguf_type "$1").gguf" ;; esac; }
+frt_of() { case $1 in qwen) echo "$BENCH/qwen2.5-coder-1.5b.frt" ;; *) echo "$BENCH/smollm2-135m.$1.frt" ;; esac; }
 IFS=, read -r -a QLIST <<<"$QUANTS"
+for q in "${QLIST[@]}"; do gguf_type "$q" >/dev/null; done
+if [[ -z $REPORT_ONLY ]]; then
 for q in "${QLIST[@]}"; do
     case $q in
         q4) gtype=Q4_0; conv=(--weights q4 --embed q8) ;;
         q8) gtype=Q8_0; conv=(--weights q8 --embed q8) ;;
-        *) die "unknown quant $q (q4 or q8)" ;;
+        qwen) gtype=; conv=() ;;
     esac
     gguf=$(gguf_of "$q")
-    if [[ ! -s $gguf ]]; then
+    if [[ $q == qwen ]]; then
+        got=$(bash "$SCRIPT_DIR/fetch-models.sh" qwen2.5-coder-1.5b | tail -1)
+        [[ $got == "$QWEN_GGUF" ]] || die "fetch-models.sh gave $got, expected $QWEN_GGUF"
+    elif [[ ! -s $gguf ]]; then
         log "llama-quantize $gtype -> $gguf"
         "$LLAMA_BIN/llama-quantize" --allow-requantize "$SRC_GGUF" "$gguf.tmp" "$gtype" >"$gguf.log" 2>&1 \
             || { tail -20 "$gguf.log" >&2; die "llama-quantize failed (log: $gguf.log)"; }
         mv "$gguf.tmp" "$gguf"
     fi
     frt=$(frt_of "$q")
+    src=$HF
+    [[ $q == qwen ]] && src=$gguf
     if [[ ! -s $frt || $FERRITE -nt $frt ]]; then
-        log "ferrite convert ${conv[*]} -> $frt"
-        "$FERRITE" convert "$HF" -o "$frt" "${conv[@]}" --quiet >&2 || die "ferrite convert failed"
+        log "ferrite convert $(basename "$src") ${conv[*]} -> $frt"
+        "$FERRITE" convert "$src" -o "$frt" "${conv[@]}" --quiet >&2 || die "ferrite convert failed"
     fi
 done
 
+# --- read bandwidth probe ---------------------------------------------------
+# bw-probe THREADS prints GB/s (1e9 bytes/s): the threads each read their
+# contiguous share of a 1 GiB buffer with 32-byte AVX2 loads, best of 5
+# passes (the buffer is written first, so every page is mapped).
+PROBE="$BENCH/bw-probe"
+if [[ ! -x $PROBE || $0 -nt $PROBE ]]; then
+    log "building the bandwidth probe -> $PROBE"
+    cat >"$PROBE.c" <<'PROBE_C'
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#define BYTES (1ul << 30)
+static unsigned char *buf;
+static int nthreads;
+static pthread_barrier_t bar;
+static double best = 1e30;
+static volatile long long sink;
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+static void *reader(void *arg) {
+    long id = (long)arg;
+    size_t share = BYTES / nthreads / 128 * 128, lo = id * share;
+    for (int pass = 0; pass < 5; pass++) {
+        pthread_barrier_wait(&bar);
+        double t0 = now();
+        __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+        for (size_t i = lo; i < lo + share; i += 128) {
+            a = _mm256_add_epi64(a, _mm256_load_si256((const __m256i *)(buf + i)));
+            b = _mm256_add_epi64(b, _mm256_load_si256((const __m256i *)(buf + i + 32)));
+            c = _mm256_add_epi64(c, _mm256_load_si256((const __m256i *)(buf + i + 64)));
+            d = _mm256_add_epi64(d, _mm256_load_si256((const __m256i *)(buf + i + 96)));
+        }
+        __m256i s = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
+        sink += _mm256_extract_epi64(s, 0);
+        pthread_barrier_wait(&bar);
+        double t = now() - t0;
+        if (id == 0 && t < best) best = t;
+    }
+    return 0;
+}
+int main(int argc, char **argv) {
+    nthreads = argc > 1 ? atoi(argv[1]) : 1;
+    if (nthreads < 1 || nthreads > 256) {
+        fprintf(stderr, "usage: bw-probe THREADS (1..256)\n");
+        return 2;
+    }
+    buf = aligned_alloc(4096, BYTES);
+    if (!buf) {
+        perror("aligned_alloc");
+        return 1;
+    }
+    memset(buf, 1, BYTES);
+    pthread_barrier_init(&bar, 0, nthreads);
+    pthread_t th[256];
+    for (long i = 0; i < nthreads; i++) pthread_create(&th[i], 0, reader, (void *)i);
+    for (int i = 0; i < nthreads; i++) pthread_join(th[i], 0);
+    printf("%.2f\n", (double)(BYTES / nthreads / 128 * 128) * nthreads / best / 1e9);
+    return 0;
+}
+PROBE_C
+    cc -O2 -mavx2 -pthread "$PROBE.c" -o "$PROBE" || die "building the bandwidth probe failed (needs cc)"
+fi
 fi
 
 # --- rounds ----------------------------------------------------------------
@@ -200,6 +294,10 @@ run_ferrite() {
 }
 
 for ((round = 1; round <= ROUNDS && ${#REPORT_ONLY} == 0; round++)); do
+    for t in "${TLIST[@]}"; do
+        quiet "$RUNS/bw-t$t-r$round"
+        "$PROBE" "$t" >"$RUNS/bw-t$t-r$round.gbs" || die "the bandwidth probe failed"
+    done
     for q in "${QLIST[@]}"; do
         for t in "${TLIST[@]}"; do
             log "round $round/$ROUNDS: $q, $t thread(s)"
@@ -213,9 +311,16 @@ for ((round = 1; round <= ROUNDS && ${#REPORT_ONLY} == 0; round++)); do
 done
 
 # --- report ----------------------------------------------------------------
+for q in "${QLIST[@]}"; do
+    [[ -s $RUNS/files-$q ]] || printf '%s\n%s\n' "$(gguf_of "$q")" "$(frt_of "$q")" >"$RUNS/files-$q"
+done
 REPORT=$(FERRITE="$FERRITE" python3 - "$RUNS" "$ROUNDS" "$REPS" "$PP" "$TG" "$QUANTS" "$THREADS" "$BENCH" "$IDLE" <<'EOF'
 import json, os, statistics, sys
 runs, rounds, reps, pp, tg, quants, threads, bench, idle = sys.argv[1:10]
+files = {}
+for q in quants.split(","):
+    with open(os.path.join(runs, f"files-{q}")) as f:
+        files[q] = f.read().split("\n")[:2]
 rounds = int(rounds)
 quants, threads = quants.split(","), [int(t) for t in threads.split(",")]
 pp_name, tg_name = f"pp{pp}", f"tg{tg}"
@@ -242,12 +347,23 @@ def load(tool, q, t, r):
             out["_size"], out["_params"], out["_kernels"] = o["model_bytes"], o["model_params"], o["kernels"]
     return out, rss, load
 
+def tensors(frt):
+    import subprocess
+    return json.loads(subprocess.run([os.environ["FERRITE"], "inspect", frt, "--json"], capture_output=True,
+                                     check=True).stdout)["tensors"]
+
 def weight_bytes(frt):
     # Tensor bytes of a Ferrite file (what llama-bench's model_size is for a GGUF).
-    import subprocess
-    info = json.loads(subprocess.run([os.environ["FERRITE"], "inspect", frt, "--json"], capture_output=True,
-                                     check=True).stdout)
-    return sum(t["bytes"] for t in info["tensors"])
+    return sum(t["bytes"] for t in tensors(frt))
+
+def decode_bytes(frt):
+    # Bytes of every matrix multiplied per token: all matrices but the
+    # embedding table when the file has a separate output table (the table
+    # is then only gathered, one row per token).
+    ts = tensors(frt)
+    separate = any(t["role"] == "output" for t in ts)
+    return sum(t["bytes"] for t in ts
+               if t["rows"] > 1 and t["cols"] > 1 and not (separate and t["role"] == "embedding"))
 
 def med(v):
     return statistics.median(v)
@@ -276,12 +392,12 @@ def ratio(cell, test):
     a, b = cell[("ferrite", test)], cell[("llama", test)]
     return "n/a" if a is None or b is None else f"**{a[0] / b[0]:.2f}**"
 
-gname = {"q4": "Q4_0", "q8": "Q8_0"}
+gname = {"q4": "SmolLM2 Q4_0 / q4", "q8": "SmolLM2 Q8_0 / q8", "qwen": "Qwen2.5-Coder-1.5B Q4_K_M / same"}
 print(f"| quant (llama.cpp / Ferrite) | threads | llama.cpp {pp_name} | Ferrite {pp_name} | ratio {pp_name} "
       f"| llama.cpp {tg_name} | Ferrite {tg_name} | ratio {tg_name} | peak RSS llama.cpp | peak RSS Ferrite |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for q, t, c in rows:
-    print(f"| {gname[q]} / {q} | {t} | {fmt(c[('llama', pp_name)])} | {fmt(c[('ferrite', pp_name)])} | {ratio(c, pp_name)} "
+    print(f"| {gname[q]} | {t} | {fmt(c[('llama', pp_name)])} | {fmt(c[('ferrite', pp_name)])} | {ratio(c, pp_name)} "
           f"| {fmt(c[('llama', tg_name)])} | {fmt(c[('ferrite', tg_name)])} | {ratio(c, tg_name)} "
           f"| {mib(c[('llama', 'rss')]):.0f} MiB | {mib(c[('ferrite', 'rss')]):.0f} MiB |")
 print()
@@ -292,11 +408,33 @@ print()
 print("| file | file bytes | weight bytes | params | bits/weight (weights) |")
 print("| --- | ---: | ---: | ---: | ---: |")
 for q in quants:
-    for tool, name in (("llama", f"smollm2-135m.{gname[q]}.gguf"), ("ferrite", f"smollm2-135m.{q}.frt")):
+    for tool, path in (("llama", files[q][0]), ("ferrite", files[q][1])):
         size, params = sizes[(tool, q)]
-        weights = size if tool == "llama" else weight_bytes(os.path.join(bench, name))
-        print(f"| {name} | {os.path.getsize(os.path.join(bench, name))} | {weights} | {params} "
+        weights = size if tool == "llama" else weight_bytes(path)
+        print(f"| {os.path.basename(path)} | {os.path.getsize(path)} | {weights} | {params} "
               f"| {8 * weights / params:.3f} |")
+print()
+bw = {t: med([float(open(os.path.join(runs, f"bw-t{t}-r{r}.gbs")).read()) for r in range(1, rounds + 1)])
+      for t in threads}
+print(f"| model | threads | bytes/token | read bandwidth (probe) | roof {tg_name} | llama.cpp GB/s (share) "
+      f"| Ferrite GB/s (share) | goal min(1.25 × llama.cpp, 90 % roof) | Ferrite / goal |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+per_token = {q: decode_bytes(files[q][1]) for q in quants}
+for q, t, c in rows:
+    b = per_token[q]
+    roof = bw[t] * 1e9 / b
+    cells = []
+    for tool in ("llama", "ferrite"):
+        v = c[(tool, tg_name)]
+        cells.append("n/a" if v is None else f"{v[0] * b / 1e9:.1f} ({100 * v[0] * b / 1e9 / bw[t]:.0f} %)")
+    lv, fv = c[("llama", tg_name)], c[("ferrite", tg_name)]
+    goal = None if lv is None else min(1.25 * lv[0], 0.9 * roof)
+    print(f"| {gname[q]} | {t} | {b / 1e9:.3f} GB | {bw[t]:.1f} GB/s | {roof:.1f} tok/s | {cells[0]} | {cells[1]} "
+          f"| {'n/a' if goal is None else f'{goal:.1f} tok/s'} "
+          f"| {'n/a' if goal is None or fv is None else f'**{fv[0] / goal:.2f}**'} |")
+print()
+print(f"Bandwidth: median over {rounds} rounds of the probe's best of 5 passes (GB = 1e9 bytes); decode GB/s = "
+      f"{tg_name} tok/s × bytes/token (the Ferrite file's; the GGUF holds the same weights at the same bits).")
 print()
 print(f"Noise: other processes kept the CPUs {min(loads):.0f}–{max(loads):.0f} % busy (median {med(loads):.0f} %) "
       f"in the 2 s before each call (--idle {idle})"
