@@ -10,7 +10,7 @@ use half::f16;
 
 use super::lanes;
 use super::vector::{dot, dot_f16};
-use crate::reference::{self, Matrix};
+use crate::reference::{self, Matrix, Weights};
 use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, Planes, RowKind};
 use crate::{Acts, ActsMut, Out};
 
@@ -567,6 +567,12 @@ float_matmul! {
 /// The CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dequantize_row(m: &Matrix<'_>, r: usize, dst: &mut [f32]) {
+    if let Weights::Q5_0 { .. } | Weights::Q5_1 { .. } | Weights::Q4K { .. } | Weights::Q5K { .. } | Weights::Q6K { .. } =
+        m.w
+    {
+        // SAFETY: the caller's guarantee (AVX2).
+        return unsafe { dequantize_planes_row(m, r, dst) };
+    }
     dequantize_row_by(m, r, dst, |kind, words, d, min, group| {
         // SAFETY: `words` holds 32 bytes.
         let (b0, b1) =
@@ -594,4 +600,85 @@ unsafe fn dequantize_row(m: &Matrix<'_>, r: usize, dst: &mut [f32]) {
             unsafe { _mm256_storeu_ps(group.as_mut_ptr().add(8 * k), f) };
         }
     })
+}
+
+/// Row `r` of a q5_0, q5_1, q4k, q5k or q6k matrix into `dst` (`cols`
+/// floats), the values of `Matrix::dequantize_row`: per group the row's
+/// four nibble words (element order: low nibbles 0..16, high 16..32) and
+/// its high-plane word(s) give the 32 levels in one vector (a level's high
+/// bits found by a byte mask: 1-bit plane, byte `j % 4` bit `j / 4`; 2-bit,
+/// word `j / 16`, byte `j % 4`, bits `2 * ((j / 4) % 4)`), then the
+/// reference's factors (`Matrix::factors`) and its float operations per
+/// element (no fused multiply-add).
+///
+/// # Panics
+/// If the planes do not hold row `r` (callers validate shapes).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn dequantize_planes_row(m: &Matrix<'_>, r: usize, dst: &mut [f32]) {
+    let (qs, qh, high_bits) = match m.w {
+        Weights::Q5_0 { qs, qh, .. } | Weights::Q5_1 { qs, qh, .. } | Weights::Q5K { qs, qh, .. } => (qs, qh, 1),
+        Weights::Q6K { qs, qh, .. } => (qs, qh, 2),
+        Weights::Q4K { qs, .. } => (qs, &[][..], 0),
+        _ => return,
+    };
+    let groups = m.cols.div_ceil(GROUP);
+    let (block, rr) = (r / ROW_BLOCK, r % ROW_BLOCK);
+    let word = |t: &[u8], at: usize| i32::from_le_bytes([t[at], t[at + 1], t[at + 2], t[at + 3]]);
+    let nibble = _mm_set1_epi8(0x0F);
+    // Element `j`'s bit in its byte: 1-bit plane `1 << (j / 4)`; 2-bit plane
+    // `1 << 2 * ((j / 4) % 4)` for bit 4 of the level (and twice that for bit 5).
+    let m1 = |j: i32| (1i32 << (j / 4)) as i8;
+    let m2 = |j: i32| (1i32 << (2 * ((j / 4) % 4))) as i8;
+    let bytes = |f: &dyn Fn(i32) -> i8| {
+        let b: [i8; 32] = core::array::from_fn(|j| f(j as i32));
+        // SAFETY: `b` holds 32 bytes.
+        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+    };
+    let (bit1, bit2_lo) = (bytes(&m1), bytes(&m2));
+    let bit2_hi = _mm256_add_epi8(bit2_lo, bit2_lo);
+    let is_set = |v: __m256i, mask: __m256i, to: i8| {
+        _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask), _mm256_set1_epi8(to))
+    };
+    let mut full = [0f32; GROUP];
+    for (g, chunk) in dst.chunks_mut(GROUP).enumerate() {
+        let ti = quant::tile_index(groups, block, g);
+        let tile = &qs[ti * quant::Q4_TILE_BYTES..(ti + 1) * quant::Q4_TILE_BYTES];
+        let w = core::array::from_fn::<i32, 4, _>(|c| word(tile, quant::tile_byte(c, rr, 0)));
+        let w16 = _mm_setr_epi32(w[0], w[1], w[2], w[3]);
+        let lo = _mm_and_si128(w16, nibble);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(w16), nibble);
+        let mut levels = _mm256_set_m128i(hi, lo);
+        if high_bits == 1 {
+            let h = &qh[ti * quant::CHUNK_BYTES..(ti + 1) * quant::CHUNK_BYTES];
+            levels = _mm256_or_si256(levels, is_set(_mm256_set1_epi32(word(h, 4 * rr)), bit1, 0x10));
+        } else if high_bits == 2 {
+            let h = &qh[ti * 2 * quant::CHUNK_BYTES..(ti + 1) * 2 * quant::CHUNK_BYTES];
+            let hw = _mm256_setr_m128i(_mm_set1_epi32(word(h, 4 * rr)), _mm_set1_epi32(word(h, quant::CHUNK_BYTES + 4 * rr)));
+            levels = _mm256_or_si256(levels, _mm256_or_si256(is_set(hw, bit2_lo, 0x10), is_set(hw, bit2_hi, 0x20)));
+        }
+        let [f0, f1] = m.factors(r, g);
+        let (f0, f1) = (_mm256_set1_ps(f0), _mm256_set1_ps(f1));
+        let halves = [_mm256_castsi256_si128(levels), _mm256_extracti128_si256::<1>(levels)];
+        for k in 0..4 {
+            let b8 = if k % 2 == 0 { halves[k / 2] } else { _mm_srli_si128::<8>(halves[k / 2]) };
+            let u = _mm256_cvtepu8_epi32(b8);
+            let v = match m.w {
+                Weights::Q5_0 { .. } => {
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(u, _mm256_set1_epi32(quant::Q5_OFFSET))), f0)
+                }
+                Weights::Q5_1 { .. } => _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(u), f0), f1),
+                Weights::Q6K { .. } => _mm256_mul_ps(
+                    if k < 2 { f0 } else { f1 },
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(u, _mm256_set1_epi32(quant::Q6_OFFSET))),
+                ),
+                _ => _mm256_sub_ps(_mm256_mul_ps(f0, _mm256_cvtepi32_ps(u)), f1),
+            };
+            // SAFETY: `full` holds 32 floats, `8k + 8 <= 32`.
+            unsafe { _mm256_storeu_ps(full.as_mut_ptr().add(8 * k), v) };
+        }
+        chunk.copy_from_slice(&full[..chunk.len()]);
+    }
 }

@@ -311,7 +311,7 @@ impl Matrix<'_> {
     /// The f32 factors of row `r`'s group `g` of a q5_0, q5_1, q4k, q5k or
     /// q6k matrix: q5_0 `[scale, 0]`, q5_1 `[scale, min]`, q4k/q5k `[d ·
     /// sc, dmin · m]`, q6k `[d · s0, d · s1]` (each product in f32).
-    fn factors(&self, r: usize, g: usize) -> [f32; 2] {
+    pub(crate) fn factors(&self, r: usize, g: usize) -> [f32; 2] {
         let groups = self.cols.div_ceil(GROUP);
         let si = quant::scale_index(groups, r, g);
         let di = quant::scale_index(self.cols.div_ceil(quant::SUPER), r, g / quant::SUPER_GROUPS);
