@@ -638,6 +638,11 @@ impl PairKind for matmul::Q6K {
     }
 }
 
+/// Tokens per run of [`pair_tiles`]: each pair of tiles is unpacked once
+/// for up to 8 tokens (their 8 accumulators, the 8 unpacked chunks and the
+/// factors fit zmm's 32 registers).
+const PAIR_RUN: usize = 8;
+
 /// [`pair_tiles`] over the pairs of row blocks of `rows`, the AVX2 tiles of
 /// `K` for a last odd block (the same bits either way) and for decode: one
 /// token streams the weights, and two tile streams (the pair's blocks lie
@@ -655,14 +660,18 @@ unsafe fn by_pairs<K: PairKind>(rows: Range<usize>, p: Planes<'_>, n: usize, out
     while block < pairs_end {
         let mut t0 = 0;
         while t0 < n {
-            let used = (n - t0).min(4);
-            let mut lanes = [[0f32; 16]; 4];
-            // SAFETY (all four): forwarded from the caller (both blocks lie in `rows`'s blocks).
+            let used = (n - t0).min(PAIR_RUN);
+            let mut lanes = [[0f32; 16]; PAIR_RUN];
+            // SAFETY (all eight): forwarded from the caller (both blocks lie in `rows`'s blocks).
             match used {
                 1 => lanes[..1].copy_from_slice(&unsafe { pair_tiles::<K, 1>(p, block, t0) }),
                 2 => lanes[..2].copy_from_slice(&unsafe { pair_tiles::<K, 2>(p, block, t0) }),
                 3 => lanes[..3].copy_from_slice(&unsafe { pair_tiles::<K, 3>(p, block, t0) }),
-                _ => lanes = unsafe { pair_tiles::<K, 4>(p, block, t0) },
+                4 => lanes[..4].copy_from_slice(&unsafe { pair_tiles::<K, 4>(p, block, t0) }),
+                5 => lanes[..5].copy_from_slice(&unsafe { pair_tiles::<K, 5>(p, block, t0) }),
+                6 => lanes[..6].copy_from_slice(&unsafe { pair_tiles::<K, 6>(p, block, t0) }),
+                7 => lanes[..7].copy_from_slice(&unsafe { pair_tiles::<K, 7>(p, block, t0) }),
+                _ => lanes = unsafe { pair_tiles::<K, PAIR_RUN>(p, block, t0) },
             }
             for (i, l) in lanes.iter().take(used).enumerate() {
                 for half in 0..2 {
