@@ -258,6 +258,36 @@ unsafe fn matmul_q_vnni(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: 
     }
 }
 
+/// Row blocks `blocks` two at a time (`blocks.len()` even) × tokens `0..n`
+/// in runs of up to `max` (at most 8): `pair(block, t0, used, lanes)` fills
+/// `lanes[..used]` with blocks `block` and `block + 1`'s 16 rows for tokens
+/// `t0 ..+used`, which are stored into `out` (clipped to `rows`).
+fn drive_pairs(
+    rows: &Range<usize>,
+    blocks: Range<usize>,
+    n: usize,
+    max: usize,
+    out: &mut Out<'_>,
+    mut pair: impl FnMut(usize, usize, usize, &mut [[f32; 16]; 8]),
+) {
+    for block in blocks.step_by(2) {
+        let mut t0 = 0;
+        while t0 < n {
+            let used = (n - t0).min(max);
+            let mut lanes = [[0f32; 16]; 8];
+            pair(block, t0, used, &mut lanes);
+            for (i, l) in lanes.iter().take(used).enumerate() {
+                for half in 0..2 {
+                    let mut h = [0f32; 8];
+                    h.copy_from_slice(&l[8 * half..8 * half + 8]);
+                    store_rows(out, rows, t0 + i, block + half, &h);
+                }
+            }
+            t0 += used;
+        }
+    }
+}
+
 /// Pairs of row blocks (16 rows) in zmm registers, a last odd block in ymm:
 /// per row the same operations in the same order, so the same bits.
 /// Decode (one token) streams the weights and runs faster on one tile
@@ -271,29 +301,12 @@ unsafe fn by_width<K: VnniKind>(rows: Range<usize>, p: Planes<'_>, n: usize, out
     let pairs_end = if n >= 2 { first + (end - first) / 2 * 2 } else { first };
     // SAFETY (both): forwarded from the caller (the pairs' blocks lie in
     // `rows`'s blocks).
-    let mut block = first;
-    while block < pairs_end {
-        let mut t0 = 0;
-        while t0 < n {
-            let used = (n - t0).min(4);
-            let mut lanes = [[0f32; 16]; 4];
-            match used {
-                1 => lanes[..1].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 1>(p, block, t0) }),
-                2 => lanes[..2].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 2>(p, block, t0) }),
-                3 => lanes[..3].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 3>(p, block, t0) }),
-                _ => lanes = unsafe { vnni_tiles::<Zmm, K, 4>(p, block, t0) },
-            }
-            for (i, l) in lanes.iter().take(used).enumerate() {
-                for half in 0..2 {
-                    let mut h = [0f32; 8];
-                    h.copy_from_slice(&l[8 * half..8 * half + 8]);
-                    store_rows(out, &rows, t0 + i, block + half, &h);
-                }
-            }
-            t0 += used;
-        }
-        block += 2;
-    }
+    drive_pairs(&rows, first..pairs_end, n, 4, out, |block, t0, used, lanes| match used {
+        1 => lanes[..1].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 1>(p, block, t0) }),
+        2 => lanes[..2].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 2>(p, block, t0) }),
+        3 => lanes[..3].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 3>(p, block, t0) }),
+        _ => lanes[..4].copy_from_slice(&unsafe { vnni_tiles::<Zmm, K, 4>(p, block, t0) }),
+    });
     let rest = (pairs_end * ROW_BLOCK).max(rows.start)..rows.end;
     drive_tiles!(rest, n, out, |b, t0, T| unsafe { vnni_tiles::<Ymm, K, T>(p, b, t0) }
         .map(|l| [l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]));
@@ -656,34 +669,17 @@ const PAIR_RUN: usize = 8;
 unsafe fn by_pairs<K: PairKind>(rows: Range<usize>, p: Planes<'_>, n: usize, out: &mut Out<'_>) {
     let (first, end) = (rows.start / ROW_BLOCK, rows.end.div_ceil(ROW_BLOCK));
     let pairs_end = if n >= 2 { first + (end - first) / 2 * 2 } else { first };
-    let mut block = first;
-    while block < pairs_end {
-        let mut t0 = 0;
-        while t0 < n {
-            let used = (n - t0).min(PAIR_RUN);
-            let mut lanes = [[0f32; 16]; PAIR_RUN];
-            // SAFETY (all eight): forwarded from the caller (both blocks lie in `rows`'s blocks).
-            match used {
-                1 => lanes[..1].copy_from_slice(&unsafe { pair_tiles::<K, 1>(p, block, t0) }),
-                2 => lanes[..2].copy_from_slice(&unsafe { pair_tiles::<K, 2>(p, block, t0) }),
-                3 => lanes[..3].copy_from_slice(&unsafe { pair_tiles::<K, 3>(p, block, t0) }),
-                4 => lanes[..4].copy_from_slice(&unsafe { pair_tiles::<K, 4>(p, block, t0) }),
-                5 => lanes[..5].copy_from_slice(&unsafe { pair_tiles::<K, 5>(p, block, t0) }),
-                6 => lanes[..6].copy_from_slice(&unsafe { pair_tiles::<K, 6>(p, block, t0) }),
-                7 => lanes[..7].copy_from_slice(&unsafe { pair_tiles::<K, 7>(p, block, t0) }),
-                _ => lanes = unsafe { pair_tiles::<K, PAIR_RUN>(p, block, t0) },
-            }
-            for (i, l) in lanes.iter().take(used).enumerate() {
-                for half in 0..2 {
-                    let mut h = [0f32; 8];
-                    h.copy_from_slice(&l[8 * half..8 * half + 8]);
-                    store_rows(out, &rows, t0 + i, block + half, &h);
-                }
-            }
-            t0 += used;
-        }
-        block += 2;
-    }
+    // SAFETY (all eight): forwarded from the caller (both blocks lie in `rows`'s blocks).
+    drive_pairs(&rows, first..pairs_end, n, PAIR_RUN, out, |block, t0, used, lanes| match used {
+        1 => lanes[..1].copy_from_slice(&unsafe { pair_tiles::<K, 1>(p, block, t0) }),
+        2 => lanes[..2].copy_from_slice(&unsafe { pair_tiles::<K, 2>(p, block, t0) }),
+        3 => lanes[..3].copy_from_slice(&unsafe { pair_tiles::<K, 3>(p, block, t0) }),
+        4 => lanes[..4].copy_from_slice(&unsafe { pair_tiles::<K, 4>(p, block, t0) }),
+        5 => lanes[..5].copy_from_slice(&unsafe { pair_tiles::<K, 5>(p, block, t0) }),
+        6 => lanes[..6].copy_from_slice(&unsafe { pair_tiles::<K, 6>(p, block, t0) }),
+        7 => lanes[..7].copy_from_slice(&unsafe { pair_tiles::<K, 7>(p, block, t0) }),
+        _ => *lanes = unsafe { pair_tiles::<K, PAIR_RUN>(p, block, t0) },
+    });
     let rest = (pairs_end * ROW_BLOCK).max(rows.start)..rows.end;
     // SAFETY: forwarded from the caller.
     drive_tiles!(rest, n, out, |b, t0, T| unsafe { matmul::tiles::<K, T>(p, b, t0) })
