@@ -567,8 +567,11 @@ float_matmul! {
 /// The CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dequantize_row(m: &Matrix<'_>, r: usize, dst: &mut [f32]) {
-    if let Weights::Q5_0 { .. } | Weights::Q5_1 { .. } | Weights::Q4K { .. } | Weights::Q5K { .. } | Weights::Q6K { .. } =
-        m.w
+    if let Weights::Q5_0 { .. }
+    | Weights::Q5_1 { .. }
+    | Weights::Q4K { .. }
+    | Weights::Q5K { .. }
+    | Weights::Q6K { .. } = m.w
     {
         // SAFETY: the caller's guarantee (AVX2).
         return unsafe { dequantize_planes_row(m, r, dst) };
@@ -656,7 +659,10 @@ unsafe fn dequantize_planes_row(m: &Matrix<'_>, r: usize, dst: &mut [f32]) {
             levels = _mm256_or_si256(levels, is_set(_mm256_set1_epi32(word(h, 4 * rr)), bit1, 0x10));
         } else if high_bits == 2 {
             let h = &qh[ti * 2 * quant::CHUNK_BYTES..(ti + 1) * 2 * quant::CHUNK_BYTES];
-            let hw = _mm256_setr_m128i(_mm_set1_epi32(word(h, 4 * rr)), _mm_set1_epi32(word(h, quant::CHUNK_BYTES + 4 * rr)));
+            let hw = _mm256_setr_m128i(
+                _mm_set1_epi32(word(h, 4 * rr)),
+                _mm_set1_epi32(word(h, quant::CHUNK_BYTES + 4 * rr)),
+            );
             levels = _mm256_or_si256(levels, _mm256_or_si256(is_set(hw, bit2_lo, 0x10), is_set(hw, bit2_hi, 0x20)));
         }
         let [f0, f1] = m.factors(r, g);
