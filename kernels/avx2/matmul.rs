@@ -1,6 +1,7 @@
 //! The AVX2 tier's matrix products: activation quantization, the integer
-//! product over q4/q8 tiles (one loop, [`tiles`], for every [`TileKind`]),
-//! and the float product, which dequantizes q4/q4a/q8 rows with SIMD.
+//! product over the quantized tiles (one loop, [`tiles`], for every
+//! [`TileKind`]), and the float product, which dequantizes every quantized
+//! type's rows with SIMD.
 
 use core::arch::x86_64::*;
 use core::ops::Range;
@@ -633,14 +634,12 @@ unsafe fn dequantize_planes_row(m: &Matrix<'_>, r: usize, dst: &mut [f32]) {
     let nibble = _mm_set1_epi8(0x0F);
     // Element `j`'s bit in its byte: 1-bit plane `1 << (j / 4)`; 2-bit plane
     // `1 << 2 * ((j / 4) % 4)` for bit 4 of the level (and twice that for bit 5).
-    let m1 = |j: i32| (1i32 << (j / 4)) as i8;
-    let m2 = |j: i32| (1i32 << (2 * ((j / 4) % 4))) as i8;
-    let bytes = |f: &dyn Fn(i32) -> i8| {
-        let b: [i8; 32] = core::array::from_fn(|j| f(j as i32));
+    let bytes = |b: [u8; 32]| {
         // SAFETY: `b` holds 32 bytes.
         unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
     };
-    let (bit1, bit2_lo) = (bytes(&m1), bytes(&m2));
+    let bit1 = bytes(core::array::from_fn(|j| 1 << (j / 4)));
+    let bit2_lo = bytes(core::array::from_fn(|j| 1 << (2 * ((j / 4) % 4))));
     let bit2_hi = _mm256_add_epi8(bit2_lo, bit2_lo);
     let is_set = |v: __m256i, mask: __m256i, to: i8| {
         _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask), _mm256_set1_epi8(to))

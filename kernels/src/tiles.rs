@@ -243,7 +243,8 @@ pub(crate) use float_matmul;
 /// order (q4/q4a: 4, q8: 8; [`quant::tile_byte`]), the group's scale and
 /// minimum (0 but for q4a) and fills the group's 32 values; the real ones
 /// are copied into `dst`. Float weights are left alone; q5_0, q5_1 and the
-/// K types are dequantized by [`Matrix::dequantize_row`].
+/// K types are dequantized by [`Matrix::dequantize_row`] (tiers with their
+/// own unpack of those types, as AVX2's, do not call this for them).
 ///
 /// # Panics
 /// If the planes do not hold row `r` (callers validate shapes).

@@ -23,7 +23,7 @@ use crate::Out;
 pub(super) trait PairKind: TileKind {
     /// An unpacked pair of tiles.
     type Z: Copy;
-    /// Unpacks group `at.g` of row blocks `at.block` and `at.block + 1`.
+    /// Unpacks the two tiles at `at` (one group of two row blocks).
     ///
     /// # Safety
     /// The planes hold both tiles (`check_shapes`); AVX-512 present.
