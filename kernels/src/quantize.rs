@@ -1,6 +1,8 @@
 //! Quantization of weight rows, as the converter does it: the per-group
-//! scale searches (least squared error) of q8, q4 and the asymmetric q4a,
-//! and the logical-row dequantizers the tests and tools compare against.
+//! scale searches (least squared error) of q8, q4 and the asymmetric q4a
+//! (and, with levels `0..=31`, q5_1), the K-quant super-blocks
+//! (`quantize/kquant.rs`), and the logical-row dequantizers the tests and
+//! tools compare against.
 //!
 //! Only the converter (and tests) call these; the runtime reads the tiled
 //! planes through [`crate::reference`]. Layouts are those of
@@ -8,6 +10,9 @@
 
 use ferrite_format::quant::{self, GROUP, Q4_GROUP_BYTES, Q8_GROUP_BYTES};
 use half::f16;
+
+mod kquant;
+pub use kquant::{quantize_super_affine, quantize_super_q6k, AffineSuper, Q6Super};
 
 /// Quantizes one row of `src.len()` values to q8: `qs` receives
 /// `groups * 32` bytes (zero-padded tail), `scales` one f16 per group.
@@ -137,9 +142,39 @@ fn levels_symmetric(x: &[f32], lo: i32, hi: i32, d: f16, q: &mut [i8; GROUP]) {
 pub fn quantize_group_symmetric(x: &[f32], lo: i32, hi: i32, baseline: f16, q: &mut [i8; GROUP]) -> f16 {
     levels_symmetric(x, lo, hi, baseline, q);
     let mut best = (sse_symmetric(x, q, baseline), baseline);
+    let Some(mut d) = symmetric_search(x, lo, hi) else { return best.1 };
+    let mut cand = [0i8; GROUP];
+    for _ in 0..2 {
+        let dh = f16::from_f32(d);
+        if !dh.is_finite() || dh.to_f32() == 0.0 {
+            break;
+        }
+        levels_symmetric(x, lo, hi, dh, &mut cand);
+        let sse = sse_symmetric(x, &cand, dh);
+        if sse < best.0 {
+            best = (sse, dh);
+            *q = cand;
+        }
+        let (sxq, sqq) = x.iter().zip(&cand).fold((0.0f32, 0.0f32), |(a, b), (&v, &l)| {
+            let l = l as f32;
+            (a + v * l, b + l * l)
+        });
+        if sqq == 0.0 {
+            break;
+        }
+        d = sxq / sqq;
+    }
+    best.1
+}
+
+/// The candidate search of [`quantize_group_symmetric`] before any f16
+/// rounding: the least-squares scale (f32) of the best candidate's levels
+/// for `x` (at most 32 values, levels `lo..=hi`), or `None` when `x` is all
+/// zero or not finite. The K-quant sub-block fits start from it.
+pub(crate) fn symmetric_search(x: &[f32], lo: i32, hi: i32) -> Option<f32> {
     let m = x.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     if m == 0.0 || !m.is_finite() {
-        return best.1;
+        return None;
     }
     let (lo_f, hi_f) = (lo as f32, hi as f32);
     // Zero-padded to a whole group: padding adds nothing to the sums below,
@@ -184,29 +219,7 @@ pub fn quantize_group_symmetric(x: &[f32], lo: i32, hi: i32, baseline: f16, q: &
             break; // A symmetric range: the sign of the scale does not matter.
         }
     }
-    let Some((_, mut d)) = refit else { return best.1 };
-    let mut cand = [0i8; GROUP];
-    for _ in 0..2 {
-        let dh = f16::from_f32(d);
-        if !dh.is_finite() || dh.to_f32() == 0.0 {
-            break;
-        }
-        levels_symmetric(x, lo, hi, dh, &mut cand);
-        let sse = sse_symmetric(x, &cand, dh);
-        if sse < best.0 {
-            best = (sse, dh);
-            *q = cand;
-        }
-        let (sxq, sqq) = x.iter().zip(&cand).fold((0.0f32, 0.0f32), |(a, b), (&v, &l)| {
-            let l = l as f32;
-            (a + v * l, b + l * l)
-        });
-        if sqq == 0.0 {
-            break;
-        }
-        d = sxq / sqq;
-    }
-    best.1
+    refit.map(|(_, d)| d)
 }
 
 /// Squared error of `x` against `u[j] * d + m` (f32 arithmetic, as
@@ -222,14 +235,14 @@ fn sse_q4a(x: &[f32], u: &[u8], d: f16, m: f16) -> f64 {
         .sum()
 }
 
-/// Nearest levels 0..=15 for `u * d + m` (0 beyond `x.len()`; all 0 when
+/// Nearest levels 0..=top for `u * d + m` (0 beyond `x.len()`; all 0 when
 /// `d` is 0 or not finite).
-fn levels_q4a(x: &[f32], d: f16, m: f16, u: &mut [u8; GROUP]) {
+fn levels_affine(x: &[f32], top: f32, d: f16, m: f16, u: &mut [u8; GROUP]) {
     let (d, m) = (d.to_f32(), m.to_f32());
     let inv = if d != 0.0 && d.is_finite() { 1.0 / d } else { 0.0 };
     for (j, v) in u.iter_mut().enumerate() {
         *v = match x.get(j) {
-            Some(&x) => round_clamped((x - m) * inv, 0.0, 15.0) as u8,
+            Some(&x) => round_clamped((x - m) * inv, 0.0, top) as u8,
             None => 0,
         };
     }
@@ -246,28 +259,34 @@ fn levels_q4a(x: &[f32], d: f16, m: f16, u: &mut [u8; GROUP]) {
 /// levels (linear regression of `x` on the levels), three rounds each; the
 /// exact squared error with f16 `d` and `m` decides.
 pub fn quantize_group_q4a(x: &[f32], u: &mut [u8; GROUP]) -> (f16, f16) {
+    quantize_group_affine(x, 15, u)
+}
+
+/// [`quantize_group_q4a`] for levels `0..=top` (15: q4a; 31: q5_1).
+pub fn quantize_group_affine(x: &[f32], top: u8, u: &mut [u8; GROUP]) -> (f16, f16) {
+    let top_f = top as f32;
     let (min, max) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     if x.is_empty() || max.partial_cmp(&min) != Some(core::cmp::Ordering::Greater) || !(max - min).is_finite() {
         let m = if x.is_empty() || !min.is_finite() { f16::ZERO } else { f16::from_f32(min) };
         *u = [0; GROUP];
         return (f16::ZERO, m);
     }
-    let (d0, m0) = (f16::from_f32((max - min) / 15.0), f16::from_f32(min));
-    levels_q4a(x, d0, m0, u);
+    let (d0, m0) = (f16::from_f32((max - min) / top_f), f16::from_f32(min));
+    levels_affine(x, top_f, d0, m0, u);
     let mut best = (sse_q4a(x, u, d0, m0), d0, m0);
     let n = x.len() as f32;
     let mut cand = [0u8; GROUP];
     for k in 0..=4 {
         let range = max - min;
-        let steps = 15.0 + k as f32 * 0.5;
-        let (mut d, mut m) = (range / steps, min - (steps - 15.0) * 0.5 * range / steps);
+        let steps = top_f + k as f32 * 0.5;
+        let (mut d, mut m) = (range / steps, min - (steps - top_f) * 0.5 * range / steps);
         for _ in 0..3 {
             let (dh, mh) = (f16::from_f32(d), f16::from_f32(m));
             if dh.to_f32().partial_cmp(&0.0) != Some(core::cmp::Ordering::Greater) || !dh.is_finite() || !mh.is_finite()
             {
                 break;
             }
-            levels_q4a(x, dh, mh, &mut cand);
+            levels_affine(x, top_f, dh, mh, &mut cand);
             let sse = sse_q4a(x, &cand, dh, mh);
             if sse < best.0 {
                 best = (sse, dh, mh);

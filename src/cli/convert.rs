@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
-use ferrite_converter::{convert, KeepTypes, Options, Progress, TensorType};
+use ferrite_converter::{convert, KeepTypes, Mix, Options, Progress, TensorType};
 use ferrite_format::DType;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -20,6 +20,14 @@ pub enum WeightType {
     Q4a,
     /// 8-bit, groups of 32 with an f16 scale (8.5 bits/weight).
     Q8,
+    /// llama.cpp's Q4_K: 4-bit levels, super-blocks of 256 with 6-bit
+    /// scales and minimums per group of 32 (4.625 bits/weight).
+    Q4k,
+    /// llama.cpp's Q5_K: as q4k with 5-bit levels (5.625 bits/weight).
+    Q5k,
+    /// llama.cpp's Q6_K: 6-bit symmetric levels, an i8 scale per 16
+    /// (6.5625 bits/weight).
+    Q6k,
     /// IEEE half precision.
     F16,
     /// IEEE single precision (exact).
@@ -32,6 +40,9 @@ impl From<WeightType> for DType {
             WeightType::Q4 => DType::Q4,
             WeightType::Q4a => DType::Q4A,
             WeightType::Q8 => DType::Q8,
+            WeightType::Q4k => DType::Q4K,
+            WeightType::Q5k => DType::Q5K,
+            WeightType::Q6k => DType::Q6K,
             WeightType::F16 => DType::F16,
             WeightType::F32 => DType::F32,
         }
@@ -52,6 +63,19 @@ pub enum WeightsArg {
     Q4Mix,
     /// 8-bit, groups of 32 with an f16 scale (8.5 bits/weight).
     Q8,
+    /// llama.cpp's Q4_K: 4-bit levels, super-blocks of 256 with 6-bit
+    /// scales and minimums per group of 32 (4.625 bits/weight).
+    Q4k,
+    /// llama.cpp's Q5_K: as q4k with 5-bit levels (5.625 bits/weight).
+    Q5k,
+    /// llama.cpp's Q6_K: 6-bit symmetric levels, an i8 scale per 16
+    /// (6.5625 bits/weight).
+    Q6k,
+    /// llama.cpp's Q4_K_M recipe: q4k, with attn_v and ffn_down at q6k in
+    /// the first and last eighth of the layers and every third one
+    /// between, the output table at q6k (a separate embedding table q4k).
+    #[value(name = "q4k-m")]
+    Q4kM,
     /// IEEE half precision.
     F16,
     /// IEEE single precision (exact).
@@ -62,12 +86,15 @@ pub enum WeightsArg {
 pub const Q4_MIX: [&str; 2] = ["attn_v=q8", "ffn_down=q8"];
 
 impl WeightsArg {
-    /// The base type and the preset's rules.
-    fn resolve(self) -> CliResult<(DType, Vec<TensorType>)> {
+    /// The base type, the preset's rules and its model-dependent mix.
+    fn resolve(self) -> CliResult<(DType, Vec<TensorType>, Option<Mix>)> {
         let base = match self {
             WeightsArg::Q4 | WeightsArg::Q4Mix => DType::Q4,
             WeightsArg::Q4a => DType::Q4A,
             WeightsArg::Q8 => DType::Q8,
+            WeightsArg::Q4k | WeightsArg::Q4kM => DType::Q4K,
+            WeightsArg::Q5k => DType::Q5K,
+            WeightsArg::Q6k => DType::Q6K,
             WeightsArg::F16 => DType::F16,
             WeightsArg::F32 => DType::F32,
         };
@@ -75,7 +102,7 @@ impl WeightsArg {
             WeightsArg::Q4Mix => Q4_MIX.iter().map(|r| r.parse()).collect::<Result<_, _>>()?,
             _ => Vec::new(),
         };
-        Ok((base, rules))
+        Ok((base, rules, matches!(self, WeightsArg::Q4kM).then_some(Mix::Q4KM)))
     }
 }
 
@@ -111,7 +138,10 @@ pub struct Args {
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
     /// Type of the linear layers' weights (q4-mix: q4 with attn_v and
-    /// ffn_down at q8) [default: q4; for a GGUF, each tensor's own type]
+    /// ffn_down at q8; q4k-m: llama.cpp's Q4_K_M recipe). K types fall
+    /// back on rows that are not a multiple of 256 as llama.cpp's do (q4k
+    /// to q5_0, q5k to q5_1, q6k to q8; a warning lists the tensors)
+    /// [default: q4; for a GGUF, each tensor's own type]
     #[arg(long, value_enum)]
     weights: Option<WeightsArg>,
     /// Type of the embedding/output table [default: q8 with --weights q4,
@@ -122,7 +152,8 @@ pub struct Args {
     /// Store some tensors as another type, ROLE=TYPE or blk.N.ROLE=TYPE
     /// (repeatable, or comma-separated; later rules win): ROLE is embedding,
     /// output, attn_q, attn_k, attn_v, attn_o, ffn_gate, ffn_up or
-    /// ffn_down; TYPE is f32, f16, q8, q4 or q4a. Example:
+    /// ffn_down; TYPE is f32, f16, q8, q4, q4a, q4k, q5k, q6k, q5_0 or
+    /// q5_1. Example:
     /// --tensor-type attn_v=q8,ffn_down=q8 --tensor-type blk.0.ffn_down=f16
     #[arg(long, value_name = "ROLE=TYPE", value_delimiter = ',')]
     tensor_type: Vec<TensorType>,
@@ -137,7 +168,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult<ExitCode> {
-    let (weights, mut tensor_types) = args.weights.unwrap_or(WeightsArg::Q4).resolve()?;
+    let (weights, mut tensor_types, mix) = args.weights.unwrap_or(WeightsArg::Q4).resolve()?;
     tensor_types.extend(args.tensor_type);
     // A GGUF's tensors keep their types unless an option names them.
     let keep = KeepTypes { weights: args.weights.is_none(), embed: args.weights.is_none() && args.embed.is_none() };
@@ -146,6 +177,7 @@ pub fn run(args: Args) -> CliResult<ExitCode> {
         embed: args.embed.map(Into::into),
         allow_nonfinite: args.allow_nonfinite,
         tensor_types,
+        mix,
         keep,
     };
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());

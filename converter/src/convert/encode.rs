@@ -14,7 +14,7 @@ use ferrite_kernels::{reference, Matrix, Weights};
 use half::f16;
 
 use super::source::Source;
-use super::transcode;
+use super::{quantize, transcode};
 use super::{Options, Progress, TypeStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::GgmlType;
@@ -130,6 +130,7 @@ impl<'a> Encoder<'a> {
         let (rows, cols, rows_per_slab) = start_tensor(spec, stats);
         self.scales.clear();
         self.mins.clear();
+        self.rest.iter_mut().for_each(Vec::clear);
         let mut nonfinite: Option<NonFinite> = None;
         let mut row = 0;
         while row < rows {
@@ -146,26 +147,36 @@ impl<'a> Encoder<'a> {
                 DType::Q8 | DType::Q4 | DType::Q4A => {
                     self.quantized_slab(writer, spec.dtype, name, row, n_rows, cols)?
                 }
-                other => {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "{name}: quantizing to {} is not supported yet (GGUF tensors of that type are \
-                             transcoded as they are when no --weights/--embed/--tensor-type names them)",
-                            other.name()
-                        ),
-                    ))
+                DType::Q5_0 | DType::Q5_1 | DType::Q4K | DType::Q5K | DType::Q6K => {
+                    self.logical.iter_mut().for_each(Vec::clear);
+                    quantize::quantize_rows(spec.dtype, &self.values, cols, &mut self.logical).map_err(|r| {
+                        Error::new(
+                            ErrorKind::NonFinite,
+                            format!(
+                                "{}: tensor {name}: row {}: a {} scale overflows f16",
+                                self.source.path_of(name).display(),
+                                row + r,
+                                spec.dtype.name()
+                            ),
+                        )
+                    })?;
+                    self.planes_slab(writer, name, spec.dtype, n_rows, cols)?;
                 }
             }
             self.add_errors(stats);
             progress(Progress::Advance(self.source.source_bytes(name, (n_rows * cols) as u64)));
             row += n_rows;
         }
-        if spec.dtype.is_quantized() {
-            writer.write_chunk(bytemuck::cast_slice(&self.scales)).map_err(|e| self.out_err(e))?;
-        }
-        if spec.dtype == DType::Q4A {
-            writer.write_chunk(bytemuck::cast_slice(&self.mins)).map_err(|e| self.out_err(e))?;
+        match spec.dtype {
+            DType::F32 | DType::F16 => {}
+            DType::Q8 | DType::Q4 => {
+                writer.write_chunk(bytemuck::cast_slice(&self.scales)).map_err(|e| self.out_err(e))?;
+            }
+            DType::Q4A => {
+                writer.write_chunk(bytemuck::cast_slice(&self.scales)).map_err(|e| self.out_err(e))?;
+                writer.write_chunk(bytemuck::cast_slice(&self.mins)).map_err(|e| self.out_err(e))?;
+            }
+            _ => self.end_planes(writer, spec.dtype)?,
         }
         writer.end_tensor().map_err(|e| self.out_err(e))?;
         Ok(nonfinite.map(|NonFinite { count, at, value }| {
@@ -205,9 +216,7 @@ impl<'a> Encoder<'a> {
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<Option<String>> {
         let (rows, cols, rows_per_slab) = start_tensor(spec, stats);
-        let internal = |what: String| Error::new(ErrorKind::Tensor, format!("{name}: {what}"));
         let dtype = spec.dtype;
-        let planes = quant::planes(dtype);
         self.rest.iter_mut().for_each(Vec::clear);
         let (mut requantized, mut nonfinite) = (0u64, None);
         let mut row = 0;
@@ -229,41 +238,17 @@ impl<'a> Encoder<'a> {
                     ),
                 )
             })?;
-            for (i, p) in planes.iter().enumerate() {
-                let count = p.count(cols as u64).unwrap_or(0) as usize;
-                let bytes = p.bytes(n_rows, cols).ok_or_else(|| internal("plane size overflows".into()))?;
-                let words = &mut self.slab_planes[i];
-                words.clear();
-                words.resize(bytes / 2, 0);
-                let pad = transcode::pad_byte(dtype, i);
-                quant::tile_plane(p, &self.logical[i], n_rows, count, pad, bytemuck::cast_slice_mut(words));
-            }
-            // Back to f32 through the kernels, against the source's values.
-            let view: [&[u8]; quant::MAX_PLANES] = core::array::from_fn(|i| bytemuck::cast_slice(&self.slab_planes[i]));
-            let m = Weights::from_planes(dtype, view)
-                .and_then(|w| Matrix::new(w, n_rows, cols).ok())
-                .ok_or_else(|| internal(format!("transcoded {} planes do not fit [{n_rows}, {cols}]", dtype.name())))?;
-            self.back.clear();
-            self.back.resize(n_rows * cols, 0.0);
-            for (r, out) in self.back.chunks_mut(cols).enumerate() {
-                m.dequantize_row(r, out);
-            }
+            self.planes_slab(writer, name, dtype, n_rows, cols)?;
             // The source's values, from the blocks already read.
             self.values.clear();
             crate::gguf::dequantize(ty, &self.raw, &mut self.values);
             // Stored as they are: a non-finite scale is refused unless allowed.
             self.check_finite(name, DType::F32, row * cols, cols, &mut nonfinite)?;
             self.add_errors(stats);
-            writer.write_chunk(bytemuck::cast_slice(&self.slab_planes[0])).map_err(|e| self.out_err(e))?;
-            for i in 1..planes.len() {
-                self.rest[i].extend_from_slice(bytemuck::cast_slice(&self.slab_planes[i]));
-            }
             progress(Progress::Advance(self.source.source_bytes(name, (n_rows * cols) as u64)));
             row += n_rows;
         }
-        for i in 1..planes.len() {
-            writer.write_chunk(&self.rest[i]).map_err(|e| self.out_err(e))?;
-        }
+        self.end_planes(writer, dtype)?;
         writer.end_tensor().map_err(|e| self.out_err(e))?;
         let mut notes = Vec::new();
         if requantized > 0 {
@@ -279,6 +264,55 @@ impl<'a> Encoder<'a> {
             ));
         }
         Ok((!notes.is_empty()).then(|| notes.join("; ")))
+    }
+
+    /// Tiles the slab's logical planes (`self.logical`, `n_rows` rows of
+    /// `dtype`), reads them back to f32 through the kernels' reference
+    /// (into `back`, for the error statistics), writes the quants plane and
+    /// keeps the others for [`Encoder::end_planes`].
+    fn planes_slab<W: Write + Seek>(
+        &mut self,
+        writer: &mut FileWriter<W>,
+        name: &str,
+        dtype: DType,
+        n_rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let internal = |what: String| Error::new(ErrorKind::Tensor, format!("{name}: {what}"));
+        let planes = quant::planes(dtype);
+        for (i, p) in planes.iter().enumerate() {
+            let count = p.count(cols as u64).unwrap_or(0) as usize;
+            let bytes = p.bytes(n_rows, cols).ok_or_else(|| internal("plane size overflows".into()))?;
+            let words = &mut self.slab_planes[i];
+            words.clear();
+            words.resize(bytes / 2, 0);
+            let pad = transcode::pad_byte(dtype, i);
+            quant::tile_plane(p, &self.logical[i], n_rows, count, pad, bytemuck::cast_slice_mut(words));
+        }
+        // Back to f32 through the kernels, against the source's values.
+        let view: [&[u8]; quant::MAX_PLANES] = core::array::from_fn(|i| bytemuck::cast_slice(&self.slab_planes[i]));
+        let m = Weights::from_planes(dtype, view)
+            .and_then(|w| Matrix::new(w, n_rows, cols).ok())
+            .ok_or_else(|| internal(format!("{} planes do not fit [{n_rows}, {cols}]", dtype.name())))?;
+        self.back.clear();
+        self.back.resize(n_rows * cols, 0.0);
+        for (r, out) in self.back.chunks_mut(cols).enumerate() {
+            m.dequantize_row(r, out);
+        }
+        writer.write_chunk(bytemuck::cast_slice(&self.slab_planes[0])).map_err(|e| self.out_err(e))?;
+        for i in 1..planes.len() {
+            self.rest[i].extend_from_slice(bytemuck::cast_slice(&self.slab_planes[i]));
+        }
+        Ok(())
+    }
+
+    /// Writes a plane type's planes after its quants (kept by
+    /// [`Encoder::planes_slab`]), at the tensor's end.
+    fn end_planes<W: Write + Seek>(&mut self, writer: &mut FileWriter<W>, dtype: DType) -> Result<()> {
+        for i in 1..quant::planes(dtype).len() {
+            writer.write_chunk(&self.rest[i]).map_err(|e| self.out_err(e))?;
+        }
+        Ok(())
     }
 
     /// Refuses a non-finite value in the slab starting at element `first`

@@ -27,11 +27,12 @@ mod encode;
 mod options;
 mod output;
 mod plan;
+mod quantize;
 mod source;
 mod transcode;
 
 use encode::Encoder;
-pub use options::{KeepTypes, Options, TensorType};
+pub use options::{KeepTypes, Mix, Options, TensorType};
 use output::TempOutput;
 pub use output::{temp_owner, temp_prefix, TempOwner, TEMP_SUFFIX};
 use plan::TensorPlan;
@@ -110,9 +111,10 @@ pub struct Summary {
 
 /// Converts the HF folder or GGUF file `input` into the Ferrite file
 /// `output`. A GGUF file (`llama` or `qwen2`; F32, F16, BF16, Q8_0, Q4_0,
-/// Q4_1 tensors) goes through the same pipeline as an HF folder: its
-/// metadata gives the config and tokenizer, its tensors are dequantized to
-/// f32 and stored as `opts` asks.
+/// Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K tensors) goes through the same
+/// pipeline as an HF folder: its metadata gives the config and tokenizer;
+/// the tensors [`Options::keep`] keeps are transcoded without
+/// dequantizing, the others dequantized to f32 and stored as `opts` asks.
 ///
 /// The file is written to a temporary name beside `output` (see
 /// [`temp_prefix`]) and renamed into place only after it is complete and

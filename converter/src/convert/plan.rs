@@ -82,8 +82,11 @@ impl TensorPlan {
             }
             names.insert(role, name.clone());
         }
+        let mixed = opts.with_mix(config.n_layers, config.tied_embeddings());
         let mut specs = Vec::new();
         let mut transcoded = std::collections::BTreeSet::new();
+        // (from, to, row length) -> the tensors that fell back.
+        let mut fallbacks: BTreeMap<(DType, DType, u32), Vec<String>> = BTreeMap::new();
         let mut roles = vec![Role::Embedding, Role::OutputNorm, Role::Output];
         for l in 0..config.n_layers {
             roles.extend(LayerRole::ALL.iter().map(|&r| Role::Layer(l, r)));
@@ -103,12 +106,27 @@ impl TensorPlan {
                 ));
             }
             let lossless = source.lossless_dtype(&names[&role]);
-            let (dtype, kept) =
-                if role.is_vector() { (DType::F32, false) } else { opts.dtype_of_source(role, lossless) };
+            let (mut dtype, kept) =
+                if role.is_vector() { (DType::F32, false) } else { mixed.dtype_of_source(role, lossless) };
             if kept && dtype.is_quantized() {
                 transcoded.insert(role);
             }
-            specs.push(TensorSpec { role, dtype, shape: role.expected_shape(config) });
+            let shape = role.expected_shape(config);
+            if let Some(to) = k_fallback(dtype, shape[1]) {
+                fallbacks.entry((dtype, to, shape[1])).or_default().push(role.to_string());
+                dtype = to;
+            }
+            specs.push(TensorSpec { role, dtype, shape });
+        }
+        for ((from, to, cols), names) in fallbacks {
+            warnings.push(format!(
+                "{} tensor(s) stored as {} instead of {}: rows of {cols} elements are not a multiple of 256 (as \
+                 llama.cpp falls back): {}",
+                names.len(),
+                to.name(),
+                from.name(),
+                names.join(", ")
+            ));
         }
         for rule in &opts.tensor_types {
             if !specs.iter().any(|s| rule.matches(s.role)) {
@@ -128,6 +146,20 @@ impl TensorPlan {
             .map(|s| source.source_bytes(&self.names[&s.role], s.shape[0] as u64 * s.shape[1] as u64))
             .sum()
     }
+}
+
+/// The type a K type falls back to when rows of `cols` elements are not
+/// whole super-blocks, as llama.cpp's quantizer does: q4k to q5_0, q5k to
+/// q5_1, q6k to q8. `None`: `dtype` stays.
+pub(super) fn k_fallback(dtype: DType, cols: u32) -> Option<DType> {
+    if !dtype.is_k_quant() || (cols as usize).is_multiple_of(ferrite_format::quant::SUPER) {
+        return None;
+    }
+    Some(match dtype {
+        DType::Q4K => DType::Q5_0,
+        DType::Q5K => DType::Q5_1,
+        _ => DType::Q8,
+    })
 }
 
 /// Maps an HF Llama-family tensor name to its role; `None` for names

@@ -108,7 +108,7 @@ fn q5_levels(qs: &[u8], qh: &[u8]) -> [u8; GROUP] {
 
 /// Appends one group's levels to the quants plane and, for `high` 4 or 8
 /// bytes, to the high plane (plane 1).
-fn push_levels(levels: &[u8; GROUP], high: usize, out: &mut Logical) {
+pub(super) fn push_levels(levels: &[u8; GROUP], high: usize, out: &mut Logical) {
     let (mut q, mut h) = ([0u8; quant::Q4_GROUP_BYTES], [0u8; 8]);
     quant::pack_levels(levels, &mut q, &mut h[..high]);
     out[0].extend_from_slice(&q);
