@@ -105,7 +105,12 @@ sq = sum(float(r[3]) for r in rows)
 el = sum(float(r[4]) for r in rows)
 ef = sum(float(r[5]) for r in rows)
 wins = sum(float(r[5]) <= float(r[4]) for r in rows)
-worst = max(float(r[5]) / float(r[4]) if float(r[4]) > 0 else float("inf") for r in rows)
+# A tensor both quantize exactly (Qwen's own Q4_K tensors back to Q4_K)
+# counts as a tie, 1.
+def ratio(r):
+    el, ef = float(r[4]), float(r[5])
+    return ef / el if el > 0 else (1.0 if ef == 0 else float("inf"))
+worst = max(ratio(r) for r in rows)
 elems = sum(int(r[2]) for r in rows)
 print("\t".join([src, t, str(len(rows)), f"{elems / 1e6:.1f} M", f"{el / sq:.3e}", f"{ef / sq:.3e}",
                  f"{ef / el:.3f}", f"{wins} / {len(rows)}", f"{worst:.3f}"]))

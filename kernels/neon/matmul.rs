@@ -9,12 +9,13 @@ use core::ops::Range;
 
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 
+use super::kquant::{self, fold_k, NeonK};
 use super::load_f16x8;
 use super::vector::{dot, dot_f16};
 use super::{fold_group, token_lanes};
 use crate::reference::Matrix;
 use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, Planes, RowKind};
-use crate::{Acts, ActsMut, Out};
+use crate::{Acts, ActsMut, Out, Weights};
 
 /// Quantizes the 32 floats at `src` into `dst` (see
 /// `reference::quantize_acts`) and returns the group's scale and the sum of
@@ -274,13 +275,51 @@ unsafe fn neon_tiles<K: NeonKind, const T: usize>(p: Planes<'_>, block: usize, t
     token_lanes(&acc)
 }
 
+/// Rows `8 * block ..+8` × tokens `t0 ..+T` of a K-family matrix
+/// ([`NeonK`]) with [`chunk_pair_neon`]: the tile unpacked once per group,
+/// chunks 0..4 (elements 0..16) and 4..8 summed apart for [`fold_k`].
+///
+/// # Safety
+/// Shapes checked by `check_shapes` for these rows and tokens; NEON present.
+#[target_feature(enable = "neon")]
+unsafe fn neon_k_tiles<K: NeonK, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
+    let (groups, acts) = (p.groups, p.acts);
+    let mut acc = [[vdupq_n_f32(0.0); 2]; T];
+    for g in 0..groups {
+        let ti = quant::tile_index(groups, block, g);
+        // SAFETY (below): `check_shapes` covered every tile of the row
+        // blocks and every activation group of the tokens.
+        let (w, f) = unsafe { (K::levels(&p, ti), K::factors(&p, block, g, ti)) };
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let ag = (t0 + t) * groups + g;
+            let a = unsafe { acts.qs.as_ptr().add(ag * GROUP) };
+            let mut halves = [[vdupq_n_s32(0); 4]; 2];
+            for k in 0..4 {
+                let c = 2 * k;
+                unsafe {
+                    chunk_pair_neon(
+                        &mut halves[k / 2],
+                        [w[2 * c], w[2 * c + 2], w[2 * c + 1], w[2 * c + 3]],
+                        a.add(4 * c),
+                    )
+                };
+            }
+            let sums = |h: &[int32x4_t; 4]| [vpaddq_s32(h[0], h[1]), vpaddq_s32(h[2], h[3])];
+            fold_k::<K>(acc, sums(&halves[0]), sums(&halves[1]), &f, acts.d[ag], acts.sums[ag]);
+        }
+    }
+    token_lanes(&acc)
+}
+
 /// `reference::matmul_q` with `SMULL`/`SADALP`.
 ///
 /// # Safety
 /// The CPU has NEON (the tier's detection).
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_>, n: usize, out: &mut Out<'_>) {
-    int_matmul!(m, rows, acts, n, out, neon_tiles, { Q4 => Q4, Q8 => Q8 })
+    int_matmul!(m, rows, acts, n, out, neon_tiles, { Q4 => Q4, Q8 => Q8 }, neon_k_tiles, {
+        Q5_0 => kquant::Q5_0, Q5_1 => kquant::Q5_1, Q4K => kquant::Q4K, Q5K => kquant::Q5K, Q6K => kquant::Q6K,
+    })
 }
 
 float_matmul! {
@@ -303,6 +342,15 @@ float_matmul! {
 /// NEON present.
 #[target_feature(enable = "neon")]
 unsafe fn dequantize_row(m: &Matrix<'_>, r: usize, dst: &mut [f32]) {
+    if let Weights::Q5_0 { .. }
+    | Weights::Q5_1 { .. }
+    | Weights::Q4K { .. }
+    | Weights::Q5K { .. }
+    | Weights::Q6K { .. } = m.w
+    {
+        // SAFETY: the caller's guarantee (NEON).
+        return unsafe { kquant::dequantize_planes_row(m, r, dst) };
+    }
     dequantize_row_by(m, r, dst, |kind, words, d, min, group| {
         // SAFETY: `words` holds 32 bytes.
         let (b0, b1) = unsafe { (vld1q_u8(words.as_ptr().cast()), vld1q_u8(words.as_ptr().add(4).cast())) };

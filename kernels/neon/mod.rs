@@ -134,6 +134,7 @@ macro_rules! by_element_tiles {
 mod attention;
 mod dotprod;
 mod i8mm;
+mod kquant;
 mod matmul;
 mod vector;
 

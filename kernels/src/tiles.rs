@@ -69,13 +69,11 @@ pub(crate) struct Planes<'a> {
     /// Groups of 32 per row.
     pub(crate) groups: usize,
     /// Super-blocks of 256 per row.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // (the NEON tiers have no K tiles yet)
     pub(crate) supers: usize,
     /// The quantized activations.
     pub(crate) acts: &'a Acts<'a>,
 }
 
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // (the NEON tiers have no K tiles yet)
 impl Planes<'_> {
     /// Index of the first of the 8 `d` (or `dmin`) values of group `g`'s
     /// super-block in row block `block`.
@@ -385,24 +383,25 @@ macro_rules! drive_tiles {
 #[allow(unused_imports)]
 pub(crate) use drive_tiles;
 
-/// The body of a tier's `matmul_q` over its tile loop `$tiles::<Kind, T>`
-/// for the kinds it implements (`IntKind::X => TierType`, ...): the checked
+/// The body of a tier's `matmul_q` over its tile loops `$tiles::<Kind, T>`
+/// (one or more, each for the kinds it implements: `IntKind::X =>
+/// TierType`, ...): the checked
 /// planes, then [`drive_tiles!`]; the kinds the tier has no tiles for go to
 /// `reference::matmul_q` (the same values, bit for bit). The caller is the
 /// tier's `unsafe fn matmul_q`, whose contract (the tier's features) the
 /// loops need beyond the checks.
 #[allow(unused_macros)]
 macro_rules! int_matmul {
-    ($m:expr, $rows:expr, $acts:expr, $n:expr, $out:expr, $tiles:ident, { $($kind:ident => $ty:ty),* $(,)? }) => {{
+    ($m:expr, $rows:expr, $acts:expr, $n:expr, $out:expr, $($tiles:ident, { $($kind:ident => $ty:ty),* $(,)? }),+) => {{
         let Some((p, kind)) = $crate::tiles::int_planes($m, &$rows, $acts, $n) else { return };
         // SAFETY (all): shapes checked by `int_planes`; the tier's features
         // present (the caller's guarantee).
         match kind {
-            $(
+            $($(
                 $crate::tiles::IntKind::$kind => {
                     drive_tiles!($rows, $n, $out, |b, t0, T| unsafe { $tiles::<$ty, T>(p, b, t0) })
                 }
-            )*
+            )*)+
             #[allow(unreachable_patterns)]
             _ => $crate::reference::matmul_q($m, $rows, $acts, $n, $out),
         }

@@ -10,6 +10,7 @@ use ferrite_kernels::quantize::{
     quantize_group_affine, quantize_group_symmetric, quantize_super_affine, quantize_super_q6k,
 };
 use half::f16;
+use rayon::prelude::*;
 
 use super::transcode::{push_levels, Logical};
 
@@ -20,7 +21,34 @@ use super::transcode::{push_levels, Logical};
 /// Other types append nothing. A K type needs `cols` a multiple of 256
 /// (the plan falls back to q5_0/q5_1/q8 otherwise; a partial super-block
 /// would be left out).
+///
+/// Runs on rayon's pool, a few rows per task (each row's search is
+/// independent of the others; the parts are appended in row order, so the
+/// result is the same on any number of threads).
 pub(super) fn quantize_rows(dtype: DType, values: &[f32], cols: usize, out: &mut Logical) -> Result<(), usize> {
+    /// Rows per task: about 10 µs to 1 ms of work each.
+    const ROWS: usize = 8;
+    if cols == 0 {
+        return Ok(());
+    }
+    let parts: Vec<Result<Logical, usize>> = values
+        .par_chunks(cols * ROWS)
+        .enumerate()
+        .map(|(i, rows)| {
+            let mut part = Logical::default();
+            quantize_some(dtype, rows, cols, &mut part).map(|()| part).map_err(|r| i * ROWS + r)
+        })
+        .collect();
+    for part in parts {
+        for (o, p) in out.iter_mut().zip(part?) {
+            o.extend_from_slice(&p);
+        }
+    }
+    Ok(())
+}
+
+/// [`quantize_rows`] on the calling thread.
+fn quantize_some(dtype: DType, values: &[f32], cols: usize, out: &mut Logical) -> Result<(), usize> {
     let finite = |h: &[f16]| h.iter().all(|h| h.is_finite());
     for (r, row) in values.chunks_exact(cols).enumerate() {
         let ok = match dtype {
