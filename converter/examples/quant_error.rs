@@ -4,7 +4,8 @@
 //! blocks and of Ferrite's quantizer (the one `ferrite convert --weights
 //! q4k|q5k|q6k` runs) against the same f32 values.
 //!
-//! Usage: `cargo run --release -p ferrite-converter --example quant_error -- F32.gguf QUANTIZED.gguf`
+//! Usage: `cargo run --release -p ferrite-converter --example quant_error -- F32.gguf QUANTIZED.gguf [NAME]`
+//! (`NAME`: only the tensors whose names contain it).
 //!
 //! Prints one tab-separated line per tensor: name, type, elements, the sum
 //! of squared values, llama.cpp's and Ferrite's sums of squared errors.
@@ -18,11 +19,15 @@ use ferrite_kernels::quantize::{quantize_super_affine, quantize_super_q6k};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [f32_path, q_path] = args.as_slice() else {
-        eprintln!("usage: quant_error F32.gguf QUANTIZED.gguf");
-        return ExitCode::from(2);
+    let (f32_path, q_path, only) = match args.as_slice() {
+        [a, b] => (a, b, ""),
+        [a, b, c] => (a, b, c.as_str()),
+        _ => {
+            eprintln!("usage: quant_error F32.gguf QUANTIZED.gguf [NAME]");
+            return ExitCode::from(2);
+        }
     };
-    match run(Path::new(f32_path), Path::new(q_path)) {
+    match run(Path::new(f32_path), Path::new(q_path), only) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("quant_error: {e}");
@@ -31,11 +36,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(f32_path: &Path, q_path: &Path) -> Result<(), String> {
+fn run(f32_path: &Path, q_path: &Path, only: &str) -> Result<(), String> {
     let base = GgufFile::open(f32_path).map_err(|e| e.to_string())?;
     let quant = GgufFile::open(q_path).map_err(|e| e.to_string())?;
     let (mut scratch, mut want, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
-    for (name, t) in &quant.tensors {
+    for (name, t) in quant.tensors.iter().filter(|(n, _)| n.contains(only)) {
         let Some(ty) = t.ty.filter(|ty| matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)) else {
             continue;
         };
