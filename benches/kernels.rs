@@ -1,6 +1,7 @@
 //! Criterion benchmarks of every kernel of the table, for every tier this
 //! CPU supports (`Kernels::for_tier`), at the shapes of SmolLM2-135M
-//! (d_model 576, FFN 1536, vocab 49152, head_dim 64).
+//! (d_model 576, FFN 1536, vocab 49152, head_dim 64); the K-quant
+//! products (q4k, q6k) at Qwen2.5-Coder-1.5B's (d_model 1536, FFN 8960).
 //!
 //! Run: `cargo bench --bench kernels` (all), or filter by name, e.g.
 //! `cargo bench --bench kernels -- 'matmul_q/q4/decode'` or `-- avx512`.
@@ -99,6 +100,55 @@ fn bench_matmul_q(c: &mut Criterion) {
                 let acts = host_acts(&x, n, cols);
                 let mut out = vec![0f32; n * rows];
                 let group = format!("matmul_q/{name}/{phase}");
+                let shape = format!("{rows}x{cols}");
+                every_tier(c, group, throughput(n, weight_bytes, rows, cols), &shape, n > 1, |k| {
+                    (k.matmul_q)(black_box(&m), 0..rows, &acts.acts(), n, &mut Out::new(&mut out, rows))
+                });
+                black_box(&out);
+            }
+        }
+    }
+}
+
+/// `[rows, cols]` of Qwen2.5-Coder-1.5B's matrices (the K-quant model):
+/// attention o, FFN gate/up, FFN down.
+const K_SHAPES: [(usize, usize); 3] = [(1536, 1536), (8960, 1536), (1536, 8960)];
+
+/// A random `dtype` (a plane type) `[rows, cols]` matrix's planes, in
+/// `u16` storage (its f16 planes are read in place): random bytes, the
+/// f16 planes a small finite value (benchmarks need data, not quality).
+fn plane_matrix(dtype: DType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<Vec<u16>> {
+    quant::planes(dtype)
+        .iter()
+        .map(|p| {
+            let words = p.bytes(rows, cols).expect("plane size") / 2 + 1;
+            let f16_plane = p.unit == 2 && !(dtype == DType::Q6K && p.name == "scales");
+            (0..words)
+                .map(|_| if f16_plane { f16::from_f32(0.01).to_bits() } else { (rng.step() >> 32) as u16 })
+                .collect()
+        })
+        .collect()
+}
+
+/// The K-quant types' integer products on Qwen's shapes: q4k (most of
+/// Q4_K_M) and q6k (its output table, attn_v and half of ffn_down).
+fn bench_matmul_k(c: &mut Criterion) {
+    let mut rng = Rng::new(6);
+    for dtype in [DType::Q4K, DType::Q6K] {
+        for &(rows, cols) in &K_SHAPES {
+            let planes = plane_matrix(dtype, rows, cols, &mut rng);
+            let weight_bytes = dtype.tensor_bytes(rows as u64, cols as u64).expect("size") as usize;
+            let views: [&[u8]; quant::MAX_PLANES] = core::array::from_fn(|i| {
+                let p = quant::planes(dtype).get(i).map_or(0, |p| p.bytes(rows, cols).expect("plane size"));
+                planes.get(i).map_or(&[][..], |w| &bytemuck::cast_slice(w)[..p])
+            });
+            let w = Weights::from_planes(dtype, views).expect("planes");
+            let m = Matrix::new(w, rows, cols).expect("matrix shape");
+            for (phase, n) in PHASES {
+                let x = rng.vec(n * cols, 1.0);
+                let acts = host_acts(&x, n, cols);
+                let mut out = vec![0f32; n * rows];
+                let group = format!("matmul_q/{}/{phase}", dtype.name());
                 let shape = format!("{rows}x{cols}");
                 every_tier(c, group, throughput(n, weight_bytes, rows, cols), &shape, n > 1, |k| {
                     (k.matmul_q)(black_box(&m), 0..rows, &acts.acts(), n, &mut Out::new(&mut out, rows))
@@ -211,6 +261,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_matmul_q, bench_matmul_f, bench_quantize_acts, bench_rmsnorm, bench_vector_ops
+    targets = bench_matmul_q, bench_matmul_k, bench_matmul_f, bench_quantize_acts, bench_rmsnorm, bench_vector_ops
 }
 criterion_main!(benches);

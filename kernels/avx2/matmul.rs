@@ -9,7 +9,6 @@ use core::ops::Range;
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 use half::f16;
 
-use super::lanes;
 use super::vector::{dot, dot_f16};
 use crate::reference::{self, Matrix, Weights};
 use crate::tiles::{acts_fit, dequantize_row_by, drive_tiles, float_matmul, int_matmul, rows_fit, Planes, RowKind};
@@ -107,8 +106,8 @@ pub(super) trait TileKind {
 /// The eight rows' float factors of a group (`IntGroup::scale`, `min`).
 #[derive(Clone, Copy)]
 pub(super) struct Factors {
-    scale: __m256,
-    min: __m256,
+    pub(super) scale: __m256,
+    pub(super) min: __m256,
 }
 
 /// Eight f16 at `p` as f32.
@@ -484,47 +483,60 @@ pub(super) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_
     })
 }
 
-/// Rows `8 * block ..+8` × tokens `t0 ..+T` of a `K` matrix: per group the
-/// tile is unpacked once, its exact integer sums for each token corrected
-/// by the offset and accumulated as `reference::matmul_q` does (`acc +
-/// isum * (scale * ad)`, or affine `acc + (isum * scale + sum * min) *
-/// ad`, never fused).
-///
-/// # Safety
-/// `check_shapes` passed for these rows and tokens; the CPU has AVX2, FMA
-/// and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn tiles<K: TileKind, const T: usize>(p: Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
-    let (groups, acts) = (p.groups, p.acts);
-    let mut acc = [_mm256_setzero_ps(); T];
-    for g in 0..groups {
-        // SAFETY (loads below): `check_shapes` and `Matrix::new` covered
-        // every tile of the row blocks and every activation group of the
-        // tokens.
-        prefetch::<K>(&p, quant::tile_index(groups, block, g) + PREFETCH_TILES);
-        let (w, f) = unsafe { K::unpack(&p, block, g) };
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let ag = (t0 + t) * groups + g;
-            let dot = unsafe { K::dot(&w, acts.qs.as_ptr().add(ag * GROUP)) };
-            let ad = _mm256_set1_ps(acts.d[ag]);
-            *acc = if K::AFFINE {
-                let s = _mm256_mul_ps(_mm256_set1_ps(acts.sums[ag] as f32), f.min);
-                _mm256_add_ps(
-                    *acc,
-                    _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), f.scale), s), ad),
-                )
-            } else {
-                // (A kind without offset reads no sums: `K::OFFSET` is a constant.)
-                let isum = if K::OFFSET == 0 {
-                    dot
-                } else {
-                    _mm256_sub_epi32(dot, _mm256_set1_epi32(K::OFFSET * acts.sums[ag]))
-                };
-                _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(f.scale, ad)))
-            };
+/// Defines `$name::<K, T>`: rows `8 * block ..+8` × tokens `t0 ..+T` of a
+/// `K: $bound` matrix with `$features`, each group's integer sums from
+/// `K::$dot` (one loop for the AVX2 tier's [`tiles`], `pmaddubsw`, and the
+/// AVX-512 tier's decode, VNNI on ymm): per group the tile is unpacked
+/// once, its exact integer sums for each token corrected by the offset and
+/// accumulated as `reference::matmul_q` does (`acc + isum * (scale * ad)`,
+/// or affine `acc + (isum * scale + sum * min) * ad`, never fused).
+macro_rules! k_tiles {
+    ($(#[$attr:meta])* $vis:vis $name:ident, $features:literal, $bound:path, $dot:ident) => {
+        $(#[$attr])*
+        #[target_feature(enable = $features)]
+        $vis unsafe fn $name<K: $bound, const T: usize>(p: $crate::tiles::Planes<'_>, block: usize, t0: usize) -> [[f32; 8]; T] {
+            let (groups, acts) = (p.groups, p.acts);
+            let mut acc = [_mm256_setzero_ps(); T];
+            for g in 0..groups {
+                // SAFETY (loads below): `check_shapes` and `Matrix::new` covered
+                // every tile of the row blocks and every activation group of the
+                // tokens.
+                $crate::x86::matmul::prefetch::<K>(&p, quant::tile_index(groups, block, g) + $crate::x86::matmul::PREFETCH_TILES);
+                let (w, f) = unsafe { K::unpack(&p, block, g) };
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let ag = (t0 + t) * groups + g;
+                    let dot = unsafe { K::$dot(&w, acts.qs.as_ptr().add(ag * GROUP)) };
+                    let ad = _mm256_set1_ps(acts.d[ag]);
+                    *acc = if K::AFFINE {
+                        let s = _mm256_mul_ps(_mm256_set1_ps(acts.sums[ag] as f32), f.min);
+                        _mm256_add_ps(
+                            *acc,
+                            _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), f.scale), s), ad),
+                        )
+                    } else {
+                        // (A kind without offset reads no sums: `K::OFFSET` is a constant.)
+                        let isum = if K::OFFSET == 0 {
+                            dot
+                        } else {
+                            _mm256_sub_epi32(dot, _mm256_set1_epi32(K::OFFSET * acts.sums[ag]))
+                        };
+                        _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(f.scale, ad)))
+                    };
+                }
+            }
+            acc.map(|v| $crate::x86::lanes(v))
         }
-    }
-    acc.map(|v| lanes(v))
+    };
+}
+pub(super) use k_tiles;
+
+k_tiles! {
+    /// [`k_tiles!`] with `pmaddubsw` ([`TileKind::dot`]).
+    ///
+    /// # Safety
+    /// `check_shapes` passed for these rows and tokens; the CPU has AVX2,
+    /// FMA and F16C.
+    pub(super) tiles, "avx2,fma,f16c", TileKind, dot
 }
 
 /// How many tiles ahead of the one being multiplied [`tiles`] asks for the

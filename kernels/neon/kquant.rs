@@ -16,6 +16,7 @@ use core::arch::aarch64::*;
 use ferrite_format::quant::{self, ROW_BLOCK};
 
 use super::load_f16x8;
+use super::matmul::{NeonKind, Q4};
 use crate::tiles::Planes;
 
 /// The eight rows' factors of a group (rows 0..4 in `[0]`, 4..8 in `[1]`).
@@ -50,23 +51,15 @@ pub(crate) trait NeonK {
 }
 
 /// The nibbles of tile `ti` of the quants plane in chunk order (a q4
-/// tile's low nibbles are elements 0..16, its high ones 16..32).
+/// tile's: [`NeonKind::unpack`] of `Q4`).
 ///
 /// # Safety
 /// As [`NeonK::levels`].
 #[target_feature(enable = "neon")]
 #[inline]
 unsafe fn nibbles(p: &Planes<'_>, ti: usize) -> [uint8x16_t; 16] {
-    let tile = p.qs.as_ptr().wrapping_add(ti * quant::Q4_TILE_BYTES);
-    let mask = vdupq_n_u8(0x0F);
-    let mut w = [vdupq_n_u8(0); 16];
-    for v in 0..8 {
-        // SAFETY: inside the 128-byte tile (the caller's guarantee).
-        let b = unsafe { vld1q_u8(tile.add(16 * v)) };
-        w[v] = vandq_u8(b, mask);
-        w[8 + v] = vshrq_n_u8::<4>(b);
-    }
-    w
+    // SAFETY: tile `ti` of the quants plane (the caller's guarantee).
+    unsafe { <Q4 as NeonKind>::unpack(p.qs.as_ptr().add(ti * quant::Q4_TILE_BYTES)) }
 }
 
 /// Adds bit 4 of the levels from the 1-bit high plane (one 32-byte chunk
@@ -191,127 +184,85 @@ pub(crate) struct Q5K;
 /// scales.
 pub(crate) struct Q6K;
 
-impl NeonK for Q5_0 {
-    const AFFINE: bool = false;
-    const SUB: bool = false;
+/// `impl NeonK for $kind`: its flags, its levels (`|p, ti| ...`, an
+/// expression of `nibbles`, the high planes and `less`) and its factors
+/// (`|p, block, g, ti| ...`).
+macro_rules! neon_k {
+    ($kind:ty, affine: $affine:literal, sub: $sub:literal,
+     |$p:ident, $ti:ident| $levels:expr, |$fp:ident, $block:ident, $g:ident, $fti:ident| $factors:expr) => {
+        impl NeonK for $kind {
+            const AFFINE: bool = $affine;
+            const SUB: bool = $sub;
 
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn levels(p: &Planes<'_>, ti: usize) -> [int8x16_t; 16] {
-        // SAFETY: the caller's guarantee.
-        unsafe {
-            let mut w = nibbles(p, ti);
-            add_high1(p, ti, &mut w);
-            less(w, quant::Q5_OFFSET as u8)
+            #[target_feature(enable = "neon")]
+            #[inline]
+            unsafe fn levels($p: &Planes<'_>, $ti: usize) -> [int8x16_t; 16] {
+                // SAFETY: the caller's guarantee.
+                unsafe { $levels }
+            }
+
+            #[target_feature(enable = "neon")]
+            #[inline]
+            #[allow(unused_variables)]
+            unsafe fn factors($fp: &Planes<'_>, $block: usize, $g: usize, $fti: usize) -> KFactors {
+                // SAFETY: the caller's guarantee (q5_1 has a mins plane).
+                unsafe { $factors }
+            }
         }
-    }
+    };
+}
 
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn factors(p: &Planes<'_>, _block: usize, _g: usize, ti: usize) -> KFactors {
-        // SAFETY: the caller's guarantee.
-        scale_only(unsafe { f16_rows(p.scales, ti) })
+/// Nibbles plus the 1-bit high plane, less `offset`.
+///
+/// # Safety
+/// As [`NeonK::levels`].
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn five_bit(p: &Planes<'_>, ti: usize, offset: u8) -> [int8x16_t; 16] {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        let mut w = nibbles(p, ti);
+        add_high1(p, ti, &mut w);
+        less(w, offset)
     }
 }
 
-impl NeonK for Q5_1 {
-    const AFFINE: bool = true;
-    const SUB: bool = false;
+neon_k!(Q5_0, affine: false, sub: false, |p, ti| five_bit(p, ti, quant::Q5_OFFSET as u8),
+        |p, block, g, ti| scale_only(f16_rows(p.scales, ti)));
+neon_k!(Q5_1, affine: true, sub: false, |p, ti| five_bit(p, ti, 0), |p, block, g, ti| {
+    let mut f = scale_only(f16_rows(p.scales, ti));
+    f.min = f16_rows(p.mins, ti);
+    f
+});
+neon_k!(Q4K, affine: true, sub: false, |p, ti| less(nibbles(p, ti), 0), |p, block, g, ti| k_factors(p, block, g, ti));
+neon_k!(Q5K, affine: true, sub: false, |p, ti| five_bit(p, ti, 0), |p, block, g, ti| k_factors(p, block, g, ti));
+neon_k!(Q6K, affine: false, sub: true, |p, ti| {
+    let mut w = nibbles(p, ti);
+    add_high2(p, ti, &mut w);
+    less(w, quant::Q6_OFFSET as u8)
+}, |p, block, g, ti| q6_factors(p, block, g, ti));
 
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn levels(p: &Planes<'_>, ti: usize) -> [int8x16_t; 16] {
-        // SAFETY: the caller's guarantee.
-        unsafe {
-            let mut w = nibbles(p, ti);
-            add_high1(p, ti, &mut w);
-            less(w, 0)
-        }
-    }
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn factors(p: &Planes<'_>, _block: usize, _g: usize, ti: usize) -> KFactors {
-        // SAFETY: the caller's guarantee (q5_1 has a mins plane).
-        unsafe {
-            let mut f = scale_only(f16_rows(p.scales, ti));
-            f.min = f16_rows(p.mins, ti);
-            f
-        }
-    }
-}
-
-impl NeonK for Q4K {
-    const AFFINE: bool = true;
-    const SUB: bool = false;
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn levels(p: &Planes<'_>, ti: usize) -> [int8x16_t; 16] {
-        // SAFETY: the caller's guarantee.
-        less(unsafe { nibbles(p, ti) }, 0)
-    }
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn factors(p: &Planes<'_>, block: usize, g: usize, ti: usize) -> KFactors {
-        // SAFETY: the caller's guarantee.
-        unsafe { k_factors(p, block, g, ti) }
-    }
-}
-
-impl NeonK for Q5K {
-    const AFFINE: bool = true;
-    const SUB: bool = false;
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn levels(p: &Planes<'_>, ti: usize) -> [int8x16_t; 16] {
-        // SAFETY: the caller's guarantee.
-        unsafe { Q5_1::levels(p, ti) }
-    }
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn factors(p: &Planes<'_>, block: usize, g: usize, ti: usize) -> KFactors {
-        // SAFETY: the caller's guarantee.
-        unsafe { k_factors(p, block, g, ti) }
-    }
-}
-
-impl NeonK for Q6K {
-    const AFFINE: bool = false;
-    const SUB: bool = true;
-
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn levels(p: &Planes<'_>, ti: usize) -> [int8x16_t; 16] {
-        // SAFETY: the caller's guarantee.
-        unsafe {
-            let mut w = nibbles(p, ti);
-            add_high2(p, ti, &mut w);
-            less(w, quant::Q6_OFFSET as u8)
-        }
-    }
-
-    /// `d` per row, and the two int8 scales of each row (16 bytes per
-    /// tile: row `r`'s at `2r`, `2r + 1`) deinterleaved into the halves.
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn factors(p: &Planes<'_>, block: usize, g: usize, ti: usize) -> KFactors {
-        let at = p.super_at(block, g);
-        // SAFETY: the caller's guarantee.
-        unsafe {
-            let (d_lo, d_hi) = load_f16x8(p.d.as_ptr().add(at));
-            let pair = vld2_s8(p.sub.as_ptr().add(ti * 2 * ROW_BLOCK).cast());
-            let widen = |v: int8x8_t| {
-                let h = vmovl_s8(v);
-                [vmovl_s16(vget_low_s16(h)), vmovl_high_s16(h)]
-            };
-            let mut f = scale_only([d_lo, d_hi]);
-            f.sub = [widen(pair.0), widen(pair.1)];
-            f
-        }
+/// q6k's factors: `d` per row, and the two int8 scales of each row (16
+/// bytes per tile: row `r`'s at `2r`, `2r + 1`) deinterleaved into the
+/// halves.
+///
+/// # Safety
+/// As [`NeonK::levels`].
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn q6_factors(p: &Planes<'_>, block: usize, g: usize, ti: usize) -> KFactors {
+    let at = p.super_at(block, g);
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        let (d_lo, d_hi) = load_f16x8(p.d.as_ptr().add(at));
+        let pair = vld2_s8(p.sub.as_ptr().add(ti * 2 * ROW_BLOCK).cast());
+        let widen = |v: int8x8_t| {
+            let h = vmovl_s8(v);
+            [vmovl_s16(vget_low_s16(h)), vmovl_high_s16(h)]
+        };
+        let mut f = scale_only([d_lo, d_hi]);
+        f.sub = [widen(pair.0), widen(pair.1)];
+        f
     }
 }
 

@@ -1,7 +1,8 @@
 //! The AVX-512 tier's K-quant and 5-bit integer products (q5_0, q5_1,
 //! q4k, q5k, q6k): two row blocks' tiles side by side in zmm, multiplied
 //! with `vpdpbusd` ([`PairKind`], [`by_pairs`]); decode and an odd last
-//! block run the AVX2 tier's tiles of the same kind (the same bits).
+//! block run the AVX2 tier's tile loop one block at a time with
+//! `vpdpbusd` on ymm ([`ymm_tiles`]; q6k keeps `pmaddubsw`): the same bits.
 
 use core::arch::x86_64::*;
 use core::ops::Range;
@@ -9,7 +10,7 @@ use core::ops::Range;
 use ferrite_format::quant::{self, GROUP, ROW_BLOCK};
 use half::f16;
 
-use super::super::matmul::{self, TileKind};
+use super::super::matmul::{self, k_tiles, TileKind};
 use super::drive_pairs;
 use crate::tiles::{drive_tiles, Planes};
 use crate::Out;
@@ -34,6 +35,41 @@ pub(super) trait PairKind: TileKind {
     /// # Safety
     /// 32 bytes readable at `a`; AVX-512 present.
     unsafe fn dot_pair(w: &Self::Z, a: *const i8) -> __m512i;
+    /// [`TileKind::dot`] of one block's unpacked tile with VNNI on ymm
+    /// (decode, [`ymm_tiles`]): the same exact sums.
+    ///
+    /// # Safety
+    /// 32 bytes readable at `a`; AVX-512 present.
+    unsafe fn dot_ymm(w: &Self::W, a: *const i8) -> __m256i;
+}
+
+k_tiles! {
+    /// The AVX2 tier's tile loop ([`matmul::k_tiles!`]) with
+    /// [`PairKind::dot_ymm`]: one row block at a time, for decode and an
+    /// odd last block.
+    ///
+    /// # Safety
+    /// `check_shapes` passed for these rows and tokens; AVX-512 present.
+    ymm_tiles, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", PairKind, dot_ymm
+}
+
+/// `vpdpbusd` of eight chunks of unsigned levels `w` (chunk `c` against
+/// activation quants `4c..4c + 4`), two accumulators.
+///
+/// # Safety
+/// 32 bytes readable at `a`; AVX-512 present.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dpbusd8_ymm(w: &[__m256i; 8], a: *const i8) -> __m256i {
+    let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    for c in (0..8).step_by(2) {
+        // SAFETY: activation quants `4c..4c + 8` of the 32 (the caller's guarantee).
+        unsafe {
+            even = _mm256_dpbusd_epi32(even, w[c], matmul::bcast4(a.add(4 * c)));
+            odd = _mm256_dpbusd_epi32(odd, w[c + 1], matmul::bcast4(a.add(4 * c + 4)));
+        }
+    }
+    _mm256_add_epi32(even, odd)
 }
 
 /// Where group `g`'s tiles of row blocks `block` and `block + 1` are.
@@ -247,6 +283,12 @@ macro_rules! pair_kind {
                 // SAFETY: forwarded from the caller.
                 unsafe { dpbusd8(w, a) }
             }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            #[inline]
+            unsafe fn dot_ymm(w: &Self::W, a: *const i8) -> __m256i {
+                // SAFETY: forwarded from the caller.
+                unsafe { dpbusd8_ymm(w, a) }
+            }
         }
     };
 }
@@ -336,6 +378,15 @@ impl PairKind for matmul::Q6K {
         }
         isum
     }
+
+    /// The AVX2 kind's `pmaddubsw` dot (its scales are 16-bit pairs for
+    /// `pmaddwd`).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dot_ymm(w: &Self::W, a: *const i8) -> __m256i {
+        // SAFETY: forwarded from the caller.
+        unsafe { <Self as TileKind>::dot(w, a) }
+    }
 }
 
 /// Tokens per run of [`pair_tiles`]: each pair of tiles is unpacked once
@@ -369,7 +420,7 @@ pub(super) unsafe fn by_pairs<K: PairKind>(rows: Range<usize>, p: Planes<'_>, n:
     });
     let rest = (pairs_end * ROW_BLOCK).max(rows.start)..rows.end;
     // SAFETY: forwarded from the caller.
-    drive_tiles!(rest, n, out, |b, t0, T| unsafe { matmul::tiles::<K, T>(p, b, t0) })
+    drive_tiles!(rest, n, out, |b, t0, T| unsafe { ymm_tiles::<K, T>(p, b, t0) })
 }
 
 /// Rows `8 * block ..+16` × tokens `t0 ..+T` of a `K` matrix: the AVX2
