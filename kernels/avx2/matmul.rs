@@ -484,12 +484,11 @@ pub(super) unsafe fn matmul_q(m: &Matrix<'_>, rows: Range<usize>, acts: &Acts<'_
 }
 
 /// Defines `$name::<K, T>`: rows `8 * block ..+8` × tokens `t0 ..+T` of a
-/// `K: $bound` matrix with `$features`, each group's integer sums from
-/// `K::$dot` (one loop for the AVX2 tier's [`tiles`], `pmaddubsw`, and the
-/// AVX-512 tier's decode, VNNI on ymm): per group the tile is unpacked
-/// once, its exact integer sums for each token corrected by the offset and
-/// accumulated as `reference::matmul_q` does (`acc + isum * (scale * ad)`,
-/// or affine `acc + (isum * scale + sum * min) * ad`, never fused).
+/// `K: $bound` matrix with `$features`, integer sums from `K::$dot` (the
+/// AVX2 [`tiles`]' `pmaddubsw`; the AVX-512 decode's VNNI on ymm): per
+/// group the tile unpacked once, each token's exact sums corrected by the
+/// offset and folded as `reference::matmul_q` does (`acc + isum * (scale *
+/// ad)`, or affine `acc + (isum * scale + sum * min) * ad`, never fused).
 macro_rules! k_tiles {
     ($(#[$attr:meta])* $vis:vis $name:ident, $features:literal, $bound:path, $dot:ident) => {
         $(#[$attr])*
@@ -534,8 +533,7 @@ k_tiles! {
     /// [`k_tiles!`] with `pmaddubsw` ([`TileKind::dot`]).
     ///
     /// # Safety
-    /// `check_shapes` passed for these rows and tokens; the CPU has AVX2,
-    /// FMA and F16C.
+    /// `check_shapes` passed for these rows and tokens; AVX2, FMA, F16C.
     pub(super) tiles, "avx2,fma,f16c", TileKind, dot
 }
 
